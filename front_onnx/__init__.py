@@ -1,0 +1,13 @@
+"""front-onnx: FRONT (frequency-domain knowledge transfer) at the ONNX graph level.
+
+A trained source model's low-frequency weight spectrum (its learngene) initializes a
+target ONNX model of another width and depth, without training.
+"""
+__version__ = "0.1.0"
+
+from front_onnx.api import FrontError, InitResult, extract, initialize, plan, transfer  # noqa: E402
+from front_onnx.learngene import Learngene, LearngeneError  # noqa: E402
+from front_onnx.onnx_io import OnnxFileError  # noqa: E402
+
+__all__ = ["extract", "initialize", "plan", "transfer", "Learngene", "LearngeneError", "OnnxFileError",
+           "FrontError", "InitResult", "__version__"]

@@ -1,0 +1,108 @@
+"""The Python API: extract, plan, initialize, transfer (the CLI is a thin layer over it)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from front_onnx.extract import analyze, extract_learngene
+from front_onnx.initialize import slot_values, write_initialized
+from front_onnx.learngene import Learngene
+from front_onnx.onnx_io import OnnxModel, external_data_files, load_model
+from front_onnx.plan import Plan, make_plan
+
+DEFAULT_KEEP = 1.0          # until the convergence benchmark (issue 5) measures a better one
+DEFAULT_CONVENTION = "ortho"
+
+
+class FrontError(Exception):
+    """A user-facing problem (one line, names the file)."""
+
+
+@dataclass
+class InitResult:
+    output: Path
+    plan: Plan
+    seconds: float
+    split: int                 # shared target initializers split into one per value
+
+    def summary_line(self) -> str:
+        sm = self.plan.summary()
+        return (f"{self.output}: {sm['written']} slots written, {sm['left']} left "
+                f"({sm['written_fraction']:.1%} of weight elements), {self.split} shared initializers split, "
+                f"{self.seconds:.2f} s")
+
+
+def _model(m: str | Path | OnnxModel) -> OnnxModel:
+    return m if isinstance(m, OnnxModel) else load_model(m)
+
+
+def _learngene(g: str | Path | Learngene) -> Learngene:
+    return g if isinstance(g, Learngene) else Learngene.load(g)
+
+
+def extract(source: str | Path | OnnxModel, *, keep: float = DEFAULT_KEEP,
+            convention: str = DEFAULT_CONVENTION) -> Learngene:
+    """The learngene of a source ONNX model."""
+    return extract_learngene(_model(source), keep=keep, convention=convention)
+
+
+def plan(source: str | Path | OnnxModel | Learngene, target: str | Path | OnnxModel, *,
+         keep: float = DEFAULT_KEEP, convention: str = DEFAULT_CONVENTION) -> Plan:
+    """What initializing ``target`` from ``source`` (a model or a learngene) would do."""
+    gene = source if isinstance(source, Learngene) else extract(source, keep=keep, convention=convention)
+    t = _model(target)
+    gs, st = analyze(t)
+    return make_plan(gene, gs, st, [n.name for n in t.proto.graph.node])
+
+
+def _check_output(output: Path, inputs: list[OnnxModel]) -> None:
+    out = Path(os.path.realpath(output))
+    for m in inputs:
+        protected = {Path(os.path.realpath(m.path))} | {Path(os.path.realpath(p)) for p in external_data_files(m)}
+        if out in protected or Path(str(out) + ".data") in protected:
+            raise FrontError(f"{output}: output would overwrite an input file ({m.path.name}); choose another path")
+
+
+def initialize(target: str | Path | OnnxModel, learngene: str | Path | Learngene, output: str | Path, *,
+               report: str | Path | None = None, external_data: bool | None = None,
+               _extra_inputs: tuple[OnnxModel, ...] = ()) -> InitResult:
+    """Initialize ``target`` from a learngene and write the result to ``output``."""
+    t0 = time.perf_counter()
+    gene = _learngene(learngene)
+    t = _model(target)
+    output = Path(output)
+    _check_output(output, [t, *_extra_inputs])
+    gs, st = analyze(t)
+    p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node])
+    values = slot_values(gene, gs, st, p)
+    info = write_initialized(t, gs, values, output, external_data=external_data)
+    result = InitResult(output, p, time.perf_counter() - t0, info["split"])
+    if report is not None:
+        write_report(result, Path(report))
+    return result
+
+
+def transfer(source: str | Path | OnnxModel, target: str | Path | OnnxModel, output: str | Path, *,
+             keep: float = DEFAULT_KEEP, convention: str = DEFAULT_CONVENTION, report: str | Path | None = None,
+             external_data: bool | None = None) -> InitResult:
+    """``extract`` + ``initialize`` in memory; byte-identical to running them one after the other."""
+    t0 = time.perf_counter()
+    s = _model(source)
+    gene = extract_learngene(s, keep=keep, convention=convention)
+    result = initialize(target, gene, output, report=None, external_data=external_data, _extra_inputs=(s,))
+    result.seconds = time.perf_counter() - t0
+    if report is not None:
+        write_report(result, Path(report))
+    return result
+
+
+def write_report(result: InitResult, path: Path) -> None:
+    """The full plan as JSON, written atomically."""
+    data = {"output": str(result.output), "seconds": round(result.seconds, 4), "split": result.split,
+            **result.plan.to_json()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

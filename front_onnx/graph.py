@@ -1,0 +1,396 @@
+"""Weight slots of an ONNX graph: what each use of an initializer is, read from the graph.
+
+A *slot* is one use of an initializer, (node, input index). Its *role* and *layout* come
+from the consuming op, its input index and attributes, and what its output feeds; names
+and scopes are only collected as hints (``module``) for the structure finder. This module
+knows nothing of DCTs or learngenes.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+
+# Axis kinds (see DESIGN.md): feature axes are resampled by the DCT, index axes must match
+# (or are copied by index), spatial axes are kernel taps, parts split a fused projection.
+FEATURE, INDEX, SPATIAL, PARTS = "feature", "index", "spatial", "parts"
+
+# Ops an initializer may pass through unchanged on its way to the op that gives it a role.
+PASS_THROUGH = {"Identity"}
+# Ops whose float initializer inputs are weights of a layer; used to bound graph walks.
+WEIGHT_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "LayerNormalization", "BatchNormalization",
+              "InstanceNormalization", "GroupNormalization", "Gather"}
+FUSED_NAME_HINTS = {"qkv", "c_attn", "in_proj", "query_key_value", "wqkv", "qkv_proj"}
+_GENERATED_NAME = re.compile(r"^(val_\d+|_val_\d+|onnx::.*|.*::.*|const_\d+|Constant_\d+.*)$")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a stored tensor maps to canonical order (out, in, spatial...) and axis kinds.
+
+    ``perm`` transposes the stored tensor into canonical order; then canonical axis 0 is
+    split into ``parts`` equal parts (a fused projection), giving axes whose kinds are
+    ``kinds`` (with a leading ``parts`` axis when parts > 1).
+    """
+
+    perm: tuple[int, ...]
+    kinds: tuple[str, ...]
+    parts: int = 1
+    name: str = ""
+
+    def to_canonical(self, a: np.ndarray) -> np.ndarray:
+        c = np.transpose(a, self.perm) if self.perm != tuple(range(a.ndim)) else a
+        if self.parts > 1:
+            c = c.reshape((self.parts, c.shape[0] // self.parts) + c.shape[1:])
+        return c
+
+    def from_canonical(self, c: np.ndarray) -> np.ndarray:
+        if self.parts > 1:
+            c = c.reshape((c.shape[0] * c.shape[1],) + c.shape[2:])
+        inv = tuple(int(i) for i in np.argsort(self.perm))
+        return np.transpose(c, inv) if inv != tuple(range(c.ndim)) else c
+
+    def canonical_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        s = tuple(shape[p] for p in self.perm)
+        if self.parts > 1:
+            s = (self.parts, s[0] // self.parts) + s[1:]
+        return s
+
+
+@dataclass
+class Slot:
+    """One use of a float initializer."""
+
+    node: int                 # index in graph.node of the node reading the initializer
+    input: int                # input index at that node
+    initializer: str
+    shape: tuple[int, ...]
+    dtype: int                # onnx TensorProto data type
+    consumer: int             # the node that gives the role (after Identity chains)
+    consumer_input: int
+    op: str                   # consumer op type
+    role: str | None          # None: not a weight (see ``reason``)
+    layout: Layout | None
+    module: str | None = None  # module path hint, from names / scopes
+    module_evidence: str = ""
+    reason: str = ""          # why the slot is not a weight, when role is None
+    evidence: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+
+@dataclass
+class GraphSlots:
+    """All float-initializer slots of a graph, in graph order."""
+
+    slots: list[Slot]
+    shared: dict[str, list[int]]  # initializer -> indices into slots, for those used more than once
+
+
+def is_generated_name(name: str) -> bool:
+    """Names exporters invent (``val_12``, ``onnx::MatMul_7``) carry no module path."""
+    return bool(_GENERATED_NAME.match(name)) or not re.match(r"^[A-Za-z_][\w.\-/]*$", name)
+
+
+def scope_module(node: onnx.NodeProto) -> str | None:
+    """Module path of a node from exporter metadata: dynamo's name_scopes, or legacy node names."""
+    for p in node.metadata_props:
+        if p.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = [s.strip().strip("'\"") for s in p.value.strip("[]").split(",")]
+            except Exception:  # pragma: no cover - malformed metadata is only a hint
+                return None
+            # the last entry is the op's own name; the one before it is the innermost module
+            return scopes[-2] if len(scopes) >= 2 else ""
+    name = node.name
+    if name.startswith("/"):
+        parts = [p for p in name.split("/") if p][:-1]
+        path: list[str] = []
+        last = ""
+        for comp in parts:
+            if last and comp.startswith(last + "."):
+                path.append(comp[len(last) + 1:])  # indexed child: 'layers.1' then 'layers.1.0'
+            else:
+                path.append(comp)
+            last = comp
+        return ".".join(path)
+    return None
+
+
+def _producers(graph: onnx.GraphProto) -> dict[str, int]:
+    return {o: i for i, n in enumerate(graph.node) for o in n.output if o}
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[tuple[int, int]]]:
+    cons: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for i, n in enumerate(graph.node):
+        for j, x in enumerate(n.input):
+            if x:
+                cons[x].append((i, j))
+    return cons
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+class _Analyzer:
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.g = model.graph
+        self.inits = {t.name: t for t in self.g.initializer}
+        self.prod = _producers(self.g)
+        self.cons = _consumers(self.g)
+        self.outputs = {o.name for o in self.g.output}
+
+    # -------------------------------------------------------------- small graph queries
+    def _static_int_values(self, name: str) -> list[int | None] | None:
+        """Trailing-known values of an int64 shape tensor: from an initializer, a Constant,
+        or a Concat of such pieces (dynamic pieces give None and hide what precedes)."""
+        if name in self.inits:
+            t = self.inits[name]
+            if t.data_type in (TensorProto.INT64, TensorProto.INT32) and not t.external_data:
+                return [int(v) for v in numpy_helper.to_array(t).reshape(-1)]
+            return None
+        if name not in self.prod:
+            return None
+        n = self.g.node[self.prod[name]]
+        if n.op_type == "Constant":
+            v = _attr(n, "value")
+            if isinstance(v, onnx.TensorProto):
+                return [int(x) for x in numpy_helper.to_array(v).reshape(-1)]
+            return None
+        if n.op_type == "Unsqueeze":
+            return self._static_int_values(n.input[0])
+        if n.op_type == "Concat":
+            out: list[int | None] = []
+            for x in n.input:
+                v = self._static_int_values(x)
+                out = [None] if v is None else out + v  # unknown length piece: forget the prefix
+            return out
+        return None
+
+    def _follow(self, value: str, skip_bias: bool = True) -> list[tuple[int, int]]:
+        """Consumers of a value, looking through a bias Add (Add with an initializer)."""
+        result = []
+        for ci, cj in self.cons.get(value, []):
+            n = self.g.node[ci]
+            if skip_bias and n.op_type == "Add" and any(x in self.inits for x in n.input):
+                result.extend(self._follow(n.output[0], skip_bias=False))
+            else:
+                result.append((ci, cj))
+        return result
+
+    def fused_parts(self, node_idx: int, out_features: int, module: str | None) -> tuple[int, str]:
+        """Whether a projection's output is split into equal parts (fused qkv), with evidence."""
+        out = self.g.node[node_idx].output[0]
+        for ci, _ in self._follow(out):
+            n = self.g.node[ci]
+            if n.op_type == "Split":
+                k = len(n.output)
+                sizes = self._static_int_values(n.input[1]) if len(n.input) > 1 and n.input[1] else None
+                if k > 1 and (sizes is None or len(set(sizes)) == 1):
+                    return k, f"output split into {k} equal parts"
+            if n.op_type == "Reshape":
+                dims = self._static_int_values(n.input[1]) or []
+                for j, p in enumerate(dims):
+                    rest = dims[j + 1:]
+                    if p and p in (2, 3, 4) and rest and None not in rest and p * int(np.prod(rest)) == out_features:
+                        if self._indexed_after(n.output[0]):
+                            return p, f"output reshaped to {p} parts that are indexed apart"
+                        break
+        if module:
+            last = module.rsplit(".", 1)[-1].lower()
+            if last in FUSED_NAME_HINTS and out_features % 3 == 0:
+                return 3, f"name hint '{last}'"
+        return 1, ""
+
+    def _indexed_after(self, value: str, depth: int = 3) -> bool:
+        for ci, _ in self.cons.get(value, []):
+            n = self.g.node[ci]
+            if n.op_type in ("Gather", "Split", "Slice"):
+                return True
+            if n.op_type in ("Transpose", "Identity") and depth > 0 and self._indexed_after(n.output[0], depth - 1):
+                return True
+        return False
+
+    def feeds_output(self, node_idx: int) -> bool:
+        """True when the node's output reaches a graph output without another weight layer:
+        its output axis then indexes classes or vocabulary."""
+        seen: set[int] = set()
+        queue = deque([node_idx])
+        while queue:
+            i = queue.popleft()
+            for o in self.g.node[i].output:
+                if o in self.outputs:
+                    return True
+                for ci, _ in self.cons.get(o, []):
+                    if ci in seen:
+                        continue
+                    seen.add(ci)
+                    n = self.g.node[ci]
+                    has_weight = any(x in self.inits and self.inits[x].data_type in FLOAT_TYPES
+                                     and len(self.inits[x].dims) >= 1 and int(np.prod(self.inits[x].dims)) > 1
+                                     for x in n.input)
+                    if n.op_type in WEIGHT_OPS and has_weight:
+                        continue
+                    if n.op_type in ("MatMul",) and has_weight:
+                        continue
+                    queue.append(ci)
+        return False
+
+    def linear_input_is_linear(self, add_idx: int, init_input: int) -> int | None:
+        """For an Add with an initializer, the index of the MatMul/Gemm producing the other input."""
+        n = self.g.node[add_idx]
+        for j, x in enumerate(n.input):
+            if j != init_input and x in self.prod:
+                p = self.g.node[self.prod[x]]
+                if p.op_type in ("MatMul", "Gemm") and any(y in self.inits for y in p.input[1:2]):
+                    return self.prod[x]
+        return None
+
+    # -------------------------------------------------------------- roles
+    def role_of(self, ci: int, cj: int, shape: tuple[int, ...]) -> tuple[str | None, Layout | None, str, list[str]]:
+        n = self.g.node[ci]
+        op, rank = n.op_type, len(shape)
+        ev = [f"{op} input {cj}"]
+        if int(np.prod(shape, dtype=np.int64)) <= 1:
+            return None, None, "scalar constant, not a weight", ev
+        if op == "MatMul" and cj == 1 and rank == 2:
+            return "linear.weight", Layout((1, 0), (FEATURE, FEATURE), name="[in, out]"), "", ev
+        if op == "Gemm" and cj == 1 and rank == 2:
+            if _attr(n, "transB", 0):
+                return "linear.weight", Layout((0, 1), (FEATURE, FEATURE), name="[out, in]"), "", ev + ["transB=1"]
+            return "linear.weight", Layout((1, 0), (FEATURE, FEATURE), name="[in, out]"), "", ev + ["transB=0"]
+        if op == "Gemm" and cj == 2 and rank == 1:
+            return "linear.bias", Layout((0,), (FEATURE,), name="[out]"), "", ev
+        if op == "Conv" and cj == 1 and rank >= 3:
+            kinds = (FEATURE, INDEX if shape[1] == 1 else FEATURE) + (SPATIAL,) * (rank - 2)
+            return "conv.weight", Layout(tuple(range(rank)), kinds, name="[out, in/groups, k...]"), "", ev
+        if op == "ConvTranspose" and cj == 1 and rank >= 3:
+            kinds = (FEATURE, INDEX if shape[0] == 1 else FEATURE) + (SPATIAL,) * (rank - 2)
+            return "conv.weight", Layout((1, 0) + tuple(range(2, rank)), kinds, name="[in, out/groups, k...]"), "", ev
+        if op in ("Conv", "ConvTranspose") and cj == 2 and rank == 1:
+            return "conv.bias", Layout((0,), (FEATURE,), name="[out]"), "", ev
+        if op in ("LayerNormalization", "BatchNormalization", "InstanceNormalization", "GroupNormalization",
+                  "SimplifiedLayerNormalization", "RMSNormalization") and cj >= 1:
+            names = {1: "norm.scale", 2: "norm.bias", 3: "norm.mean", 4: "norm.var"}
+            return names.get(cj, f"norm.input{cj}"), _broadcast_layout(shape), "", ev
+        if op == "Gather" and cj == 0 and rank == 2 and _attr(n, "axis", 0) == 0:
+            return "embedding", Layout((0, 1), (INDEX, FEATURE), name="[vocab, dim]"), "", ev
+        if op in ("Add", "Sub") and cj in (0, 1):
+            lin = self.linear_input_is_linear(ci, cj)
+            if lin is not None and rank == 1:
+                return "linear.bias", Layout((0,), (FEATURE,), name="[out]"), "", ev + ["after a projection"]
+            return "parameter", _broadcast_layout(shape), "", ev
+        if op in ("Mul", "Div") and cj in (0, 1):
+            return "scale", _broadcast_layout(shape), "", ev
+        if op in ("Concat", "Expand", "Tile") and cj == 0:
+            return "token", _broadcast_layout(shape), "", ev
+        return None, None, f"unsupported consumer {op} input {cj}", ev
+
+    def analyze(self) -> GraphSlots:
+        slots: list[Slot] = []
+        for ni, node in enumerate(self.g.node):
+            for j, x in enumerate(node.input):
+                t = self.inits.get(x)
+                if t is None or t.data_type not in FLOAT_TYPES:
+                    continue  # integer, shape, axes and bool tensors are never touched
+                ci, cj = ni, j
+                hops = 0
+                while self.g.node[ci].op_type in PASS_THROUGH and hops < 16:
+                    nxt = self.cons.get(self.g.node[ci].output[0], [])
+                    if len(nxt) != 1:
+                        break
+                    ci, cj = nxt[0]
+                    hops += 1
+                shape = tuple(int(d) for d in t.dims)
+                role, layout, reason, ev = self.role_of(ci, cj, shape)
+                slots.append(Slot(ni, j, x, shape, t.data_type, ci, cj, self.g.node[ci].op_type,
+                                  role, layout, reason=reason, evidence=ev))
+        shared: dict[str, list[int]] = defaultdict(list)
+        for k, s in enumerate(slots):
+            shared[s.initializer].append(k)
+        shared = {k: v for k, v in shared.items() if len(v) > 1}
+        self._assign_modules(slots, shared)
+        self._refine_layouts(slots)
+        return GraphSlots(slots, shared)
+
+    def _assign_modules(self, slots: list[Slot], shared: dict[str, list[int]]) -> None:
+        """Module path per consumer node: from an unshared, exporter-kept parameter name of
+        one of its slots (``blocks.0.attn.qkv.bias`` -> ``blocks.0.attn.qkv``), else from the
+        node's scope metadata or legacy node name."""
+        by_node: dict[int, list[Slot]] = defaultdict(list)
+        for s in slots:
+            by_node[s.consumer].append(s)
+        # an Add bias and the MatMul it follows belong to the same module
+        for ci, group in by_node.items():
+            module, evidence = None, ""
+            for s in sorted(group, key=lambda s: s.consumer_input):
+                if s.initializer not in shared and not is_generated_name(s.initializer):
+                    module = s.initializer.rsplit(".", 1)[0] if "." in s.initializer else s.initializer
+                    evidence = f"initializer name '{s.initializer}'"
+                    break
+            if module is None:
+                sm = scope_module(self.g.node[ci])
+                if sm:
+                    module, evidence = sm, "node scope"
+            for s in group:
+                s.module, s.module_evidence = module, evidence
+        # bias Adds inherit the projection's module when they have none of their own
+        for s in slots:
+            if s.role == "linear.bias" and s.op in ("Add", "Sub") and not s.module:
+                lin = self.linear_input_is_linear(s.consumer, s.consumer_input)
+                if lin is not None and by_node.get(lin):
+                    s.module = by_node[lin][0].module
+                    s.module_evidence = "bias of " + (s.module or "?")
+
+    def _refine_layouts(self, slots: list[Slot]) -> None:
+        """Fused projections (parts) and output layers (index out axis), per consumer node."""
+        head_cache: dict[int, bool] = {}
+        parts_cache: dict[int, tuple[int, str]] = {}
+        for s in slots:
+            if s.role not in ("linear.weight", "linear.bias") or s.layout is None:
+                continue
+            lin = s.consumer
+            if s.role == "linear.bias" and s.op in ("Add", "Sub"):
+                found = self.linear_input_is_linear(s.consumer, s.consumer_input)
+                if found is None:
+                    continue
+                lin = found
+            out_features = s.layout.canonical_shape(s.shape)[0]
+            if lin not in head_cache:
+                head_cache[lin] = self.feeds_output(lin)
+            if head_cache[lin]:
+                kinds = (INDEX,) + s.layout.kinds[1:]
+                s.layout = Layout(s.layout.perm, kinds, 1, s.layout.name)
+                s.evidence.append("output layer: out axis indexes classes/vocabulary")
+                continue
+            if lin not in parts_cache:
+                parts_cache[lin] = self.fused_parts(lin, out_features, s.module)
+            p, why = parts_cache[lin]
+            if p > 1 and out_features % p == 0:
+                s.layout = Layout(s.layout.perm, (PARTS,) + s.layout.kinds, p, s.layout.name)
+                s.evidence.append(f"fused projection of {p} parts ({why})")
+
+
+def _broadcast_layout(shape: tuple[int, ...]) -> Layout:
+    """Parameter tensors (norm scales, biases, position tables, tokens): axes of length 1
+    broadcast and are index axes; the others are feature axes."""
+    kinds = tuple(INDEX if d == 1 else FEATURE for d in shape)
+    return Layout(tuple(range(len(shape))), kinds, name="[" + ", ".join("1" if d == 1 else "d" for d in shape) + "]")
+
+
+def analyze_slots(model: onnx.ModelProto) -> GraphSlots:
+    """Every float-initializer slot of the main graph with its role and layout."""
+    return _Analyzer(model).analyze()

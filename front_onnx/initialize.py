@@ -1,0 +1,90 @@
+"""Materialize target tensors from a learngene and write the initialized graph."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from front_onnx import spectral
+from front_onnx.extract import transformed_axes
+from front_onnx.graph import GraphSlots
+from front_onnx.learngene import GeneTemplate, Learngene
+from front_onnx.onnx_io import OnnxModel, save_model
+from front_onnx.plan import Plan
+from front_onnx.structure import Structure, Template
+
+
+def materialize(gene: GeneTemplate, depth: int, shape: tuple[int, ...], convention: str) -> np.ndarray:
+    """The target's depth stack [depth, *shape] (float64) from a template's learngene:
+    fit the kept spectrum to the target's lengths (truncate or zero-pad), inverse DCT,
+    and restore each block's statistics, interpolated over relative depth."""
+    full = (depth,) + tuple(shape)
+    z = spectral.spectrum_to_array(gene.coefficients.astype(np.float64), full, transformed_axes(gene.kinds), convention)
+    means = spectral.resample_stats(gene.means, depth)
+    stds = spectral.resample_stats(gene.stds, depth)
+    bshape = (depth,) + (1,) * len(shape)
+    values = z * stds.reshape(bshape) + means.reshape(bshape)
+    if gene.role == "norm.var":  # variances must stay positive
+        floor = max(float(np.min(gene.means)) * 1e-3, 1e-6)
+        values = np.maximum(values, floor)
+    return values
+
+
+def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan) -> dict[int, np.ndarray]:
+    """Values for every written slot (slot index -> array in the slot's stored layout)."""
+    out: dict[int, np.ndarray] = {}
+    for key, verdict in plan.templates.items():
+        if verdict != "ok":
+            continue
+        tpl: Template = st.templates[key]
+        first = gs.slots[tpl.blocks[0][0]]
+        assert first.layout is not None
+        stack = materialize(gene.templates[key], tpl.depth, first.layout.canonical_shape(first.shape), gene.convention)
+        for b, block in enumerate(tpl.blocks):
+            for i in block:
+                out[i] = gs.slots[i].layout.from_canonical(stack[b])  # type: ignore[union-attr]
+    return out
+
+
+def _digest(a: np.ndarray, dtype: np.dtype) -> bytes:
+    return hashlib.sha256(np.ascontiguousarray(a.astype(dtype)).tobytes()).digest()
+
+
+def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarray], output: Path,
+                      external_data: bool | None = None) -> dict[str, int]:
+    """Write the target with new values. An initializer whose uses get different values
+    (exporters deduplicate identical tensors) is split into one initializer per value;
+    nothing else in the graph changes. Returns {'split': n initializers split, 'added': n}."""
+    by_init: dict[str, list[int]] = {}
+    for i, s in enumerate(gs.slots):
+        by_init.setdefault(s.initializer, []).append(i)
+    new_values: dict[str, np.ndarray] = {}
+    add: dict[str, tuple[np.ndarray, object]] = {}
+    rewire: dict[tuple[int, int], str] = {}
+    taken = set(target.initializer_names()) | {o for n in target.proto.graph.node for o in n.output} \
+        | {i.name for i in target.proto.graph.input}
+    split = 0
+    for name, idx in by_init.items():
+        if not any(i in values for i in idx):
+            continue
+        dtype = target.dtype(name)
+        # group the uses by value, in first-use order; uses left alone keep the original
+        # bytes (group None) and then keep the name, else the first group keeps it
+        groups: dict[bytes | None, list[int]] = {}
+        for i in idx:
+            groups.setdefault(_digest(values[i], dtype) if i in values else None, []).append(i)
+        order = sorted(groups, key=lambda d: d is not None)  # stable: None first, if present
+        if order[0] is not None:
+            new_values[name] = values[groups[order[0]][0]]
+        split += len(order) > 1
+        for k, digest in enumerate(order[1:], start=1):
+            new_name = f"{name}__front{k}"
+            while new_name in taken:
+                new_name += "_"
+            taken.add(new_name)
+            add[new_name] = (values[groups[digest][0]], dtype)
+            for i in groups[digest]:
+                rewire[(gs.slots[i].node, gs.slots[i].input)] = new_name
+    save_model(target, output, new_values, external_data=external_data, add_initializers=add, rewire=rewire)
+    return {"split": split, "added": len(add)}

@@ -1,0 +1,140 @@
+"""The learngene: per template, the kept low-frequency DCT coefficients of a source's
+standardized weights (depth x feature axes), their per-block statistics and layout
+metadata. Stored as safetensors (arrays) plus JSON metadata; loading runs no code and
+needs neither the source model nor torch. Format: docs/learngene-format.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "front-onnx.learngene"
+FORMAT_VERSION = 1
+
+
+class LearngeneError(Exception):
+    """A learngene file that cannot be used (one line naming the file and the problem)."""
+
+
+@dataclass
+class GeneTemplate:
+    """The learngene of one template (one role across the blocks of a stage)."""
+
+    key: str
+    stage: str
+    role: str
+    layout: str                    # the source slot's stored layout, for people
+    kinds: tuple[str, ...]         # canonical axis kinds of one block's tensor
+    shape: tuple[int, ...]         # canonical shape of one block's tensor in the source
+    depth: int                     # number of blocks in the source stage
+    dtype: str                     # source tensor dtype
+    coefficients: np.ndarray       # [kept depth, kept axes...] DCT-II coefficients
+    means: np.ndarray              # [depth] per-block means (float64)
+    stds: np.ndarray               # [depth] per-block standard deviations (float64)
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "stage": self.stage, "role": self.role, "layout": self.layout,
+            "kinds": list(self.kinds), "shape": list(self.shape), "depth": self.depth,
+            "dtype": self.dtype, "kept": list(self.coefficients.shape),
+        }
+
+
+@dataclass
+class Learngene:
+    """Everything needed to initialize a target: templates plus how they were made."""
+
+    templates: dict[str, GeneTemplate]
+    keep: float
+    convention: str
+    source: str = ""               # source file name (informational)
+    source_sha256: str = ""
+    tool_version: str = ""
+    skipped: dict[str, str] = field(default_factory=dict)   # template key -> why not extracted
+
+    # ------------------------------------------------------------------ persistence
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "tool_version": self.tool_version,
+            "source": self.source, "source_sha256": self.source_sha256, "keep": self.keep,
+            "convention": self.convention, "skipped": dict(sorted(self.skipped.items())),
+            "templates": [self.templates[k].meta() for k in sorted(self.templates)],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically: a temporary file in the destination directory, then rename."""
+        from safetensors.numpy import save
+
+        path = Path(path)
+        tensors: dict[str, np.ndarray] = {}
+        for i, k in enumerate(sorted(self.templates)):
+            t = self.templates[k]
+            tensors[f"t{i}.coefficients"] = np.ascontiguousarray(t.coefficients)
+            tensors[f"t{i}.means"] = np.ascontiguousarray(t.means, dtype=np.float64)
+            tensors[f"t{i}.stds"] = np.ascontiguousarray(t.stds, dtype=np.float64)
+        data = save(tensors, metadata={"front_onnx": json.dumps(self.metadata(), sort_keys=True)})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Learngene":
+        """Read a learngene file; any problem raises LearngeneError naming the file."""
+        from safetensors import SafetensorError
+        from safetensors.numpy import load
+
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise LearngeneError(f"{path}: cannot read learngene file ({e.strerror or e})") from None
+        try:
+            arrays = load(raw)
+            header_len = int.from_bytes(raw[:8], "little")
+            header = json.loads(raw[8:8 + header_len])
+            meta = json.loads(header.get("__metadata__", {}).get("front_onnx", "null"))
+        except (SafetensorError, ValueError, TypeError, UnicodeDecodeError) as e:
+            raise LearngeneError(f"{path}: not a learngene file (unreadable safetensors: {e})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise LearngeneError(f"{path}: not a front-onnx learngene (no '{FORMAT}' metadata)")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise LearngeneError(f"{path}: learngene format version {meta.get('format_version')!r} is not "
+                                 f"supported (this front-onnx reads version {FORMAT_VERSION})")
+        try:
+            templates: dict[str, GeneTemplate] = {}
+            for i, tm in enumerate(meta["templates"]):
+                coef = arrays[f"t{i}.coefficients"]
+                means, stds = arrays[f"t{i}.means"], arrays[f"t{i}.stds"]
+                t = GeneTemplate(
+                    key=str(tm["key"]), stage=str(tm["stage"]), role=str(tm["role"]), layout=str(tm["layout"]),
+                    kinds=tuple(str(k) for k in tm["kinds"]), shape=tuple(int(d) for d in tm["shape"]),
+                    depth=int(tm["depth"]), dtype=str(tm["dtype"]), coefficients=coef, means=means, stds=stds)
+                if (list(coef.shape) != list(tm["kept"]) or coef.ndim != len(t.kinds) + 1
+                        or means.shape != (t.depth,) or stds.shape != (t.depth,)):
+                    raise ValueError(f"template {t.key!r}: array shapes disagree with the metadata")
+                if not (np.all(np.isfinite(coef)) and np.all(np.isfinite(means)) and np.all(np.isfinite(stds))):
+                    raise ValueError(f"template {t.key!r}: non-finite values")
+                templates[t.key] = t
+            keep = float(meta["keep"])
+            convention = str(meta["convention"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise LearngeneError(f"{path}: corrupted learngene ({e})") from None
+        return cls(templates, keep, convention, str(meta.get("source", "")), str(meta.get("source_sha256", "")),
+                   str(meta.get("tool_version", "")), dict(meta.get("skipped", {})))

@@ -1,0 +1,147 @@
+"""The plan: for each target weight slot, which learngene template feeds it and the
+per-axis operations, or why it is left alone. Built from learngene metadata only."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from front_onnx.graph import INDEX, PARTS, GraphSlots
+from front_onnx.learngene import GeneTemplate, Learngene
+from front_onnx.structure import Structure, Template
+
+
+@dataclass
+class SlotPlan:
+    """What happens to one target slot."""
+
+    initializer: str
+    node: str
+    input: int
+    role: str | None
+    layout: str
+    shape: list[int]
+    elements: int
+    template: str | None
+    status: str                      # 'written' or 'left'
+    operations: list[str] = field(default_factory=list)
+    reason: str = ""
+    evidence: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    slots: list[SlotPlan]
+    templates: dict[str, str]        # target template key -> 'ok' or why it is left
+    keep: float
+    convention: str
+
+    @property
+    def written(self) -> list[SlotPlan]:
+        return [s for s in self.slots if s.status == "written"]
+
+    @property
+    def left(self) -> list[SlotPlan]:
+        return [s for s in self.slots if s.status != "written"]
+
+    def summary(self) -> dict[str, Any]:
+        weights = [s for s in self.slots if s.role is not None]
+        total = sum(s.elements for s in weights)
+        done = sum(s.elements for s in weights if s.status == "written")
+        return {
+            "slots": len(self.slots), "weight_slots": len(weights), "written": len(self.written),
+            "left": len(self.left), "weight_elements": total, "written_elements": done,
+            "written_fraction": (done / total) if total else 0.0,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {"keep": self.keep, "convention": self.convention, "summary": self.summary(),
+                "templates": self.templates, "slots": [asdict(s) for s in self.slots]}
+
+
+def _axis_ops(gene: GeneTemplate, kinds: tuple[str, ...], shape: tuple[int, ...], depth: int) -> list[str]:
+    kept = gene.coefficients.shape
+    names = ["depth"] + [f"{k}{i}" for i, k in enumerate(kinds)]
+    src = (gene.depth,) + gene.shape
+    tgt = (depth,) + tuple(shape)
+    ops = []
+    for i, (name, s, t) in enumerate(zip(names, src, tgt)):
+        kind = "depth" if i == 0 else kinds[i - 1]
+        if kind in (INDEX, PARTS):
+            ops.append(f"{name}: copy {t}")
+            continue
+        k = kept[i]
+        verb = "copy" if s == t and k == s else ("truncate" if t < k else ("pad" if t > k else "keep"))
+        label = f"{s}->{t}" if s != t else f"{t}"
+        extra = f" (kept {k})" if k != s else ""
+        ops.append(f"{name}: {verb} {label}{extra}")
+    return ops
+
+
+def check_template(gene: GeneTemplate, role: str, kinds: tuple[str, ...], shape: tuple[int, ...]) -> str:
+    """Why a source template cannot feed a target template, or '' when it can."""
+    if gene.role != role:
+        return f"role differs (source {gene.role}, target {role})"
+    if gene.kinds != kinds:
+        return f"axis kinds differ (source {list(gene.kinds)}, target {list(kinds)})"
+    for i, (kind, s, t) in enumerate(zip(kinds, gene.shape, shape)):
+        if kind in (INDEX, PARTS) and s != t:
+            what = "classes/vocabulary" if kind == INDEX else "parts"
+            return f"{kind} axis {i} ({what}) differs: source {s}, target {t}"
+    return ""
+
+
+def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[str]) -> Plan:
+    """Match every target slot to a learngene template by its key."""
+    by_slot: dict[int, tuple[Template, str, list[str]]] = {}
+    verdicts: dict[str, str] = {}
+    for key in sorted(st.templates):
+        tpl = st.templates[key]
+        first = gs.slots[tpl.blocks[0][0]]
+        assert first.layout is not None
+        kinds = first.layout.kinds
+        shape = first.layout.canonical_shape(first.shape)
+        src = gene.templates.get(key)
+        if src is None:
+            why = gene.skipped.get(key) or "no source template with this key (structures differ here)"
+        else:
+            why = check_template(src, tpl.role, kinds, shape)
+        verdicts[key] = why or "ok"
+        ops = _axis_ops(src, kinds, shape, tpl.depth) if src is not None and not why else []
+        for block in tpl.blocks:
+            for i in block:
+                by_slot[i] = (tpl, why, ops)
+    plans: list[SlotPlan] = []
+    for i, s in enumerate(gs.slots):
+        base = dict(initializer=s.initializer, node=node_names[s.node] or f"#{s.node}", input=s.input,
+                    role=s.role, layout=s.layout.name if s.layout else "", shape=list(s.shape),
+                    elements=s.size, evidence=list(s.evidence) + ([f"module {s.module} ({s.module_evidence})"]
+                                                                 if s.module else []))
+        if i in by_slot:
+            tpl, why, ops = by_slot[i]
+            plans.append(SlotPlan(**base, template=tpl.key, status="left" if why else "written",
+                                  operations=ops, reason=why))
+        else:
+            reason = st.unplaced.get(i, s.reason or "not placed")
+            plans.append(SlotPlan(**base, template=None, status="left", reason=reason))
+    return Plan(plans, verdicts, gene.keep, gene.convention)
+
+
+def format_plan(plan: Plan, verbose: bool = True) -> str:
+    """A readable table of the plan."""
+    lines = []
+    rows = [("initializer", "role", "shape", "template", "operations / reason")]
+    for s in plan.slots:
+        if not verbose and s.role is None:
+            continue
+        what = "; ".join(s.operations) if s.status == "written" else f"LEFT: {s.reason}"
+        rows.append((s.initializer, s.role or "-", "x".join(map(str, s.shape)) or "scalar",
+                     s.template or "-", what))
+    widths = [min(max(len(r[c]) for r in rows), 40) for c in range(4)]
+    for r in rows:
+        lines.append("  ".join(r[c][:40].ljust(widths[c]) for c in range(4)) + "  " + r[4])
+    sm = plan.summary()
+    lines.append(f"{sm['written']} slots written, {sm['left']} left; "
+                 f"{sm['written_fraction']:.1%} of {sm['weight_elements']} weight elements written "
+                 f"(keep {plan.keep}, convention {plan.convention})")
+    return "\n".join(lines)
+
