@@ -22,7 +22,7 @@ FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, Ten
 FEATURE, INDEX, SPATIAL, PARTS = "feature", "index", "spatial", "parts"
 
 # Ops an initializer may pass through unchanged on its way to the op that gives it a role.
-PASS_THROUGH = {"Identity"}
+PASS_THROUGH = {"Identity", "Cast"}
 # Ops whose float initializer inputs are weights of a layer; used to bound graph walks.
 WEIGHT_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "LayerNormalization", "BatchNormalization",
               "InstanceNormalization", "GroupNormalization", "Gather"}

@@ -218,6 +218,16 @@ def build(family: str, size: str = "base", seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def perturb(model: nn.Module, seed: int = 0, scale: float = 0.05) -> nn.Module:
+    """Add noise to every parameter, so that no two tensors are equal (as after training):
+    exporters then have nothing to deduplicate, and norm scales are not all ones."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
 def example_input(family: str, batch: int = 2, seed: int = 0) -> torch.Tensor:
     """A deterministic example input for a family."""
     g = torch.Generator().manual_seed(seed)

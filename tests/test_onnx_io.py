@@ -620,3 +620,27 @@ def test_roundtrip_property(tmp_path_factory, dtype, shape, external, threshold,
     assert m2.array("Q").tobytes() == orig.tobytes()
     full = onnx.load(str(out))
     assert numpy_helper.to_array(full.graph.initializer[0]).tobytes() == new.tobytes()
+
+
+def test_copy_without_copy_file_range(ext_src, tmp_path, monkeypatch):
+    """Unchanged external tensors are copied byte for byte by the read/write fallback too."""
+    def unsupported(*a, **k):
+        raise OSError(18, "Invalid cross-device link")  # EXDEV
+    monkeypatch.setattr(onnx_io.os, "copy_file_range", unsupported, raising=False)
+    m = load_model(ext_src)
+    out = save_model(m, tmp_path / "o.onnx", {}, size_threshold=0)
+    m2 = load_model(out)
+    for name in m.initializer_names():
+        assert m2.array(name).tobytes() == m.array(name).tobytes(), name
+    assert m2.initializer("B").data_location == TensorProto.EXTERNAL
+
+
+def test_memory_mapped_arrays_as_new_values(ext_src, tmp_path):
+    """Arrays read from one model (read-only memmaps) can be written into another."""
+    donor = write(build_model(), tmp_path / "donor" / "d.onnx", True)
+    d = load_model(donor)
+    nv = {"W32": d.array("W32")[::-1], "B": d.array("B")}  # a non-contiguous view and a plain memmap
+    out = save_model(load_model(ext_src), tmp_path / "o.onnx", nv)
+    m2 = load_model(out)
+    assert m2.array("W32").tobytes() == np.ascontiguousarray(ORIG["W32"][::-1]).tobytes()
+    assert m2.array("B").tobytes() == ORIG["B"].tobytes()

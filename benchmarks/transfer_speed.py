@@ -1,0 +1,483 @@
+"""Speed and peak memory of a DeiT-B -> DeiT-S transfer, ONNX file to ONNX file.
+
+Budget (issue): ``front_onnx.transfer`` from a DeiT-B-sized source (86M parameters,
+12 blocks, width 768) to a DeiT-S-sized target (width 384) in at most 3 s and 1.5 GB
+peak memory on a 2-core machine. (The authors' in-memory PyTorch code: about 30 s and
+5.7 GB for this pair on the same machine.)
+
+What is measured, each in a fresh Python process so that its peak RSS
+(``getrusage(RUSAGE_SELF).ru_maxrss``, which counts file-backed pages such as a
+memory-mapped ``.onnx.data`` too) is that operation's own:
+
+    transfer   front_onnx.transfer(source, target, output)
+    extract    front_onnx.extract(source)
+    io-target  onnx.load (with external data) + onnx.save of the target: the I/O floor
+    io-source  the same for the source
+    imports    the imports alone (the RSS and time every child pays before any work)
+
+For each: the call's own wall time (perf_counter around it), the whole child's wall
+time (interpreter start, imports, call, exit; timed by the parent) and the peak RSS,
+as median and min over ``--repeats`` runs. The files are read once before measuring, so
+every run sees a warm page cache.
+
+    python benchmarks/transfer_speed.py [--workdir bench-out] [--exporter dynamo|legacy]
+        [--repeats 3] [--json results.json] [--profile] [--check]
+
+``--profile`` adds a cProfile of one transfer (top 25 by cumulative time, top 15 by
+own time) and a phase breakdown (time, peak RSS, peak anonymous / file-backed RSS per
+step of transfer), each in its own fresh process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+BUDGET_S = 3.0
+BUDGET_BYTES = 1.5e9
+REFERENCE = "authors' in-memory PyTorch code: ~30 s, ~5.7 GB"
+
+MODELS = {
+    # name: ViTConfig kwargs
+    "deit-b": dict(image=224, patch=16, channels=3, dim=768, depth=12, heads=12, mlp_ratio=4, classes=1000),
+    "deit-s": dict(image=224, patch=16, channels=3, dim=384, depth=12, heads=6, mlp_ratio=4, classes=1000),
+}
+MANIFEST_VERSION = 1
+
+
+# --------------------------------------------------------------------------- helpers
+def _peak_rss_bytes() -> int:
+    """Peak RSS of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r) if sys.platform == "darwin" else int(r) * 1024
+
+
+def _status_kib(*keys: str) -> dict[str, int]:
+    """Fields of /proc/self/status in KiB (empty off Linux)."""
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in keys:
+                    out[k] = int(v.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+class _MemSampler:
+    """Polls /proc/self/status in a thread: peak anonymous and file-backed RSS (Linux only).
+    Used for the phase breakdown only (it costs a little time)."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        import threading
+
+        self.interval = interval
+        self.peak_anon = self.peak_file = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        s = _status_kib("RssAnon", "RssFile")
+        self.peak_anon = max(self.peak_anon, s.get("RssAnon", 0) * 1024)
+        self.peak_file = max(self.peak_file, s.get("RssFile", 0) * 1024)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            time.sleep(self.interval)
+
+    def reset(self) -> None:
+        self.peak_anon = self.peak_file = 0
+        self._sample()
+
+    def __enter__(self) -> "_MemSampler":
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def _gb(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1e9:.3f}"
+
+
+def _s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _data_file(p: Path) -> Path:
+    return p.with_name(p.name + ".data")
+
+
+def _files(p: Path) -> list[Path]:
+    return [f for f in (p, _data_file(p)) if f.exists()]
+
+
+def _size(p: Path) -> int:
+    return sum(f.stat().st_size for f in _files(p))
+
+
+def _warm_page_cache(paths: list[Path]) -> None:
+    for p in paths:
+        for f in _files(p):
+            with open(f, "rb", buffering=0) as fh:
+                while fh.read(16 << 20):
+                    pass
+
+
+def _remove_output(p: Path) -> None:
+    for f in (p, _data_file(p)):
+        try:
+            f.unlink()
+        except FileNotFoundError:
+            pass
+
+
+# --------------------------------------------------------------------------- models
+def _onnx_float_elements(path: Path) -> int:
+    """Elements of the float initializers of an ONNX file (protobuf only, no data read)."""
+    import math
+
+    import onnx
+    from onnx import TensorProto
+
+    floats = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+    m = onnx.load(str(path), load_external_data=False)
+    return sum(math.prod(t.dims) for t in m.graph.initializer if t.data_type in floats)
+
+
+def build_models(workdir: Path, exporter: str, rebuild: bool = False) -> dict:
+    """Export DeiT-B and DeiT-S sized ViTs once; a manifest records configs and parameter counts."""
+    d = workdir / exporter
+    manifest_path = d / "manifest.json"
+    want = {"version": MANIFEST_VERSION, "exporter": exporter, "configs": MODELS}
+    if not rebuild and manifest_path.exists():
+        try:
+            man = json.loads(manifest_path.read_text())
+        except ValueError:
+            man = {}
+        if {k: man.get(k) for k in want} == want and all((d / f"{n}.onnx").exists() for n in MODELS):
+            return man
+    import torch
+
+    from samples.export import export
+    from samples.models import ViT, ViTConfig
+
+    man = dict(want, models={})
+    for name, kw in MODELS.items():
+        path = d / f"{name}.onnx"
+        _remove_output(path)
+        print(f"building {name} ({exporter}) -> {path} ...", flush=True)
+        t0 = time.perf_counter()
+        torch.manual_seed(0)
+        model = ViT(ViTConfig(**kw)).eval()
+        params = sum(p.numel() for p in model.parameters())
+        with torch.no_grad():
+            export(model, torch.randn(1, 3, 224, 224), path, exporter)
+        del model
+        man["models"][name] = {"file": path.name, "torch_parameters": params,
+                               "export_s": round(time.perf_counter() - t0, 1)}
+        print(f"  {params / 1e6:.2f} M parameters, exported in {time.perf_counter() - t0:.1f} s", flush=True)
+    manifest_path.write_text(json.dumps(man, indent=2) + "\n")
+    return man
+
+
+# --------------------------------------------------------------------------- child side
+def _child(spec: dict) -> dict:
+    """Runs in a fresh process: one measured operation, result as a dict."""
+    t_start = time.perf_counter()
+    mode = spec["mode"]
+    import numpy  # noqa: F401  (every mode pays these imports)
+    import onnx
+
+    import front_onnx
+
+    res: dict = {"mode": mode}
+    res["import_s"] = time.perf_counter() - t_start
+    res["rss_after_imports"] = _peak_rss_bytes()
+    src, tgt, out = spec.get("source"), spec.get("target"), spec.get("output")
+
+    if mode == "imports":
+        res["call_s"] = 0.0
+    elif mode == "transfer":
+        t0 = time.perf_counter()
+        r = front_onnx.transfer(src, tgt, out)
+        res["call_s"] = time.perf_counter() - t0
+        res["reported_s"] = r.seconds
+        res["summary"] = r.summary_line()
+        res["plan"] = r.plan.summary()
+    elif mode == "extract":
+        t0 = time.perf_counter()
+        gene = front_onnx.extract(src)
+        res["call_s"] = time.perf_counter() - t0
+        res["templates"] = len(gene.templates)
+        res["skipped"] = len(gene.skipped)
+        res["gene_bytes"] = int(sum(t.coefficients.nbytes for t in gene.templates.values()))
+    elif mode == "io":
+        t0 = time.perf_counter()
+        m = onnx.load(spec["path"], load_external_data=True)
+        t1 = time.perf_counter()
+        onnx.save_model(m, out, save_as_external_data=spec["external"], all_tensors_to_one_file=True,
+                        location=Path(out).name + ".data", size_threshold=1024)
+        res["call_s"] = time.perf_counter() - t0
+        res["load_s"] = t1 - t0
+        res["save_s"] = res["call_s"] - res["load_s"]
+    elif mode == "profile":
+        import cProfile
+        import io
+        import pstats
+
+        prof = cProfile.Profile()
+        t0 = time.perf_counter()
+        prof.enable()
+        front_onnx.transfer(src, tgt, out)
+        prof.disable()
+        res["call_s"] = time.perf_counter() - t0
+        text = []
+        for key, n in (("cumulative", 25), ("tottime", 15)):
+            buf = io.StringIO()
+            st = pstats.Stats(prof, stream=buf)
+            st.sort_stats(key).print_stats(n)
+            text.append(buf.getvalue())
+        res["profile"] = text
+    elif mode == "phases":
+        res.update(_phases(src, tgt, out))
+    else:
+        raise SystemExit(f"unknown child mode {mode!r}")
+    res["peak_rss"] = _peak_rss_bytes()
+    res["child_s"] = time.perf_counter() - t_start
+    return res
+
+
+def _phases(src: str, tgt: str, out: str) -> dict:
+    """transfer() step by step (mirrors front_onnx.api.transfer/initialize), with time and
+    memory per step. Uses internal functions; if they moved, says so instead of failing."""
+    try:
+        from front_onnx.extract import analyze, extract_learngene, file_sha256
+        from front_onnx.initialize import slot_values, write_initialized
+        from front_onnx.onnx_io import load_model
+        from front_onnx.plan import make_plan
+    except ImportError as e:
+        return {"call_s": 0.0, "phases_error": f"internals changed ({e}); phase breakdown skipped"}
+    rows = []
+    with _MemSampler() as mem:
+        def step(name, fn):
+            mem.reset()
+            before = _status_kib("RssAnon", "RssFile")
+            t0 = time.perf_counter()
+            v = fn()
+            dt = time.perf_counter() - t0
+            mem._sample()
+            rows.append({"phase": name, "s": dt, "peak_rss_so_far": _peak_rss_bytes(),
+                         "anon_before": before.get("RssAnon", 0) * 1024, "peak_anon": mem.peak_anon,
+                         "file_before": before.get("RssFile", 0) * 1024, "peak_file": mem.peak_file})
+            return v
+        t0 = time.perf_counter()
+        try:
+            s = step("load_model(source)", lambda: load_model(src))
+            gs_s = step("analyze(source)", lambda: analyze(s))
+            gene = step("extract_learngene (incl. sha256)", lambda: extract_learngene(s, structure=gs_s))
+            step("  of which file_sha256(source)", lambda: file_sha256(s.path))
+            t = step("load_model(target)", lambda: load_model(tgt))
+            gs, st = step("analyze(target)", lambda: analyze(t))
+            p = step("make_plan", lambda: make_plan(gene, gs, st, [n.name for n in t.proto.graph.node]))
+            values = step("slot_values (materialize)", lambda: slot_values(gene, gs, st, p))
+            step("write_initialized", lambda: write_initialized(t, gs, values, Path(out)))
+        except TypeError as e:
+            return {"call_s": 0.0, "phases_error": f"internals changed ({e}); phase breakdown skipped"}
+        total = time.perf_counter() - t0
+    # file_sha256 is timed twice (inside extract and alone): don't count it in the total
+    return {"call_s": total - rows[3]["s"], "phases": rows}
+
+
+# --------------------------------------------------------------------------- parent side
+def run_child(spec: dict, timeout: float = 900) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_child", json.dumps(spec)],
+                          capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=timeout)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {spec['mode']} failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
+    res = json.loads(line)
+    res["process_s"] = wall
+    return res
+
+
+def measure(name: str, spec: dict, repeats: int, cleanup: Path | None = None) -> dict:
+    runs = []
+    for _ in range(repeats):
+        if cleanup is not None:
+            _remove_output(cleanup)
+        runs.append(run_child(spec))
+    def agg(key):
+        vals = [r[key] for r in runs if r.get(key) is not None]
+        return {"median": statistics.median(vals), "min": min(vals), "all": vals} if vals else None
+    out = {"name": name, "runs": runs, "call_s": agg("call_s"), "process_s": agg("process_s"),
+           "peak_rss": agg("peak_rss"), "rss_after_imports": agg("rss_after_imports"), "import_s": agg("import_s")}
+    if cleanup is not None:
+        out["output_bytes"] = _size(cleanup) if cleanup.exists() else None
+    return out
+
+
+def print_table(results: list[dict]) -> None:
+    hdr = (f"{'operation':<24}{'call s med':>11}{'call s min':>11}{'process s':>11}"
+           f"{'peak GB med':>12}{'peak GB min':>12}{'imports GB':>11}")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in results:
+        print(f"{r['name']:<24}{_s(r['call_s']['median']):>11}{_s(r['call_s']['min']):>11}"
+              f"{_s(r['process_s']['median']):>11}{_gb(r['peak_rss']['median']):>12}{_gb(r['peak_rss']['min']):>12}"
+              f"{_gb(r['rss_after_imports']['median']):>11}")
+
+
+def print_phases(res: dict) -> None:
+    if "phases_error" in res:
+        print(res["phases_error"])
+        return
+    print(f"{'phase':<36}{'s':>8}{'anon before':>13}{'anon peak':>11}{'file before':>13}{'file peak':>11}"
+          f"{'maxrss so far':>15}")
+    for r in res["phases"]:
+        print(f"{r['phase']:<36}{r['s']:>8.3f}{_gb(r['anon_before']):>13}{_gb(r['peak_anon']):>11}"
+              f"{_gb(r['file_before']):>13}{_gb(r['peak_file']):>11}{_gb(r['peak_rss_so_far']):>15}")
+    print(f"{'total (excluding the extra sha256)':<36}{res['call_s']:>8.3f}   (GB = 1e9 bytes; "
+          "anon/file peaks sampled every 2 ms)")
+
+
+def check_output(path: Path) -> str:
+    """Run the transferred model once with onnxruntime (CPU): finite logits of the right shape."""
+    import numpy as np
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    (y,) = sess.run(None, {sess.get_inputs()[0].name: x})
+    ok = y.shape == (1, 1000) and bool(np.all(np.isfinite(y)))
+    return f"onnxruntime: logits {y.shape}, finite={bool(np.all(np.isfinite(y)))}, std={float(y.std()):.4f} -> " \
+           f"{'OK' if ok else 'FAILED'}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path, default=Path("bench-out"), help="models and outputs (default bench-out/)")
+    ap.add_argument("--exporter", choices=("dynamo", "legacy"), default="dynamo")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", type=Path, help="write all results to this JSON file")
+    ap.add_argument("--profile", action="store_true", help="cProfile one transfer and print a phase breakdown")
+    ap.add_argument("--check", action="store_true", help="run the transferred model once with onnxruntime")
+    ap.add_argument("--skip-io", action="store_true", help="skip the I/O floor measurements")
+    ap.add_argument("--rebuild", action="store_true", help="export the models again even if cached")
+    ap.add_argument("--_child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args._child is not None:
+        print(json.dumps(_child(json.loads(args._child))), flush=True)
+        return 0
+    if args.repeats < 1:
+        ap.error("--repeats must be >= 1")
+
+    workdir = args.workdir.resolve()
+    man = build_models(workdir, args.exporter, args.rebuild)
+    d = workdir / args.exporter
+    src, tgt = d / "deit-b.onnx", d / "deit-s.onnx"
+    outdir = workdir / "out" / args.exporter
+    outdir.mkdir(parents=True, exist_ok=True)
+    out = outdir / "deit-s-front.onnx"
+
+    info = {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
+            "exporter": args.exporter, "repeats": args.repeats}
+    models = {}
+    for name, p in (("source", src), ("target", tgt)):
+        mm = man["models"][Path(p).stem]
+        models[name] = {"path": str(p), "bytes": _size(p), "torch_parameters": mm["torch_parameters"],
+                        "onnx_float_elements": _onnx_float_elements(p), "external_data": _data_file(p).exists()}
+    print(f"front-onnx transfer benchmark ({args.exporter} exporter, {os.cpu_count()} CPUs, "
+          f"{args.repeats} repeats, fresh process each)")
+    for name, m in models.items():
+        print(f"  {name}: {m['path']}  {m['torch_parameters'] / 1e6:.2f} M parameters "
+              f"({m['onnx_float_elements'] / 1e6:.2f} M float initializer elements), {m['bytes'] / 1e6:.1f} MB"
+              f"{' incl. .onnx.data' if m['external_data'] else ''}")
+    print(f"  budget: transfer <= {BUDGET_S:g} s and <= {BUDGET_BYTES / 1e9:g} GB peak RSS ({REFERENCE})")
+    _warm_page_cache([src, tgt])
+
+    results = []
+    results.append(measure("imports only", {"mode": "imports"}, args.repeats))
+    results.append(measure("transfer B->S", {"mode": "transfer", "source": str(src), "target": str(tgt),
+                                             "output": str(out)}, args.repeats, cleanup=out))
+    results.append(measure("extract(source)", {"mode": "extract", "source": str(src)}, args.repeats))
+    if not args.skip_io:
+        for name, p in (("target", tgt), ("source", src)):
+            o = outdir / f"io-{name}.onnx"
+            results.append(measure(f"I/O floor {name}", {"mode": "io", "path": str(p), "output": str(o),
+                                                         "external": _data_file(p).exists()}, args.repeats, cleanup=o))
+            _remove_output(o)
+    print()
+    print_table(results)
+    print("(call = perf_counter around the call; process = whole child incl. interpreter start and imports, "
+          "timed by the parent; peak = ru_maxrss of the child, incl. file-backed pages; GB = 1e9 bytes)")
+    for r in results:
+        if r["name"].startswith("I/O"):
+            loads = [x["load_s"] for x in r["runs"]]
+            saves = [x["save_s"] for x in r["runs"]]
+            print(f"  {r['name']}: load {statistics.median(loads):.3f} s + save {statistics.median(saves):.3f} s (median)")
+
+    tr = results[1]
+    print(f"\ntransfer: {tr['runs'][-1]['summary']}")
+    t_med, m_med = tr["call_s"]["median"], tr["peak_rss"]["median"]
+    verdict = {"time_ok": t_med <= BUDGET_S, "memory_ok": m_med <= BUDGET_BYTES,
+               "process_time_ok": tr["process_s"]["median"] <= BUDGET_S}
+    print(f"budget: call {t_med:.2f} s {'<=' if verdict['time_ok'] else '>'} {BUDGET_S:g} s "
+          f"({'OK' if verdict['time_ok'] else 'MISSED'}); whole process {tr['process_s']['median']:.2f} s "
+          f"({'OK' if verdict['process_time_ok'] else 'over'}); peak RSS {m_med / 1e9:.2f} GB "
+          f"{'<=' if verdict['memory_ok'] else '>'} {BUDGET_BYTES / 1e9:g} GB ({'OK' if verdict['memory_ok'] else 'MISSED'})")
+
+    extra: dict = {}
+    if args.check:
+        _remove_output(out)
+        run_child({"mode": "transfer", "source": str(src), "target": str(tgt), "output": str(out)})
+        extra["check"] = check_output(out)
+        print(extra["check"])
+    if args.profile:
+        prof_out = outdir / "deit-s-front-profile.onnx"
+        ph = run_child({"mode": "phases", "source": str(src), "target": str(tgt), "output": str(prof_out)})
+        print("\nphase breakdown (one fresh process; steps of front_onnx.api.transfer):")
+        print_phases(ph)
+        pr = run_child({"mode": "profile", "source": str(src), "target": str(tgt), "output": str(prof_out)})
+        _remove_output(prof_out)
+        print(f"\ncProfile of one transfer ({pr['call_s']:.2f} s under the profiler):")
+        for text in pr["profile"]:
+            print(text)
+        extra["phases"] = ph
+        extra["profile"] = pr["profile"]
+
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"info": info, "models": models, "budget": {"seconds": BUDGET_S,
+                             "peak_rss_bytes": BUDGET_BYTES}, "verdict": verdict, "results": results, **extra},
+                             indent=2) + "\n")
+        print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

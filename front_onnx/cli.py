@@ -1,0 +1,144 @@
+"""The ``front-onnx`` command: a thin layer over the Python API.
+
+Exit codes: 0 success; 1 unexpected internal error; 2 bad command line; 3 bad input
+(unreadable or invalid model / learngene, output that would overwrite an input).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from front_onnx import api
+from front_onnx.learngene import LearngeneError
+from front_onnx.onnx_io import OnnxFileError
+from front_onnx.plan import format_plan
+from front_onnx.spectral import CONVENTIONS
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT = 0, 1, 2, 3
+
+
+def _keep(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"keep ratio must be in (0, 1], got {v}")
+    return v
+
+
+def _add_spectral(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keep", type=_keep, default=api.DEFAULT_KEEP,
+                   help=f"share of low-frequency coefficients kept per feature/depth axis (default {api.DEFAULT_KEEP})")
+    p.add_argument("--convention", choices=CONVENTIONS, default=api.DEFAULT_CONVENTION,
+                   help="DCT scale convention: 'ortho' (orthonormal, keeps the std) or 'paper' "
+                        f"(the authors' unnormalized DCT) (default {api.DEFAULT_CONVENTION})")
+
+
+def _add_output(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", required=True, type=Path, help="output ONNX file (never an input)")
+    p.add_argument("--report", type=Path, help="write the full plan as JSON to this file")
+    p.add_argument("--external-data", choices=("auto", "yes", "no"), default="auto",
+                   help="write weights to OUTPUT.data: auto = when the target used external data or is over 2 GB")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="front-onnx", description="FRONT: initialize ONNX models of any width "
+                                     "and depth from a trained source's low-frequency weight spectrum.")
+    parser.add_argument("--version", action="version", version=f"front-onnx {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("transfer", help="extract + init in one step")
+    p.add_argument("source", type=Path, help="trained source ONNX model")
+    p.add_argument("target", type=Path, help="target ONNX model (its weights are replaced)")
+    _add_spectral(p)
+    _add_output(p)
+
+    p = sub.add_parser("extract", help="write a source's learngene (safetensors + JSON metadata)")
+    p.add_argument("source", type=Path)
+    p.add_argument("-o", "--output", required=True, type=Path, help="learngene file (.safetensors)")
+    _add_spectral(p)
+    p.add_argument("-q", "--quiet", action="store_true")
+
+    p = sub.add_parser("init", help="initialize a target from a learngene file")
+    p.add_argument("target", type=Path)
+    p.add_argument("--learngene", required=True, type=Path)
+    _add_output(p)
+
+    p = sub.add_parser("plan", help="show what a transfer would do to every target slot")
+    p.add_argument("source", type=Path, help="source ONNX model or learngene (.safetensors)")
+    p.add_argument("target", type=Path)
+    _add_spectral(p)
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--all", action="store_true", help="also list scalar constants (never touched)")
+    return parser
+
+
+def _version() -> str:
+    from front_onnx import __version__
+    return __version__
+
+
+def _external(v: str) -> bool | None:
+    return {"auto": None, "yes": True, "no": False}[v]
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "transfer":
+        r = api.transfer(args.source, args.target, args.output, keep=args.keep, convention=args.convention,
+                         report=args.report, external_data=_external(args.external_data))
+        if not args.quiet:
+            print(r.summary_line())
+    elif args.command == "extract":
+        gene = api.extract(args.source, keep=args.keep, convention=args.convention)
+        gene.save(args.output)
+        if not args.quiet:
+            n = sum(t.coefficients.size for t in gene.templates.values())
+            print(f"{args.output}: {len(gene.templates)} templates, {n} coefficients "
+                  f"(keep {gene.keep}, convention {gene.convention})"
+                  + (f"; {len(gene.skipped)} skipped" if gene.skipped else ""))
+    elif args.command == "init":
+        r = api.initialize(args.target, args.learngene, args.output, report=args.report,
+                           external_data=_external(args.external_data))
+        if not args.quiet:
+            print(r.summary_line())
+    elif args.command == "plan":
+        source = args.source
+        if source.suffix == ".safetensors":
+            source = api.Learngene.load(source)
+        p = api.plan(source, args.target, keep=args.keep, convention=args.convention)
+        if args.json:
+            json.dump(p.to_json(), sys.stdout, indent=2)
+            print()
+        else:
+            print(format_plan(p, verbose=args.all))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (OnnxFileError, LearngeneError, api.FrontError) as e:
+        print(f"front-onnx: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    except ValueError as e:  # e.g. the writer refusing to overwrite an input
+        print(f"front-onnx: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stderr.close()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print("front-onnx: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # an internal error: one line, not a traceback
+        print(f"front-onnx: internal error: {type(e).__name__}: {e} (please report this)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

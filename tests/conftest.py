@@ -1,0 +1,69 @@
+"""Shared fixtures: sample models exported once per test session."""
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+class SampleCache:
+    """Exports sample models on first use: (family, size, exporter, trained) -> path."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._done: dict[tuple, Path] = {}
+
+    def get(self, family: str, size: str, exporter: str, source: bool = False) -> Path:
+        """A sample model. ``source=True``: the base size with perturbed weights (no two tensors
+        equal, as after training; seed 0). Otherwise a freshly initialized model (seed 1), whose
+        identical tensors the exporters deduplicate."""
+        key = (family, size, exporter, source)
+        if key not in self._done:
+            from samples.export import export
+            from samples.models import build, example_input, perturb
+
+            model = build(family, size, seed=0 if source else 1)
+            if source:
+                perturb(model, seed=0)
+            path = self.root / exporter / f"{family}-{size}{'-src' if source else ''}.onnx"
+            export(model, example_input(family), path, exporter)
+            self._done[key] = path
+        return self._done[key]
+
+
+@pytest.fixture(scope="session")
+def samples(tmp_path_factory) -> SampleCache:
+    return SampleCache(tmp_path_factory.mktemp("samples"))
+
+
+def run_onnx(path: Path | str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def sample_feeds(family: str, path: Path | str) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    from samples.models import example_input
+
+    name = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    return {name: example_input(family, batch=3, seed=5).numpy()}
+
+
+def file_digests(*paths: Path) -> dict[str, str]:
+    """sha256 of each model file and its external data file, if any."""
+    out = {}
+    for p in paths:
+        for f in (Path(p), Path(str(p) + ".data")):
+            if f.exists():
+                out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
