@@ -154,6 +154,22 @@ class _Analyzer:
         self.outputs = {o.name for o in self.g.output}
 
     # -------------------------------------------------------------- small graph queries
+    def init_behind(self, value: str) -> onnx.TensorProto | None:
+        """The initializer a value is, directly or through Identity/Cast nodes."""
+        for _ in range(16):
+            if value in self.inits:
+                return self.inits[value]
+            i = self.prod.get(value)
+            if i is None or self.g.node[i].op_type not in PASS_THROUGH:
+                return None
+            value = self.g.node[i].input[0]
+        return None
+
+    def is_weight(self, value: str) -> bool:
+        """A float tensor of more than one element held in an initializer."""
+        t = self.init_behind(value)
+        return t is not None and t.data_type in FLOAT_TYPES and len(t.dims) >= 1 and int(np.prod(t.dims)) > 1
+
     def _static_int_values(self, name: str) -> list[int | None] | None:
         """Trailing-known values of an int64 shape tensor: from an initializer, a Constant,
         or a Concat of such pieces (dynamic pieces give None and hide what precedes)."""
@@ -185,7 +201,7 @@ class _Analyzer:
         result = []
         for ci, cj in self.cons.get(value, []):
             n = self.g.node[ci]
-            if skip_bias and n.op_type == "Add" and any(x in self.inits for x in n.input):
+            if skip_bias and n.op_type == "Add" and any(self.is_weight(x) for x in n.input):
                 result.extend(self._follow(n.output[0], skip_bias=False))
             else:
                 result.append((ci, cj))
@@ -239,12 +255,7 @@ class _Analyzer:
                         continue
                     seen.add(ci)
                     n = self.g.node[ci]
-                    has_weight = any(x in self.inits and self.inits[x].data_type in FLOAT_TYPES
-                                     and len(self.inits[x].dims) >= 1 and int(np.prod(self.inits[x].dims)) > 1
-                                     for x in n.input)
-                    if n.op_type in WEIGHT_OPS and has_weight:
-                        continue
-                    if n.op_type in ("MatMul",) and has_weight:
+                    if n.op_type in WEIGHT_OPS and any(self.is_weight(x) for x in n.input):
                         continue
                     queue.append(ci)
         return False
@@ -255,7 +266,7 @@ class _Analyzer:
         for j, x in enumerate(n.input):
             if j != init_input and x in self.prod:
                 p = self.g.node[self.prod[x]]
-                if p.op_type in ("MatMul", "Gemm") and any(y in self.inits for y in p.input[1:2]):
+                if p.op_type in ("MatMul", "Gemm") and any(self.is_weight(y) for y in p.input[1:2]):
                     return self.prod[x]
         return None
 

@@ -1,0 +1,106 @@
+"""The front-onnx command line: the contract spellings, outputs and exit codes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+from front_onnx.cli import EXIT_INPUT, EXIT_USAGE, main
+from tests.conftest import file_digests
+from tests.graphs import mlp_stack
+
+
+@pytest.fixture
+def pair(tmp_path):
+    src, tgt = tmp_path / "src.onnx", tmp_path / "tgt.onnx"
+    onnx.save(mlp_stack(16, 4, seed=0), src)
+    onnx.save(mlp_stack(8, 6, seed=1), tgt)
+    return src, tgt
+
+
+def test_transfer_and_report(pair, tmp_path, capsys):
+    src, tgt = pair
+    out, rep = tmp_path / "o.onnx", tmp_path / "r.json"
+    assert main(["transfer", str(src), str(tgt), "-o", str(out), "--keep", "0.5", "--report", str(rep)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert "slots written" in line and str(out) in line
+    report = json.loads(rep.read_text())
+    assert report["keep"] == 0.5 and report["summary"]["written_fraction"] == 1.0
+    assert {s["status"] for s in report["slots"]} == {"written"}
+    assert any("depth: pad 4->6" in op for s in report["slots"] for op in s["operations"])
+
+
+def test_extract_then_init_equals_transfer(pair, tmp_path):
+    src, tgt = pair
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    gene = tmp_path / "g.safetensors"
+    assert main(["transfer", str(src), str(tgt), "-o", str(tmp_path / "a" / "o.onnx"), "-q"]) == 0
+    assert main(["extract", str(src), "-o", str(gene), "-q"]) == 0
+    assert main(["init", str(tgt), "--learngene", str(gene), "-o", str(tmp_path / "b" / "o.onnx"), "-q"]) == 0
+    assert (tmp_path / "a" / "o.onnx").read_bytes() == (tmp_path / "b" / "o.onnx").read_bytes()
+
+
+def test_plan_json_and_table(pair, tmp_path, capsys):
+    src, tgt = pair
+    assert main(["plan", str(src), str(tgt), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["summary"]["weight_slots"] == len([s for s in data["slots"] if s["role"]])
+    assert main(["plan", str(src), str(tgt)]) == 0
+    table = capsys.readouterr().out
+    assert "blocks[0].fc1:linear.weight" in table and "weight elements written" in table
+    gene = tmp_path / "g.safetensors"
+    assert main(["extract", str(src), "-o", str(gene), "-q"]) == 0
+    assert main(["plan", str(gene), str(tgt), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["slots"] == data["slots"]
+
+
+@pytest.mark.parametrize("make_bad,needle", [
+    (lambda p: None, "no such file"),
+    (lambda p: p.write_bytes(b"this is not a protobuf \xff\xfe"), "not an ONNX model"),
+    (lambda p: p.write_bytes(b""), "not an ONNX model"),
+])
+def test_bad_source_is_one_line(pair, tmp_path, capsys, make_bad, needle):
+    _, tgt = pair
+    bad = tmp_path / "bad.onnx"
+    make_bad(bad)
+    assert main(["transfer", str(bad), str(tgt), "-o", str(tmp_path / "o.onnx")]) == EXIT_INPUT
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bad) in err and needle in err
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_output_onto_input_refused(pair, capsys):
+    src, tgt = pair
+    before = file_digests(src, tgt)
+    assert main(["transfer", str(src), str(tgt), "-o", str(tgt)]) == EXIT_INPUT
+    assert "input" in capsys.readouterr().err
+    assert file_digests(src, tgt) == before
+
+
+def test_bad_learngene(pair, tmp_path, capsys):
+    _, tgt = pair
+    gene = tmp_path / "g.safetensors"
+    gene.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
+    assert main(["init", str(tgt), "--learngene", str(gene), "-o", str(tmp_path / "o.onnx")]) == EXIT_INPUT
+    err = capsys.readouterr().err
+    assert str(gene) in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("keep", ["0", "1.5", "abc"])
+def test_bad_keep_is_usage_error(pair, tmp_path, keep):
+    src, tgt = pair
+    with pytest.raises(SystemExit) as e:
+        main(["transfer", str(src), str(tgt), "-o", str(tmp_path / "o.onnx"), "--keep", keep])
+    assert e.value.code == EXIT_USAGE
+
+
+def test_module_entry_point(pair, tmp_path):
+    src, tgt = pair
+    r = subprocess.run([sys.executable, "-m", "front_onnx", "transfer", str(src), str(tgt), "-o",
+                        str(tmp_path / "o.onnx")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "slots written" in r.stdout
