@@ -1,20 +1,32 @@
 """The Python API: extract, plan, initialize, transfer (the CLI is a thin layer over it)."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import scipy.fft
+
 from front_onnx.extract import analyze, extract_learngene
-from front_onnx.initialize import slot_values, write_initialized
+from front_onnx.initialize import slot_values, target_shapes, write_initialized
 from front_onnx.learngene import Learngene
 from front_onnx.onnx_io import OnnxModel, external_data_files, load_model
 from front_onnx.plan import Plan, make_plan
 
 DEFAULT_KEEP = 1.0          # until the convergence benchmark (issue 5) measures a better one
 DEFAULT_CONVENTION = "ortho"
+
+
+def _all_cores(fn):
+    """Run the DCTs on every core (the results do not depend on the number of threads)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with scipy.fft.set_workers(os.cpu_count() or 1):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 class FrontError(Exception):
@@ -30,8 +42,8 @@ class InitResult:
 
     def summary_line(self) -> str:
         sm = self.plan.summary()
-        return (f"{self.output}: {sm['written']} slots written, {sm['left']} left "
-                f"({sm['written_fraction']:.1%} of weight elements), {self.split} shared initializers split, "
+        return (f"{self.output}: {sm['written_fraction']:.1%} of weight elements written; "
+                f"{sm['written']} slots written, {sm['left']} left; {self.split} shared initializers split; "
                 f"{self.seconds:.2f} s")
 
 
@@ -43,6 +55,7 @@ def _learngene(g: str | Path | Learngene) -> Learngene:
     return g if isinstance(g, Learngene) else Learngene.load(g)
 
 
+@_all_cores
 def extract(source: str | Path | OnnxModel, *, keep: float = DEFAULT_KEEP,
             convention: str = DEFAULT_CONVENTION) -> Learngene:
     """The learngene of a source ONNX model."""
@@ -58,45 +71,59 @@ def plan(source: str | Path | OnnxModel | Learngene, target: str | Path | OnnxMo
     return make_plan(gene, gs, st, [n.name for n in t.proto.graph.node])
 
 
-def _check_output(output: Path, inputs: list[OnnxModel]) -> None:
+def _input_files(m: OnnxModel) -> set[Path]:
+    """The real paths of a model file and the external data files it reads."""
+    return {Path(os.path.realpath(m.path))} | {Path(os.path.realpath(p)) for p in external_data_files(m)}
+
+
+def _check_output(output: Path, protected: set[Path]) -> None:
     out = Path(os.path.realpath(output))
-    for m in inputs:
-        protected = {Path(os.path.realpath(m.path))} | {Path(os.path.realpath(p)) for p in external_data_files(m)}
-        if out in protected or Path(str(out) + ".data") in protected:
-            raise FrontError(f"{output}: output would overwrite an input file ({m.path.name}); choose another path")
+    for p in (out, Path(str(out) + ".data")):
+        if p in protected:
+            raise FrontError(f"{output}: output would overwrite the input file {p.name}; choose another path")
 
 
+
+@_all_cores
 def initialize(target: str | Path | OnnxModel, learngene: str | Path | Learngene, output: str | Path, *,
-               report: str | Path | None = None, external_data: bool | None = None,
-               _extra_inputs: tuple[OnnxModel, ...] = ()) -> InitResult:
+               report: str | Path | None = None, external_data: bool | None = None) -> InitResult:
     """Initialize ``target`` from a learngene and write the result to ``output``."""
     t0 = time.perf_counter()
     gene = _learngene(learngene)
     t = _model(target)
-    output = Path(output)
-    _check_output(output, [t, *_extra_inputs])
-    gs, st = analyze(t)
+    _check_output(Path(output), _input_files(t))
+    return _initialize(t, gene, Path(output), t0, report, external_data, analyze(t))
+
+
+def _initialize(t: OnnxModel, gene: Learngene, output: Path, t0: float, report: str | Path | None,
+                external_data: bool | None, analysis) -> InitResult:
+    gs, st = analysis
     p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node])
-    values = slot_values(gene, gs, st, p)
+    dtypes = {name: t.dtype(name) for name in {s.initializer for s in gs.slots}}
+    values = slot_values(gene, gs, st, p, dtypes)
     info = write_initialized(t, gs, values, output, external_data=external_data)
+    for i, name in info["renamed"].items():
+        p.slots[i].written_as = name
     result = InitResult(output, p, time.perf_counter() - t0, info["split"])
     if report is not None:
         write_report(result, Path(report))
     return result
 
 
+@_all_cores
 def transfer(source: str | Path | OnnxModel, target: str | Path | OnnxModel, output: str | Path, *,
              keep: float = DEFAULT_KEEP, convention: str = DEFAULT_CONVENTION, report: str | Path | None = None,
              external_data: bool | None = None) -> InitResult:
     """``extract`` + ``initialize`` in memory; byte-identical to running them one after the other."""
     t0 = time.perf_counter()
+    t = _model(target)
     s = _model(source)
-    gene = extract_learngene(s, keep=keep, convention=convention)
-    result = initialize(target, gene, output, report=None, external_data=external_data, _extra_inputs=(s,))
-    result.seconds = time.perf_counter() - t0
-    if report is not None:
-        write_report(result, Path(report))
-    return result
+    _check_output(Path(output), _input_files(t) | _input_files(s))
+    analysis = analyze(t)
+    # only what this target reads: same bytes as the full learngene, less work and memory
+    gene = extract_learngene(s, keep=keep, convention=convention, needed=target_shapes(*analysis))
+    del s  # an inline source's weights need not stay in memory while the target is written
+    return _initialize(t, gene, Path(output), t0, report, external_data, analysis)
 
 
 def write_report(result: InitResult, path: Path) -> None:

@@ -31,13 +31,16 @@ def kept_shape(depth: int, shape: tuple[int, ...], kinds: tuple[str, ...], keep:
 
 
 def read_stack(model: OnnxModel, gs: GraphSlots, tpl: Template) -> np.ndarray:
-    """The template's tensors across its blocks in canonical layout, stacked along depth."""
-    layers = []
-    for block in tpl.blocks:
+    """The template's tensors across its blocks in canonical layout, stacked along depth
+    into one float64 buffer (each block converted straight from its memory map)."""
+    first = gs.slots[tpl.blocks[0][0]]
+    assert first.layout is not None
+    out = np.empty((len(tpl.blocks),) + first.layout.canonical_shape(first.shape), dtype=np.float64)
+    for b, block in enumerate(tpl.blocks):
         s = gs.slots[block[0]]
         assert s.layout is not None
-        layers.append(s.layout.to_canonical(np.asarray(model.array(s.initializer))))
-    return np.stack(layers).astype(np.float64, copy=False)
+        np.copyto(out[b], s.layout.to_canonical(np.asarray(model.array(s.initializer))), casting="unsafe")
+    return out
 
 
 def file_sha256(path: Path) -> str:
@@ -49,9 +52,15 @@ def file_sha256(path: Path) -> str:
 
 
 def extract_learngene(model: OnnxModel, keep: float = 1.0, convention: str = "ortho",
-                      structure: tuple[GraphSlots, Structure] | None = None) -> Learngene:
+                      structure: tuple[GraphSlots, Structure] | None = None,
+                      needed: dict[str, tuple[int, ...]] | None = None) -> Learngene:
     """The learngene of a source model: per template, standardize each block's tensor,
-    DCT along depth and feature axes, keep the low-frequency corner."""
+    DCT along depth and feature axes, keep the low-frequency corner.
+
+    ``needed`` (template key -> the target's [depth, *shape]) is what an in-memory transfer
+    passes: only those templates are extracted, and only the part of each corner the target
+    reads is computed. Initializing from it gives the same bytes as from the full learngene
+    (the DCT is separable and runs in a fixed axis order), but it cannot be saved."""
     from front_onnx import __version__
 
     if convention not in spectral.CONVENTIONS:
@@ -61,25 +70,33 @@ def extract_learngene(model: OnnxModel, keep: float = 1.0, convention: str = "or
     templates: dict[str, GeneTemplate] = {}
     skipped: dict[str, str] = {}
     for key in sorted(st.templates):
+        if needed is not None and key not in needed:
+            continue
         tpl = st.templates[key]
         first = gs.slots[tpl.blocks[0][0]]
         assert first.layout is not None
         stack = read_stack(model, gs, tpl)
-        if not np.all(np.isfinite(stack)):
+        try:
+            z, means, stds = spectral.standardize_stack(stack, inplace=True)
+        except ValueError:
             skipped[key] = "non-finite values in the source weights"
             continue
-        z, means, stds = spectral.standardize_stack(stack)
         kinds = first.layout.kinds
+        kept = kept_shape(stack.shape[0], stack.shape[1:], kinds, keep)
+        want = needed.get(key) if needed is not None else None
+        lengths = kept if want is None or len(want) != len(kept) else tuple(min(k, n) for k, n in zip(kept, want))
         axes = transformed_axes(kinds)
-        coef = spectral.fit_spectrum(spectral.dct_forward(z, axes, convention),
-                                     kept_shape(stack.shape[0], stack.shape[1:], kinds, keep))
-        store = np.float64 if np.dtype(model.array(first.initializer).dtype) == np.float64 else np.float32
+        coef = spectral.spectrum_corner(z, {a: lengths[a] for a in axes}, convention, overwrite=True)
+        del z, stack
+        store = np.float64 if model.dtype(first.initializer) == np.float64 else np.float32
         templates[key] = GeneTemplate(
             key=key, stage=tpl.stage, role=tpl.role, layout=first.layout.name, kinds=kinds,
-            shape=tuple(stack.shape[1:]), depth=stack.shape[0], dtype=str(model.dtype(first.initializer)),
-            coefficients=np.ascontiguousarray(coef.astype(store)), means=means, stds=stds)
+            shape=first.layout.canonical_shape(first.shape), depth=len(tpl.blocks),
+            dtype=str(model.dtype(first.initializer)), coefficients=np.ascontiguousarray(coef, dtype=store),
+            means=means, stds=stds, kept=kept)
     return Learngene(templates, float(keep), convention, source=model.path.name,
-                     source_sha256=file_sha256(model.path), tool_version=__version__, skipped=skipped)
+                     source_sha256=file_sha256(model.path), tool_version=__version__, skipped=skipped,
+                     partial=needed is not None)
 
 
 def analyze(model: OnnxModel) -> tuple[GraphSlots, Structure]:

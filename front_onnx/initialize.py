@@ -24,15 +24,29 @@ def materialize(gene: GeneTemplate, depth: int, shape: tuple[int, ...], conventi
     means = spectral.resample_stats(gene.means, depth)
     stds = spectral.resample_stats(gene.stds, depth)
     bshape = (depth,) + (1,) * len(shape)
-    values = z * stds.reshape(bshape) + means.reshape(bshape)
+    z *= stds.reshape(bshape)
+    z += means.reshape(bshape)
+    values = z
     if gene.role == "norm.var":  # variances must stay positive
         floor = max(float(np.min(gene.means)) * 1e-3, 1e-6)
         values = np.maximum(values, floor)
     return values
 
 
-def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan) -> dict[int, np.ndarray]:
-    """Values for every written slot (slot index -> array in the slot's stored layout)."""
+def target_shapes(gs: GraphSlots, st: Structure) -> dict[str, tuple[int, ...]]:
+    """Template key -> [depth, *canonical shape] of a target: what it will read of a learngene."""
+    out = {}
+    for key, tpl in st.templates.items():
+        first = gs.slots[tpl.blocks[0][0]]
+        assert first.layout is not None
+        out[key] = (tpl.depth,) + first.layout.canonical_shape(first.shape)
+    return out
+
+
+def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
+                dtypes: dict[str, np.dtype]) -> dict[int, np.ndarray]:
+    """Values for every written slot (slot index -> array in the slot's stored layout and
+    the dtype of its initializer, ``dtypes[name]``)."""
     out: dict[int, np.ndarray] = {}
     for key, verdict in plan.templates.items():
         if verdict != "ok":
@@ -43,19 +57,21 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan) -> d
         stack = materialize(gene.templates[key], tpl.depth, first.layout.canonical_shape(first.shape), gene.convention)
         for b, block in enumerate(tpl.blocks):
             for i in block:
-                out[i] = gs.slots[i].layout.from_canonical(stack[b])  # type: ignore[union-attr]
+                s = gs.slots[i]
+                out[i] = np.ascontiguousarray(s.layout.from_canonical(stack[b]),  # type: ignore[union-attr]
+                                              dtype=dtypes[s.initializer])
     return out
 
 
-def _digest(a: np.ndarray, dtype: np.dtype) -> bytes:
-    return hashlib.sha256(np.ascontiguousarray(a.astype(dtype)).tobytes()).digest()
+def _digest(a: np.ndarray) -> bytes:
+    return hashlib.sha256(np.ascontiguousarray(a).reshape(-1).view(np.uint8)).digest()
 
 
 def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarray], output: Path,
                       external_data: bool | None = None) -> dict[str, int]:
     """Write the target with new values. An initializer whose uses get different values
     (exporters deduplicate identical tensors) is split into one initializer per value;
-    nothing else in the graph changes. Returns {'split': n initializers split, 'added': n}."""
+    nothing else in the graph changes. Returns {'split': n initializers split, 'added': n, 'renamed': {slot index: new initializer name}}."""
     by_init: dict[str, list[int]] = {}
     for i, s in enumerate(gs.slots):
         by_init.setdefault(s.initializer, []).append(i)
@@ -69,11 +85,14 @@ def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.nd
         if not any(i in values for i in idx):
             continue
         dtype = target.dtype(name)
+        if len(idx) == 1:              # the common case: one use, nothing to compare
+            new_values[name] = values[idx[0]]
+            continue
         # group the uses by value, in first-use order; uses left alone keep the original
         # bytes (group None) and then keep the name, else the first group keeps it
         groups: dict[bytes | None, list[int]] = {}
         for i in idx:
-            groups.setdefault(_digest(values[i], dtype) if i in values else None, []).append(i)
+            groups.setdefault(_digest(values[i]) if i in values else None, []).append(i)
         order = sorted(groups, key=lambda d: d is not None)  # stable: None first, if present
         if order[0] is not None:
             new_values[name] = values[groups[order[0]][0]]
@@ -87,4 +106,5 @@ def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.nd
             for i in groups[digest]:
                 rewire[(gs.slots[i].node, gs.slots[i].input)] = new_name
     save_model(target, output, new_values, external_data=external_data, add_initializers=add, rewire=rewire)
-    return {"split": split, "added": len(add)}
+    renamed = {i: rewire[(s.node, s.input)] for i, s in enumerate(gs.slots) if (s.node, s.input) in rewire}
+    return {"split": split, "added": len(add), "renamed": renamed}

@@ -37,12 +37,17 @@ class GeneTemplate:
     coefficients: np.ndarray       # [kept depth, kept axes...] DCT-II coefficients
     means: np.ndarray              # [depth] per-block means (float64)
     stds: np.ndarray               # [depth] per-block standard deviations (float64)
+    kept: tuple[int, ...] = ()     # the corner's shape; coefficients may hold less in a partial learngene
+
+    def __post_init__(self) -> None:
+        if not self.kept:
+            self.kept = tuple(self.coefficients.shape)
 
     def meta(self) -> dict[str, Any]:
         return {
             "key": self.key, "stage": self.stage, "role": self.role, "layout": self.layout,
             "kinds": list(self.kinds), "shape": list(self.shape), "depth": self.depth,
-            "dtype": self.dtype, "kept": list(self.coefficients.shape),
+            "dtype": self.dtype, "kept": list(self.kept),
         }
 
 
@@ -57,6 +62,7 @@ class Learngene:
     source_sha256: str = ""
     tool_version: str = ""
     skipped: dict[str, str] = field(default_factory=dict)   # template key -> why not extracted
+    partial: bool = False          # only what one target reads (an in-memory transfer): not saved
 
     # ------------------------------------------------------------------ persistence
     def metadata(self) -> dict[str, Any]:
@@ -71,6 +77,8 @@ class Learngene:
         """Write atomically: a temporary file in the destination directory, then rename."""
         from safetensors.numpy import save
 
+        if self.partial:
+            raise ValueError("a partial learngene (made for one target by transfer) cannot be saved; use extract")
         path = Path(path)
         tensors: dict[str, np.ndarray] = {}
         for i, k in enumerate(sorted(self.templates)):

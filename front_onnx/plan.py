@@ -26,6 +26,7 @@ class SlotPlan:
     operations: list[str] = field(default_factory=list)
     reason: str = ""
     evidence: list[str] = field(default_factory=list)
+    written_as: str = ""             # the output initializer, when a shared one was split
 
 
 @dataclass
@@ -59,7 +60,7 @@ class Plan:
 
 
 def _axis_ops(gene: GeneTemplate, kinds: tuple[str, ...], shape: tuple[int, ...], depth: int) -> list[str]:
-    kept = gene.coefficients.shape
+    kept = gene.kept
     names = ["depth"] + [f"{k}{i}" for i, k in enumerate(kinds)]
     src = (gene.depth,) + gene.shape
     tgt = (depth,) + tuple(shape)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Mapping, Literal, Sequence
 
 import numpy as np
 import scipy.fft as sfft
@@ -176,10 +176,12 @@ def fit_spectrum(c: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 def _forward_corner(arr: np.ndarray, owned: bool, lengths: dict[int, int], norm: str) -> np.ndarray:
     """DCT-II axis by axis, slicing each axis to its kept length right away.
 
-    Axes that shrink most go first so later transforms run on less data.  The
-    result is contiguous and does not pin the full-size spectrum in memory.
+    The axes go in a fixed order (last axis first), whatever the lengths: every 1-D
+    transform then sees the same data whether or not other axes were cut, so a smaller
+    corner is bit for bit a sub-block of a larger one. The result is contiguous and does
+    not pin the full-size spectrum in memory.
     """
-    order = sorted(lengths, key=lambda a: lengths[a] / max(arr.shape[a], 1))
+    order = sorted(lengths, reverse=True)
     out, arr_owned = arr, owned
     for a in order:
         out = sfft.dct(out, type=2, axis=a, norm=norm, overwrite_x=owned)
@@ -195,8 +197,8 @@ def _forward_corner(arr: np.ndarray, owned: bool, lengths: dict[int, int], norm:
 
 def _inverse_fit(c: np.ndarray, owned: bool, shape: tuple[int, ...], axes: tuple[int, ...], norm: str) -> np.ndarray:
     """fit_spectrum + inverse DCT in one pass using idct's own zero-pad/truncate (n=)."""
-    # Shrinking axes first keeps intermediates small.
-    order = sorted(axes, key=lambda a: shape[a] / max(c.shape[a], 1))
+    # a fixed order (last axis first), so results do not depend on how c was cut
+    order = sorted(axes, reverse=True)
     out, c_owned = c, owned
     for a in order:
         out = sfft.idct(out, type=2, n=shape[a], axis=a, norm=norm, overwrite_x=owned)
@@ -217,6 +219,18 @@ def low_frequency_corner(x: np.ndarray, axes: Sequence[int], keep: float, conven
     ax = _normalize_axes(axes, arr.ndim)
     lengths = {a: kept_length(arr.shape[a], keep) for a in ax}
     return _forward_corner(arr, owned, lengths, norm)
+
+
+def spectrum_corner(x: np.ndarray, lengths: Mapping[int, int], convention: Convention,
+                    overwrite: bool = False) -> np.ndarray:
+    """DCT-II along the axes of ``lengths``, keeping the leading ``lengths[a]`` coefficients
+    of each: the learngene corner, or only the part of it a known target will read.
+    ``overwrite`` lets the transform reuse a float64 input buffer."""
+    norm = _norm(convention)
+    arr, owned = _as_f64(x)
+    ax = _normalize_axes(list(lengths), arr.ndim)
+    lens = {a: int(lengths[k]) for a, k in zip(ax, lengths)}
+    return _forward_corner(arr, owned or overwrite, lens, norm)
 
 
 def spectrum_to_array(c: np.ndarray, shape: Sequence[int], axes: Sequence[int], convention: Convention) -> np.ndarray:
@@ -303,23 +317,28 @@ def restore(z: np.ndarray, stats: Stats) -> np.ndarray:
     return out
 
 
-def standardize_stack(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def standardize_stack(x: np.ndarray, inplace: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Z-score each layer of a ``[L, ...]`` stack separately.
 
     Returns ``(z, means[L], stds[L])`` in float64; constant layers get zeros
     and std 0, as in :func:`standardize`.
     """
-    # C order: the in-place work below goes through a reshape, which must be a view
-    z = np.array(x, dtype=np.float64, copy=True, order="C")
+    # C order: the in-place work below goes through a reshape, which must be a view.
+    # ``inplace`` reuses a writeable C-contiguous float64 input (large stacks: no copy).
+    if inplace and isinstance(x, np.ndarray) and x.dtype == np.float64 and x.flags.c_contiguous and x.flags.writeable:
+        z = x
+    else:
+        z = np.array(x, dtype=np.float64, copy=True, order="C")
     if z.ndim < 1:
         raise ValueError("standardize_stack needs a leading layer axis")
     n_layers = z.shape[0]
     flat = z.reshape(n_layers, -1)
     if flat.shape[1] == 0:
         return z, np.zeros(n_layers), np.zeros(n_layers)
-    if not np.isfinite(flat).all():
+    # max/min propagate NaN and inf, so one finiteness check of the scale covers the stack
+    scale = np.maximum(flat.max(axis=1), -flat.min(axis=1))
+    if not np.isfinite(scale).all():
         raise ValueError("cannot standardize a stack with NaN or inf entries")
-    scale = np.max(np.abs(flat), axis=1)
     means = flat.mean(axis=1)
     flat -= means[:, None]
     stds = np.sqrt(np.einsum("ij,ij->i", flat, flat) / flat.shape[1])
