@@ -169,3 +169,18 @@ def test_output_onto_input_is_refused(samples, tmp_path):
     with pytest.raises((front_onnx.FrontError, ValueError)):
         front_onnx.transfer(src, tgt, src)
     assert file_digests(src, tgt) == before
+
+
+def test_large_outputs_go_to_external_data(samples, tmp_path, monkeypatch):
+    """Past the protobuf limit (lowered here) an inline target is written with external data."""
+    import front_onnx.onnx_io as io
+
+    monkeypatch.setattr(io, "AUTO_EXTERNAL_LIMIT", 10_000)
+    src = samples.get("vit", "base", "legacy", source=True)
+    tgt = samples.get("vit", "narrow", "legacy")
+    assert not (tgt.parent / (tgt.name + ".data")).exists()
+    out = tmp_path / "big.onnx"
+    front_onnx.transfer(src, tgt, out)
+    assert (tmp_path / "big.onnx.data").exists()
+    y = run_onnx(out, sample_feeds("vit", out))[0]
+    assert np.all(np.isfinite(y))
