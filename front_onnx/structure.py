@@ -99,7 +99,7 @@ def find_structure(gs: GraphSlots) -> Structure:
                 prev = sig
             runs[-1].append(b)
         seen: dict[str, int] = defaultdict(int)   # template key -> runs holding it so far
-        for r, run in enumerate(runs):
+        for run in runs:
             keys = sorted({k for k, _ in per_block[run[0]]})
             stage_id = f"{container}[{run[0]}:{run[-1] + 1}]"
             stages[stage_id] = [f"{container}.{b}" for b in run]

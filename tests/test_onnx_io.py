@@ -1,7 +1,6 @@
 """Tests of front_onnx.onnx_io: reading and writing ONNX initializers."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
