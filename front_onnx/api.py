@@ -10,11 +10,12 @@ from pathlib import Path
 
 import scipy.fft
 
-from front_onnx.extract import analyze, extract_learngene
-from front_onnx.initialize import slot_values, target_shapes, write_initialized
+from front_onnx.extraction import analyze, extract_learngene
+from front_onnx.materialize import slot_values, target_shapes, write_initialized
 from front_onnx.learngene import Learngene
 from front_onnx.onnx_io import OnnxModel, external_data_files, load_model
-from front_onnx.plan import Plan, make_plan
+from front_onnx.planning import Plan, make_plan
+from front_onnx.validation import ValidationReport, validate as _validate
 
 DEFAULT_KEEP = 1.0          # until the convergence benchmark (issue 5) measures a better one
 DEFAULT_CONVENTION = "ortho"
@@ -33,12 +34,21 @@ class FrontError(Exception):
     """A user-facing problem (one line, names the file)."""
 
 
+class ValidationFailed(FrontError):
+    """An initialized model failed a hard validation check; ``report`` says which."""
+
+    def __init__(self, message: str, report: ValidationReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 @dataclass
 class InitResult:
     output: Path
     plan: Plan
     seconds: float
     split: int                 # shared target initializers split into one per value
+    validation: ValidationReport | None = None
 
     def summary_line(self) -> str:
         sm = self.plan.summary()
@@ -86,13 +96,22 @@ def _check_output(output: Path, protected: set[Path]) -> None:
 
 @_all_cores
 def initialize(target: str | Path | OnnxModel, learngene: str | Path | Learngene, output: str | Path, *,
-               report: str | Path | None = None, external_data: bool | None = None) -> InitResult:
-    """Initialize ``target`` from a learngene and write the result to ``output``."""
+               report: str | Path | None = None, external_data: bool | None = None,
+               validate: bool = False, device: str = "auto", strict: bool = False,
+               keep_invalid: bool = False) -> InitResult:
+    """Initialize ``target`` from a learngene and write the result to ``output``.
+
+    With ``validate`` the output is checked against the original target (see
+    ``front_onnx.validate``); a failed hard check (or any warning with ``strict``) raises
+    ValidationFailed and removes the output unless ``keep_invalid``."""
     t0 = time.perf_counter()
     gene = _learngene(learngene)
     t = _model(target)
     _check_output(Path(output), _input_files(t))
-    return _initialize(t, gene, Path(output), t0, report, external_data, analyze(t))
+    result = _initialize(t, gene, Path(output), t0, report, external_data, analyze(t))
+    if validate:
+        _validate_output(result, t, None, device, strict, keep_invalid, compare=False)
+    return result
 
 
 def _initialize(t: OnnxModel, gene: Learngene, output: Path, t0: float, report: str | Path | None,
@@ -113,8 +132,11 @@ def _initialize(t: OnnxModel, gene: Learngene, output: Path, t0: float, report: 
 @_all_cores
 def transfer(source: str | Path | OnnxModel, target: str | Path | OnnxModel, output: str | Path, *,
              keep: float = DEFAULT_KEEP, convention: str = DEFAULT_CONVENTION, report: str | Path | None = None,
-             external_data: bool | None = None) -> InitResult:
-    """``extract`` + ``initialize`` in memory; byte-identical to running them one after the other."""
+             external_data: bool | None = None, validate: bool = False, device: str = "auto",
+             strict: bool = False, keep_invalid: bool = False) -> InitResult:
+    """``extract`` + ``initialize`` in memory; byte-identical to running them one after the other.
+    ``validate`` as in ``initialize``, with activation scales compared with the source and,
+    at keep 1 into an identical architecture, outputs that must reproduce the source's."""
     t0 = time.perf_counter()
     t = _model(target)
     s = _model(source)
@@ -122,8 +144,33 @@ def transfer(source: str | Path | OnnxModel, target: str | Path | OnnxModel, out
     analysis = analyze(t)
     # only what this target reads: same bytes as the full learngene, less work and memory
     gene = extract_learngene(s, keep=keep, convention=convention, needed=target_shapes(*analysis))
+    source_path = s.path
     del s  # an inline source's weights need not stay in memory while the target is written
-    return _initialize(t, gene, Path(output), t0, report, external_data, analysis)
+    result = _initialize(t, gene, Path(output), t0, report, external_data, analysis)
+    if validate:
+        _validate_output(result, t, source_path, device, strict, keep_invalid, compare=None if keep == 1.0 else False)
+    return result
+
+
+def _validate_output(result: InitResult, target: OnnxModel, source: Path | None, device: str, strict: bool,
+                     keep_invalid: bool, compare: bool | None) -> None:
+    rep = _validate(result.output, reference=target, source=source, device=device, strict=strict,
+                    compare_outputs=compare)
+    result.validation = rep
+    if rep.ok:
+        return
+    if not keep_invalid:
+        for f in (result.output, Path(str(result.output) + ".data")):
+            f.unlink(missing_ok=True)
+    what = "; ".join(f"{c.name}: {c.detail or c.figure}" for c in rep.failed)
+    kept = "kept as asked" if keep_invalid else "removed"
+    raise ValidationFailed(f"{result.output}: validation failed ({what}); output {kept}", rep)
+
+
+@_all_cores
+def validate(model: str | Path | OnnxModel, **kwargs) -> ValidationReport:
+    """Validate a model with onnxruntime; see ``front_onnx.validation.validate`` for options."""
+    return _validate(model, **kwargs)
 
 
 def write_report(result: InitResult, path: Path) -> None:

@@ -1,7 +1,8 @@
 """The ``front-onnx`` command: a thin layer over the Python API.
 
 Exit codes: 0 success; 1 unexpected internal error; 2 bad command line; 3 bad input
-(unreadable or invalid model / learngene, output that would overwrite an input).
+(unreadable or invalid model / learngene, output that would overwrite an input);
+4 validation failed; 5 the requested device (--device cuda) cannot be used.
 """
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from typing import Sequence
 from front_onnx import api
 from front_onnx.learngene import LearngeneError
 from front_onnx.onnx_io import OnnxFileError
-from front_onnx.plan import format_plan
+from front_onnx.planning import format_plan
+from front_onnx.runtime import DEVICES, DeviceError
 from front_onnx.spectral import CONVENTIONS
+from front_onnx.validation import write_json
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT = 0, 1, 2, 3
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_INVALID, EXIT_DEVICE = 0, 1, 2, 3, 4, 5
 
 
 def _keep(s: str) -> float:
@@ -44,6 +47,22 @@ def _add_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("--external-data", choices=("auto", "yes", "no"), default="auto",
                    help="write weights to OUTPUT.data: auto = when the target used external data or is over 2 GB")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.add_argument("--no-validate", action="store_true", help="skip validating the output with onnxruntime")
+    p.add_argument("--keep-invalid", action="store_true", help="keep the output even when validation fails")
+    _add_validation(p)
+
+
+def _add_validation(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="onnxruntime provider: auto = CUDA when it really works, else CPU (default auto)")
+    p.add_argument("--strict", action="store_true", help="activation-scale warnings fail validation")
+
+
+def _dim(s: str) -> tuple[str, int]:
+    name, _, size = s.partition("=")
+    if not name or not size.isdigit() or int(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected NAME=SIZE with a positive size, got {s!r}")
+    return name, int(size)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spectral(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--all", action="store_true", help="also list scalar constants (never touched)")
+
+    p = sub.add_parser("validate", help="check a model with onnxruntime (structure, finiteness, scale, latency)")
+    p.add_argument("model", type=Path)
+    p.add_argument("--reference", type=Path, help="the original target: same graph expected, its shapes and scales")
+    p.add_argument("--source", type=Path, help="the source: activation scales, and outputs if the architecture is identical")
+    p.add_argument("--inputs", type=Path, help="inputs as .npz keyed by input name (else synthesized)")
+    p.add_argument("--dim", type=_dim, action="append", default=[], metavar="NAME=SIZE",
+                   help="size of a symbolic input dimension (default batch 1, sequence 16)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_validation(p)
     return parser
 
 
@@ -90,9 +119,9 @@ def _external(v: str) -> bool | None:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "transfer":
         r = api.transfer(args.source, args.target, args.output, keep=args.keep, convention=args.convention,
-                         report=args.report, external_data=_external(args.external_data))
+                         report=args.report, external_data=_external(args.external_data), **_vargs(args))
         if not args.quiet:
-            print(r.summary_line())
+            _print_result(r)
     elif args.command == "extract":
         gene = api.extract(args.source, keep=args.keep, convention=args.convention)
         gene.save(args.output)
@@ -103,9 +132,9 @@ def _run(args: argparse.Namespace) -> int:
                   + (f"; {len(gene.skipped)} skipped" if gene.skipped else ""))
     elif args.command == "init":
         r = api.initialize(args.target, args.learngene, args.output, report=args.report,
-                           external_data=_external(args.external_data))
+                           external_data=_external(args.external_data), **_vargs(args))
         if not args.quiet:
-            print(r.summary_line())
+            _print_result(r)
     elif args.command == "plan":
         source = args.source
         if source.suffix == ".safetensors":
@@ -116,13 +145,52 @@ def _run(args: argparse.Namespace) -> int:
             print()
         else:
             print(format_plan(p, verbose=args.all))
+    elif args.command == "validate":
+        inputs = _load_inputs(args.inputs) if args.inputs else None
+        rep = api.validate(args.model, reference=args.reference, source=args.source, device=args.device,
+                           inputs=inputs, dims=dict(args.dim), strict=args.strict)
+        print(write_json(rep) if args.json else rep.table())
+        return EXIT_OK if rep.ok else EXIT_INVALID
     return EXIT_OK
+
+
+def _vargs(args: argparse.Namespace) -> dict:
+    return {"validate": not args.no_validate, "device": args.device, "strict": args.strict,
+            "keep_invalid": args.keep_invalid}
+
+
+def _print_result(r: api.InitResult) -> None:
+    print(r.summary_line())
+    v = r.validation
+    if v is not None:
+        warns = [c for c in v.checks if c.status == "warn"]
+        lat = f", {v.latency_ms:.2f} ms" if v.latency_ms is not None else ""
+        print(f"validation: valid; {v.provider_line()}{lat}")
+        for c in warns:
+            print(f"WARNING: {c.name}: {c.figure} ({c.detail}) is outside [0.1, 10]")
+
+
+def _load_inputs(path: Path) -> dict:
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise api.FrontError(f"{path}: cannot read inputs ({e})") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
+    except api.ValidationFailed as e:
+        print(e.report.table(), file=sys.stderr)
+        print(f"front-onnx: error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    except DeviceError as e:
+        print(f"front-onnx: error: {e}", file=sys.stderr)
+        return EXIT_DEVICE
     except (OnnxFileError, LearngeneError, api.FrontError) as e:
         print(f"front-onnx: error: {e}", file=sys.stderr)
         return EXIT_INPUT

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from front_onnx import spectral
-from front_onnx.extract import transformed_axes
+from front_onnx.extraction import transformed_axes
 from front_onnx.graph import GraphSlots
 from front_onnx.learngene import GeneTemplate, Learngene
 from front_onnx.onnx_io import OnnxModel, save_model
-from front_onnx.plan import Plan
+from front_onnx.planning import Plan
 from front_onnx.structure import Structure, Template
 
 

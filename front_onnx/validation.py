@@ -1,0 +1,400 @@
+"""Validation of an initialized model with onnxruntime: does it run where it will be
+deployed, and are its numbers sane?
+
+Checks, each pass / fail / warn / skip with its figure:
+  files      every external data file is present, long enough and inside the model's folder
+  checker    onnx.checker full check (shape inference included)
+  structure  the graph equals the reference's, apart from initializer values and names
+  run        onnxruntime runs it on the chosen device
+  finite     every output finite, with the reference's shapes
+  scale      std of each output and of each block's output vs the source (or reference)
+  agreement  outputs equal the source's (identical architectures only)
+  latency    median of a few runs after warm-up (information)
+"""
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from front_onnx.graph import PASS_THROUGH, scope_module
+from front_onnx.onnx_io import OnnxFileError, OnnxModel, load_model
+from front_onnx.runtime import Session, open_session
+
+SCALE_RANGE = (0.1, 10.0)
+TOLERANCE = {TensorProto.FLOAT: 1e-5, TensorProto.DOUBLE: 1e-9, TensorProto.FLOAT16: 1e-2,
+             TensorProto.BFLOAT16: 5e-2}
+DEFAULT_DIMS = {"batch": 1, "sequence": 16}
+_INDEX_PATH_OPS = PASS_THROUGH | {"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand"}
+
+
+@dataclass
+class Check:
+    name: str
+    status: str                  # 'pass', 'fail', 'warn', 'skip', 'info'
+    figure: str = ""
+    detail: str = ""
+    hard: bool = True            # a failure makes the model invalid
+
+
+@dataclass
+class ValidationReport:
+    model: str
+    device: str                  # what was asked for
+    provider: str                # what actually ran
+    provider_note: str           # why CUDA was not used, when it was wanted
+    checks: list[Check] = field(default_factory=list)
+    strict: bool = False
+    latency_ms: float | None = None
+    inputs: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.status == "fail" or (self.strict and c.status == "warn")]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def provider_line(self) -> str:
+        if self.provider.startswith("CUDA"):
+            return f"provider: {self.provider}"
+        why = f" ({self.provider_note})" if self.provider_note else ""
+        return f"provider: {self.provider}; CUDA not used{why}" if self.device != "cpu" else f"provider: {self.provider}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "ok": self.ok, "device": self.device, "provider": self.provider,
+                "provider_note": self.provider_note, "strict": self.strict, "latency_ms": self.latency_ms,
+                "inputs": self.inputs, "checks": [asdict(c) for c in self.checks]}
+
+    def table(self) -> str:
+        rows = [("check", "result", "figure", "detail")]
+        for c in self.checks:
+            status = c.status.upper() if c.status in ("fail", "warn") else c.status
+            rows.append((c.name, status, c.figure, c.detail))
+        w = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = [self.provider_line()]
+        lines += ["  ".join(r[i].ljust(w[i]) for i in range(3)) + "  " + r[3] for r in rows]
+        verdict = "valid" if self.ok else "INVALID: " + "; ".join(f"{c.name}: {c.detail or c.figure}"
+                                                                 for c in self.failed)
+        lines.append(f"{self.model}: {verdict}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- inputs
+def _dims_of(vi: onnx.ValueInfoProto, dims: Mapping[str, int], position: int) -> list[int]:
+    out = []
+    for k, d in enumerate(vi.type.tensor_type.shape.dim):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            out.append(int(d.dim_value))
+        elif d.dim_param and d.dim_param in dims:
+            out.append(int(dims[d.dim_param]))
+        else:
+            name = d.dim_param.lower()
+            if "batch" in name or (k == 0 and not name):
+                out.append(dims.get("batch", DEFAULT_DIMS["batch"]))
+            elif k == 0 and not any(s in name for s in ("seq", "len", "token", "time")):
+                out.append(dims.get("batch", DEFAULT_DIMS["batch"]))
+            else:
+                out.append(dims.get("sequence", DEFAULT_DIMS["sequence"]))
+    return out
+
+
+def _table_rows(model: onnx.ModelProto, input_name: str) -> int | None:
+    """The fewest rows among the Gather tables an integer input indexes (through reshapes)."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    prod = {o: n for n in g.node for o in n.output}
+    cons: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for n in g.node:
+        for j, x in enumerate(n.input):
+            cons.setdefault(x, []).append((n, j))
+
+    def table(value: str) -> onnx.TensorProto | None:
+        for _ in range(16):
+            if value in inits:
+                return inits[value]
+            n = prod.get(value)
+            if n is None or n.op_type not in PASS_THROUGH:
+                return None
+            value = n.input[0]
+        return None
+
+    rows: list[int] = []
+    frontier, seen = [input_name], {input_name}
+    while frontier:
+        v = frontier.pop()
+        for n, j in cons.get(v, []):
+            if n.op_type == "Gather" and j == 1:
+                t = table(n.input[0])
+                axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+                if t is not None and len(t.dims) > axis:
+                    rows.append(int(t.dims[axis]))
+            elif n.op_type in _INDEX_PATH_OPS and j == 0:
+                for o in n.output:
+                    if o not in seen:
+                        seen.add(o)
+                        frontier.append(o)
+    return min(rows) if rows else None
+
+
+def synthesize_inputs(model: onnx.ModelProto, dims: Mapping[str, int] | None = None, seed: int = 0,
+                      given: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Deterministic inputs from the graph's input types: floats N(0, 1); integers that index
+    Gather tables inside the table; attention masks ones; position ids a range; other ints 0."""
+    dims = dict(dims or {})
+    inits = {t.name for t in model.graph.initializer}
+    feeds: dict[str, np.ndarray] = {}
+    for pos, vi in enumerate(i for i in model.graph.input if i.name not in inits):
+        if given is not None and vi.name in given:
+            feeds[vi.name] = np.asarray(given[vi.name])
+            continue
+        elem = vi.type.tensor_type.elem_type
+        shape = _dims_of(vi, dims, pos)
+        dtype = helper.tensor_dtype_to_np_dtype(elem)
+        rng = np.random.default_rng([seed, zlib.crc32(vi.name.encode())])
+        lname = vi.name.lower()
+        if elem == TensorProto.BOOL or (np.issubdtype(dtype, np.integer) and "mask" in lname):
+            feeds[vi.name] = np.ones(shape, dtype=dtype)
+        elif np.issubdtype(dtype, np.integer):
+            rows = _table_rows(model, vi.name)
+            if rows is not None:
+                feeds[vi.name] = rng.integers(0, rows, size=shape).astype(dtype)
+            elif "position" in lname and shape:
+                feeds[vi.name] = np.broadcast_to(np.arange(shape[-1], dtype=dtype), shape).copy()
+            else:
+                feeds[vi.name] = np.zeros(shape, dtype=dtype)
+        else:
+            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+# ---------------------------------------------------------------------------- graph facts
+def structure_signature(model: onnx.ModelProto) -> list[tuple]:
+    """Nodes, graph inputs and outputs with initializer names replaced by their dtype and
+    shape: equal for two graphs that differ only in initializer values and names."""
+    inits = {t.name: f"<init {TensorProto.DataType.Name(t.data_type)} {list(t.dims)}>" for t in model.graph.initializer}
+    sig: list[tuple] = []
+    for n in model.graph.node:
+        sig.append(("node", n.op_type, n.domain, tuple(inits.get(x, x) for x in n.input), tuple(n.output),
+                    tuple(a.SerializeToString() for a in n.attribute)))
+    sig += [("input", i.SerializeToString()) for i in model.graph.input if i.name not in inits]
+    sig += [("output", o.SerializeToString()) for o in model.graph.output]
+    return sig
+
+
+def _structure_diff(a: onnx.ModelProto, b: onnx.ModelProto) -> str:
+    sa, sb = structure_signature(a), structure_signature(b)
+    if sa == sb:
+        return ""
+    if len(a.graph.node) != len(b.graph.node):
+        return f"{len(a.graph.node)} nodes against the reference's {len(b.graph.node)}"
+    for k, (x, y) in enumerate(zip(sa, sb)):
+        if x != y:
+            if x[0] == "node":
+                n = a.graph.node[k]
+                return f"node #{k} '{n.name or n.op_type}' ({n.op_type}) differs from the reference's"
+            return f"graph {x[0]} differs from the reference's"
+    return "graphs differ"
+
+
+def block_outputs(model: OnnxModel) -> list[tuple[str, str, float]]:
+    """(block label, value name, relative depth in its stage container) of each block of each
+    stage: the output of the last node that belongs to the block."""
+    from front_onnx.extraction import analyze
+
+    gs, st = analyze(model)
+    nodes = model.proto.graph.node
+    scopes = [scope_module(n) or "" for n in nodes]
+    per_container: dict[str, list[str]] = {}
+    for stage, blocks in st.stages.items():
+        per_container.setdefault(stage.split("[", 1)[0], []).extend(blocks)
+    consumers: dict[str, set[int]] = {}
+    for tpl in st.templates.values():
+        if not tpl.stage:
+            continue
+        for b, slots in enumerate(tpl.blocks):
+            label = st.stages[tpl.stage][b]
+            consumers.setdefault(label, set()).update(gs.slots[i].consumer for i in slots)
+    out = []
+    for container, blocks in per_container.items():
+        n = len(blocks)
+        for j, label in enumerate(blocks):
+            mine = [k for k, s in enumerate(scopes) if s == label or s.startswith(label + ".")]
+            last = max(mine) if mine else max(consumers.get(label, {-1}))
+            if last >= 0 and nodes[last].output:
+                out.append((label, nodes[last].output[0], j / (n - 1) if n > 1 else 1.0))
+    return out
+
+
+def _container(label: str) -> str:
+    return label.rsplit(".", 1)[0]
+
+
+# ---------------------------------------------------------------------------- running
+@dataclass
+class _Run:
+    outputs: dict[str, np.ndarray]
+    blocks: dict[str, tuple[float, float]]   # label -> (relative depth, std)
+    session: Session
+
+
+def _run(model: OnnxModel, feeds_for, device: str, with_blocks: bool) -> _Run:
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    names = [o.name for o in proto.graph.output]
+    extra: list[tuple[str, str, float]] = []
+    if with_blocks:
+        for label, value, rel in block_outputs(model):
+            if value not in names and value not in {e[1] for e in extra}:
+                extra.append((label, value, rel))
+                vi = onnx.ValueInfoProto()
+                vi.name = value
+                proto.graph.output.append(vi)
+    sess = open_session(proto, device, model_dir=model.path.parent)
+    feeds = feeds_for(model.proto)
+    result = sess.session.run(None, feeds)
+    outputs = dict(zip(names, result[:len(names)]))
+    blocks = {label: (rel, float(np.std(np.asarray(v, dtype=np.float64))))
+              for (label, _, rel), v in zip(extra, result[len(names):])}
+    return _Run(outputs, blocks, sess)
+
+
+def _ratio_check(name: str, ours: float, theirs: float, against: str) -> tuple[str, str]:
+    if theirs == 0.0:
+        return ("pass" if ours == 0.0 else "warn"), f"std {ours:.3g} vs 0 ({against})"
+    r = ours / theirs
+    ok = SCALE_RANGE[0] <= r <= SCALE_RANGE[1]
+    return ("pass" if ok else "warn"), f"ratio {r:.3g} (std {ours:.3g} vs {theirs:.3g}, {against})"
+
+
+def validate(model: str | Path | OnnxModel, *, reference: str | Path | OnnxModel | None = None,
+             source: str | Path | OnnxModel | None = None, device: str = "auto",
+             inputs: Mapping[str, np.ndarray] | None = None, dims: Mapping[str, int] | None = None,
+             strict: bool = False, compare_outputs: bool | None = None, runs: int = 5,
+             seed: int = 0) -> ValidationReport:
+    """Validate an ONNX model; see the module docstring for the checks.
+
+    ``compare_outputs``: None compares with the source when the architectures are identical;
+    False skips it (a transfer with keep < 1 is not expected to reproduce its source)."""
+    m = model if isinstance(model, OnnxModel) else load_model(model)
+    ref = reference if reference is None or isinstance(reference, OnnxModel) else load_model(reference)
+    src = source if source is None or isinstance(source, OnnxModel) else load_model(source)
+    for x in (m, ref, src):
+        if x is not None:
+            _check_files(x)
+    rep = ValidationReport(str(m.path), device, "", "", strict=strict)
+    rep.checks.append(Check("files", "pass", "external data present"))
+    try:
+        onnx.checker.check_model(str(m.path), full_check=True)
+        rep.checks.append(Check("checker", "pass", "full check"))
+    except Exception as e:  # noqa: BLE001 - the checker's own message is the figure
+        rep.checks.append(Check("checker", "fail", "full check", str(e).strip().splitlines()[0][:200]))
+    if ref is not None:
+        diff = _structure_diff(m.proto, ref.proto)
+        rep.checks.append(Check("structure", "fail" if diff else "pass",
+                                f"{len(m.proto.graph.node)} nodes", diff or "same graph as the reference"))
+    else:
+        rep.checks.append(Check("structure", "skip", "", "no reference given", hard=False))
+
+    def feeds_for(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+        return synthesize_inputs(proto, dims, seed, inputs)
+
+    try:
+        ours = _run(m, feeds_for, device, with_blocks=True)
+    except OnnxFileError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a model that does not run is the finding
+        from front_onnx.runtime import DeviceError
+        if isinstance(e, DeviceError):
+            raise
+        rep.checks.append(Check("run", "fail", "", f"onnxruntime: {str(e).strip().splitlines()[0][:300]}"))
+        return rep
+    rep.provider, rep.provider_note = ours.session.provider, ours.session.note
+    rep.inputs = {k: list(v.shape) for k, v in feeds_for(m.proto).items()}
+    rep.checks.append(Check("run", "pass", ours.session.provider.replace("ExecutionProvider", "")))
+
+    bad = [k for k, v in ours.outputs.items() if not np.all(np.isfinite(np.asarray(v, dtype=np.float64)))
+           if np.asarray(v).dtype.kind in "fc"]
+    theirs_ref = _run(ref, feeds_for, "cpu", with_blocks=src is None) if ref is not None else None
+    shape_issue = ""
+    if theirs_ref is not None:
+        for k, v in ours.outputs.items():
+            if k in theirs_ref.outputs and np.shape(v) != np.shape(theirs_ref.outputs[k]):
+                shape_issue = f"output {k} has shape {list(np.shape(v))}, the reference {list(np.shape(theirs_ref.outputs[k]))}"
+    if bad:
+        rep.checks.append(Check("finite", "fail", f"{len(bad)}/{len(ours.outputs)} outputs",
+                                "non-finite values in " + ", ".join(bad)))
+    elif shape_issue:
+        rep.checks.append(Check("finite", "fail", "shapes", shape_issue))
+    else:
+        rep.checks.append(Check("finite", "pass", f"{len(ours.outputs)} outputs finite"
+                                + (", shapes as the reference" if theirs_ref is not None else "")))
+
+    base = _run(src, feeds_for, "cpu", with_blocks=True) if src is not None else theirs_ref
+    against = "source" if src is not None else "reference"
+    if base is None:
+        rep.checks.append(Check("scale", "skip", "", "no source or reference to compare with", hard=False))
+    elif not bad:
+        for k, v in ours.outputs.items():
+            if k in base.outputs and np.asarray(v).dtype.kind == "f":
+                st_, fig = _ratio_check(k, float(np.std(np.asarray(v, np.float64))),
+                                        float(np.std(np.asarray(base.outputs[k], np.float64))), against)
+                rep.checks.append(Check(f"scale:{k}", st_, fig, "output", hard=False))
+        for label, (rel, std) in ours.blocks.items():
+            cands = [(abs(r - rel), lab, s) for lab, (r, s) in base.blocks.items() if _container(lab) == _container(label)]
+            if not cands:
+                continue
+            _, lab, s = min(cands)
+            st_, fig = _ratio_check(label, std, s, f"{against} {lab}")
+            rep.checks.append(Check(f"scale:{label}", st_, fig, "block output", hard=False))
+
+    if src is not None and compare_outputs is not False:
+        same = structure_signature(m.proto) == structure_signature(src.proto)
+        if not same:
+            rep.checks.append(Check("agreement", "skip", "", "architectures differ from the source", hard=False))
+        else:
+            worst, tol = 0.0, 0.0
+            for o in m.proto.graph.output:
+                a = np.asarray(ours.outputs[o.name], np.float64)
+                b = np.asarray(base.outputs[o.name], np.float64)  # type: ignore[union-attr]
+                scale = float(np.max(np.abs(b))) or 1.0
+                worst = max(worst, float(np.max(np.abs(a - b))) / scale)
+                tol = max(tol, TOLERANCE.get(o.type.tensor_type.elem_type, 1e-5))
+            ok = worst <= tol
+            rep.checks.append(Check("agreement", "pass" if ok else "fail", f"rel err {worst:.2e} (tol {tol:.0e})",
+                                    f"smallest passing tolerance {worst:.2e}"))
+
+    times = []
+    feeds = feeds_for(m.proto)
+    plain = open_session(m.proto, "cuda" if rep.provider.startswith("CUDA") else "cpu", model_dir=m.path.parent)
+    plain.session.run(None, feeds)  # warm-up
+    for _ in range(max(1, runs)):
+        t0 = time.perf_counter()
+        plain.session.run(None, feeds)
+        times.append((time.perf_counter() - t0) * 1e3)
+    rep.latency_ms = float(np.median(times))
+    rep.checks.append(Check("latency", "info", f"{rep.latency_ms:.3f} ms median of {len(times)}",
+                            rep.provider.replace("ExecutionProvider", ""), hard=False))
+    return rep
+
+
+def _check_files(m: OnnxModel) -> None:
+    """Touch every external tensor's span: a missing or short file raises OnnxFileError."""
+    for t in m.proto.graph.initializer:
+        if t.data_location == TensorProto.EXTERNAL:
+            m.array(t.name)
+
+
+def write_json(report: ValidationReport, path: Path | None = None) -> str:
+    text = json.dumps(report.to_json(), indent=2)
+    if path is not None:
+        path.write_text(text + "\n")
+    return text
