@@ -140,9 +140,14 @@ def main() -> int:
     for t in TARGETS:
         out = OUT / "transfer" / f"{t.name}.onnx"
         report = OUT / "transfer" / f"{t.name}.report.json"
-        r = front_onnx.transfer(src_path, target_paths[t.name], out, report=report)
+        r = front_onnx.transfer(src_path, target_paths[t.name], out, report=report, validate=True)
         results[t.name] = r
         print(f"    {r.summary_line()}")
+        v = r.validation
+        warns = [f"{c.name} {c.figure}" for c in v.checks if c.status == "warn"]
+        print(f"      validation: {'valid' if v.ok else 'INVALID'}; {v.provider_line()}"
+              + (f"; activation-scale warnings: {'; '.join(warns)}" if warns else ""))
+        check(v.ok, f"{t.name}: validation failed")
         sm = r.plan.summary()
         reasons = Counter(s.reason for s in r.plan.left)
         if reasons:
