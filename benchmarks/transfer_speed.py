@@ -396,7 +396,7 @@ def run_cli(spec: dict, timeout: float = 900) -> dict:
     quiet = _wait_quiet(SETTLE_S) if SETTLE_S > 0 else None
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", "front_onnx", "transfer", spec["source"], spec["target"], "-o", spec["output"], "-q"]
+    cmd = [sys.executable, "-m", "front_onnx", "transfer", spec["source"], spec["target"], "-o", spec["output"], "-q", "--no-validate"]
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
         t0 = time.perf_counter()
         proc = subprocess.run([TIME_BIN, "-o", tf.name, "-f", "%M %U %S %R", *cmd], capture_output=True, text=True,
