@@ -100,6 +100,6 @@ def extract_learngene(model: OnnxModel, keep: float = 1.0, convention: str = "or
 
 
 def analyze(model: OnnxModel) -> tuple[GraphSlots, Structure]:
-    """Slots and structure of a model (the replaceable structure finder lives in structure.py)."""
+    """Slots and structure of a model (the structure finder lives in structure.py)."""
     gs = analyze_slots(model.proto)
-    return gs, find_structure(gs)
+    return gs, find_structure(gs, model.proto)

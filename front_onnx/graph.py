@@ -81,6 +81,7 @@ class Slot:
     module_evidence: str = ""
     reason: str = ""          # why the slot is not a weight, when role is None
     evidence: list[str] = field(default_factory=list)
+    anchor: int = -1          # the node the slot's layer is placed at (a bias Add: its projection)
 
     @property
     def size(self) -> int:
@@ -218,27 +219,35 @@ class _Analyzer:
                 if k > 1 and (sizes is None or len(set(sizes)) == 1):
                     return k, f"output split into {k} equal parts"
             if n.op_type == "Reshape":
-                dims = self._static_int_values(n.input[1]) or []
-                for j, p in enumerate(dims):
-                    rest = dims[j + 1:]
-                    if p and p in (2, 3, 4) and rest and None not in rest and p * int(np.prod(rest)) == out_features:
-                        if self._indexed_after(n.output[0]):
-                            return p, f"output reshaped to {p} parts that are indexed apart"
-                        break
+                p = self._gathered_parts(n.output[0])
+                if p > 1 and out_features % p == 0:
+                    return p, f"output reshaped and indexed into {p} parts"
         if module:
             last = module.rsplit(".", 1)[-1].lower()
             if last in FUSED_NAME_HINTS and out_features % 3 == 0:
                 return 3, f"name hint '{last}'"
         return 1, ""
 
-    def _indexed_after(self, value: str, depth: int = 3) -> bool:
+    def _gathered_parts(self, value: str, depth: int = 3) -> int:
+        """How many equal parts a reshaped projection output is indexed into: scalar-index
+        Gathers on one axis (through Transposes) taking indices 0..p-1, or a p-way Split."""
+        by_axis: dict[int, set[int]] = defaultdict(set)
         for ci, _ in self.cons.get(value, []):
             n = self.g.node[ci]
-            if n.op_type in ("Gather", "Split", "Slice"):
-                return True
-            if n.op_type in ("Transpose", "Identity") and depth > 0 and self._indexed_after(n.output[0], depth - 1):
-                return True
-        return False
+            if n.op_type == "Gather" and len(n.input) > 1:
+                idx = self._static_int_values(n.input[1])
+                if idx is not None and len(idx) == 1 and idx[0] is not None:
+                    by_axis[int(_attr(n, "axis", 0))].add(int(idx[0]))
+            elif n.op_type == "Split" and len(n.output) > 1:
+                return len(n.output)
+            elif n.op_type in ("Transpose", "Identity") and depth > 0:
+                p = self._gathered_parts(n.output[0], depth - 1)
+                if p > 1:
+                    return p
+        for idx in by_axis.values():
+            if len(idx) > 1 and idx == set(range(len(idx))):
+                return len(idx)
+        return 1
 
     def feeds_output(self, node_idx: int) -> bool:
         """True when the node's output reaches a graph output without another weight layer:
@@ -328,7 +337,7 @@ class _Analyzer:
                 shape = tuple(int(d) for d in t.dims)
                 role, layout, reason, ev = self.role_of(ci, cj, shape)
                 slots.append(Slot(ni, j, x, shape, t.data_type, ci, cj, self.g.node[ci].op_type,
-                                  role, layout, reason=reason, evidence=ev))
+                                  role, layout, reason=reason, evidence=ev, anchor=ci))
         shared: dict[str, list[int]] = defaultdict(list)
         for k, s in enumerate(slots):
             shared[s.initializer].append(k)
@@ -379,6 +388,7 @@ class _Analyzer:
                 if found is None:
                     continue
                 lin = found
+                s.anchor = lin
             out_features = s.layout.canonical_shape(s.shape)[0]
             if lin not in head_cache:
                 head_cache[lin] = self.feeds_output(lin)

@@ -119,6 +119,7 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
                                                                  if s.module else []))
         if i in by_slot:
             tpl, why, ops = by_slot[i]
+            base["evidence"].insert(0, tpl.evidence)
             plans.append(SlotPlan(**base, template=tpl.key, status="left" if why else "written",
                                   operations=ops, reason=why))
         else:

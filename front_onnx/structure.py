@@ -1,19 +1,31 @@
-"""Stages, blocks and templates of a graph, from the module paths of its weight slots.
+"""Stages, blocks and templates of a graph, found from its topology alone.
 
-This is the name-based structure finder: module paths come from parameter names, node
-scopes and legacy node names (see ``graph.Slot.module``). It is kept behind one function,
-``find_structure``, so that a topology-based finder can replace it.
+The weight slots are grouped into *units*, one per layer: the slots of one consuming node,
+with a bias Add joined to its projection. The units are taken in graph order, which is
+topological. Each unit has a signature that carries no names and no widths: its roles,
+axis kinds and ranks, plus the kernel size, strides, dilations and groups of a
+convolution.
 
-A *stage* is a run of repeated blocks with the same structure and shapes; a *template* is
-one role inside a stage's block, and its tensors across the blocks form the depth stack.
-Slots outside any repeated block form single-block stages of their own (stem, head).
+A *stage* is a maximal run of repeated blocks. Scanning left to right, at each unit we
+look for the shortest period p whose next p units repeat it exactly, shapes included,
+and extend the run as far as it goes. Units outside any run are *loose*: the stem before
+the stages, the head after them, and the irregular first blocks of CNN stages.
+
+Templates are keyed by signatures and occurrence counts, never by names:
+``S<block signature hash>#<occurrence>/u<unit>:<role>`` inside a stage, and
+``U<unit signature hash>#<occurrence>:<role>`` for loose units. So a source and a target of
+one family, exported by different tools and with different widths and depths, get the
+same keys. Names and scopes are kept as evidence only (``graph.Slot.module``).
 """
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from front_onnx.graph import GraphSlots, Slot
+import onnx
+
+from front_onnx.graph import GraphSlots
 
 
 @dataclass
@@ -21,9 +33,10 @@ class Template:
     """One role inside a stage's block; ``blocks[i]`` lists the slots of block i."""
 
     key: str                         # stable id used to match source and target
-    stage: str                       # stage id, e.g. 'blocks[0]' or '' for stem/head
+    stage: str                       # stage id, '' for loose units
     role: str
     blocks: list[list[int]] = field(default_factory=list)  # indices into GraphSlots.slots
+    evidence: str = ""
 
     @property
     def depth(self) -> int:
@@ -34,87 +47,99 @@ class Template:
 class Structure:
     templates: dict[str, Template]
     unplaced: dict[int, str]         # slot index -> why it has no template
-    stages: dict[str, list[str]]     # stage id -> block labels (module paths), in depth order
+    stages: dict[str, list[str]]     # stage id -> block labels, in depth order
 
 
-def _is_int(s: str) -> bool:
-    return s.isdigit()
+@dataclass
+class _Unit:
+    anchor: int
+    slots: list[int]
+    sig: tuple                       # no names, no widths
+    shapes: tuple
 
 
-def _split_block(module: str, non_leaf: set[str]) -> tuple[str, int, str] | None:
-    """(container, block index, path inside the block) for the innermost integer component
-    of ``module`` whose child spans several modules (a block, not a Sequential's leaf)."""
-    parts = module.split(".")
-    for k in range(len(parts) - 1, 0, -1):
-        if _is_int(parts[k]):
-            child = ".".join(parts[: k + 1])
-            if child in non_leaf:
-                return ".".join(parts[:k]), int(parts[k]), ".".join(parts[k + 1:])
-    return None
+def _hash(obj: object) -> str:
+    return hashlib.sha256(repr(obj).encode()).hexdigest()[:8]
 
 
-def find_structure(gs: GraphSlots) -> Structure:
-    """Group the weight slots of a graph into templates with depth stacks."""
-    slots = gs.slots
-    modules = {s.module for s in slots if s.role and s.module}
-    non_leaf: set[str] = set()
-    for m in modules:
-        parts = m.split(".")
-        for k in range(1, len(parts)):
-            non_leaf.add(".".join(parts[:k]))
+def _units(gs: GraphSlots, model: onnx.ModelProto) -> list[_Unit]:
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, s in enumerate(gs.slots):
+        if s.role is not None:
+            groups[s.anchor].append(i)
+    units = []
+    for anchor in sorted(groups):
+        idx = sorted(groups[anchor], key=lambda i: (gs.slots[i].consumer_input, gs.slots[i].role or ""))
+        node = model.graph.node[anchor]
+        parts = []
+        for i in idx:
+            s = gs.slots[i]
+            assert s.layout is not None
+            parts.append((s.role, s.layout.kinds, len(s.shape)))
+        conv = ()
+        if node.op_type in ("Conv", "ConvTranspose"):
+            w = next((gs.slots[i] for i in idx if gs.slots[i].role == "conv.weight"), None)
+            attrs = {a.name: tuple(onnx.helper.get_attribute_value(a)) if a.type == onnx.AttributeProto.INTS
+                     else onnx.helper.get_attribute_value(a) for a in node.attribute
+                     if a.name in ("strides", "dilations", "group")}
+            conv = (w.shape[2:] if w is not None else (), tuple(sorted(attrs.items())))
+        units.append(_Unit(anchor, idx, (tuple(parts), conv), tuple(gs.slots[i].shape for i in idx)))
+    return units
 
-    unplaced: dict[int, str] = {}
-    # container -> block index -> list of (template path key, slot index)
-    blocks: dict[str, dict[int, list[tuple[str, int]]]] = defaultdict(lambda: defaultdict(list))
-    loose: dict[str, list[int]] = defaultdict(list)
-    for i, s in enumerate(slots):
-        if s.role is None:
-            unplaced[i] = s.reason
-            continue
-        if not s.module:
-            unplaced[i] = "no module path (no parameter name, scope or node name to place it)"
-            continue
-        tkey = _template_key(s)
-        where = _split_block(s.module, non_leaf)
-        if where is None:
-            loose[f"{s.module}:{tkey}"].append(i)
+
+def _runs(units: list[_Unit]) -> list[tuple[int, int, int]]:
+    """(start, period, count) of each repeated run, scanning left to right, shortest period first."""
+    full = [(u.sig, u.shapes) for u in units]
+    n, i, runs = len(units), 0, []
+    while i < n:
+        found = None
+        for p in range(1, (n - i) // 2 + 1):
+            if full[i:i + p] == full[i + p:i + 2 * p]:
+                k = 2
+                while full[i:i + p] == full[i + k * p:i + (k + 1) * p]:
+                    k += 1
+                found = (i, p, k)
+                break
+        if found:
+            runs.append(found)
+            i += found[1] * found[2]
         else:
-            container, b, inner = where
-            blocks[container][b].append((f"{inner}:{tkey}" if inner else tkey, i))
+            i += 1
+    return runs
 
+
+def find_structure(gs: GraphSlots, model: onnx.ModelProto) -> Structure:
+    """Group the weight slots of a graph into templates with depth stacks, from topology."""
+    units = _units(gs, model)
+    unplaced = {i: s.reason for i, s in enumerate(gs.slots) if s.role is None}
     templates: dict[str, Template] = {}
     stages: dict[str, list[str]] = {}
-    for key, idx in loose.items():
-        templates[key] = Template(key, "", slots[idx[0]].role or "", [idx])
-    for container in sorted(blocks):
-        per_block = blocks[container]
-        order = sorted(per_block)
-        # runs of consecutive blocks with identical structure and shapes form a stage
-        runs: list[list[int]] = []
-        prev = None
-        for b in order:
-            sig = tuple(sorted((k, slots[i].shape) for k, i in per_block[b]))
-            if sig != prev:
-                runs.append([])
-                prev = sig
-            runs[-1].append(b)
-        seen: dict[str, int] = defaultdict(int)   # template key -> runs holding it so far
-        for run in runs:
-            keys = sorted({k for k, _ in per_block[run[0]]})
-            stage_id = f"{container}[{run[0]}:{run[-1] + 1}]"
-            stages[stage_id] = [f"{container}.{b}" for b in run]
-            for k in keys:
-                occ = seen[k]
-                seen[k] += 1
-                tid = f"{container}[{occ}].{k}"
-                tpl = Template(tid, stage_id, "", [])
-                for b in run:
-                    tpl.blocks.append([i for kk, i in per_block[b] if kk == k])
-                tpl.role = slots[tpl.blocks[0][0]].role or ""
-                templates[tid] = tpl
+    in_run: set[int] = set()
+    seen_stage: dict[str, int] = defaultdict(int)
+    for n_stage, (start, p, k) in enumerate(_runs(units)):
+        block_sig = tuple(u.sig for u in units[start:start + p])
+        h = _hash(block_sig)
+        stage = f"S{h}#{seen_stage[h]}"
+        seen_stage[h] += 1
+        stages[stage] = [f"stage{n_stage}.block{b}" for b in range(k)]  # labels for people
+        for j in range(p):
+            first = units[start + j]
+            for r, slot in enumerate(first.slots):
+                role = gs.slots[slot].role or ""
+                key = f"{stage}/u{j}:{role}" + (f"#{r}" if [gs.slots[x].role for x in first.slots].count(role) > 1 else "")
+                blocks = [[units[start + b * p + j].slots[r]] for b in range(k)]
+                templates[key] = Template(key, stage, role, blocks,
+                                          f"topology: unit {j} of a {p}-unit block repeated {k}x")
+        in_run.update(range(start, start + p * k))
+    seen_unit: dict[str, int] = defaultdict(int)
+    for u_idx, u in enumerate(units):
+        if u_idx in in_run:
+            continue
+        h = _hash(u.sig)
+        occ = seen_unit[h]
+        seen_unit[h] += 1
+        for r, slot in enumerate(u.slots):
+            role = gs.slots[slot].role or ""
+            key = f"U{h}#{occ}:{role}" + (f"#{r}" if [gs.slots[x].role for x in u.slots].count(role) > 1 else "")
+            templates[key] = Template(key, "", role, [[slot]], f"topology: loose layer, occurrence {occ} of its kind")
     return Structure(templates, unplaced, stages)
-
-
-def _template_key(s: Slot) -> str:
-    """The role of a slot within its module (several slots of a module differ by role)."""
-    return s.role or "?"

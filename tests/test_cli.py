@@ -51,7 +51,7 @@ def test_plan_json_and_table(pair, tmp_path, capsys):
     assert data["summary"]["weight_slots"] == len([s for s in data["slots"] if s["role"]])
     assert main(["plan", str(src), str(tgt)]) == 0
     table = capsys.readouterr().out
-    assert "blocks[0].fc1:linear.weight" in table and "weight elements written" in table
+    assert ":linear.weight" in table and "depth: pad 4->6" in table and "weight elements written" in table
     gene = tmp_path / "g.safetensors"
     assert main(["extract", str(src), "-o", str(gene), "-q"]) == 0
     assert main(["plan", str(gene), str(tgt), "--json"]) == 0

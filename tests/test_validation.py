@@ -49,7 +49,7 @@ def test_correct_model_passes(transferred, capfd):
         assert _status(rep, name) == "pass"
     assert _status(rep, "agreement") == "skip"  # narrower than the source
     assert rep.latency_ms is not None and rep.latency_ms > 0
-    assert any(c.name.startswith("scale:blocks.") for c in rep.checks)
+    assert any(c.name.startswith("scale:stage0.block") for c in rep.checks)
     assert capfd.readouterr().err == "", "onnxruntime's own log lines must not reach the terminal"
     assert rep.provider_line().count("\n") == 0
     if not rep.provider.startswith("CUDA"):
