@@ -1,0 +1,51 @@
+"""A name scrambler: every initializer, node and value renamed to a meaningless token, and
+every piece of metadata dropped, so that only the graph's topology is left to go by."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import onnx
+
+
+def scramble(model: onnx.ModelProto, salt: str = "x") -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    names: dict[str, str] = {}
+
+    def token(old: str) -> str:
+        if old == "":
+            return old
+        if old not in names:
+            names[old] = "n" + hashlib.sha256(f"{salt}:{old}".encode()).hexdigest()[:10]
+        return names[old]
+
+    for t in g.initializer:
+        t.name = token(t.name)
+        t.ClearField("doc_string")
+        del t.metadata_props[:]
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        vi.name = token(vi.name)
+        vi.ClearField("doc_string")
+        del vi.metadata_props[:]
+    for k, n in enumerate(g.node):
+        n.name = token(f"node:{k}:{n.name}")
+        for i, x in enumerate(n.input):
+            n.input[i] = token(x)
+        for i, x in enumerate(n.output):
+            n.output[i] = token(x)
+        n.ClearField("doc_string")
+        del n.metadata_props[:]
+    del m.metadata_props[:]
+    m.ClearField("doc_string")
+    del g.metadata_props[:]
+    g.name = "g"
+    g.ClearField("doc_string")
+    return m
+
+
+def scramble_file(src: Path, dst: Path) -> Path:
+    """Scramble a model file (with its external data) into ``dst``, weights inline."""
+    onnx.save(scramble(onnx.load(str(src))), str(dst))
+    return dst
