@@ -23,6 +23,9 @@ FEATURE, INDEX, SPATIAL, PARTS = "feature", "index", "spatial", "parts"
 
 # Ops an initializer may pass through unchanged on its way to the op that gives it a role.
 PASS_THROUGH = {"Identity", "Cast"}
+# ... and a weight may also reach it through Transposes (TF/Keras kernels, NHWC wrappers),
+# which change its layout.
+WEIGHT_PATH = PASS_THROUGH | {"Transpose"}
 # Ops whose float initializer inputs are weights of a layer; used to bound graph walks.
 WEIGHT_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "LayerNormalization", "BatchNormalization",
               "InstanceNormalization", "GroupNormalization", "Gather"}
@@ -161,7 +164,7 @@ class _Analyzer:
             if value in self.inits:
                 return self.inits[value]
             i = self.prod.get(value)
-            if i is None or self.g.node[i].op_type not in PASS_THROUGH:
+            if i is None or self.g.node[i].op_type not in WEIGHT_PATH:
                 return None
             value = self.g.node[i].input[0]
         return None
@@ -327,15 +330,25 @@ class _Analyzer:
                 if t is None or t.data_type not in FLOAT_TYPES:
                     continue  # integer, shape, axes and bool tensors are never touched
                 ci, cj = ni, j
+                shape = tuple(int(d) for d in t.dims)
+                view = list(range(len(shape)))   # the consumer sees stored.transpose(view)
                 hops = 0
-                while self.g.node[ci].op_type in PASS_THROUGH and hops < 16:
-                    nxt = self.cons.get(self.g.node[ci].output[0], [])
+                while self.g.node[ci].op_type in WEIGHT_PATH and hops < 16:
+                    n = self.g.node[ci]
+                    nxt = self.cons.get(n.output[0], [])
                     if len(nxt) != 1:
                         break
+                    if n.op_type == "Transpose":
+                        q = _attr(n, "perm", None) or list(reversed(range(len(view))))
+                        view = [view[k] for k in q]
                     ci, cj = nxt[0]
                     hops += 1
-                shape = tuple(int(d) for d in t.dims)
-                role, layout, reason, ev = self.role_of(ci, cj, shape)
+                vshape = tuple(shape[k] for k in view)
+                role, layout, reason, ev = self.role_of(ci, cj, vshape)
+                if layout is not None and view != list(range(len(shape))):
+                    layout = Layout(tuple(view[k] for k in layout.perm), layout.kinds, layout.parts,
+                                    f"{layout.name} through Transpose{tuple(view)}")
+                    ev.append(f"reached through Transpose (stored axes {tuple(view)})")
                 slots.append(Slot(ni, j, x, shape, t.data_type, ci, cj, self.g.node[ci].op_type,
                                   role, layout, reason=reason, evidence=ev, anchor=ci))
         shared: dict[str, list[int]] = defaultdict(list)

@@ -82,7 +82,8 @@ def _units(gs: GraphSlots, model: onnx.ModelProto) -> list[_Unit]:
             attrs = {a.name: tuple(onnx.helper.get_attribute_value(a)) if a.type == onnx.AttributeProto.INTS
                      else onnx.helper.get_attribute_value(a) for a in node.attribute
                      if a.name in ("strides", "dilations", "group")}
-            conv = (w.shape[2:] if w is not None else (), tuple(sorted(attrs.items())))
+            kernel = w.layout.canonical_shape(w.shape)[2:] if w is not None and w.layout is not None else ()
+            conv = (kernel, tuple(sorted(attrs.items())))
         units.append(_Unit(anchor, idx, (tuple(parts), conv), tuple(gs.slots[i].shape for i in idx)))
     return units
 

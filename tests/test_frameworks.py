@@ -1,0 +1,68 @@
+"""Graphs in the TF/Keras, JAX and Paddle conventions: a transformer and a CNN family at two
+sizes each, transferred both ways, pass the foundation's checks."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+import pytest
+
+import front_onnx
+from tests.conftest import run_onnx
+from tests.frameworks import cnn, example_input, transformer
+
+STYLES = ("keras", "jax", "paddle")
+BUILD = {"transformer": transformer, "cnn": cnn}
+SMALL, LARGE = (8, 2), (16, 3)
+
+
+def _save(m: onnx.ModelProto, path):
+    onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, str(path))
+    return path
+
+
+@pytest.mark.parametrize("family,style", list(itertools.product(BUILD, STYLES)))
+def test_transfer_both_ways(tmp_path, family, style):
+    build = BUILD[family]
+    small = _save(build(style, *SMALL, seed=0), tmp_path / "small.onnx")
+    large = _save(build(style, *LARGE, seed=1), tmp_path / "large.onnx")
+    x = example_input(family, style)
+    for src, tgt in ((small, large), (large, small)):
+        out = tmp_path / f"{src.stem}-to-{tgt.stem}.onnx"
+        r = front_onnx.transfer(src, tgt, out, validate=True)
+        assert r.validation.ok, r.validation.table()
+        sm = r.plan.summary()
+        assert sm["written_fraction"] >= 0.9, [(s.initializer, s.reason) for s in r.plan.left if s.role]
+        assert all(s.reason for s in r.plan.left)
+        y = run_onnx(out, {"x": x})[0]
+        assert np.all(np.isfinite(y))
+
+
+@pytest.mark.parametrize("family,style", list(itertools.product(BUILD, STYLES)))
+def test_identity_on_equal_architectures(tmp_path, family, style):
+    build = BUILD[family]
+    src = _save(build(style, *LARGE, seed=0), tmp_path / "src.onnx")
+    tgt = _save(build(style, *LARGE, seed=1), tmp_path / "tgt.onnx")
+    out = tmp_path / "out.onnx"
+    r = front_onnx.transfer(src, tgt, out, keep=1.0)
+    assert r.plan.summary()["written_fraction"] == 1.0
+    x = {"x": example_input(family, style)}
+    want, got = run_onnx(src, x)[0], run_onnx(out, x)[0]
+    assert np.abs(got - want).max() / np.abs(want).max() <= 1e-5
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_stages_found_from_topology(style):
+    """The transformer's blocks form one stage; the CNN's two stages are told apart by shape."""
+    from front_onnx.extraction import analyze
+    from front_onnx.onnx_io import OnnxModel
+    from pathlib import Path
+
+    t = OnnxModel(Path("t.onnx"), transformer(style, 8, 3))
+    _, st = analyze(t)
+    assert sorted(len(b) for b in st.stages.values()) == [3]
+    c = OnnxModel(Path("c.onnx"), cnn(style, 8, 3))
+    _, st = analyze(c)
+    assert sorted(len(b) for b in st.stages.values()) == [3, 3]
