@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +97,7 @@ def extract_learngene(model: OnnxModel, keep: float = 1.0, convention: str = "or
             means=means, stds=stds, kept=kept)
     return Learngene(templates, float(keep), convention, source=model.path.name,
                      source_sha256=file_sha256(model.path), tool_version=__version__, skipped=skipped,
-                     partial=needed is not None)
+                     partial=needed is not None, structure=[asdict(seg) for seg in st.segments])
 
 
 def analyze(model: OnnxModel) -> tuple[GraphSlots, Structure]:

@@ -63,6 +63,7 @@ class Learngene:
     tool_version: str = ""
     skipped: dict[str, str] = field(default_factory=dict)   # template key -> why not extracted
     partial: bool = False          # only what one target reads (an in-memory transfer): not saved
+    structure: list[dict[str, Any]] = field(default_factory=list)  # the source's segments, in order
 
     # ------------------------------------------------------------------ persistence
     def metadata(self) -> dict[str, Any]:
@@ -71,6 +72,7 @@ class Learngene:
             "source": self.source, "source_sha256": self.source_sha256, "keep": self.keep,
             "convention": self.convention, "skipped": dict(sorted(self.skipped.items())),
             "templates": [self.templates[k].meta() for k in sorted(self.templates)],
+            "structure": self.structure,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -145,4 +147,5 @@ class Learngene:
         except (KeyError, TypeError, ValueError) as e:
             raise LearngeneError(f"{path}: corrupted learngene ({e})") from None
         return cls(templates, keep, convention, str(meta.get("source", "")), str(meta.get("source_sha256", "")),
-                   str(meta.get("tool_version", "")), dict(meta.get("skipped", {})))
+                   str(meta.get("tool_version", "")), dict(meta.get("skipped", {})),
+                   structure=list(meta.get("structure", [])))

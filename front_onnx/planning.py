@@ -2,12 +2,13 @@
 per-axis operations, or why it is left alone. Built from learngene metadata only."""
 from __future__ import annotations
 
+import difflib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from front_onnx.graph import INDEX, PARTS, GraphSlots
 from front_onnx.learngene import GeneTemplate, Learngene
-from front_onnx.structure import Structure, Template
+from front_onnx.structure import Segment, Structure, Template
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Plan:
     templates: dict[str, str]        # target template key -> 'ok' or why it is left
     keep: float
     convention: str
+    divergence: list[str] = field(default_factory=list)  # where source and target structures differ
 
     @property
     def written(self) -> list[SlotPlan]:
@@ -56,7 +58,8 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         return {"keep": self.keep, "convention": self.convention, "summary": self.summary(),
-                "templates": self.templates, "slots": [asdict(s) for s in self.slots]}
+                "divergence": self.divergence, "templates": self.templates,
+                "slots": [asdict(s) for s in self.slots]}
 
 
 def _axis_ops(gene: GeneTemplate, kinds: tuple[str, ...], shape: tuple[int, ...], depth: int) -> list[str]:
@@ -125,7 +128,29 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
         else:
             reason = st.unplaced.get(i, s.reason or "not placed")
             plans.append(SlotPlan(**base, template=None, status="left", reason=reason))
-    return Plan(plans, verdicts, gene.keep, gene.convention)
+    return Plan(plans, verdicts, gene.keep, gene.convention, divergence(gene.structure, st.segments))
+
+
+def divergence(source: list[dict], target: list[Segment]) -> list[str]:
+    """Where the target's sequence of stages and layers departs from the source's. A stage
+    that only differs in its number of blocks is not a divergence (depth is resampled)."""
+    a = [s["sig"] for s in source]
+    b = [s.sig for s in target]
+    out = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if op == "equal":
+            continue
+        src = "; ".join(Segment(**s).describe() for s in source[i1:i2])
+        tgt = "; ".join(t.describe() for t in target[j1:j2])
+        si = f"{i1}" if i2 - i1 == 1 else f"{i1}-{i2 - 1}"
+        tj = f"{j1}" if j2 - j1 == 1 else f"{j1}-{j2 - 1}"
+        if op == "delete":
+            out.append(f"source segment {si} ({src}) has no counterpart in the target (before target segment {j1})")
+        elif op == "insert":
+            out.append(f"target segment {tj} ({tgt}) has no counterpart in the source (before source segment {i1})")
+        else:
+            out.append(f"target segment {tj} ({tgt}) differs from source segment {si} ({src})")
+    return out
 
 
 def format_plan(plan: Plan, verbose: bool = True) -> str:
@@ -142,6 +167,8 @@ def format_plan(plan: Plan, verbose: bool = True) -> str:
     for r in rows:
         lines.append("  ".join(r[c][:40].ljust(widths[c]) for c in range(4)) + "  " + r[4])
     sm = plan.summary()
+    if plan.divergence:
+        lines.append("structures diverge:" + "".join(f"\n  - {d}" for d in plan.divergence))
     lines.append(f"{sm['written']} slots written, {sm['left']} left; "
                  f"{sm['written_fraction']:.1%} of {sm['weight_elements']} weight elements written "
                  f"(keep {plan.keep}, convention {plan.convention})")

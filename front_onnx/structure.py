@@ -44,10 +44,27 @@ class Template:
 
 
 @dataclass
+class Segment:
+    """One stage or loose layer, in graph order: what two structures are aligned by."""
+
+    kind: str                        # 'stage' or 'layer'
+    sig: str                         # 'S<hash>' / 'U<hash>': equal for the same structure
+    count: int                       # blocks in a stage, 1 for a layer
+    roles: list[str]                 # the roles of one block, in order
+
+    def describe(self) -> str:
+        what = ", ".join(self.roles[:6]) + (", ..." if len(self.roles) > 6 else "")
+        if self.kind == "stage":
+            return f"a stage of {self.count} blocks of [{what}]"
+        return f"a layer [{what}]"
+
+
+@dataclass
 class Structure:
     templates: dict[str, Template]
     unplaced: dict[int, str]         # slot index -> why it has no template
     stages: dict[str, list[str]]     # stage id -> block labels, in depth order
+    segments: list[Segment] = field(default_factory=list)
 
 
 @dataclass
@@ -117,7 +134,21 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto) -> Structure:
     stages: dict[str, list[str]] = {}
     in_run: set[int] = set()
     seen_stage: dict[str, int] = defaultdict(int)
-    for n_stage, (start, p, k) in enumerate(_runs(units)):
+    runs = _runs(units)
+    run_at = {start: (p, k) for start, p, k in runs}
+    segments: list[Segment] = []
+    u = 0
+    while u < len(units):
+        if u in run_at:
+            p, k = run_at[u]
+            segments.append(Segment("stage", "S" + _hash(tuple(x.sig for x in units[u:u + p])), k,
+                                    [gs.slots[i].role or "" for x in units[u:u + p] for i in x.slots]))
+            u += p * k
+        else:
+            segments.append(Segment("layer", "U" + _hash(units[u].sig), 1,
+                                    [gs.slots[i].role or "" for i in units[u].slots]))
+            u += 1
+    for n_stage, (start, p, k) in enumerate(runs):
         block_sig = tuple(u.sig for u in units[start:start + p])
         h = _hash(block_sig)
         stage = f"S{h}#{seen_stage[h]}"
@@ -143,4 +174,4 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto) -> Structure:
             role = gs.slots[slot].role or ""
             key = f"U{h}#{occ}:{role}" + (f"#{r}" if [gs.slots[x].role for x in u.slots].count(role) > 1 else "")
             templates[key] = Template(key, "", role, [[slot]], f"topology: loose layer, occurrence {occ} of its kind")
-    return Structure(templates, unplaced, stages)
+    return Structure(templates, unplaced, stages, segments)

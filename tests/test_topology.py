@@ -38,3 +38,21 @@ def test_scrambled_names_give_identical_weights(samples, tmp_path, family, expor
     r2 = front_onnx.transfer(scramble_file(src, tmp_path / "s.onnx"), scramble_file(tgt, tmp_path / "t.onnx"), blind)
     assert r1.plan.summary() == r2.plan.summary()
     assert _weights(named) == _weights(blind)
+
+
+def test_plan_says_where_families_diverge(samples):
+    vit = samples.get("vit", "base", "dynamo", source=True)
+    same = front_onnx.plan(vit, samples.get("vit", "deep", "legacy"))
+    assert same.divergence == []
+    other = front_onnx.plan(vit, samples.get("gpt", "base", "dynamo"))
+    text = " ".join(other.divergence)
+    assert "embedding" in text and "token" in text  # GPT's token table against ViT's class token
+    left = [s for s in other.left if s.role]
+    assert left and all("structures differ" in s.reason for s in left)
+
+
+def test_plan_evidence_names_topology_and_hints(samples):
+    p = front_onnx.plan(samples.get("vit", "base", "legacy", source=True), samples.get("vit", "narrow", "dynamo"))
+    qkv = [s for s in p.written if any("fused projection of 3 parts" in e for e in s.evidence)]
+    assert qkv and all(s.evidence[0].startswith("topology:") for s in qkv)
+    assert any("module blocks." in e for s in qkv for e in s.evidence)  # names kept as a hint only
