@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from front_onnx.onnx_io import constant_tensor
+
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 
 # Axis kinds (see DESIGN.md): feature axes are resampled by the DCT, index axes must match
@@ -153,6 +155,11 @@ class _Analyzer:
     def __init__(self, model: onnx.ModelProto) -> None:
         self.g = model.graph
         self.inits = {t.name: t for t in self.g.initializer}
+        # weights some exporters keep in Constant nodes: their outputs act as initializers
+        for n in self.g.node:
+            t = constant_tensor(n)
+            if t is not None and n.output and n.output[0] not in self.inits:
+                self.inits[n.output[0]] = t
         self.prod = _producers(self.g)
         self.cons = _consumers(self.g)
         self.outputs = {o.name for o in self.g.output}

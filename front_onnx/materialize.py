@@ -105,6 +105,10 @@ def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.nd
             add[new_name] = (values[groups[digest][0]], dtype)
             for i in groups[digest]:
                 rewire[(gs.slots[i].node, gs.slots[i].input)] = new_name
-    save_model(target, output, new_values, external_data=external_data, add_initializers=add, rewire=rewire)
+    # weights held in Constant nodes are written back into those nodes
+    constants = {target.constant_node(n): v for n, v in new_values.items() if target.constant_node(n) is not None}
+    new_values = {n: v for n, v in new_values.items() if target.constant_node(n) is None}
+    save_model(target, output, new_values, external_data=external_data, add_initializers=add, rewire=rewire,
+               constants=constants)
     renamed = {i: rewire[(s.node, s.input)] for i, s in enumerate(gs.slots) if (s.node, s.input) in rewire}
     return {"split": split, "added": len(add), "renamed": renamed}

@@ -378,6 +378,7 @@ class OnnxModel:
     path: Path
     proto: onnx.ModelProto
     _index: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _constants: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     def _position(self, name: str) -> int:
         inits = self.proto.graph.initializer
@@ -390,8 +391,24 @@ class OnnxModel:
         return i
 
     def initializer(self, name: str) -> TensorProto:
-        """The initializer's TensorProto (data not loaded if external). KeyError if absent."""
-        return self.proto.graph.initializer[self._position(name)]
+        """The initializer's TensorProto (data not loaded if external). KeyError if absent.
+        A float Constant node's output counts too: its ``value`` tensor is returned."""
+        try:
+            return self.proto.graph.initializer[self._position(name)]
+        except KeyError:
+            node = self.constant_node(name)
+            if node is None:
+                raise
+            t = constant_tensor(self.proto.graph.node[node])
+            assert t is not None
+            return t
+
+    def constant_node(self, name: str) -> int | None:
+        """The index of the Constant node whose output is ``name``, if any."""
+        if self._constants is None:
+            self._constants = {n.output[0]: k for k, n in enumerate(self.proto.graph.node)
+                               if n.output and constant_tensor(n) is not None}
+        return self._constants.get(name)
 
     def initializer_names(self) -> list[str]:
         """Initializer names in graph order."""
@@ -459,6 +476,32 @@ def external_data_files(model: OnnxModel) -> set[Path]:
 # --------------------------------------------------------------------------- #
 # Writing
 # --------------------------------------------------------------------------- #
+
+def constant_tensor(node: onnx.NodeProto) -> TensorProto | None:
+    """The tensor a Constant node holds in its ``value`` attribute (weights some exporters
+    keep in Constant nodes instead of initializers), or None."""
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+        return None
+    for a in node.attribute:
+        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+            return a.t
+    return None
+
+
+def _set_constant(node: onnx.NodeProto, value: np.ndarray, what: str) -> None:
+    """Replace a Constant node's tensor values, keeping its dtype and shape (stored inline)."""
+    t = constant_tensor(node)
+    if t is None:
+        raise ValueError(f"{what}: not a Constant node with a tensor value")
+    shape = tuple(int(d) for d in t.dims)
+    if tuple(np.shape(value)) != shape:
+        raise ValueError(f"{what}: new value has shape {list(np.shape(value))}, expected {list(shape)}")
+    buf, _ = _encode(value, t.data_type, what)
+    for f in ("float_data", "int32_data", "double_data", "int64_data", "external_data"):
+        t.ClearField(f)
+    t.data_location = TensorProto.DEFAULT
+    t.raw_data = bytes(buf)
+
 
 def _encode(value: Any, elem_type: int, what: str) -> tuple[Any, int]:
     """(buffer, nbytes) of ``value`` cast to ``elem_type``, little-endian raw form."""
@@ -603,6 +646,7 @@ def save_model(
     size_threshold: int = 1024,
     add_initializers: Mapping[str, tuple[np.ndarray, Any]] | None = None,
     rewire: Mapping[tuple[int, int], str] | None = None,
+    constants: Mapping[int, np.ndarray] | None = None,
 ) -> Path:
     """Write a copy of ``model`` to ``path`` with some initializer values replaced.
 
@@ -626,6 +670,9 @@ def save_model(
         entry in graph.input if it has one; so splitting a shared initializer
         into one copy per use leaves no dead original. Initializers that were
         already unreferenced in the input stay.
+    constants
+        ``{node index: array}`` new values for Constant nodes holding weights
+        (written inline, in the node's dtype and shape).
     external_data
         None: external when the input model uses external data or the tensors
         total more than AUTO_EXTERNAL_LIMIT bytes. True/False force it. All
@@ -726,6 +773,8 @@ def save_model(
     _copy_fields(graph, g_out, skip={"initializer"})
     for (ni, ii), new_name in rewire.items():
         g_out.node[int(ni)].input[int(ii)] = new_name
+    for ni, value in (constants or {}).items():
+        _set_constant(g_out.node[int(ni)], value, f"{model.path}: Constant node #{ni}")
     if dropped and any(i.name in dropped for i in g_out.input):
         keep = [i for i in g_out.input if i.name not in dropped]
         del g_out.input[:]

@@ -183,8 +183,10 @@ def structure_signature(model: onnx.ModelProto) -> list[tuple]:
     inits = {t.name: f"<init {TensorProto.DataType.Name(t.data_type)} {list(t.dims)}>" for t in model.graph.initializer}
     sig: list[tuple] = []
     for n in model.graph.node:
-        sig.append(("node", n.op_type, n.domain, tuple(inits.get(x, x) for x in n.input), tuple(n.output),
-                    tuple(a.SerializeToString() for a in n.attribute)))
+        attrs = tuple(f"<tensor {TensorProto.DataType.Name(a.t.data_type)} {list(a.t.dims)}>"
+                      if n.op_type == "Constant" and a.type == onnx.AttributeProto.TENSOR else a.SerializeToString()
+                      for a in n.attribute)  # a Constant's values are weights too
+        sig.append(("node", n.op_type, n.domain, tuple(inits.get(x, x) for x in n.input), tuple(n.output), attrs))
     sig += [("input", i.SerializeToString()) for i in model.graph.input if i.name not in inits]
     sig += [("output", o.SerializeToString()) for o in model.graph.output]
     return sig

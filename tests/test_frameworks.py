@@ -66,3 +66,43 @@ def test_stages_found_from_topology(style):
     c = OnnxModel(Path("c.onnx"), cnn(style, 8, 3))
     _, st = analyze(c)
     assert sorted(len(b) for b in st.stages.values()) == [3, 3]
+
+
+def _constants_and_inputs(m: onnx.ModelProto, as_constants: bool) -> onnx.ModelProto:
+    """Old-style graphs: float weights moved into Constant nodes, or listed as graph inputs."""
+    from onnx import helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    g = out.graph
+    weights = [t for t in g.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 1]
+    if as_constants:
+        keep = [t for t in g.initializer if t not in weights]
+        nodes = [helper.make_node("Constant", [], [t.name], name=f"const_{k}", value=t) for k, t in enumerate(weights)]
+        del g.initializer[:]
+        g.initializer.extend(keep)
+        all_nodes = nodes + list(g.node)
+        del g.node[:]
+        g.node.extend(all_nodes)
+    else:
+        g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in weights)
+    return out
+
+
+@pytest.mark.parametrize("as_constants", [True, False], ids=["constant-nodes", "initializers-as-inputs"])
+def test_old_style_weights(tmp_path, as_constants):
+    src = _save(_constants_and_inputs(transformer("keras", *LARGE, seed=0), as_constants), tmp_path / "s.onnx")
+    tgt = _save(_constants_and_inputs(transformer("keras", *SMALL, seed=1), as_constants), tmp_path / "t.onnx")
+    same = _save(_constants_and_inputs(transformer("keras", *LARGE, seed=1), as_constants), tmp_path / "same.onnx")
+    r = front_onnx.transfer(src, tgt, tmp_path / "o.onnx", validate=True)
+    assert r.validation.ok and r.plan.summary()["written_fraction"] >= 0.9
+    front_onnx.transfer(src, same, tmp_path / "id.onnx")
+    x = {"x": example_input("transformer", "keras")}
+    want, got = run_onnx(src, x)[0], run_onnx(tmp_path / "id.onnx", x)[0]
+    assert np.abs(got - want).max() / np.abs(want).max() <= 1e-5
+    out = onnx.load(str(tmp_path / "id.onnx"))
+    if as_constants:
+        assert sum(n.op_type == "Constant" for n in out.graph.node) > 10
+        assert not [t for t in out.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 1]
+    else:
+        assert len(out.graph.input) > 10
