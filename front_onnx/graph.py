@@ -279,6 +279,40 @@ class _Analyzer:
                     queue.append(ci)
         return False
 
+    def is_normalized(self, value: str, depth: int = 6) -> bool:
+        """Whether a value is a normalized activation: produced (within a few ops) by
+        InstanceNormalization, or by ReduceMean together with Sqrt or Reciprocal (LayerNorm
+        decomposed by tf2onnx, jax2onnx and others)."""
+        seen, frontier, ops = set(), [value], set()
+        for _ in range(depth):
+            nxt = []
+            for v in frontier:
+                i = self.prod.get(v)
+                if i is None or i in seen:
+                    continue
+                seen.add(i)
+                n = self.g.node[i]
+                if n.op_type in WEIGHT_OPS or (n.op_type == "Mul" and any(self.is_weight(x) for x in n.input)):
+                    continue  # another layer: stop there
+                ops.add(n.op_type)
+                nxt.extend(n.input)
+            frontier = nxt
+        return "InstanceNormalization" in ops or ("ReduceMean" in ops and bool(ops & {"Sqrt", "Reciprocal"}))
+
+    def norm_scale_before(self, add_idx: int, init_input: int) -> int | None:
+        """For an Add with a weight, the decomposed normalization's scaling Mul feeding it."""
+        n = self.g.node[add_idx]
+        for j, x in enumerate(n.input):
+            p = self.prod.get(x) if j != init_input else None
+            if p is None:
+                continue
+            m = self.g.node[p]
+            if m.op_type == "Mul" and any(self.is_weight(y) for y in m.input):
+                other = [y for y in m.input if not self.is_weight(y)]
+                if other and self.is_normalized(other[0]):
+                    return p
+        return None
+
     def linear_input_is_linear(self, add_idx: int, init_input: int) -> int | None:
         """For an Add with an initializer, the index of the MatMul/Gemm producing the other input."""
         n = self.g.node[add_idx]
@@ -322,7 +356,11 @@ class _Analyzer:
             lin = self.linear_input_is_linear(ci, cj)
             if lin is not None and rank == 1:
                 return "linear.bias", Layout((0,), (FEATURE,), name="[out]"), "", ev + ["after a projection"]
+            if self.norm_scale_before(ci, cj) is not None:
+                return "norm.bias", _broadcast_layout(shape), "", ev + ["after a decomposed normalization's scale"]
             return "parameter", _broadcast_layout(shape), "", ev
+        if op == "Mul" and cj in (0, 1) and self.is_normalized(n.input[1 - cj]):
+            return "norm.scale", _broadcast_layout(shape), "", ev + ["scales a decomposed normalization"]
         if op in ("Mul", "Div") and cj in (0, 1):
             return "scale", _broadcast_layout(shape), "", ev
         if op in ("Concat", "Expand", "Tile") and cj == 0:
@@ -396,7 +434,13 @@ class _Analyzer:
                     s.module_evidence = "bias of " + (s.module or "?")
 
     def _refine_layouts(self, slots: list[Slot]) -> None:
-        """Fused projections (parts) and output layers (index out axis), per consumer node."""
+        """Fused projections (parts) and output layers (index out axis), per consumer node;
+        a decomposed normalization's bias joins its scale's layer."""
+        for s in slots:
+            if s.role == "norm.bias" and s.op in ("Add", "Sub"):
+                mul = self.norm_scale_before(s.consumer, s.consumer_input)
+                if mul is not None:
+                    s.anchor = mul
         head_cache: dict[int, bool] = {}
         parts_cache: dict[int, tuple[int, str]] = {}
         for s in slots:

@@ -86,7 +86,9 @@ def _units(gs: GraphSlots, model: onnx.ModelProto) -> list[_Unit]:
             groups[s.anchor].append(i)
     units = []
     for anchor in sorted(groups):
-        idx = sorted(groups[anchor], key=lambda i: (gs.slots[i].consumer_input, gs.slots[i].role or ""))
+        # by role first: the same layer decomposed differently (Gemm vs MatMul + Add, LayerNorm
+        # vs its decomposition) gives its slots in the same order
+        idx = sorted(groups[anchor], key=lambda i: (gs.slots[i].role or "", gs.slots[i].consumer_input))
         node = model.graph.node[anchor]
         parts = []
         for i in idx:

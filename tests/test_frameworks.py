@@ -106,3 +106,15 @@ def test_old_style_weights(tmp_path, as_constants):
         assert not [t for t in out.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 1]
     else:
         assert len(out.graph.input) > 10
+
+
+@pytest.mark.parametrize("a,b", [("keras", "paddle"), ("paddle", "jax"), ("jax", "keras")])
+def test_transformer_across_conventions(tmp_path, a, b):
+    """Different decompositions of one family match: LayerNorm op vs ReduceMean/Sqrt/Div,
+    Gemm vs MatMul + Add, kernels transposed before use or not."""
+    for (sa, sizes_a), (sb, sizes_b) in (((a, LARGE), (b, SMALL)), ((b, SMALL), (a, LARGE))):
+        src = _save(transformer(sa, *sizes_a, seed=0), tmp_path / f"{sa}-src.onnx")
+        tgt = _save(transformer(sb, *sizes_b, seed=1), tmp_path / f"{sb}-tgt.onnx")
+        r = front_onnx.transfer(src, tgt, tmp_path / "o.onnx", validate=True)
+        assert r.plan.divergence == [] and r.plan.summary()["written_fraction"] == 1.0
+        assert r.validation.ok
