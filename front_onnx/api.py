@@ -1,4 +1,4 @@
-"""The Python API: extract, plan, initialize, transfer (the CLI is a thin layer over it)."""
+"""The Python API: extract, plan, initialize, transfer, validate, inspect (the CLI is a thin layer over it)."""
 from __future__ import annotations
 
 import functools
@@ -11,6 +11,7 @@ from pathlib import Path
 import scipy.fft
 
 from front_onnx.extraction import analyze, extract_learngene
+from front_onnx.inspection import InspectReport, build_report
 from front_onnx.materialize import slot_values, target_shapes, write_initialized
 from front_onnx.learngene import Learngene
 from front_onnx.onnx_io import OnnxModel, external_data_files, load_model
@@ -171,6 +172,14 @@ def _validate_output(result: InitResult, target: OnnxModel, source: Path | None,
 def validate(model: str | Path | OnnxModel, **kwargs) -> ValidationReport:
     """Validate a model with onnxruntime; see ``front_onnx.validation.validate`` for options."""
     return _validate(model, **kwargs)
+
+
+@_all_cores
+def inspect(model: str | Path | OnnxModel) -> InspectReport:
+    """What front-onnx finds in a model: stages, blocks and templates, each weight's role,
+    layout, shape and dtype, and per block the share of its spectral energy inside the
+    low-frequency corner at keep 0.25 / 0.5 / 0.75 (see ``front_onnx.inspection``)."""
+    return build_report(_model(model))
 
 
 def write_report(result: InitResult, path: Path) -> None:

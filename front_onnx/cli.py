@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="size of a symbolic input dimension (default batch 1, sequence 16)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_validation(p)
+
+    p = sub.add_parser("inspect", help="show stages, templates, weight layouts and spectral energy per keep ratio")
+    p.add_argument("model", type=Path)
+    p.add_argument("--plot", type=Path, metavar="FILE.png",
+                   help="also draw the energy share per template across depth to this PNG (needs matplotlib)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (per-block energies, every slot)")
     return parser
 
 
@@ -151,6 +157,19 @@ def _run(args: argparse.Namespace) -> int:
                            inputs=inputs, dims=dict(args.dim), strict=args.strict)
         print(write_json(rep) if args.json else rep.table())
         return EXIT_OK if rep.ok else EXIT_INVALID
+    elif args.command == "inspect":
+        rep = api.inspect(args.model)
+        figure = rep.plot(args.plot) if args.plot else None  # written atomically (temp file + rename)
+        if args.json:
+            data = rep.to_json()
+            if figure is not None:
+                data["plot"] = str(figure)
+            json.dump(data, sys.stdout, indent=2)
+            print()
+        else:
+            print(rep.table())
+            if figure is not None:
+                print(f"plot: {figure}")
     return EXIT_OK
 
 
