@@ -31,7 +31,6 @@ WEIGHT_PATH = PASS_THROUGH | {"Transpose"}
 # Ops whose float initializer inputs are weights of a layer; used to bound graph walks.
 WEIGHT_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "LayerNormalization", "BatchNormalization",
               "InstanceNormalization", "GroupNormalization", "Gather"}
-FUSED_NAME_HINTS = {"qkv", "c_attn", "in_proj", "query_key_value", "wqkv", "qkv_proj"}
 _GENERATED_NAME = re.compile(r"^(val_\d+|_val_\d+|onnx::.*|.*::.*|const_\d+|Constant_\d+.*)$")
 
 
@@ -218,7 +217,7 @@ class _Analyzer:
                 result.append((ci, cj))
         return result
 
-    def fused_parts(self, node_idx: int, out_features: int, module: str | None) -> tuple[int, str]:
+    def fused_parts(self, node_idx: int, out_features: int) -> tuple[int, str]:
         """Whether a projection's output is split into equal parts (fused qkv), with evidence."""
         out = self.g.node[node_idx].output[0]
         for ci, _ in self._follow(out):
@@ -232,10 +231,6 @@ class _Analyzer:
                 p = self._gathered_parts(n.output[0])
                 if p > 1 and out_features % p == 0:
                     return p, f"output reshaped and indexed into {p} parts"
-        if module:
-            last = module.rsplit(".", 1)[-1].lower()
-            if last in FUSED_NAME_HINTS and out_features % 3 == 0:
-                return 3, f"name hint '{last}'"
         return 1, ""
 
     def _gathered_parts(self, value: str, depth: int = 3) -> int:
@@ -462,7 +457,7 @@ class _Analyzer:
                 s.evidence.append("output layer: out axis indexes classes/vocabulary")
                 continue
             if lin not in parts_cache:
-                parts_cache[lin] = self.fused_parts(lin, out_features, s.module)
+                parts_cache[lin] = self.fused_parts(lin, out_features)
             p, why = parts_cache[lin]
             if p > 1 and out_features % p == 0:
                 s.layout = Layout(s.layout.perm, (PARTS,) + s.layout.kinds, p, s.layout.name)
