@@ -355,9 +355,9 @@ def format_report(rep: InspectReport) -> str:
         lines.append("")
         lines.append(f"{len(other)} slot(s) not weights: " + "; ".join(f"{r} ({n})" for r, n in why.items()))
     lines.append("")
-    lines.append(f"@k: share of a block's standardized DCT energy inside the low-frequency corner that keep k "
-                 f"keeps on each feature axis (mean over blocks); white noise gives about k^(feature axes). "
-                 f"const: constant tensor; n/a: no feature axis. --json gives per-block values.")
+    lines.append("@k: share of a block's standardized DCT energy inside the low-frequency corner that keep k "
+                 "keeps on each feature axis (mean over blocks); white noise gives about k^(feature axes). "
+                 "const: constant tensor; n/a: no feature axis. --json gives per-block values.")
     return "\n".join(lines)
 
 

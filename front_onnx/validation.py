@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from front_onnx.graph import PASS_THROUGH, scope_module
+from front_onnx.graph import PASS_THROUGH
 from front_onnx.onnx_io import OnnxFileError, OnnxModel, load_model
 from front_onnx.runtime import Session, open_session
 
@@ -207,44 +207,34 @@ def _structure_diff(a: onnx.ModelProto, b: onnx.ModelProto) -> str:
     return "graphs differ"
 
 
-def block_outputs(model: OnnxModel) -> list[tuple[str, str, float]]:
-    """(block label, value name, relative depth in its stage container) of each block of each
-    stage: the output of the last node that belongs to the block."""
+def block_outputs(model: OnnxModel) -> list[tuple[str, str, float, str]]:
+    """(block label, value name, relative depth in its stage, stage id) of each block of each
+    stage: the output of the block's last weight-consuming node. Stage ids are name-free
+    (signature + occurrence), so a source's and a target's stages pair up by id."""
     from front_onnx.extraction import analyze
 
     gs, st = analyze(model)
     nodes = model.proto.graph.node
-    scopes = [scope_module(n) or "" for n in nodes]
-    per_container: dict[str, list[str]] = {}
-    for stage, blocks in st.stages.items():
-        per_container.setdefault(stage.split("[", 1)[0], []).extend(blocks)
-    consumers: dict[str, set[int]] = {}
+    last: dict[str, int] = {}
     for tpl in st.templates.values():
-        if not tpl.stage:
-            continue
-        for b, slots in enumerate(tpl.blocks):
+        for b, slots in enumerate(tpl.blocks if tpl.stage else []):
             label = st.stages[tpl.stage][b]
-            consumers.setdefault(label, set()).update(gs.slots[i].consumer for i in slots)
+            last[label] = max([last.get(label, -1)] + [gs.slots[i].consumer for i in slots])
     out = []
-    for container, blocks in per_container.items():
-        n = len(blocks)
-        for j, label in enumerate(blocks):
-            mine = [k for k, s in enumerate(scopes) if s == label or s.startswith(label + ".")]
-            last = max(mine) if mine else max(consumers.get(label, {-1}))
-            if last >= 0 and nodes[last].output:
-                out.append((label, nodes[last].output[0], j / (n - 1) if n > 1 else 1.0))
+    for stage, labels in st.stages.items():
+        n = len(labels)
+        for j, label in enumerate(labels):
+            k = last.get(label, -1)
+            if k >= 0 and nodes[k].output:
+                out.append((label, nodes[k].output[0], j / (n - 1) if n > 1 else 1.0, stage))
     return out
-
-
-def _container(label: str) -> str:
-    return label.rsplit(".", 1)[0]
 
 
 # ---------------------------------------------------------------------------- running
 @dataclass
 class _Run:
     outputs: dict[str, np.ndarray]
-    blocks: dict[str, tuple[float, float]]   # label -> (relative depth, std)
+    blocks: dict[str, tuple[float, float, str]]   # label -> (relative depth, std, stage id)
     session: Session
 
 
@@ -252,11 +242,11 @@ def _run(model: OnnxModel, feeds_for, device: str, with_blocks: bool) -> _Run:
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
     names = [o.name for o in proto.graph.output]
-    extra: list[tuple[str, str, float]] = []
+    extra: list[tuple[str, str, float, str]] = []
     if with_blocks:
-        for label, value, rel in block_outputs(model):
+        for label, value, rel, stage in block_outputs(model):
             if value not in names and value not in {e[1] for e in extra}:
-                extra.append((label, value, rel))
+                extra.append((label, value, rel, stage))
                 vi = onnx.ValueInfoProto()
                 vi.name = value
                 proto.graph.output.append(vi)
@@ -264,8 +254,8 @@ def _run(model: OnnxModel, feeds_for, device: str, with_blocks: bool) -> _Run:
     feeds = feeds_for(model.proto)
     result = sess.session.run(None, feeds)
     outputs = dict(zip(names, result[:len(names)]))
-    blocks = {label: (rel, float(np.std(np.asarray(v, dtype=np.float64))))
-              for (label, _, rel), v in zip(extra, result[len(names):])}
+    blocks = {label: (rel, float(np.std(np.asarray(v, dtype=np.float64))), stage)
+              for (label, _, rel, stage), v in zip(extra, result[len(names):])}
     return _Run(outputs, blocks, sess)
 
 
@@ -320,7 +310,8 @@ def validate(model: str | Path | OnnxModel, *, reference: str | Path | OnnxModel
         rep.checks.append(Check("run", "fail", "", f"onnxruntime: {str(e).strip().splitlines()[0][:300]}"))
         return rep
     rep.provider, rep.provider_note = ours.session.provider, ours.session.note
-    rep.inputs = {k: list(v.shape) for k, v in feeds_for(m.proto).items()}
+    feeds = feeds_for(m.proto)
+    rep.inputs = {k: list(v.shape) for k, v in feeds.items()}
     rep.checks.append(Check("run", "pass", ours.session.provider.replace("ExecutionProvider", "")))
 
     bad = [k for k, v in ours.outputs.items() if not np.all(np.isfinite(np.asarray(v, dtype=np.float64)))
@@ -350,8 +341,8 @@ def validate(model: str | Path | OnnxModel, *, reference: str | Path | OnnxModel
                 st_, fig = _ratio_check(k, float(np.std(np.asarray(v, np.float64))),
                                         float(np.std(np.asarray(base.outputs[k], np.float64))), against)
                 rep.checks.append(Check(f"scale:{k}", st_, fig, "output", hard=False))
-        for label, (rel, std) in ours.blocks.items():
-            cands = [(abs(r - rel), lab, s) for lab, (r, s) in base.blocks.items() if _container(lab) == _container(label)]
+        for label, (rel, std, stage) in ours.blocks.items():
+            cands = [(abs(r - rel), lab, s) for lab, (r, s, st_id) in base.blocks.items() if st_id == stage]
             if not cands:
                 continue
             _, lab, s = min(cands)
@@ -375,7 +366,6 @@ def validate(model: str | Path | OnnxModel, *, reference: str | Path | OnnxModel
                                     f"smallest passing tolerance {worst:.2e}"))
 
     times = []
-    feeds = feeds_for(m.proto)
     plain = open_session(m.proto, "cuda" if rep.provider.startswith("CUDA") else "cpu", model_dir=m.path.parent)
     plain.session.run(None, feeds)  # warm-up
     for _ in range(max(1, runs)):
