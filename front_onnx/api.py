@@ -20,6 +20,8 @@ from front_onnx.validation import ValidationReport, validate as _validate
 
 DEFAULT_KEEP = 1.0          # until the convergence benchmark (issue 5) measures a better one
 DEFAULT_CONVENTION = "ortho"
+DEFAULT_DEPTH = "spectral"
+_ALL = 1 << 62  # "every coefficient" in a ``needed`` shape
 
 
 def _all_cores(fn):
@@ -74,12 +76,12 @@ def extract(source: str | Path | OnnxModel, *, keep: float = DEFAULT_KEEP,
 
 
 def plan(source: str | Path | OnnxModel | Learngene, target: str | Path | OnnxModel, *,
-         keep: float = DEFAULT_KEEP, convention: str = DEFAULT_CONVENTION) -> Plan:
+         keep: float = DEFAULT_KEEP, convention: str = DEFAULT_CONVENTION, depth: str = DEFAULT_DEPTH) -> Plan:
     """What initializing ``target`` from ``source`` (a model or a learngene) would do."""
     gene = source if isinstance(source, Learngene) else extract(source, keep=keep, convention=convention)
     t = _model(target)
     gs, st = analyze(t)
-    return make_plan(gene, gs, st, [n.name for n in t.proto.graph.node])
+    return make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth)
 
 
 def _input_files(m: OnnxModel) -> set[Path]:
@@ -99,8 +101,12 @@ def _check_output(output: Path, protected: set[Path]) -> None:
 def initialize(target: str | Path | OnnxModel, learngene: str | Path | Learngene, output: str | Path, *,
                report: str | Path | None = None, external_data: bool | None = None,
                validate: bool = False, device: str = "auto", strict: bool = False,
-               keep_invalid: bool = False) -> InitResult:
+               keep_invalid: bool = False, depth: str = DEFAULT_DEPTH) -> InitResult:
     """Initialize ``target`` from a learngene and write the result to ``output``.
+
+    ``depth`` says how a stage's blocks are resampled when the target has another number
+    of them: 'spectral' (DCT along the layer axis, as the paper), 'nearest' or 'linear'
+    (by relative depth; see ``spectral.resample_layers``).
 
     With ``validate`` the output is checked against the original target (see
     ``front_onnx.validate``); a failed hard check (or any warning with ``strict``) raises
@@ -109,18 +115,18 @@ def initialize(target: str | Path | OnnxModel, learngene: str | Path | Learngene
     gene = _learngene(learngene)
     t = _model(target)
     _check_output(Path(output), _input_files(t))
-    result = _initialize(t, gene, Path(output), t0, report, external_data, analyze(t))
+    result = _initialize(t, gene, Path(output), t0, report, external_data, analyze(t), depth)
     if validate:
         _validate_output(result, t, None, device, strict, keep_invalid, compare=False)
     return result
 
 
 def _initialize(t: OnnxModel, gene: Learngene, output: Path, t0: float, report: str | Path | None,
-                external_data: bool | None, analysis) -> InitResult:
+                external_data: bool | None, analysis, depth: str) -> InitResult:
     gs, st = analysis
-    p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node])
+    p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth)
     dtypes = {name: t.dtype(name) for name in {s.initializer for s in gs.slots}}
-    values = slot_values(gene, gs, st, p, dtypes)
+    values = slot_values(gene, gs, st, p, dtypes, depth)
     info = write_initialized(t, gs, values, output, external_data=external_data)
     for i, name in info["renamed"].items():
         p.slots[i].written_as = name
@@ -134,7 +140,7 @@ def _initialize(t: OnnxModel, gene: Learngene, output: Path, t0: float, report: 
 def transfer(source: str | Path | OnnxModel, target: str | Path | OnnxModel, output: str | Path, *,
              keep: float = DEFAULT_KEEP, convention: str = DEFAULT_CONVENTION, report: str | Path | None = None,
              external_data: bool | None = None, validate: bool = False, device: str = "auto",
-             strict: bool = False, keep_invalid: bool = False) -> InitResult:
+             strict: bool = False, keep_invalid: bool = False, depth: str = DEFAULT_DEPTH) -> InitResult:
     """``extract`` + ``initialize`` in memory; byte-identical to running them one after the other.
     ``validate`` as in ``initialize``, with activation scales compared with the source and,
     at keep 1 into an identical architecture, outputs that must reproduce the source's."""
@@ -144,10 +150,13 @@ def transfer(source: str | Path | OnnxModel, target: str | Path | OnnxModel, out
     _check_output(Path(output), _input_files(t) | _input_files(s))
     analysis = analyze(t)
     # only what this target reads: same bytes as the full learngene, less work and memory
-    gene = extract_learngene(s, keep=keep, convention=convention, needed=target_shapes(*analysis))
+    needed = target_shapes(*analysis)
+    if depth != "spectral":  # layer-domain resampling inverts at the source's depth: keep every kept layer
+        needed = {k: (_ALL,) + v[1:] for k, v in needed.items()}
+    gene = extract_learngene(s, keep=keep, convention=convention, needed=needed)
     source_path = s.path
     del s  # an inline source's weights need not stay in memory while the target is written
-    result = _initialize(t, gene, Path(output), t0, report, external_data, analysis)
+    result = _initialize(t, gene, Path(output), t0, report, external_data, analysis, depth)
     if validate:
         _validate_output(result, t, source_path, device, strict, keep_invalid, compare=None if keep == 1.0 else False)
     return result

@@ -17,7 +17,7 @@ from front_onnx.learngene import LearngeneError
 from front_onnx.onnx_io import OnnxFileError
 from front_onnx.planning import format_plan
 from front_onnx.runtime import DEVICES, DeviceError
-from front_onnx.spectral import CONVENTIONS
+from front_onnx.spectral import CONVENTIONS, DEPTH_MODES
 from front_onnx.validation import write_json
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_INVALID, EXIT_DEVICE = 0, 1, 2, 3, 4, 5
@@ -39,6 +39,13 @@ def _add_spectral(p: argparse.ArgumentParser) -> None:
     p.add_argument("--convention", choices=CONVENTIONS, default=api.DEFAULT_CONVENTION,
                    help="DCT scale convention: 'ortho' (orthonormal, keeps the std) or 'paper' "
                         f"(the authors' unnormalized DCT) (default {api.DEFAULT_CONVENTION})")
+
+
+def _add_depth(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--depth", choices=DEPTH_MODES, default=api.DEFAULT_DEPTH,
+                   help="how blocks are resampled when the target has more or fewer: 'spectral' (DCT along "
+                        "the layer axis, as the paper), 'nearest' or 'linear' (by relative depth) "
+                        f"(default {api.DEFAULT_DEPTH})")
 
 
 def _add_output(p: argparse.ArgumentParser) -> None:
@@ -76,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", type=Path, help="target ONNX model (its weights are replaced)")
     _add_spectral(p)
     _add_output(p)
+    _add_depth(p)
 
     p = sub.add_parser("extract", help="write a source's learngene (safetensors + JSON metadata)")
     p.add_argument("source", type=Path)
@@ -87,11 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", type=Path)
     p.add_argument("--learngene", required=True, type=Path)
     _add_output(p)
+    _add_depth(p)
 
     p = sub.add_parser("plan", help="show what a transfer would do to every target slot")
     p.add_argument("source", type=Path, help="source ONNX model or learngene (.safetensors)")
     p.add_argument("target", type=Path)
     _add_spectral(p)
+    _add_depth(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--all", action="store_true", help="also list scalar constants (never touched)")
 
@@ -145,7 +155,7 @@ def _run(args: argparse.Namespace) -> int:
         source = args.source
         if source.suffix == ".safetensors":
             source = api.Learngene.load(source)
-        p = api.plan(source, args.target, keep=args.keep, convention=args.convention)
+        p = api.plan(source, args.target, keep=args.keep, convention=args.convention, depth=args.depth)
         if args.json:
             json.dump(p.to_json(), sys.stdout, indent=2)
             print()
@@ -175,7 +185,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _vargs(args: argparse.Namespace) -> dict:
     return {"validate": not args.no_validate, "device": args.device, "strict": args.strict,
-            "keep_invalid": args.keep_invalid}
+            "keep_invalid": args.keep_invalid, "depth": args.depth}
 
 
 def _print_result(r: api.InitResult) -> None:

@@ -15,14 +15,28 @@ from front_onnx.planning import Plan
 from front_onnx.structure import Structure, Template
 
 
-def materialize(gene: GeneTemplate, depth: int, shape: tuple[int, ...], convention: str) -> np.ndarray:
+def materialize(gene: GeneTemplate, depth: int, shape: tuple[int, ...], convention: str,
+                depth_mode: str = "spectral") -> np.ndarray:
     """The target's depth stack [depth, *shape] (float64) from a template's learngene:
     fit the kept spectrum to the target's lengths (truncate or zero-pad), inverse DCT,
-    and restore each block's statistics, interpolated over relative depth."""
-    full = (depth,) + tuple(shape)
-    z = spectral.spectrum_to_array(gene.coefficients.astype(np.float64), full, transformed_axes(gene.kinds), convention)
-    means = spectral.resample_stats(gene.means, depth)
-    stds = spectral.resample_stats(gene.stds, depth)
+    and restore each block's statistics, interpolated over relative depth.
+
+    ``depth_mode`` 'spectral' resamples the layer axis in the DCT domain like the feature
+    axes (the paper); 'nearest' and 'linear' invert at the source's depth and then pick
+    (or interpolate) layers by relative depth (``spectral.resample_layers``); statistics
+    follow the same mapping ('nearest' picks, the others interpolate)."""
+    axes = transformed_axes(gene.kinds)
+    coeffs = gene.coefficients.astype(np.float64)
+    if depth_mode == "spectral" or depth == gene.depth:
+        z = spectral.spectrum_to_array(coeffs, (depth,) + tuple(shape), axes, convention)
+    elif depth_mode in spectral.DEPTH_MODES:
+        z = spectral.spectrum_to_array(coeffs, (gene.depth,) + tuple(shape), axes, convention)
+        z = np.array(spectral.resample_layers(z, depth, depth_mode), dtype=np.float64)
+    else:
+        raise ValueError(f"unknown depth mode {depth_mode!r}; use one of {', '.join(spectral.DEPTH_MODES)}")
+    stat_mode = "nearest" if depth_mode == "nearest" else "linear"
+    means = spectral.resample_layers(np.asarray(gene.means, np.float64), depth, stat_mode)
+    stds = spectral.resample_layers(np.asarray(gene.stds, np.float64), depth, stat_mode)
     bshape = (depth,) + (1,) * len(shape)
     z *= stds.reshape(bshape)
     z += means.reshape(bshape)
@@ -44,7 +58,7 @@ def target_shapes(gs: GraphSlots, st: Structure) -> dict[str, tuple[int, ...]]:
 
 
 def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
-                dtypes: dict[str, np.dtype]) -> dict[int, np.ndarray]:
+                dtypes: dict[str, np.dtype], depth_mode: str = "spectral") -> dict[int, np.ndarray]:
     """Values for every written slot (slot index -> array in the slot's stored layout and
     the dtype of its initializer, ``dtypes[name]``)."""
     out: dict[int, np.ndarray] = {}
@@ -54,7 +68,8 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
         tpl: Template = st.templates[key]
         first = gs.slots[tpl.blocks[0][0]]
         assert first.layout is not None
-        stack = materialize(gene.templates[key], tpl.depth, first.layout.canonical_shape(first.shape), gene.convention)
+        stack = materialize(gene.templates[key], tpl.depth, first.layout.canonical_shape(first.shape), gene.convention,
+                            depth_mode)
         for b, block in enumerate(tpl.blocks):
             for i in block:
                 s = gs.slots[i]

@@ -8,6 +8,7 @@ from typing import Any
 
 from front_onnx.graph import INDEX, PARTS, GraphSlots
 from front_onnx.learngene import GeneTemplate, Learngene
+from front_onnx.spectral import DEPTH_MODES
 from front_onnx.structure import Segment, Structure, Template
 
 
@@ -37,6 +38,7 @@ class Plan:
     keep: float
     convention: str
     divergence: list[str] = field(default_factory=list)  # where source and target structures differ
+    depth: str = "spectral"          # how the layer axis is resampled (spectral.DEPTH_MODES)
 
     @property
     def written(self) -> list[SlotPlan]:
@@ -57,12 +59,13 @@ class Plan:
         }
 
     def to_json(self) -> dict[str, Any]:
-        return {"keep": self.keep, "convention": self.convention, "summary": self.summary(),
+        return {"keep": self.keep, "convention": self.convention, "depth": self.depth, "summary": self.summary(),
                 "divergence": self.divergence, "templates": self.templates,
                 "slots": [asdict(s) for s in self.slots]}
 
 
-def _axis_ops(gene: GeneTemplate, kinds: tuple[str, ...], shape: tuple[int, ...], depth: int) -> list[str]:
+def _axis_ops(gene: GeneTemplate, kinds: tuple[str, ...], shape: tuple[int, ...], depth: int,
+              depth_mode: str = "spectral") -> list[str]:
     kept = gene.kept
     names = ["depth"] + [f"{k}{i}" for i, k in enumerate(kinds)]
     src = (gene.depth,) + gene.shape
@@ -74,6 +77,9 @@ def _axis_ops(gene: GeneTemplate, kinds: tuple[str, ...], shape: tuple[int, ...]
             ops.append(f"{name}: copy {t}")
             continue
         k = kept[i]
+        if i == 0 and s != t and depth_mode != "spectral":
+            ops.append(f"{name}: {depth_mode} {s}->{t}" + (f" (kept {k})" if k != s else ""))
+            continue
         verb = "copy" if s == t and k == s else ("truncate" if t < k else ("pad" if t > k else "keep"))
         label = f"{s}->{t}" if s != t else f"{t}"
         extra = f" (kept {k})" if k != s else ""
@@ -94,7 +100,8 @@ def check_template(gene: GeneTemplate, role: str, kinds: tuple[str, ...], shape:
     return ""
 
 
-def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[str]) -> Plan:
+def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[str],
+              depth_mode: str = "spectral") -> Plan:
     """Match every target slot to a learngene template by its key."""
     by_slot: dict[int, tuple[Template, str, list[str]]] = {}
     verdicts: dict[str, str] = {}
@@ -110,7 +117,7 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
         else:
             why = check_template(src, tpl.role, kinds, shape)
         verdicts[key] = why or "ok"
-        ops = _axis_ops(src, kinds, shape, tpl.depth) if src is not None and not why else []
+        ops = _axis_ops(src, kinds, shape, tpl.depth, depth_mode) if src is not None and not why else []
         for block in tpl.blocks:
             for i in block:
                 by_slot[i] = (tpl, why, ops)
@@ -128,7 +135,9 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
         else:
             reason = st.unplaced.get(i, s.reason or "not placed")
             plans.append(SlotPlan(**base, template=None, status="left", reason=reason))
-    return Plan(plans, verdicts, gene.keep, gene.convention, divergence(gene.structure, st.segments))
+    if depth_mode not in DEPTH_MODES:
+        raise ValueError(f"unknown depth mode {depth_mode!r}; use one of {', '.join(DEPTH_MODES)}")
+    return Plan(plans, verdicts, gene.keep, gene.convention, divergence(gene.structure, st.segments), depth_mode)
 
 
 def divergence(source: list[dict], target: list[Segment]) -> list[str]:
@@ -171,6 +180,6 @@ def format_plan(plan: Plan, verbose: bool = True) -> str:
         lines.append("structures diverge:" + "".join(f"\n  - {d}" for d in plan.divergence))
     lines.append(f"{sm['written']} slots written, {sm['left']} left; "
                  f"{sm['written_fraction']:.1%} of {sm['weight_elements']} weight elements written "
-                 f"(keep {plan.keep}, convention {plan.convention})")
+                 f"(keep {plan.keep}, convention {plan.convention}, depth {plan.depth})")
     return "\n".join(lines)
 

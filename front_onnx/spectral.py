@@ -372,6 +372,34 @@ def resample_stats(values: np.ndarray, n: int) -> np.ndarray:
     return v[lo] * (1.0 - frac) + v[lo + 1] * frac
 
 
+DEPTH_MODES = ("spectral", "nearest", "linear")
+
+
+def resample_layers(stack: np.ndarray, n: int, mode: str) -> np.ndarray:
+    """A ``[L, ...]`` stack of layers -> n layers in the layer domain (no DCT).
+
+    'nearest': target layer j copies the source layer at the nearest relative depth
+    (j/(n-1) of the way; ties round half to even), the block stacking of depth-growth
+    methods; 'linear': linear interpolation between the two neighbouring source layers,
+    as ``resample_stats`` does for statistics.  n == L returns the stack unchanged.
+    """
+    arr = np.asarray(stack)
+    if arr.ndim < 1 or arr.shape[0] < 1:
+        raise ValueError("resample_layers needs at least one layer on axis 0")
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"target layer count must be >= 1, got {n}")
+    L = arr.shape[0]
+    if n == L:
+        return arr
+    if mode == "nearest":
+        pos = np.zeros(n) if n == 1 else np.linspace(0.0, 1.0, n) * (L - 1)
+        return arr[np.rint(pos).astype(np.intp)]
+    if mode == "linear":
+        return resample_stats(arr, n)
+    raise ValueError(f"unknown layer resampling mode {mode!r}; use 'nearest' or 'linear'")
+
+
 def mix_depth(stack: np.ndarray, n_layers: int, keep: float = 1.0, convention: Convention = "ortho") -> np.ndarray:
     """Resample a ``[L, ...]`` stack to n_layers along the layer axis only."""
     arr = np.asarray(stack)

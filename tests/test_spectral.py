@@ -524,3 +524,18 @@ def test_standardize_stack_non_contiguous_input():
     ref = np.stack([(l - l.astype(np.float64).mean()) / l.astype(np.float64).std() for l in layers])
     np.testing.assert_allclose(z, ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(means, [l.astype(np.float64).mean() for l in layers], rtol=1e-12)
+
+
+def test_resample_layers_nearest_and_linear():
+    stack = np.arange(4.0)[:, None] * np.ones((1, 3))          # layer i is constant i
+    near = sp.resample_layers(stack, 7, "nearest")         # positions 0, .5, 1, ... 3
+    assert near[:, 0].tolist() == [0, 0, 1, 2, 2, 2, 3]          # rint: half to even
+    lin = sp.resample_layers(stack, 7, "linear")
+    np.testing.assert_allclose(lin[:, 0], np.linspace(0, 3, 7))
+    assert sp.resample_layers(stack, 2, "nearest")[:, 0].tolist() == [0, 3]
+    assert sp.resample_layers(stack, 1, "nearest")[:, 0].tolist() == [0]
+    assert sp.resample_layers(stack, 4, "linear") is stack
+    with pytest.raises(ValueError):
+        sp.resample_layers(stack, 3, "cubic")
+    with pytest.raises(ValueError):
+        sp.resample_layers(stack, 0, "linear")

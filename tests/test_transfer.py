@@ -184,3 +184,47 @@ def test_large_outputs_go_to_external_data(samples, tmp_path, monkeypatch):
     assert (tmp_path / "big.onnx.data").exists()
     y = run_onnx(out, sample_feeds("vit", out))[0]
     assert np.all(np.isfinite(y))
+
+
+@pytest.mark.parametrize("depth,size", [("nearest", "shallow"), ("linear", "deep"), ("nearest", "deep")])
+def test_depth_modes_transfer_equals_saved_learngene(samples, tmp_path, depth, size):
+    """Layer-domain depth modes need every kept layer of the source: transfer still equals extract + init."""
+    src = samples.get("gpt", "base", "dynamo", source=True)
+    tgt = samples.get("gpt", size, "dynamo")
+    a = tmp_path / "a" / "out.onnx"
+    b = tmp_path / "b" / "out.onnx"
+    r = front_onnx.transfer(src, tgt, a, keep=0.5, depth=depth)
+    assert r.plan.depth == depth and any(op.startswith(f"depth: {depth}") for s in r.plan.written for op in s.operations)
+    front_onnx.extract(src, keep=0.5).save(tmp_path / "g.safetensors")
+    front_onnx.initialize(tgt, tmp_path / "g.safetensors", b, depth=depth)
+    assert a.read_bytes() == b.read_bytes()
+    assert (tmp_path / "a" / "out.onnx.data").read_bytes() == (tmp_path / "b" / "out.onnx.data").read_bytes()
+
+
+def test_nearest_depth_copies_source_blocks(samples, tmp_path):
+    """At keep 1 and equal width, 'nearest' growth makes every target block an exact copy of the
+    source block at the nearest relative depth (checked on the ONNX tensors themselves)."""
+    src = samples.get("vit", "base", "dynamo", source=True)
+    tgt = samples.get("vit", "deep", "dynamo")
+    out = tmp_path / "out.onnx"
+    r = front_onnx.transfer(src, tgt, out, keep=1.0, depth="nearest")
+    s_model, o_model = load_model(src), load_model(out)
+    by_key: dict[str, list[str]] = {}
+    for sp in r.plan.written:
+        by_key.setdefault(sp.template, []).append(sp.written_as or sp.initializer)
+    src_plan = front_onnx.plan(src, src, keep=1.0)
+    src_by_key: dict[str, list[str]] = {}
+    for sp in src_plan.written:
+        src_by_key.setdefault(sp.template, []).append(sp.initializer)
+    checked = 0
+    for key, names in by_key.items():
+        srcs = src_by_key.get(key, [])
+        n, L = len(names), len(srcs)
+        if L < 2 or n == L or n < 2:
+            continue
+        for j, name in enumerate(names):
+            i = int(np.rint(j * (L - 1) / (n - 1)))
+            got, want = o_model.array(name), s_model.array(srcs[i])
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+            checked += 1
+    assert checked >= 16
