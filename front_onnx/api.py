@@ -191,6 +191,21 @@ def inspect(model: str | Path | OnnxModel) -> InspectReport:
     return build_report(_model(model))
 
 
+def weights(model: str | Path | OnnxModel, output: str | Path | None = None, *, names: str = "torch"):
+    """A model's float weights keyed by framework parameter names in framework layout
+    (``names="torch"``), or by ONNX initializer names as stored (``"onnx"``), for loading
+    an initialized model back into training; written atomically to ``output``
+    (safetensors) when given. Returns ``front_onnx.weights.NamedWeights``; its
+    ``unnamed`` lists the weights no name could be found for."""
+    from front_onnx.weights import export_weights, named_weights
+
+    m = _model(model)
+    if output is None:
+        return named_weights(m, names)
+    _check_output(Path(output), _input_files(m))
+    return export_weights(m, output, names)
+
+
 def write_report(result: InitResult, path: Path) -> None:
     """The full plan as JSON, written atomically."""
     data = {"output": str(result.output), "seconds": round(result.seconds, 4), "split": result.split,

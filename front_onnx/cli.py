@@ -120,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, metavar="FILE.png",
                    help="also draw the energy share per template across depth to this PNG (needs matplotlib)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (per-block energies, every slot)")
+
+    p = sub.add_parser("weights", help="write a model's weights keyed by the framework's parameter names (safetensors)")
+    p.add_argument("model", type=Path, help="ONNX model (e.g. an initialized target)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="weights file (.safetensors)")
+    p.add_argument("--names", choices=("torch", "onnx"), default="torch",
+                   help="torch: parameter names and layout for load_state_dict; onnx: initializer names, as stored "
+                        "(default torch)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success (unnamed weights still go to stderr)")
     return parser
 
 
@@ -180,7 +188,20 @@ def _run(args: argparse.Namespace) -> int:
             print(rep.table())
             if figure is not None:
                 print(f"plot: {figure}")
+    elif args.command == "weights":
+        _weights(args)
     return EXIT_OK
+
+
+def _weights(args: argparse.Namespace) -> None:
+    from front_onnx.weights import report_unnamed
+
+    nw = api.weights(args.model, args.output, names=args.names)
+    report_unnamed(nw, sys.stderr)
+    if not args.quiet:
+        for note in nw.notes:
+            print(f"note: {note}")
+        print(f"{args.output}: {nw.summary_line()}")
 
 
 def _vargs(args: argparse.Namespace) -> dict:

@@ -1,0 +1,369 @@
+"""A model's float weights keyed by the training framework's parameter names.
+
+front-onnx writes initialized weights into an ONNX graph, but training happens in the
+framework the model came from. This module reads an ONNX model (typically a front-onnx
+output) and returns its weights as a ``state_dict``-like mapping in the framework's own
+layout, so that ``model.load_state_dict(...)`` works for a torch model exported by
+either torch exporter. It is part of the ONNX layer and knows nothing of FRONT.
+
+Names come from graph evidence only, never from a framework model:
+
+- the initializer's own name, when it is a parameter name: the dynamo exporter marks
+  those in ``value_info`` metadata (``pkg.torch.export.graph_signature.InputSpec.kind``);
+  the legacy exporter keeps parameter names and invents ``onnx::*`` names otherwise;
+- ``pkg.onnxscript.optimizer.folded_from`` (on ``value_info`` or the initializer): the
+  parameter a constant-folded tensor (a transposed Linear weight) was made from;
+- the module path of the consuming node (dynamo ``pkg.torch.onnx.name_scopes``, legacy
+  node names ``/blocks.0/attn/qkv/MatMul``) plus the attribute its role implies
+  (``weight``/``bias``/``running_mean``...), checked against the parameter placeholders
+  (``%p_blocks_0_attn_qkv_weight``) in dynamo's ``pkg.torch.onnx.fx_node`` when present.
+
+Per *slot* (one use of an initializer), so that a tensor the exporter deduplicated
+(all fresh LayerNorm scales, zero biases) is written under every parameter that used it.
+Layouts are undone per slot: a MatMul ``[in, out]`` weight becomes torch's ``[out, in]``.
+
+Both torch exporters fold eval-mode BatchNorm into the preceding Conv. When the graph
+names the BatchNorm module (dynamo: the Conv node's scope and fx node are the
+BatchNorm's), the folded kernel is written as the Conv's weight and the BatchNorm as an
+identity (weight 1, bias = folded bias, running_mean 0, running_var 1 - eps), which gives
+the same eval outputs. The legacy exporter leaves no trace of the BatchNorm's name: its
+folded bias is reported as unnamed.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from front_onnx.graph import FLOAT_TYPES, Slot, analyze_slots, is_generated_name, scope_module
+from front_onnx.onnx_io import OnnxFileError, OnnxModel, load_model
+
+NAMES = ("torch", "onnx")
+
+_KIND_KEY = "pkg.torch.export.graph_signature.InputSpec.kind"
+_FOLDED_KEY = "pkg.onnxscript.optimizer.folded_from"
+_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+_FX_KEY = "pkg.torch.onnx.fx_node"
+_DEFAULT_BN_EPS = 1e-5
+
+# role -> the torch attribute a slot of that role is stored under
+_ATTRIBUTE = {"linear.weight": "weight", "linear.bias": "bias", "conv.weight": "weight", "conv.bias": "bias",
+              "embedding": "weight", "norm.scale": "weight", "norm.bias": "bias", "norm.mean": "running_mean",
+              "norm.var": "running_var"}
+_PARAM_NAME = re.compile(r"^[A-Za-z_]\w*(\.\w+)*$")
+_SPLIT = re.compile(r"__front\d+$")  # copies front-onnx made of a shared initializer: not a parameter name
+
+
+@dataclass
+class NamedWeights:
+    """Weights keyed by framework names, and what could not be named.
+
+    ``tensors``: name -> array in the framework's layout (contiguous, stored dtype).
+    ``unnamed``: (initializer, reason) for each weight without a name.
+    ``sources``: name -> (initializer or '' when synthesized, evidence).
+    ``notes``: assumptions made on the way (synthesized BatchNorm statistics, ...).
+    ``skipped``: float initializers that are not weights (scalar constants, ...) and why."""
+
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    unnamed: list[tuple[str, str]] = field(default_factory=list)
+    sources: dict[str, tuple[str, str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    names: str = "torch"
+
+    def summary_line(self) -> str:
+        n = sum(int(a.size) for a in self.tensors.values())
+        return (f"{len(self.tensors)} tensors ({n} elements) named by {self.names} names; "
+                f"{len(self.unnamed)} weights unnamed")
+
+
+# ----------------------------------------------------------------------------- evidence
+def _props(entries) -> dict[str, str]:
+    return {p.key: p.value for p in entries}
+
+
+def _literal_list(value: str) -> list[str]:
+    try:
+        v = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return []
+    return [str(x) for x in v] if isinstance(v, (list, tuple)) else []
+
+
+@dataclass
+class _Fx:
+    """What dynamo's ``pkg.torch.onnx.fx_node`` says about a node."""
+
+    target: str
+    placeholders: set[str]   # 'p_blocks_0_attn_qkv_weight', 'b_..._running_mean'
+    numbers: list[float]     # numeric literal arguments, in order
+
+
+def _fx(node: onnx.NodeProto) -> _Fx | None:
+    text = _props(node.metadata_props).get(_FX_KEY)
+    if not text:
+        return None
+    m = re.search(r"target=([\w.]+)\]\(args = \((.*)\), kwargs", text, re.S)
+    if not m:
+        return None
+    args = m.group(2)
+    holders = set(re.findall(r"%([pb]_\w+)", args))
+    nums = [float(x) for x in re.findall(r"(?<![\w%.])(-?\d+\.\d*(?:e-?\d+)?|-?\d+e-?\d+)(?![\w.])", args)]
+    return _Fx(m.group(1), holders, nums)
+
+
+def _placeholder(name: str, kind: str = "p") -> str:
+    return f"{kind}_{name.replace('.', '_')}"
+
+
+class _Evidence:
+    """Per-graph name evidence: parameter names, folded_from, node scopes."""
+
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        g = proto.graph
+        self.kind: dict[str, str] = {}
+        self.folded: dict[str, list[str]] = {}
+        for vi in g.value_info:
+            p = _props(vi.metadata_props)
+            if _KIND_KEY in p:
+                self.kind[vi.name] = p[_KIND_KEY]
+            if _FOLDED_KEY in p:
+                self.folded[vi.name] = _literal_list(p[_FOLDED_KEY])
+        for t in g.initializer:
+            p = _props(t.metadata_props)
+            if _FOLDED_KEY in p:
+                self.folded.setdefault(t.name, _literal_list(p[_FOLDED_KEY]))
+        # dynamo graphs carry scope metadata; legacy graphs (and other exporters) do not
+        self.dynamo = any(_SCOPES_KEY in _props(n.metadata_props) for n in g.node)
+        self._fx: dict[int, _Fx | None] = {}
+        self.nodes = g.node
+
+    def fx(self, i: int) -> _Fx | None:
+        if i not in self._fx:
+            self._fx[i] = _fx(self.nodes[i])
+        return self._fx[i]
+
+    def explicit(self, init: str) -> tuple[str | None, str, bool]:
+        """A parameter name stated for the initializer itself: (name, evidence, exact).
+        ``exact`` is False when the tensor was computed from the parameter with other
+        values (e.g. an embedding gathered at constant positions)."""
+        if self.kind.get(init) in ("PARAMETER", "BUFFER"):
+            return init, f"initializer name (exporter marks it a {self.kind[init].lower()})", True
+        folded = self.folded.get(init)
+        if folded:
+            params = [f for f in folded if "." in f and _PARAM_NAME.match(f) and not is_generated_name(f)]
+            if len(params) == 1:
+                others = [f for f in folded if f != params[0]]
+                return params[0], f"folded_from {folded}", not others
+        if not self.dynamo and not is_generated_name(init) and _PARAM_NAME.match(init) and not _SPLIT.search(init):
+            return init, "initializer name (kept by the exporter)", True
+        return None, "", False
+
+
+def _framework_perm(s: Slot) -> tuple[int, ...]:
+    """Stored -> torch axis order for a slot: canonical (out, in, k...) is torch's layout
+    for Linear, Conv and Embedding; torch's ConvTranspose keeps ONNX's [in, out, k...]."""
+    perm = s.layout.perm if s.layout is not None else tuple(range(len(s.shape)))
+    if s.op == "ConvTranspose" and s.role == "conv.weight" and len(perm) >= 2:
+        perm = (perm[1], perm[0]) + tuple(perm[2:])
+    return perm
+
+
+def _batchnorm_fold(ev: _Evidence, s: Slot) -> tuple[str, float | None] | None:
+    """The BatchNorm module a Conv was folded with, when the graph names it (dynamo: the
+    Conv node's fx node is the BatchNorm call and its scope is the BatchNorm module)."""
+    if s.op != "Conv":
+        return None
+    fx = ev.fx(s.consumer)
+    if fx is None or "batch_norm" not in fx.target:
+        return None
+    module = scope_module(ev.nodes[s.consumer])
+    if not module:
+        return None
+    eps = fx.numbers[-1] if fx.numbers else None
+    return module, eps
+
+
+# ----------------------------------------------------------------------------- naming
+def named_weights(model: str | Path | OnnxModel, names: str = "torch") -> NamedWeights:
+    """The model's float weights keyed by framework parameter names (``names="torch"``,
+    torch layout) or by ONNX initializer names as stored (``names="onnx"``)."""
+    if names not in NAMES:
+        raise ValueError(f"names must be one of {NAMES}, got {names!r}")
+    m = model if isinstance(model, OnnxModel) else load_model(model)
+    if names == "onnx":
+        return _onnx_names(m)
+    return _torch_names(m)
+
+
+def _onnx_names(m: OnnxModel) -> NamedWeights:
+    out = NamedWeights(names="onnx")
+    for t in m.proto.graph.initializer:
+        if t.data_type in FLOAT_TYPES:
+            out.tensors[t.name] = np.array(m.array(t.name), order="C", copy=True)
+            out.sources[t.name] = (t.name, "ONNX initializer, as stored")
+    return out
+
+
+def _torch_names(m: OnnxModel) -> NamedWeights:
+    ev = _Evidence(m.proto)
+    gs = analyze_slots(m.proto)
+    out = NamedWeights(names="torch")
+    by_init: dict[str, list[Slot]] = {}
+    for s in gs.slots:
+        by_init.setdefault(s.initializer, []).append(s)
+    arrays: dict[str, np.ndarray] = {}
+
+    def value(init: str) -> np.ndarray:
+        if init not in arrays:
+            arrays[init] = m.array(init)
+        return arrays[init]
+
+    def put(name: str, a: np.ndarray, init: str, why: str) -> bool:
+        if name in out.tensors:
+            prev = out.tensors[name]
+            if prev.shape == a.shape and prev.dtype == a.dtype and np.array_equal(prev, a):
+                return True   # the same parameter read twice (a weight used by two nodes of its module)
+            out.unnamed.append((init, f"name {name!r} already taken by {out.sources[name][0] or 'a synthesized tensor'}"))
+            return False
+        out.tensors[name] = np.array(a, order="C", copy=True)  # writable: torch.from_numpy wants it
+        out.sources[name] = (init, why)
+        return True
+
+    folded_bn: dict[str, tuple[str, float | None, int]] = {}  # bn module -> (bias initializer, eps, channels)
+    for init, slots in by_init.items():
+        weights = [s for s in slots if s.role is not None]
+        explicit, exp_why, exact = ev.explicit(init)
+        if not weights and explicit is None:
+            out.skipped.append((init, slots[0].reason or "not a weight"))
+            continue
+        used_explicit = False
+        for s in weights or slots:
+            name, why = _slot_name(ev, s, explicit, exp_why, len(weights) > 1, folded_bn)
+            if name is None:
+                if why:
+                    out.unnamed.append((init, why))
+                continue
+            if name == explicit:
+                used_explicit = True
+                if not exact:
+                    out.notes.append(f"{name}: taken to be {init!r}, which the exporter computed from it "
+                                     f"({exp_why}); the shapes are not checked against the parameter")
+            a = value(init)
+            perm = _framework_perm(s)
+            if perm != tuple(range(a.ndim)):
+                a = np.transpose(a, perm)
+            put(name, a, init, why)
+        del used_explicit
+    # identity BatchNorms for the ones folded into Convs
+    for bn, (bias_init, eps, channels) in folded_bn.items():
+        bias = value(bias_init)
+        dt = bias.dtype
+        if eps is None:
+            eps = _DEFAULT_BN_EPS
+            out.notes.append(f"{bn}: eps not found in the graph; assumed {eps}")
+        put(f"{bn}.weight", np.ones(channels, dt), "", "identity BatchNorm (folded into the preceding Conv)")
+        put(f"{bn}.bias", bias, bias_init, "folded BatchNorm: the Conv's folded bias")
+        put(f"{bn}.running_mean", np.zeros(channels, dt), "", "identity BatchNorm")
+        put(f"{bn}.running_var", np.full(channels, 1.0 - eps, dt), "", f"identity BatchNorm (1 - eps, eps={eps:g})")
+        put(f"{bn}.num_batches_tracked", np.array(0, np.int64), "", "identity BatchNorm")
+    if folded_bn:
+        out.notes.append(f"{len(folded_bn)} BatchNorm(s) folded into Convs by the exporter were written as identity "
+                         "BatchNorms after the folded kernels: same eval outputs, not the original statistics")
+    return out
+
+
+def _slot_name(ev: _Evidence, s: Slot, explicit: str | None, exp_why: str, shared: bool,
+               folded_bn: dict) -> tuple[str | None, str]:
+    """The framework name of one slot and its evidence, or (None, why not)."""
+    node = ev.nodes[s.consumer]
+    bn = _batchnorm_fold(ev, s)
+    if bn is not None:
+        module, eps = bn
+        if s.role == "conv.bias":
+            folded_bn[module] = (s.initializer, eps, int(np.prod(s.shape)))
+            return None, ""  # written with the identity BatchNorm
+        if s.role == "conv.weight":
+            if explicit:
+                return explicit, f"folded Conv kernel; {exp_why}"
+            own = s.initializer
+            if not is_generated_name(own) and own.endswith(".weight") and _PARAM_NAME.match(own):
+                return own, "folded Conv kernel; initializer name kept by the exporter"
+            return None, f"Conv kernel folded with BatchNorm {module!r}: the Conv's own name is not in the graph"
+    module = scope_module(node)
+    attr = _ATTRIBUTE.get(s.role or "")
+    scoped = f"{module}.{attr}" if module and attr else None
+    fx = ev.fx(s.consumer)
+    verified = scoped is not None and fx is not None and (
+        _placeholder(scoped) in fx.placeholders or _placeholder(scoped, "b") in fx.placeholders)
+    if verified:
+        return scoped, f"module {module!r} from the node scope, checked against the fx node"
+    if scoped and not ev.dynamo and s.op != "Conv":
+        return scoped, f"module {module!r} from the node name"
+    if explicit and not shared:
+        return explicit, exp_why
+    if not ev.dynamo and s.op == "Conv" and s.role in ("conv.weight", "conv.bias") and is_generated_name(s.initializer):
+        # legacy: a Conv whose tensors got generated names was folded with a BatchNorm
+        bias = len(node.input) > 2 and node.input[2] != ""
+        if s.role == "conv.bias":
+            return None, (f"Conv bias created by folding a BatchNorm into Conv {module!r}; the BatchNorm's module "
+                          "name is not in the graph (legacy exporter)")
+        if scoped and bias:
+            return scoped, f"module {module!r} from the node name; kernel carries a folded BatchNorm"
+    if scoped and (fx is None or not ev.dynamo):
+        return scoped, f"module {module!r} from the node {'scope' if ev.dynamo else 'name'}"
+    if scoped:
+        return scoped, f"module {module!r} from the node scope (not among the fx node's parameters)"
+    if explicit:
+        return explicit, exp_why
+    if not module:
+        return None, f"no parameter name in the graph for this {s.role or 'tensor'} (node {node.name or node.op_type!r})"
+    return None, f"role {s.role!r} at node {node.name or node.op_type!r} implies no attribute name"
+
+
+# ----------------------------------------------------------------------------- writing
+def export_weights(model: str | Path | OnnxModel, output: str | Path, names: str = "torch") -> NamedWeights:
+    """Write ``named_weights`` to a safetensors file atomically (a temporary file in the
+    destination directory, then ``os.replace``), so a reader never sees half a file."""
+    from safetensors.numpy import save_file
+
+    nw = named_weights(model, names)
+    output = Path(output)
+    src = model.path if isinstance(model, OnnxModel) else Path(os.path.abspath(model))
+    if Path(os.path.realpath(output)) in {Path(os.path.realpath(src)), Path(os.path.realpath(str(src) + ".data"))}:
+        raise OnnxFileError(f"{output}: output would overwrite the input model; choose another path")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    os.close(fd)
+    try:
+        tensors = {k: _savable(v) for k, v in nw.tensors.items()}
+        save_file(tensors, tmp, metadata={"format": "pt" if names == "torch" else "onnx", "names": names})
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return nw
+
+
+def _savable(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a)
+
+
+def _umask() -> int:
+    u = os.umask(0)
+    os.umask(u)
+    return u
+
+
+def report_unnamed(nw: NamedWeights, stream=sys.stderr) -> None:
+    """One line per weight that could not be named."""
+    for init, why in nw.unnamed:
+        print(f"unnamed: {init}: {why}", file=stream)
