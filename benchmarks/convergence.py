@@ -1,0 +1,657 @@
+"""Convergence benchmark: does a front-onnx initialization speed up training, and which
+defaults (scale convention, keep ratio, depth resampling) are best?
+
+End to end through the real ONNX path, for every (setting, seed, initialization):
+
+    trained source (torch) --export--> source.onnx          (once per setting, cached)
+    fresh target (torch, seed) --export--> target.onnx      (once per setting and seed)
+    front_onnx.transfer(source.onnx, target.onnx, out.onnx, convention=, keep=, depth=)
+    out.onnx --weights--> torch target --train N epochs--> metric after every epoch
+
+and the same target trained from its random initialization and from Weight Selection
+(benchmarks/baselines.py; torch state-dict space, shrink only).
+
+Settings (``--only`` takes a part name):
+
+    vit         vit-shrink (ViT d128/L8 -> d64/L4, full grid)  vit-grow (d64/L4 -> d96/L6)
+    cnn         cnn-shrink (ResNet 16-32-64 x2 -> 8-16-32 x1)  cnn-grow (-> 24-48-96 x3)
+    downstream  ViT d128/L8 trained on digits 0-4 -> d64/L4 trained on digits 5-9
+    language    GPT d128/L4 -> d64/L2, byte-level on standard-library docstrings (full grid)
+    minilm      all-MiniLM-L6-v2 -> a narrow BERT (benchmarks/minilm.py, when present)
+
+Metrics: test accuracy (vision) or validation loss in nats/byte (language) after every
+epoch; epochs and training FLOPs to reach fixed targets (linear interpolation between
+epochs); speed-up = random's epochs-to-target / the initialization's, per seed, then
+mean +- std over seeds. Training FLOPs = 3 x forward FLOPs (torch's FlopCounterMode on one
+sample: matmuls, convolutions, attention) x samples seen; the transfer itself trains nothing
+and costs well under a second; the source's training is reported, not charged.
+
+    python benchmarks/convergence.py [--quick] [--seeds 3] [--out bench-out/convergence]
+        [--only vit,language] [--jobs 2]
+
+Writes ``results.json`` (every curve) and ``results.md`` (tables) into --out, and the
+learning-curve PNGs into docs/img/ (into --out with --quick). Trained sources are cached
+under --out/sources/ keyed by their configuration, so reruns skip them.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for _p in (ROOT, ROOT / "benchmarks"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+warnings.filterwarnings("ignore")
+for _name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
+import front_onnx  # noqa: E402
+from front_onnx import api as front_api  # noqa: E402
+from baselines import CannotGrow, apply_weight_selection  # noqa: E402
+from samples.export import export  # noqa: E402
+from samples.models import FAMILIES, GPTConfig, ResNetConfig, ViTConfig  # noqa: E402
+from samples.train import AUGMENT, digits_data, random_shift  # noqa: E402
+
+VERSION = 1          # bump to invalidate cached sources
+DOCS_IMG = ROOT / "docs" / "img"
+
+
+# ============================================================ initializations
+@dataclass(frozen=True)
+class Init:
+    """One way to initialize a target."""
+    name: str
+    kind: str                   # "random" | "front" | "ws"
+    convention: str = "ortho"
+    keep: float = 1.0
+    depth: str = "spectral"
+    exporter: str = "dynamo"
+
+    def front_kwargs(self) -> dict:
+        return dict(convention=self.convention, keep=self.keep, depth=self.depth)
+
+
+RANDOM = Init("random", "random")
+WS = Init("weight selection", "ws")
+ORTHO = Init("ortho", "front")                                   # keep 1, spectral depth
+PAPER = Init("paper", "front", convention="paper")
+GRID = (
+    RANDOM,
+    ORTHO,
+    PAPER,
+    Init("ortho keep 0.5", "front", keep=0.5),
+    Init("ortho keep 0.25", "front", keep=0.25),
+    Init("ortho depth nearest", "front", depth="nearest"),
+    Init("ortho depth linear", "front", depth="linear"),
+    WS,
+)
+LEGACY = Init("ortho (legacy export)", "front", exporter="legacy")
+
+
+def front_default() -> Init:
+    """front-onnx with the API's current defaults."""
+    return Init("front default", "front", convention=front_api.DEFAULT_CONVENTION, keep=front_api.DEFAULT_KEEP,
+                depth=getattr(front_api, "DEFAULT_DEPTH", "spectral"))
+
+
+def unique(*inits: Init) -> tuple[Init, ...]:
+    """``inits`` without repeats of the same initialization (the first name wins)."""
+    out, seen = [], set()
+    for i in inits:
+        key = (i.kind, i.exporter, tuple(sorted(i.front_kwargs().items())) if i.kind == "front" else ())
+        if key not in seen:
+            seen.add(key)
+            out.append(i)
+    return tuple(out)
+
+
+def small_set(grow: bool) -> tuple[Init, ...]:
+    """The reduced set for the secondary settings: random, front default, paper, WS (shrink only)."""
+    return unique(RANDOM, front_default(), PAPER) if grow else unique(RANDOM, front_default(), PAPER, WS)
+
+
+# ============================================================ settings
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    part: str
+    family: str
+    source: object              # config of the source
+    target: object              # config of the target
+    source_task: str
+    target_task: str
+    source_epochs: int
+    epochs: int                 # target training
+    inits: tuple[Init, ...]
+    lr: float = 2e-3
+    source_lr: float = 2e-3
+    batch: int = 64
+    thresholds: tuple[float, ...] = (0.8, 0.9)
+    steps_per_epoch: int = 0    # language: an "epoch" is this many steps
+    note: str = ""
+
+
+def vit(dim: int, depth: int, classes: int = 10) -> ViTConfig:
+    return ViTConfig(dim=dim, depth=depth, heads=4, classes=classes)
+
+
+def gpt(dim: int, depth: int) -> GPTConfig:
+    return GPTConfig(vocab=256, context=64, dim=dim, depth=depth, heads=4, mlp_ratio=4)
+
+
+def settings(quick: bool) -> list[Setting]:
+    if quick:   # small source and target, few epochs: a smoke run of the whole machinery
+        return [
+            Setting("vit-shrink", "vit", "vit", vit(64, 4), vit(32, 2), "digits", "digits", 20, 2,
+                    unique(RANDOM, front_default(), ORTHO, PAPER, WS),
+                    note="quick: ViT d64/L4 -> d32/L2"),
+            Setting("cnn-shrink", "cnn", "resnet", ResNetConfig(widths=(8, 16, 32), depths=(2, 2, 2)),
+                    ResNetConfig(widths=(4, 8, 16), depths=(1, 1, 1)), "digits", "digits", 4, 2, small_set(False)),
+            Setting("downstream", "downstream", "vit", vit(64, 4, 5), vit(32, 2, 5), "digits0-4", "digits5-9",
+                    20, 2, small_set(False)),
+            Setting("language", "language", "gpt", gpt(64, 2), gpt(32, 1), "docstrings", "docstrings", 3, 2,
+                    (RANDOM, ORTHO, PAPER, WS), thresholds=(3.0, 2.8), steps_per_epoch=40),
+        ]
+    return [
+        Setting("vit-shrink", "vit", "vit", vit(128, 8), vit(64, 4), "digits", "digits", 30, 10, GRID + (LEGACY,),
+                note="ViT d128/L8 -> d64/L4 (narrower and shallower)"),
+        Setting("vit-grow", "vit", "vit", vit(64, 4), vit(96, 6), "digits", "digits", 25, 6, small_set(True),
+                note="ViT d64/L4 -> d96/L6 (wider and deeper)"),
+        Setting("cnn-shrink", "cnn", "resnet", ResNetConfig(), ResNetConfig(widths=(8, 16, 32), depths=(1, 1, 1)),
+                "digits", "digits", 15, 8, small_set(False), note="ResNet 16-32-64 x2 -> 8-16-32 x1"),
+        Setting("cnn-grow", "cnn", "resnet", ResNetConfig(), ResNetConfig(widths=(24, 48, 96), depths=(3, 3, 3)),
+                "digits", "digits", 15, 6, small_set(True), note="ResNet 16-32-64 x2 -> 24-48-96 x3"),
+        Setting("downstream", "downstream", "vit", vit(128, 8, 5), vit(64, 4, 5), "digits0-4", "digits5-9", 30, 10,
+                small_set(False), note="ViT d128/L8 on digits 0-4 -> d64/L4 on digits 5-9"),
+        Setting("language", "language", "gpt", gpt(128, 4), gpt(64, 2), "docstrings", "docstrings", 12, 8, GRID,
+                thresholds=(2.6, 2.3), steps_per_epoch=100, note="GPT d128/L4 -> d64/L2, bytes of stdlib docstrings"),
+    ]
+
+
+PARTS = ("vit", "cnn", "downstream", "language", "minilm")
+
+
+# ============================================================ data
+_DATA: dict[str, tuple] = {}
+
+
+def task_data(task: str):
+    """(x_train, y_train, x_test, y_test) of a task; for "docstrings": (train bytes, val bytes)."""
+    if task not in _DATA:
+        if task == "docstrings":
+            _DATA[task] = docstring_corpus()
+        else:
+            x_tr, y_tr, x_te, y_te = digits_data(0)
+            if task == "digits":
+                _DATA[task] = (x_tr, y_tr, x_te, y_te)
+            else:
+                lo, hi = (0, 4) if task == "digits0-4" else (5, 9)
+                m_tr, m_te = (y_tr >= lo) & (y_tr <= hi), (y_te >= lo) & (y_te <= hi)
+                _DATA[task] = (x_tr[m_tr], y_tr[m_tr] - lo, x_te[m_te], y_te[m_te] - lo)
+    return _DATA[task]
+
+
+DOC_MODULES = (
+    "abc argparse ast asyncio base64 bisect calendar collections concurrent.futures configparser contextlib copy "
+    "csv dataclasses datetime decimal difflib email enum fractions functools gettext glob gzip hashlib heapq hmac "
+    "html http.client imaplib inspect io ipaddress itertools json logging mailbox math mimetypes operator optparse "
+    "os pathlib pickle pprint queue random re secrets selectors shlex shutil smtplib socket sqlite3 statistics "
+    "string struct subprocess tarfile tempfile textwrap threading timeit tokenize traceback typing unittest "
+    "urllib.parse urllib.request uuid warnings weakref xml.dom.minidom zipfile zoneinfo").split()
+CORPUS_BYTES = 400_000
+
+
+def docstring_corpus() -> tuple[torch.Tensor, torch.Tensor]:
+    """Bytes of the docstrings of a fixed list of standard-library modules (modules, classes,
+    functions, methods; sorted, deduplicated): 90% for training, the last 10% for validation.
+    Available offline; the exact text depends on the Python version (recorded in results.json)."""
+    import importlib
+    import inspect as pyinspect
+
+    docs: list[str] = []
+    seen: set[str] = set()
+
+    def add(obj) -> None:
+        d = pyinspect.getdoc(obj) if obj.__doc__ else None
+        if d and len(d) > 40 and d not in seen:
+            seen.add(d)
+            docs.append(d)
+
+    for modname in DOC_MODULES:
+        with contextlib.suppress(Exception), contextlib.redirect_stderr(io.StringIO()):
+            mod = importlib.import_module(modname)
+            add(mod)
+            for name in sorted(vars(mod)):
+                obj = getattr(mod, name)
+                if name.startswith("_") or getattr(obj, "__module__", None) != mod.__name__:
+                    continue
+                add(obj)
+                if isinstance(obj, type):
+                    for mname in sorted(vars(obj)):
+                        if not mname.startswith("_"):
+                            add(getattr(obj, mname, None))
+    text = "\n\n".join(docs).encode("utf-8")[:CORPUS_BYTES]
+    data = torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
+    n = int(len(data) * 0.9)
+    return data[:n], data[n:]
+
+
+# ============================================================ models, FLOPs
+def make_model(family: str, cfg, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return FAMILIES[family][0](cfg)
+
+
+def example(setting_or_family, cfg=None) -> torch.Tensor:
+    family = setting_or_family if isinstance(setting_or_family, str) else setting_or_family.family
+    if family == "gpt":
+        return torch.zeros(2, cfg.context, dtype=torch.long)
+    return torch.zeros(2, 1, 8, 8)
+
+
+def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Forward FLOPs per sample (FlopCounterMode: matmuls, convolutions, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x)
+    model.train(was)
+    return fc.get_total_flops() / x.shape[0]
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ============================================================ training with a curve
+def train_curve(model: torch.nn.Module, setting: Setting, task: str, epochs: int, lr: float, seed: int) -> list[float]:
+    """Train ``model`` in place; the metric before training and after every epoch.
+
+    Vision: AdamW (weight decay 0.05), cross-entropy, one-cycle cosine schedule with 10%
+    warm-up over all epochs, random +-1 pixel shifts with probability 0.25 (the recipe of
+    samples/train.py); the metric is test accuracy. Language: the same optimizer and
+    schedule on random 64-byte windows; an "epoch" is ``steps_per_epoch`` steps; the metric
+    is the mean next-byte cross-entropy (nats) on fixed validation windows."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    language = setting.family == "gpt"
+    data = task_data(task)
+    if language:
+        train, val = data
+        ctx = model.cfg.context
+        steps_per_epoch = setting.steps_per_epoch
+        vstarts = torch.arange(0, len(val) - ctx - 1, ctx)[:256]
+        vx = torch.stack([val[s:s + ctx] for s in vstarts])
+        vy = torch.stack([val[s + 1:s + ctx + 1] for s in vstarts])
+    else:
+        x_tr, y_tr, x_te, y_te = data
+        steps_per_epoch = (len(x_tr) + setting.batch - 1) // setting.batch
+
+    def metric() -> float:
+        model.eval()
+        with torch.no_grad():
+            if language:
+                v = float(F.cross_entropy(model(vx).flatten(0, 1), vy.flatten()))
+            else:
+                v = float((model(x_te).argmax(-1) == y_te).float().mean())
+        model.train()
+        return v
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch),
+                                                pct_start=0.1, anneal_strategy="cos")
+    curve = [metric()]
+    model.train()
+    for _ in range(epochs):
+        if language:
+            batches = []
+            for _ in range(steps_per_epoch):
+                starts = torch.randint(0, len(train) - ctx - 1, (setting.batch,), generator=g)
+                batches.append(starts)
+        else:
+            order = torch.randperm(len(x_tr), generator=g)
+            batches = [order[i:i + setting.batch] for i in range(0, len(x_tr), setting.batch)]
+        for idx in batches:
+            if language:
+                xb = torch.stack([train[s:s + ctx] for s in idx])
+                yb = torch.stack([train[s + 1:s + ctx + 1] for s in idx])
+                loss = F.cross_entropy(model(xb).flatten(0, 1), yb.flatten())
+            else:
+                xb, yb = x_tr[idx], y_tr[idx]
+                xb = random_shift(xb, g, AUGMENT)
+                loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        curve.append(metric())
+    model.eval()
+    return curve
+
+
+def samples_per_epoch(setting: Setting) -> int:
+    if setting.family == "gpt":
+        return setting.steps_per_epoch * setting.batch
+    return len(task_data(setting.target_task)[0])
+
+
+# ============================================================ ONNX round trip
+def export_model(model: torch.nn.Module, setting: Setting, cfg, path: Path, exporter: str) -> Path:
+    return export(model.eval(), example(setting, cfg), path, exporter)
+
+
+def load_onnx_weights(model: torch.nn.Module, onnx_path: Path) -> list[str]:
+    """Load the weights of ``onnx_path`` (front-onnx's output) into ``model`` (the torch
+    architecture it was exported from), by ``front_onnx.weights.named_weights``. Entries
+    the graph does not hold (BatchNorm statistics folded away by the exporter) keep the
+    model's own values; their names are returned."""
+    from front_onnx.weights import named_weights
+
+    tensors = named_weights(onnx_path).tensors
+    sd = model.state_dict()
+    extra = sorted(set(tensors) - set(sd))
+    if extra:
+        raise KeyError(f"{onnx_path}: weights {extra[:3]} are not parameters of {type(model).__name__}")
+    sd.update({k: torch.from_numpy(np.array(v)).to(sd[k].dtype).reshape(sd[k].shape) for k, v in tensors.items()})
+    model.load_state_dict(sd, strict=True)
+    return sorted(k for k, v in sd.items() if k not in tensors and torch.is_floating_point(v))
+
+
+# ============================================================ sources
+def source_key(s: Setting) -> str:
+    blob = json.dumps([VERSION, s.family, repr(s.source), s.source_task, s.source_epochs, s.source_lr, s.batch,
+                       s.steps_per_epoch], sort_keys=True)
+    return f"{s.family}-{s.source_task}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def get_source(s: Setting, out: Path, log) -> tuple[torch.nn.Module, Path, dict]:
+    """The trained source (cached): torch model, its dynamo export, and its training record."""
+    d = out / "sources"
+    d.mkdir(parents=True, exist_ok=True)
+    key = source_key(s)
+    pt, onnx_path, meta_path = d / f"{key}.pt", d / f"{key}.onnx", d / f"{key}.json"
+    model = make_model(s.family, s.source, seed=0)
+    if pt.exists() and onnx_path.exists() and meta_path.exists():
+        model.load_state_dict(torch.load(pt))
+        return model.eval(), onnx_path, json.loads(meta_path.read_text())
+    t0 = time.perf_counter()
+    curve = train_curve(model, s, s.source_task, s.source_epochs, s.source_lr, seed=0)
+    secs = time.perf_counter() - t0
+    torch.save(model.state_dict(), pt)
+    export_model(model, s, s.source, onnx_path, "dynamo")
+    meta = dict(key=key, config=repr(s.source), params=n_params(model), epochs=s.source_epochs, curve=curve,
+                final=curve[-1], seconds=round(secs, 1),
+                train_flops=3 * forward_flops(model, example(s, s.source)) * samples_per_epoch(
+                    dataclasses.replace(s, target_task=s.source_task)) * s.source_epochs)
+    meta_path.write_text(json.dumps(meta, indent=1))
+    log(f"  source {key}: {s.source_epochs} epochs, metric {curve[-1]:.3f} ({secs:.0f} s)")
+    return model.eval(), onnx_path, meta
+
+
+# ============================================================ one (setting, seed): every init
+def run_seed(s: Setting, seed: int, source: torch.nn.Module, source_onnx: Path, tmp: Path) -> dict:
+    """Curves of every initialization of ``s`` for one seed: {init name: record}."""
+    torch.set_num_threads(1)
+    res = {}
+    target_exports: dict[str, Path] = {}
+    for init in s.inits:
+        t0 = time.perf_counter()
+        model = make_model(s.family, s.target, seed=1000 + seed)
+        info: dict = {}
+        try:
+            if init.kind == "front":
+                if init.exporter not in target_exports:
+                    target_exports[init.exporter] = export_model(
+                        make_model(s.family, s.target, seed=1000 + seed), s, s.target,
+                        tmp / f"target-{init.exporter}.onnx", init.exporter)
+                tpath = target_exports[init.exporter]
+                src = source_onnx
+                if init.exporter != "dynamo":
+                    src = tmp / f"source-{init.exporter}.onnx"
+                    if not src.exists():
+                        export_model(source, s, s.source, src, init.exporter)
+                outp = tmp / f"out-{len(res)}.onnx"
+                r = front_onnx.transfer(src, tpath, outp, **init.front_kwargs())
+                sm = r.plan.summary()
+                info = dict(written=sm.get("written"), left=sm.get("left"), written_fraction=sm.get("written_fraction"),
+                            transfer_s=round(r.seconds, 3))
+                info["not_in_graph"] = len(load_onnx_weights(model, outp))
+            elif init.kind == "ws":
+                apply_weight_selection(source, model)
+        except CannotGrow as e:
+            res[init.name] = dict(skipped=str(e))
+            continue
+        init_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        curve = train_curve(model, s, s.target_task, s.epochs, s.lr, seed)
+        res[init.name] = dict(curve=curve, init_s=round(init_s, 2), train_s=round(time.perf_counter() - t1, 2), **info)
+    return res
+
+
+def _run_seed_job(args):
+    name, quick, seed, out = args
+    s = next(x for x in settings(quick) if x.name == name)
+    source, source_onnx, _ = get_source(s, Path(out), lambda *_: None)
+    with tempfile.TemporaryDirectory(prefix=f"conv-{name}-{seed}-") as tmp:
+        t0 = time.perf_counter()
+        res = run_seed(s, seed, source, source_onnx, Path(tmp))
+    return name, seed, res, time.perf_counter() - t0
+
+
+# ============================================================ analysis
+def reach(curve: list[float], target: float, higher: bool) -> float | None:
+    """Epochs (linearly interpolated between evaluations) until ``curve`` first reaches ``target``."""
+    ok = (lambda v: v >= target) if higher else (lambda v: v <= target)
+    for i, v in enumerate(curve):
+        if ok(v):
+            if i == 0:
+                return 0.0
+            a = curve[i - 1]
+            return i - 1 + (target - a) / (v - a) if v != a else float(i)
+    return None
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def fmt(m: float, s: float, digits: int = 3) -> str:
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def analyze(s: Setting, runs: dict[int, dict], flops_per_epoch: float) -> dict:
+    """Per init: mean/std curves, epochs/FLOPs to each threshold, speed-up over random."""
+    higher = s.family != "gpt"
+    seeds = sorted(runs)
+    out = {}
+    for init in s.inits:
+        recs = [runs[sd][init.name] for sd in seeds if init.name in runs[sd]]
+        if not recs or "skipped" in recs[0]:
+            out[init.name] = dict(skipped=recs[0]["skipped"] if recs else "not run")
+            continue
+        curves = np.array([r["curve"] for r in recs])
+        row = dict(mean=curves.mean(0).tolist(), std=curves.std(0, ddof=1).tolist() if len(recs) > 1 else [0.0] * curves.shape[1],
+                   targets={})
+        for thr in s.thresholds:
+            eps = [reach(r["curve"], thr, higher) for r in recs]
+            rnd = [reach(runs[sd]["random"]["curve"], thr, higher) for sd in seeds if init.name in runs[sd]]
+            reached = [e for e in eps if e is not None]
+            speed = [r / e for r, e in zip(rnd, eps) if r is not None and e is not None and e > 0]
+            row["targets"][str(thr)] = dict(
+                epochs=eps, reached=len(reached), of=len(eps),
+                epochs_mean=statistics.fmean(reached) if reached else None,
+                epochs_std=statistics.stdev(reached) if len(reached) > 1 else 0.0,
+                flops_mean=statistics.fmean(reached) * flops_per_epoch if reached else None,
+                speedup=speed, speedup_mean=statistics.fmean(speed) if speed else None,
+                speedup_std=statistics.stdev(speed) if len(speed) > 1 else 0.0)
+        out[init.name] = row
+    return out
+
+
+def markdown(s: Setting, summary: dict, meta: dict, epochs_shown: list[int]) -> str:
+    higher = s.family != "gpt"
+    what = "test accuracy" if higher else "validation loss (nats/byte)"
+    lines = [f"### {s.name}: {s.note}", "",
+             f"Source: {meta['config']} trained {meta['epochs']} epochs on {s.source_task} "
+             f"({'accuracy' if higher else 'val. loss'} {meta['final']:.3f}). Target: {s.target!r}, "
+             f"{s.epochs} epochs on {s.target_task}, lr {s.lr}, batch {s.batch}.", ""]
+    head = ["init"] + [f"{what} @ epoch {e}" for e in epochs_shown]
+    for thr in s.thresholds:
+        head += [f"epochs to {thr}", f"speed-up to {thr}"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for init in s.inits:
+        row = summary.get(init.name)
+        if row is None:
+            continue
+        if "skipped" in row:
+            lines.append(f"| {init.name} | " + " | ".join(["n/a (cannot grow)"] + [""] * (len(head) - 2)) + " |")
+            continue
+        cells = [init.name] + [fmt(row["mean"][e], row["std"][e]) for e in epochs_shown]
+        for thr in s.thresholds:
+            t = row["targets"][str(thr)]
+            if t["epochs_mean"] is None:
+                cells.append(f"> {s.epochs} (0/{t['of']})")
+            else:
+                cells.append(fmt(t["epochs_mean"], t["epochs_std"], 2)
+                             + (f" ({t['reached']}/{t['of']})" if t["reached"] < t["of"] else ""))
+            if init.name == "random":
+                cells.append("1")
+            elif t["speedup_mean"] is None:
+                cells.append("n/a")
+            else:
+                cells.append(f"{t['speedup_mean']:.2f} ± {t['speedup_std']:.2f}"
+                             + (f" ({len(t['speedup'])}/{t['of']})" if len(t["speedup"]) < t["of"] else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(s: Setting, summary: dict, flops_per_epoch: float, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for init in s.inits:
+        row = summary.get(init.name)
+        if not row or "skipped" in row:
+            continue
+        m, sd = np.array(row["mean"]), np.array(row["std"])
+        ep = np.arange(len(m))
+        style = "--" if init.kind != "front" else "-"
+        for ax, xs in ((axes[0], ep), (axes[1], ep * flops_per_epoch)):
+            ax.plot(xs, m, style, label=init.name, marker=".")
+            ax.fill_between(xs, m - sd, m + sd, alpha=0.15)
+    ylabel = "test accuracy" if s.family != "gpt" else "validation loss (nats/byte)"
+    axes[0].set_xlabel("epoch")
+    axes[1].set_xlabel("training FLOPs")
+    for ax in axes:
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{s.name}: {s.note} (mean ± std over seeds)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ============================================================ driver
+def run(quick: bool = False, seeds: int = 3, out: Path = Path("bench-out/convergence"), only: list[str] | None = None,
+        jobs: int = 1, log=print) -> dict:
+    """Run the protocol; returns the results dict (also written to ``out``/results.json)."""
+    torch.set_num_threads(1)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = [s for s in settings(quick) if only is None or s.part in only]
+    results: dict = dict(quick=quick, seeds=seeds, python=sys.version.split()[0], torch=torch.__version__,
+                         defaults=dict(keep=front_api.DEFAULT_KEEP, convention=front_api.DEFAULT_CONVENTION,
+                                       depth=getattr(front_api, "DEFAULT_DEPTH", None)),
+                         settings={}, timings={})
+    t_all = time.perf_counter()
+    metas = {}
+    for s in chosen:
+        t0 = time.perf_counter()
+        _, _, metas[s.name] = get_source(s, out, log)
+        results["timings"][f"{s.name} source"] = round(time.perf_counter() - t0, 1)
+    jobs_list = [(s.name, quick, seed, str(out)) for s in chosen for seed in range(seeds)]
+    runs: dict[str, dict[int, dict]] = {s.name: {} for s in chosen}
+    seed_secs: dict[str, float] = {s.name: 0.0 for s in chosen}
+    if jobs > 1 and len(jobs_list) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("fork")) as ex:
+            for name, seed, res, secs in ex.map(_run_seed_job, jobs_list):
+                runs[name][seed] = res
+                seed_secs[name] += secs
+                log(f"  {name} seed {seed}: {secs:.0f} s")
+    else:
+        for j in jobs_list:
+            name, seed, res, secs = _run_seed_job(j)
+            runs[name][seed] = res
+            seed_secs[name] += secs
+            log(f"  {name} seed {seed}: {secs:.0f} s")
+    md = [f"# Convergence results ({'QUICK smoke run' if quick else 'full protocol'}, {seeds} seeds)\n"]
+    img_dir = out if quick else DOCS_IMG
+    for s in chosen:
+        probe = make_model(s.family, s.target, 0)
+        fwd = forward_flops(probe, example(s, s.target))
+        fpe = 3 * fwd * samples_per_epoch(s)
+        summary = analyze(s, runs[s.name], fpe)
+        shown = sorted({1, min(3, s.epochs), s.epochs})
+        md.append(markdown(s, summary, metas[s.name], shown))
+        png = img_dir / f"convergence-{s.name}.png"
+        plot(s, summary, fpe, png)
+        md.append(f"![{s.name}]({os.path.relpath(png, out)})\n")
+        results["settings"][s.name] = dict(
+            note=s.note, source=metas[s.name], target=repr(s.target), target_params=n_params(probe),
+            forward_flops_per_sample=fwd, train_flops_per_epoch=fpe, epochs=s.epochs, thresholds=list(s.thresholds),
+            inits=[dataclasses.asdict(i) for i in s.inits], runs={str(k): v for k, v in runs[s.name].items()},
+            summary=summary, png=str(png))
+        results["timings"][f"{s.name} targets"] = round(seed_secs[s.name], 1)
+    results["timings"]["total"] = round(time.perf_counter() - t_all, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text("\n".join(md))
+    log(f"wrote {out / 'results.json'} and {out / 'results.md'} ({results['timings']['total']:.0f} s)")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke run: small models, 2 epochs (a few minutes)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out", type=Path, default=Path("bench-out/convergence"))
+    p.add_argument("--only", type=lambda v: v.split(","), default=None, help=f"comma-separated parts of {PARTS}")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="worker processes, one thread each (default: 2 or the core count)")
+    a = p.parse_args(argv)
+    if a.only and set(a.only) - set(PARTS):
+        p.error(f"unknown part(s) {sorted(set(a.only) - set(PARTS))}; choose from {PARTS}")
+    run(a.quick, a.seeds, a.out, a.only, a.jobs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The --quick convergence smoke run (benchmarks/convergence.py), ViT part: a front-onnx
+initialized target must beat the random initialization after one epoch of training.
+
+A real measurement (a trained source, exported, transferred, loaded back and trained), not a
+fixed number: mean test accuracy after epoch 1 over the seeds, front-onnx with the API's
+defaults against random. About 40 s on 2 cores."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+pytest.importorskip("onnxscript")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import convergence  # noqa: E402
+
+SEEDS = 3
+
+
+@pytest.fixture(scope="module")
+def quick_vit(tmp_path_factory):
+    threads = torch.get_num_threads()
+    try:
+        return convergence.run(quick=True, seeds=SEEDS, out=tmp_path_factory.mktemp("convergence"), only=["vit"],
+                               jobs=1, log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_quick_vit_curves_are_complete_and_finite(quick_vit):
+    st = quick_vit["settings"]["vit-shrink"]
+    names = {i["name"] for i in st["inits"]}
+    assert {"random", "front default", "weight selection"} <= names
+    for seed in map(str, range(SEEDS)):
+        for name in names:
+            rec = st["runs"][seed][name]
+            assert len(rec["curve"]) == st["epochs"] + 1
+            assert all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in rec["curve"]), (name, rec["curve"])
+    front = st["runs"]["0"]["front default"]
+    assert front["written"] > 0 and front["not_in_graph"] == 0
+    assert Path(st["png"]).is_file()
+
+
+def test_front_default_beats_random_after_one_epoch(quick_vit):
+    summary = quick_vit["settings"]["vit-shrink"]["summary"]
+    front, random = summary["front default"]["mean"][1], summary["random"]["mean"][1]
+    assert front > random, f"front-onnx {front:.3f} <= random {random:.3f} after 1 epoch (mean of {SEEDS} seeds)"
