@@ -238,30 +238,36 @@ def _torch_names(m: OnnxModel) -> NamedWeights:
         return True
 
     folded_bn: dict[str, tuple[str, float | None, int]] = {}  # bn module -> (bias initializer, eps, channels)
+    carries: list[str] = []  # Conv kernels with a folded BatchNorm whose module the graph does not name
     for init, slots in by_init.items():
         weights = [s for s in slots if s.role is not None]
         explicit, exp_why, exact = ev.explicit(init)
         if not weights and explicit is None:
             out.skipped.append((init, slots[0].reason or "not a weight"))
             continue
-        used_explicit = False
         for s in weights or slots:
             name, why = _slot_name(ev, s, explicit, exp_why, len(weights) > 1, folded_bn)
             if name is None:
                 if why:
                     out.unnamed.append((init, why))
                 continue
-            if name == explicit:
-                used_explicit = True
-                if not exact:
-                    out.notes.append(f"{name}: taken to be {init!r}, which the exporter computed from it "
-                                     f"({exp_why}); the shapes are not checked against the parameter")
+            if name == explicit and not exact:
+                out.notes.append(f"{name}: taken to be {init!r}, which the exporter computed from it "
+                                 f"({exp_why}); the shapes are not checked against the parameter")
+            if "folded BatchNorm" in why:
+                carries.append(name)
             a = value(init)
             perm = _framework_perm(s)
             if perm != tuple(range(a.ndim)):
                 a = np.transpose(a, perm)
             put(name, a, init, why)
-        del used_explicit
+    used = set(by_init)
+    for t in m.proto.graph.initializer:
+        if t.data_type in FLOAT_TYPES and t.name not in used:
+            out.skipped.append((t.name, "not used by any node of the main graph"))
+    if carries:
+        out.notes.append(f"{len(carries)} Conv kernel(s) carry a BatchNorm the exporter folded into them "
+                         f"(e.g. {carries[0]}); the BatchNorm parameters cannot be named from this graph")
     # identity BatchNorms for the ones folded into Convs
     for bn, (bias_init, eps, channels) in folded_bn.items():
         bias = value(bias_init)
@@ -316,7 +322,7 @@ def _slot_name(ev: _Evidence, s: Slot, explicit: str | None, exp_why: str, share
             return None, (f"Conv bias created by folding a BatchNorm into Conv {module!r}; the BatchNorm's module "
                           "name is not in the graph (legacy exporter)")
         if scoped and bias:
-            return scoped, f"module {module!r} from the node name; kernel carries a folded BatchNorm"
+            return scoped, f"module {module!r} from the node name; the kernel carries a folded BatchNorm"
     if scoped and (fx is None or not ev.dynamo):
         return scoped, f"module {module!r} from the node {'scope' if ev.dynamo else 'name'}"
     if scoped:
@@ -343,18 +349,13 @@ def export_weights(model: str | Path | OnnxModel, output: str | Path, names: str
     fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     os.close(fd)
     try:
-        tensors = {k: _savable(v) for k, v in nw.tensors.items()}
-        save_file(tensors, tmp, metadata={"format": "pt" if names == "torch" else "onnx", "names": names})
+        save_file(nw.tensors, tmp, metadata={"format": "pt" if names == "torch" else "onnx", "names": names})
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, output)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return nw
-
-
-def _savable(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a)
 
 
 def _umask() -> int:

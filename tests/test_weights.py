@@ -16,7 +16,7 @@ import front_onnx
 from front_onnx.cli import EXIT_INPUT, EXIT_OK, EXIT_USAGE, main
 from front_onnx.weights import export_weights, named_weights
 from samples.models import build, example_input, perturb
-from tests.conftest import file_digests
+from tests.conftest import file_digests, run_onnx, sample_feeds
 
 EXPORTERS = ("dynamo", "legacy")
 LOADABLE = [("vit", e) for e in EXPORTERS] + [("gpt", e) for e in EXPORTERS] + [("resnet", "dynamo")]
@@ -180,3 +180,21 @@ def test_cli_exit_codes(samples, tmp_path, capsys):
     assert file_digests(path) == before
     err = capsys.readouterr().err
     assert "overwrite" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("family,exporter,size", [(f, e, s) for f, e in LOADABLE for s in ("narrow", "deep")])
+def test_resized_target_loads_and_matches_onnxruntime(samples, tmp_path, family, exporter, size):
+    """What benchmarks do: a front-onnx-initialized target of another size, loaded into torch,
+    computes what onnxruntime computes with the initialized ONNX model."""
+    src = samples.get(family, "base", exporter, source=True)
+    tgt = samples.get(family, size, exporter)
+    out = tmp_path / "out.onnx"
+    front_onnx.transfer(src, tgt, out, keep=0.5)
+    nw = named_weights(out)
+    assert nw.unnamed == []
+    model = build(family, size, seed=7)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in nw.tensors.items()}, strict=True)
+    feeds = sample_feeds(family, out)
+    want = run_onnx(out, feeds)[0]
+    got = _outputs(model.eval(), family).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
