@@ -122,11 +122,11 @@ def initialize(target: str | Path | OnnxModel, learngene: str | Path | Learngene
 
 
 def _initialize(t: OnnxModel, gene: Learngene, output: Path, t0: float, report: str | Path | None,
-                external_data: bool | None, analysis, depth: str) -> InitResult:
+                external_data: bool | None, analysis, depth: str, release: bool = False) -> InitResult:
     gs, st = analysis
     p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth)
     dtypes = {name: t.dtype(name) for name in {s.initializer for s in gs.slots}}
-    values = slot_values(gene, gs, st, p, dtypes, depth)
+    values = slot_values(gene, gs, st, p, dtypes, depth, release=release)  # release: gene is transfer's own
     info = write_initialized(t, gs, values, output, external_data=external_data)
     for i, name in info["renamed"].items():
         p.slots[i].written_as = name
@@ -156,7 +156,7 @@ def transfer(source: str | Path | OnnxModel, target: str | Path | OnnxModel, out
     gene = extract_learngene(s, keep=keep, convention=convention, needed=needed)
     source_path = s.path
     del s  # an inline source's weights need not stay in memory while the target is written
-    result = _initialize(t, gene, Path(output), t0, report, external_data, analysis, depth)
+    result = _initialize(t, gene, Path(output), t0, report, external_data, analysis, depth, release=True)
     if validate:
         _validate_output(result, t, source_path, device, strict, keep_invalid, compare=None if keep == 1.0 else False)
     return result

@@ -44,6 +44,16 @@ def read_stack(model: OnnxModel, gs: GraphSlots, tpl: Template) -> np.ndarray:
     return out
 
 
+def _copy_tiled(dst: np.ndarray, src: np.ndarray, tile: int = 512) -> None:
+    """``dst[...] = src`` (casting), in tiles of the last axis when ``src`` is a transposed
+    view: a whole-array transposing copy thrashes the cache (about 2x slower here)."""
+    if src.flags.c_contiguous or dst.ndim < 2 or dst.shape[-1] <= tile:
+        np.copyto(dst, src, casting="unsafe")
+        return
+    for c in range(0, dst.shape[-1], tile):
+        np.copyto(dst[..., c:c + tile], src[..., c:c + tile], casting="unsafe")
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -76,28 +86,66 @@ def extract_learngene(model: OnnxModel, keep: float = 1.0, convention: str = "or
         tpl = st.templates[key]
         first = gs.slots[tpl.blocks[0][0]]
         assert first.layout is not None
-        stack = read_stack(model, gs, tpl)
+        kinds = first.layout.kinds
+        shape = first.layout.canonical_shape(first.shape)
+        kept = kept_shape(len(tpl.blocks), shape, kinds, keep)
+        want = needed.get(key) if needed is not None else None
+        lengths = kept if want is None or len(want) != len(kept) else tuple(min(k, n) for k, n in zip(kept, want))
+        store = np.float64 if model.dtype(first.initializer) == np.float64 else np.float32
         try:
-            z, means, stds = spectral.standardize_stack(stack, inplace=True)
+            coef, means, stds = template_corner(model, gs, tpl, lengths, transformed_axes(kinds), convention, store)
         except ValueError:
             skipped[key] = "non-finite values in the source weights"
             continue
-        kinds = first.layout.kinds
-        kept = kept_shape(stack.shape[0], stack.shape[1:], kinds, keep)
-        want = needed.get(key) if needed is not None else None
-        lengths = kept if want is None or len(want) != len(kept) else tuple(min(k, n) for k, n in zip(kept, want))
-        axes = transformed_axes(kinds)
-        coef = spectral.spectrum_corner(z, {a: lengths[a] for a in axes}, convention, overwrite=True)
-        del z, stack
-        store = np.float64 if model.dtype(first.initializer) == np.float64 else np.float32
         templates[key] = GeneTemplate(
             key=key, stage=tpl.stage, role=tpl.role, layout=first.layout.name, kinds=kinds,
-            shape=first.layout.canonical_shape(first.shape), depth=len(tpl.blocks),
-            dtype=str(model.dtype(first.initializer)), coefficients=np.ascontiguousarray(coef, dtype=store),
+            shape=shape, depth=len(tpl.blocks), dtype=str(model.dtype(first.initializer)), coefficients=coef,
             means=means, stds=stds, kept=kept)
+    # a partial learngene cannot be saved, so nothing reads its source hash: skip hashing
+    # the whole source file (seconds for a multi-GB model)
     return Learngene(templates, float(keep), convention, source=model.path.name,
-                     source_sha256=file_sha256(model.path), tool_version=__version__, skipped=skipped,
+                     source_sha256="" if needed is not None else file_sha256(model.path),
+                     tool_version=__version__, skipped=skipped,
                      partial=needed is not None, structure=[asdict(seg) for seg in st.segments])
+
+
+def template_corner(model: OnnxModel, gs: GraphSlots, tpl: Template, lengths: tuple[int, ...],
+                    axes: list[int], convention: str, store: type) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(coefficients [lengths on ``axes``] in ``store`` dtype, means[L], stds[L]) of a template.
+
+    Block by block: each block's tensor is read from its memory map into a float64 buffer,
+    standardized and transformed along its feature axes (cut to ``lengths`` right away);
+    then the layer axis is transformed in chunks and cut. The same 1-D transforms in the
+    same order (last axis first, layers last) as a DCT of the whole [L, ...] stack, so the
+    same bits, but only one source block in float64 and the cut [L, ...] corner are ever
+    held, never the full-size float64 stack. Raises ValueError on non-finite weights."""
+    n_layers = len(tpl.blocks)
+    feature = {a: lengths[a] for a in axes if a != 0}
+    means = np.empty(n_layers)
+    stds = np.empty(n_layers)
+    corner = None
+    raw: np.ndarray | None = None
+    for b, block in enumerate(tpl.blocks):
+        s = gs.slots[block[0]]
+        assert s.layout is not None
+        layer = np.empty((1,) + s.layout.canonical_shape(s.shape), dtype=np.float64)
+        dtype = model.dtype(s.initializer)
+        if raw is None or raw.dtype != dtype or raw.size != layer.size:
+            raw = np.empty(layer.size, dtype=dtype)  # one read buffer for every block
+        _copy_tiled(layer[0], s.layout.to_canonical(model.read_into(s.initializer, raw)))
+        z, m, sd = spectral.standardize_stack(layer, inplace=True, as_in_stack=n_layers > 1)
+        means[b], stds[b] = m[0], sd[0]
+        c = spectral.spectrum_corner(z, feature, convention, overwrite=True) if feature else z
+        del z, layer
+        if corner is None:
+            corner = np.empty((n_layers,) + c.shape[1:], dtype=np.float64)
+        corner[b] = c[0]
+        del c
+    assert corner is not None
+    out = np.empty((min(lengths[0], n_layers),) + corner.shape[1:], dtype=store)
+    for rows, chunk in spectral.layer_axis_chunks(corner, out.shape[0], convention):
+        out[(slice(None), rows) if out.ndim > 1 else rows] = chunk
+    return out, means, stds
 
 
 def analyze(model: OnnxModel) -> tuple[GraphSlots, Structure]:

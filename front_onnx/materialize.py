@@ -57,10 +57,68 @@ def target_shapes(gs: GraphSlots, st: Structure) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def _streamed(gene: GeneTemplate, tpl: Template, gs: GraphSlots, shape: tuple[int, ...], convention: str,
+              dtypes: dict[str, np.dtype], depth_mode: str = "spectral") -> dict[int, np.ndarray] | None:
+    """``materialize`` (spectral depth) written straight into the slots' output arrays, or
+    None where that cannot be done (then the caller takes the whole-stack path).
+
+    The same 1-D inverse transforms in the same order as ``materialize``: each kept layer's
+    feature axes (last axis first), then the layer axis in chunks of rows
+    (``spectral.layer_axis_chunks``), whose statistics are restored and which are cast into
+    the outputs through their canonical views. Same bytes, but the float64 work is one
+    [kept depth, *shape] buffer plus a chunk, instead of several [depth, *shape] stacks and
+    a cast copy of each block."""
+    depth = tpl.depth
+    if not shape:
+        return None
+    arrays: dict[int, np.ndarray] = {}
+    views: list[list[np.ndarray]] = []
+    for block in tpl.blocks:
+        vb = []
+        for i in block:
+            s = gs.slots[i]
+            assert s.layout is not None
+            arr = np.empty(s.shape, dtype=dtypes[s.initializer])
+            cv = s.layout.to_canonical(arr)
+            if cv.shape != tuple(shape) or not np.may_share_memory(cv, arr):
+                return None  # the canonical view is a copy: writes would not land in arr
+            arrays[i] = arr
+            vb.append(cv)
+        views.append(vb)
+    feature = [a for a in transformed_axes(gene.kinds) if a != 0]
+    coef = gene.coefficients
+    h = np.empty((coef.shape[0],) + tuple(shape), dtype=np.float64)
+    for k in range(coef.shape[0]):
+        c = coef[k:k + 1].astype(np.float64)
+        h[k] = spectral.spectrum_to_array(c, (1,) + tuple(shape), feature, convention)[0] if feature else c[0]
+        del c
+    stat_mode = "nearest" if depth_mode == "nearest" else "linear"  # as in ``materialize``
+    means = spectral.resample_layers(np.asarray(gene.means, np.float64), depth, stat_mode)
+    stds = spectral.resample_layers(np.asarray(gene.stds, np.float64), depth, stat_mode)
+    floor = max(float(np.min(gene.means)) * 1e-3, 1e-6) if gene.role == "norm.var" else None
+    for rows, z in spectral.layer_axis_chunks(h, depth, convention, inverse=True):
+        bshape = (depth,) + (1,) * (z.ndim - 1)
+        z *= stds.reshape(bshape)
+        z += means.reshape(bshape)
+        if floor is not None:  # variances must stay positive
+            z = np.maximum(z, floor)
+        for b in range(depth):
+            for cv in views[b]:
+                cv[rows] = z[b]
+        del z
+    return arrays
+
+
 def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
-                dtypes: dict[str, np.dtype], depth_mode: str = "spectral") -> dict[int, np.ndarray]:
+                dtypes: dict[str, np.dtype], depth_mode: str = "spectral", *,
+                release: bool = False) -> dict[int, np.ndarray]:
     """Values for every written slot (slot index -> array in the slot's stored layout and
-    the dtype of its initializer, ``dtypes[name]``)."""
+    the dtype of its initializer, ``dtypes[name]``).
+
+    Templates go one at a time; with spectral depth each is inverse-transformed straight
+    into its output arrays (``_streamed``). ``release`` drops each template from ``gene``
+    once its values exist (``transfer``'s private learngene: its coefficients are about the
+    target's size, and the values replace them instead of adding to them)."""
     out: dict[int, np.ndarray] = {}
     for key, verdict in plan.templates.items():
         if verdict != "ok":
@@ -68,13 +126,24 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
         tpl: Template = st.templates[key]
         first = gs.slots[tpl.blocks[0][0]]
         assert first.layout is not None
-        stack = materialize(gene.templates[key], tpl.depth, first.layout.canonical_shape(first.shape), gene.convention,
-                            depth_mode)
-        for b, block in enumerate(tpl.blocks):
-            for i in block:
-                s = gs.slots[i]
-                out[i] = np.ascontiguousarray(s.layout.from_canonical(stack[b]),  # type: ignore[union-attr]
-                                              dtype=dtypes[s.initializer])
+        shape = first.layout.canonical_shape(first.shape)
+        gt = gene.templates[key]
+        done = None
+        if depth_mode == "spectral" or tpl.depth == gt.depth:
+            done = _streamed(gt, tpl, gs, shape, gene.convention, dtypes, depth_mode)
+        if done is not None:
+            out.update(done)
+        else:
+            stack = materialize(gt, tpl.depth, shape, gene.convention, depth_mode)
+            for b, block in enumerate(tpl.blocks):
+                for i in block:
+                    s = gs.slots[i]
+                    out[i] = np.ascontiguousarray(s.layout.from_canonical(stack[b]),  # type: ignore[union-attr]
+                                                  dtype=dtypes[s.initializer])
+            del stack
+        del gt
+        if release:
+            del gene.templates[key]
     return out
 
 

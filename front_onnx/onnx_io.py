@@ -424,6 +424,31 @@ class OnnxModel:
         """
         return _tensor_array(self.initializer(name), self.path)
 
+    def read_into(self, name: str, out: np.ndarray) -> np.ndarray:
+        """The initializer's values copied into ``out`` (C-contiguous, the stored dtype and
+        element count), returned reshaped to the tensor's shape. External data is read with
+        plain reads, not memory-mapped: faulting in a fresh map costs more than the read on
+        a warm page cache, and the caller reuses one buffer for every block."""
+        t = self.initializer(name)
+        shape = tuple(int(d) for d in t.dims)
+        if not out.flags.c_contiguous or out.size != _count(shape) or out.dtype != self.dtype(name):
+            raise ValueError(f"{self.path}: tensor {name!r}: buffer does not fit")
+        view = out.reshape(shape)
+        if _uses_external(t) and t.data_type not in _PACKED_BITS and out.nbytes:
+            file, offset, nbytes = _external_span(t, self.path)
+            mv = memoryview(out.reshape(-1).view(np.uint8))
+            with open(file, "rb", buffering=0) as f:
+                f.seek(offset)
+                done = 0
+                while done < nbytes:
+                    n = f.readinto(mv[done:])
+                    if not n:
+                        raise OnnxFileError(f"{file}: external data file is shorter than expected")
+                    done += n
+            return view
+        np.copyto(view, self.array(name))
+        return view
+
     def dtype(self, name: str) -> np.dtype:
         """numpy dtype of the initializer, without reading data."""
         t = self.initializer(name)

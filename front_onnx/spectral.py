@@ -39,6 +39,7 @@ __all__ = [
     "standardize_stack",
     "resample_stats",
     "mix_depth",
+    "layer_axis_chunks",
     "out_of_band_energy",
 ]
 
@@ -274,6 +275,43 @@ def resample(
     return _inverse_fit(corner, True, shape, ax, norm)
 
 
+#: Working-set size of one chunk in :func:`layer_axis_chunks` (float64 bytes).
+CHUNK_BYTES = 64 << 20
+
+
+def layer_axis_chunks(x: np.ndarray, n: int, convention: Convention, inverse: bool = False):
+    """The layer-axis (axis 0) DCT of a ``[L, ...]`` float64 stack, in chunks of rows of axis 1.
+
+    Yields ``(rows, chunk)``: ``chunk`` is the transform of ``x[:, rows]`` cut (forward) or
+    fitted with zero padding / truncation (inverse, as ``idct(n=)``) to ``n`` layers, a
+    fresh float64 array. Every 1-D transform runs along axis 0 on the same data as a
+    whole-stack transform, so the chunks are bit for bit slices of
+    ``dct(x, axis=0)[:n]`` (``idct(x, n=n, axis=0)``); only about CHUNK_BYTES are
+    transformed at a time, so the transformed stack never exists whole.
+    """
+    norm = _norm(convention)
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim < 1:
+        raise ValueError("layer_axis_chunks needs a leading layer axis")
+    if arr.ndim == 1:
+        c = sfft.idct(arr, type=2, n=n, axis=0, norm=norm) if inverse else sfft.dct(arr, type=2, axis=0, norm=norm)[:n]
+        yield slice(None), c
+        return
+    rows = arr.shape[1]
+    row_bytes = 8 * max(arr.shape[0], n) * max(1, int(np.prod(arr.shape[2:], dtype=np.int64)))
+    step = max(1, CHUNK_BYTES // max(1, row_bytes))
+    for r0 in range(0, rows, step):
+        sl = slice(r0, min(rows, r0 + step))
+        part = arr[:, sl]
+        if inverse:
+            c = sfft.idct(part, type=2, n=n, axis=0, norm=norm)
+        else:
+            c = sfft.dct(part, type=2, axis=0, norm=norm)
+            if n < c.shape[0]:
+                c = c[:n]
+        yield sl, c
+
+
 # --------------------------------------------------------------------------
 # statistics
 # --------------------------------------------------------------------------
@@ -317,11 +355,17 @@ def restore(z: np.ndarray, stats: Stats) -> np.ndarray:
     return out
 
 
-def standardize_stack(x: np.ndarray, inplace: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def standardize_stack(x: np.ndarray, inplace: bool = False, *,
+                      as_in_stack: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Z-score each layer of a ``[L, ...]`` stack separately.
 
     Returns ``(z, means[L], stds[L])`` in float64; constant layers get zeros
     and std 0, as in :func:`standardize`.
+
+    ``as_in_stack`` (for ``L == 1``): give the bits this layer gets inside a stack of
+    several layers. numpy sums a single row in one pass but the rows of a taller stack in
+    buffered chunks, and the two orders can differ in the last bit; a layer-by-layer
+    reader uses this to reproduce a whole-stack standardization exactly.
     """
     # C order: the in-place work below goes through a reshape, which must be a view.
     # ``inplace`` reuses a writeable C-contiguous float64 input (large stacks: no copy).
@@ -341,7 +385,13 @@ def standardize_stack(x: np.ndarray, inplace: bool = False) -> tuple[np.ndarray,
         raise ValueError("cannot standardize a stack with NaN or inf entries")
     means = flat.mean(axis=1)
     flat -= means[:, None]
-    stds = np.sqrt(np.einsum("ij,ij->i", flat, flat) / flat.shape[1])
+    if as_in_stack and n_layers == 1:
+        # the same row seen twice (stride 0): einsum takes its multi-row, chunked path
+        two = np.lib.stride_tricks.as_strided(flat, shape=(2, flat.shape[1]), strides=(0, flat.strides[1]))
+        sumsq = np.einsum("ij,ij->i", two, two)[:1]
+    else:
+        sumsq = np.einsum("ij,ij->i", flat, flat)
+    stds = np.sqrt(sumsq / flat.shape[1])
     const = ~(stds > np.maximum(_TINY, _CONST_RTOL * scale))
     stds[const] = 0.0
     flat /= np.where(const, 1.0, stds)[:, None]
