@@ -106,7 +106,7 @@ class Config:
             n += k
         return n
 
-    def target(self) -> "Config":
+    def target(self) -> Config:
         """The target of this source: half the width, 3/4 of the depth (rounded), same vocabulary."""
         return Config(dim=self.dim // 2, depth=max(1, round(self.depth * 0.75)), vocab=self.vocab, mlp=self.mlp,
                       classes=self.classes, fused_qkv=self.fused_qkv, seed=self.seed + 1)
@@ -126,7 +126,6 @@ QUICK = ["1M", "10M"]
 # --------------------------------------------------------------------------- generation
 def _graph(cfg: Config, data_name: str, offsets: dict[str, tuple[int, int]]):
     """The ModelProto, every initializer an external reference into ``data_name``."""
-    import onnx
     from onnx import TensorProto, helper
 
     nodes = []
@@ -190,7 +189,6 @@ def generate(cfg: Config, models_dir: Path) -> Path:
     """``<models_dir>/<key>.onnx`` (+ ``.onnx.data``), generated once and cached.
     Memory: one tensor at a time (the largest is the embedding table)."""
     import numpy as np
-    import onnx
 
     path = models_dir / f"{cfg.key}.onnx"
     if path.exists() and (models_dir / f"{cfg.key}.onnx.data").exists():
@@ -272,7 +270,7 @@ class _Sampler:
         self.anon = self.file = 0
         self.sample()
 
-    def __enter__(self) -> "_Sampler":
+    def __enter__(self) -> _Sampler:
         self._t.start()
         return self
 
