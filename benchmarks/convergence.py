@@ -344,8 +344,10 @@ def train_curve(model: torch.nn.Module, setting: Setting, task: str, epochs: int
     Vision: AdamW (weight decay 0.05), cross-entropy, one-cycle cosine schedule with 10%
     warm-up over all epochs, random +-1 pixel shifts with probability 0.25 (the recipe of
     samples/train.py); the metric is test accuracy. Language: the same optimizer and
-    schedule on random 64-byte windows; an "epoch" is ``steps_per_epoch`` steps; the metric
-    is the mean next-byte cross-entropy (nats) on fixed validation windows."""
+    schedule on random windows of the context length; an "epoch" is ``steps_per_epoch``
+    steps; the metric is the mean next-byte cross-entropy (nats) on 256 fixed validation
+    windows. MiniLM: benchmarks/minilm.py's ``GeometryTask.train`` (its own optimizer and
+    schedule), evaluated every ``steps_per_epoch`` steps."""
     if setting.family == "bert":
         steps = epochs * setting.steps_per_epoch
         curve = minilm_task().train(model, steps, lr=lr, seed=seed,
