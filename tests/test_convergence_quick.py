@@ -52,3 +52,24 @@ def test_front_default_beats_random_after_one_epoch(quick_vit):
     summary = quick_vit["settings"]["vit-shrink"]["summary"]
     front, random = summary["front default"]["mean"][1], summary["random"]["mean"][1]
     assert front > random, f"front-onnx {front:.3f} <= random {random:.3f} after 1 epoch (mean of {SEEDS} seeds)"
+
+
+def test_weight_selection_baseline():
+    """Weight Selection (benchmarks/baselines.py): evenly spaced elements, the same indices on
+    every axis of one size, fused qkv selected part by part, first N blocks, no growth."""
+    import baselines
+    from samples.models import ViT, ViTConfig
+
+    assert baselines.uniform_indices(8, 4).tolist() == [0, 2, 4, 6]
+    w = torch.arange(24.0)[:, None] * 10 + torch.arange(8.0)       # qkv-like [3 x 8, 8]
+    sel = baselines.select_tensor(w, (12, 4), parts=3)
+    assert sel[:, 0].tolist() == [0, 20, 40, 60, 80, 100, 120, 140, 160, 180, 200, 220]
+    assert sel[0].tolist() == [0, 2, 4, 6]
+
+    torch.manual_seed(0)
+    big, small = ViT(ViTConfig(dim=64, depth=4)), ViT(ViTConfig(dim=32, depth=2))
+    sd = baselines.weight_selection(big.state_dict(), small.state_dict())
+    small.load_state_dict(sd, strict=True)
+    assert torch.equal(sd["blocks.1.mlp.fc1.weight"], big.state_dict()["blocks.1.mlp.fc1.weight"][::2, ::2])
+    with pytest.raises(baselines.CannotGrow):
+        baselines.weight_selection(small.state_dict(), big.state_dict())
