@@ -106,13 +106,14 @@ RANDOM = Init("random", "random")
 WS = Init("weight selection", "ws")
 ORTHO = Init("ortho", "front")                                   # keep 1, spectral depth
 PAPER = Init("paper", "front", convention="paper")
+NEAREST = Init("ortho depth nearest", "front", depth="nearest")
 GRID = (
     RANDOM,
     ORTHO,
     PAPER,
     Init("ortho keep 0.5", "front", keep=0.5),
     Init("ortho keep 0.25", "front", keep=0.25),
-    Init("ortho depth nearest", "front", depth="nearest"),
+    NEAREST,
     Init("ortho depth linear", "front", depth="linear"),
     WS,
 )
@@ -196,7 +197,8 @@ def _settings(quick: bool) -> list[Setting]:
     return [
         Setting("vit-shrink", "vit", "vit", vit(128, 8), vit(64, 4), "digits", "digits", 30, 10, GRID + (LEGACY,),
                 note="ViT d128/L8 -> d64/L4 (narrower and shallower)"),
-        Setting("vit-grow", "vit", "vit", vit(64, 4), vit(96, 6), "digits", "digits", 25, 6, small_set(True),
+        Setting("vit-grow", "vit", "vit", vit(64, 4), vit(96, 6), "digits", "digits", 25, 6,
+                unique(RANDOM, front_default(), ORTHO, NEAREST, PAPER),  # depth choice on growth too
                 note="ViT d64/L4 -> d96/L6 (wider and deeper)"),
         Setting("cnn-shrink", "cnn", "resnet", ResNetConfig(), ResNetConfig(widths=(8, 16, 32), depths=(1, 1, 1)),
                 "digits", "digits", 15, 8, small_set(False), thresholds=(0.9, 0.95),
