@@ -59,7 +59,7 @@ def target_shapes(gs: GraphSlots, st: Structure) -> dict[str, tuple[int, ...]]:
 
 def _streamed(gene: GeneTemplate, tpl: Template, gs: GraphSlots, shape: tuple[int, ...], convention: str,
               dtypes: dict[str, np.dtype], depth_mode: str = "spectral") -> dict[int, np.ndarray] | None:
-    """``materialize`` (spectral depth) written straight into the slots' output arrays, or
+    """``materialize`` written straight into the slots' output arrays, or
     None where that cannot be done (then the caller takes the whole-stack path).
 
     The same 1-D inverse transforms in the same order as ``materialize``: each kept layer's
@@ -96,7 +96,10 @@ def _streamed(gene: GeneTemplate, tpl: Template, gs: GraphSlots, shape: tuple[in
     means = spectral.resample_layers(np.asarray(gene.means, np.float64), depth, stat_mode)
     stds = spectral.resample_layers(np.asarray(gene.stds, np.float64), depth, stat_mode)
     floor = max(float(np.min(gene.means)) * 1e-3, 1e-6) if gene.role == "norm.var" else None
-    for rows, z in spectral.layer_axis_chunks(h, depth, convention, inverse=True):
+    layered = depth_mode != "spectral" and depth != gene.depth   # invert at the source's depth, then pick
+    for rows, z in spectral.layer_axis_chunks(h, gene.depth if layered else depth, convention, inverse=True):
+        if layered:  # layer-domain resampling acts on each element's column alone: chunks are exact
+            z = np.array(spectral.resample_layers(z, depth, depth_mode), dtype=np.float64)
         bshape = (depth,) + (1,) * (z.ndim - 1)
         z *= stds.reshape(bshape)
         z += means.reshape(bshape)
@@ -115,8 +118,7 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
     """Values for every written slot (slot index -> array in the slot's stored layout and
     the dtype of its initializer, ``dtypes[name]``).
 
-    Templates go one at a time; with spectral depth each is inverse-transformed straight
-    into its output arrays (``_streamed``). ``release`` drops each template from ``gene``
+    Templates go one at a time; each is inverse-transformed straight into its output arrays (``_streamed``). ``release`` drops each template from ``gene``
     once its values exist (``transfer``'s private learngene: its coefficients are about the
     target's size, and the values replace them instead of adding to them)."""
     out: dict[int, np.ndarray] = {}
@@ -128,9 +130,7 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
         assert first.layout is not None
         shape = first.layout.canonical_shape(first.shape)
         gt = gene.templates[key]
-        done = None
-        if depth_mode == "spectral" or tpl.depth == gt.depth:
-            done = _streamed(gt, tpl, gs, shape, gene.convention, dtypes, depth_mode)
+        done = _streamed(gt, tpl, gs, shape, gene.convention, dtypes, depth_mode)
         if done is not None:
             out.update(done)
         else:

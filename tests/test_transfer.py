@@ -228,3 +228,23 @@ def test_nearest_depth_copies_source_blocks(samples, tmp_path):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
             checked += 1
     assert checked >= 16
+
+
+@pytest.mark.parametrize("depth", ["spectral", "nearest", "linear"])
+def test_streamed_materialize_equals_whole_stack(samples, tmp_path, monkeypatch, depth):
+    """The streamed per-template writer gives the bytes of the whole-stack ``materialize``."""
+    import front_onnx.materialize as mat
+
+    src = samples.get("gpt", "base", "dynamo", source=True)
+    tgt = samples.get("gpt", "deep", "dynamo")
+    a = tmp_path / "a" / "out.onnx"
+    b = tmp_path / "b" / "out.onnx"
+    front_onnx.transfer(src, tgt, a, keep=0.5, depth=depth)
+    calls = []
+    real = mat.materialize
+    monkeypatch.setattr(mat, "_streamed", lambda *args, **kw: None)
+    monkeypatch.setattr(mat, "materialize", lambda *args, **kw: calls.append(1) or real(*args, **kw))
+    front_onnx.transfer(src, tgt, b, keep=0.5, depth=depth)
+    assert calls
+    assert a.read_bytes() == b.read_bytes()
+    assert (tmp_path / "a" / "out.onnx.data").read_bytes() == (tmp_path / "b" / "out.onnx.data").read_bytes()

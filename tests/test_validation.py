@@ -146,17 +146,18 @@ def test_transfer_validates_by_default_and_removes_invalid_output(samples, tmp_p
     assert main(["transfer", str(src), str(tgt), "-o", str(out)]) == 0
     assert "validation: valid" in capsys.readouterr().out
 
-    # a plan that writes NaN: the output fails the finiteness check and is removed
-    import front_onnx.materialize as init
+    # values with a NaN: the output fails the finiteness check and is removed
+    import front_onnx.api as api_module
 
-    real = init.materialize
+    real = api_module.slot_values
 
     def poisoned(*a, **k):
-        v = real(*a, **k)
-        v.reshape(-1)[0] = np.nan
-        return v
+        values = real(*a, **k)
+        first = values[min(values)]
+        first.reshape(-1)[0] = np.nan
+        return values
 
-    monkeypatch.setattr(init, "materialize", poisoned)
+    monkeypatch.setattr(api_module, "slot_values", poisoned)
     before = file_digests(src, tgt)
     bad = tmp_path / "bad.onnx"
     assert main(["transfer", str(src), str(tgt), "-o", str(bad)]) == EXIT_INVALID
