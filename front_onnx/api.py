@@ -18,9 +18,9 @@ from front_onnx.onnx_io import OnnxModel, external_data_files, load_model
 from front_onnx.planning import Plan, make_plan
 from front_onnx.validation import ValidationReport, validate as _validate
 
-DEFAULT_KEEP = 1.0          # until the convergence benchmark (issue 5) measures a better one
+DEFAULT_KEEP = 1.0          # the defaults are the convergence benchmark's best (docs/results.md)
 DEFAULT_CONVENTION = "ortho"
-DEFAULT_DEPTH = "spectral"
+DEFAULT_DEPTH = "nearest"     # measured best (docs/results.md)
 _ALL = 1 << 62  # "every coefficient" in a ``needed`` shape
 
 
