@@ -399,6 +399,16 @@ def standardize_stack(x: np.ndarray, inplace: bool = False, *,
     return z, means, stds
 
 
+def _check_layers(arr: np.ndarray, n: int, what: str) -> int:
+    """The target layer count as an int, after checking both sides have at least one layer."""
+    if arr.ndim < 1 or arr.shape[0] < 1:
+        raise ValueError(f"{what} needs at least one layer on axis 0")
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"target layer count must be >= 1, got {n}")
+    return n
+
+
 def resample_stats(values: np.ndarray, n: int) -> np.ndarray:
     """Per-layer statistics of L source layers -> n target layers.
 
@@ -408,11 +418,7 @@ def resample_stats(values: np.ndarray, n: int) -> np.ndarray:
     of `values` (e.g. per-channel stats) are interpolated alongside.
     """
     v = np.asarray(values, dtype=np.float64)
-    if v.ndim < 1 or v.shape[0] < 1:
-        raise ValueError("values needs at least one layer on axis 0")
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"target layer count must be >= 1, got {n}")
+    n = _check_layers(v, n, "values")
     n_src = v.shape[0]
     if n_src == 1:
         return np.repeat(v, n, axis=0)
@@ -434,11 +440,7 @@ def resample_layers(stack: np.ndarray, n: int, mode: str) -> np.ndarray:
     as ``resample_stats`` does for statistics.  n == L returns the stack unchanged.
     """
     arr = np.asarray(stack)
-    if arr.ndim < 1 or arr.shape[0] < 1:
-        raise ValueError("resample_layers needs at least one layer on axis 0")
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"target layer count must be >= 1, got {n}")
+    n = _check_layers(arr, n, "resample_layers")
     L = arr.shape[0]
     if n == L:
         return arr
