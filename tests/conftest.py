@@ -67,3 +67,13 @@ def file_digests(*paths: Path) -> dict[str, str]:
             if f.exists():
                 out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train faster on one thread, and much faster on a busy machine."""
+    torch = pytest.importorskip("torch")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

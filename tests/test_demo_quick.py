@@ -11,14 +11,6 @@ from samples.models import ViT, ViTConfig  # noqa: E402
 from samples.train import accuracy, digits_data, onnx_accuracy, random_shift, train_classifier  # noqa: E402
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models train faster on one thread, and much faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def digits():

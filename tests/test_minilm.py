@@ -11,13 +11,6 @@ pytest.importorskip("onnxruntime")
 from benchmarks import minilm as M
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 TINY = M.BertConfig(vocab=100, dim=32, layers=3, heads=4, intermediate=64, max_positions=64)
 
