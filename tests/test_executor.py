@@ -307,3 +307,27 @@ def test_inputs_positional_named_and_errors(samples):
         module(torch.from_numpy(x), **{name: torch.from_numpy(x)})
     with pytest.raises(KeyError):
         module.parameter("no such weight")
+
+
+def test_awkward_names_and_float64_compute(tmp_path):
+    """Initializer names that are not attribute names (or clash with ParameterDict/Module methods) get unique keys."""
+    names = ["onnx::MatMul_12", "onnx_MatMul_12", "blocks.0.attn.qkv.weight", "keys", "training", "0"]
+    inputs = {"x": _f(3, 4)}
+    inits = {n: _f(4, 4) for n in names}
+    nodes, cur = [], "x"
+    for k, n in enumerate(names):
+        nodes.append(N("MatMul", [cur, n], [f"h{k}"]))
+        cur = f"h{k}"
+    nodes.append(N("Identity", [cur], ["y"]))
+    path = tmp_path / "n.onnx"
+    onnx.save(_graph(nodes, inputs, inits, ["y"]), str(path))
+    module = OnnxModule(path, dtype=torch.float64)
+    assert set(module.param_names) == set(names)
+    assert len(set(module.param_names.values())) == len(names)
+    for n in names:
+        assert module.get_parameter(module.param_names[n]) is module.parameter(n)
+        assert module.parameter(n).dtype == torch.float64
+        assert module.initializer_values()[n].dtype == np.float32
+    got = _run(module, inputs)[0]
+    assert got.dtype == np.float64
+    assert _rel(got, run_onnx(path, inputs)[0]) <= 1e-5

@@ -75,12 +75,13 @@ def _axis(a: int, rank: int) -> int:
     return a + rank if a < 0 else a
 
 
-def _sanitize(name: str, taken: set[str]) -> str:
+def _sanitize(name: str, taken: set[str], container: torch.nn.Module) -> str:
+    """A valid, unused attribute name for ``name`` in ``container``."""
     key = re.sub(r"[^0-9A-Za-z_]", "_", name) or "t"
     if key[0].isdigit():
         key = "t" + key
     base, k = key, 1
-    while key in taken:
+    while key in taken or hasattr(container, key):
         k += 1
         key = f"{base}_{k}"
     taken.add(key)
@@ -613,14 +614,10 @@ def _reduce(fn, attr_axes_below: int):
     return run
 
 
-def _reduce_max(x, d, k):
-    return x.amax(dim=d, keepdim=k) if x.numel() else x.sum(dim=d, keepdim=k)
-
-
 for _name, _fn, _since in [
     ("ReduceMean", lambda x, d, k: x.mean(dim=d, keepdim=k), 18),
     ("ReduceSum", lambda x, d, k: x.sum(dim=d, keepdim=k), 13),
-    ("ReduceMax", _reduce_max, 18),
+    ("ReduceMax", lambda x, d, k: x.amax(dim=d, keepdim=k), 18),
     ("ReduceMin", lambda x, d, k: x.amin(dim=d, keepdim=k), 18),
     ("ReduceProd", lambda x, d, k: _prod(x, d, k), 18),
     ("ReduceL2", lambda x, d, k: torch.sqrt((x * x).sum(dim=d, keepdim=k)), 18),
@@ -765,13 +762,13 @@ class OnnxModule(torch.nn.Module):
             if elem in _FLOAT_TYPES and weight_ok and arr.size >= 2:
                 pdt = torch.float64 if (elem == TensorProto.DOUBLE or dtype == torch.float64) else torch.float32
                 t = torch.tensor(np.asarray(arr, dtype=np.float64 if pdt == torch.float64 else np.float32))
-                key = _sanitize(name, taken_p)
+                key = _sanitize(name, taken_p, self.params)
                 self.params[key] = torch.nn.Parameter(t)
                 self.param_names[name] = f"params.{key}"
                 self._stored[name] = (arr.dtype, tuple(arr.shape), elem)
                 self._key[name] = ("p", key)
             else:
-                key = _sanitize(name, taken_b)
+                key = _sanitize(name, taken_b, self.consts)
                 self.consts.register_buffer(key, self._to_torch(arr, elem), persistent=False)
                 self._key[name] = ("b", key)
 
@@ -949,7 +946,7 @@ class OnnxModule(torch.nn.Module):
                 xs.pop()
             try:
                 ys = _OPS[n.op](self, n, xs)
-            except (NotImplementedError, TypeError, KeyError):
+            except NotImplementedError:
                 raise
             except Exception as e:
                 raise RuntimeError(f"{self.source_path}: node {n.name or k} ({n.op}) failed: {e}") from e
