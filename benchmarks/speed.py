@@ -45,14 +45,16 @@ import resource
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "benchmarks"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+import procmem  # noqa: E402
 
 GB = 1e9
 GENERATOR_VERSION = 1
@@ -228,57 +230,6 @@ def generate(cfg: Config, models_dir: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- child side
-def _status_kib(*keys: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k in keys:
-                    out[k] = int(v.split()[0])
-    except OSError:
-        pass
-    return out
-
-
-def _peak_rss() -> int:
-    hwm = _status_kib("VmHWM").get("VmHWM")
-    if hwm:
-        return hwm * 1024
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(r) if sys.platform == "darwin" else int(r) * 1024
-
-
-class _Sampler:
-    """Polls RssAnon / RssFile in a thread (profile mode only)."""
-
-    def __init__(self, interval: float = 0.02) -> None:
-        self.interval, self.anon, self.file = interval, 0, 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def sample(self) -> None:
-        s = _status_kib("RssAnon", "RssFile")
-        self.anon = max(self.anon, s.get("RssAnon", 0) * 1024)
-        self.file = max(self.file, s.get("RssFile", 0) * 1024)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
-
-    def reset(self) -> None:
-        self.anon = self.file = 0
-        self.sample()
-
-    def __enter__(self) -> _Sampler:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._t.join()
-
-
 def _profiled_transfer(src: str, tgt: str, out: str) -> list[dict]:
     """front_onnx.transfer with its internal steps timed: every known step function that
     front_onnx.api imports is wrapped, so the breakdown follows the code as it is."""
@@ -287,7 +238,7 @@ def _profiled_transfer(src: str, tgt: str, out: str) -> list[dict]:
 
     rows: list[dict] = []
     depth = [0]
-    with _Sampler() as mem:
+    with procmem.MemSampler(interval=0.02) as mem:
         def wrap(mod, name, label):
             fn = getattr(mod, name, None)
             if fn is None:
@@ -305,7 +256,8 @@ def _profiled_transfer(src: str, tgt: str, out: str) -> list[dict]:
                     depth[0] -= 1
                     mem.sample()
                     rows.append({"phase": label if outer else f"  of which {label}", "s": time.perf_counter() - t0,
-                                 "peak_anon": mem.anon, "peak_file": mem.file, "peak_rss_so_far": _peak_rss()})
+                                 "peak_anon": mem.peak_anon, "peak_file": mem.peak_file,
+                                 "peak_rss_so_far": procmem.peak_rss_bytes()})
             setattr(mod, name, inner)
 
         for mod, name, label in [(api, "_model", "read (parse protobuf)"), (api, "analyze", "analyze target"),
@@ -316,7 +268,7 @@ def _profiled_transfer(src: str, tgt: str, out: str) -> list[dict]:
             wrap(mod, name, label)
         t0 = time.perf_counter()
         front_onnx.transfer(src, tgt, out)
-        rows.append({"phase": "total", "s": time.perf_counter() - t0, "peak_rss_so_far": _peak_rss()})
+        rows.append({"phase": "total", "s": time.perf_counter() - t0, "peak_rss_so_far": procmem.peak_rss_bytes()})
     return rows
 
 
@@ -327,7 +279,8 @@ def _child(spec: dict) -> dict:
 
     import front_onnx
 
-    res: dict = {"mode": spec["mode"], "import_s": time.perf_counter() - t_start, "rss_after_imports": _peak_rss()}
+    res: dict = {"mode": spec["mode"], "import_s": time.perf_counter() - t_start,
+                 "rss_after_imports": procmem.peak_rss_bytes()}
     src, tgt, out = spec["source"], spec["target"], spec["output"]
     t0 = time.perf_counter()
     if spec["mode"] == "transfer":
@@ -347,35 +300,12 @@ def _child(spec: dict) -> dict:
         res["call_s"] = time.perf_counter() - t0
     else:
         raise SystemExit(f"unknown mode {spec['mode']!r}")
-    res["peak_rss"] = _peak_rss()
+    res["peak_rss"] = procmem.peak_rss_bytes()
     res["child_s"] = time.perf_counter() - t_start
     return res
 
 
 # --------------------------------------------------------------------------- parent side
-def _files(p: Path) -> list[Path]:
-    d = p.with_name(p.name + ".data")
-    return [p, d] if d.exists() else [p]
-
-
-def _size(p: Path) -> int:
-    return sum(f.stat().st_size for f in _files(p))
-
-
-def _warm(paths: list[Path]) -> None:
-    buf = bytearray(16 << 20)
-    for p in paths:
-        for f in _files(p):
-            with open(f, "rb", buffering=0) as fh:
-                while fh.readinto(buf):
-                    pass
-
-
-def _remove(p: Path) -> None:
-    for f in (p, p.with_name(p.name + ".data")):
-        f.unlink(missing_ok=True)
-
-
 def run_child(spec: dict, timeout: float = 3600) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     code = ("import json, sys; sys.path.insert(0, %r); import speed; "
@@ -398,7 +328,7 @@ def run_child(spec: dict, timeout: float = 3600) -> dict:
 def measure(spec: dict, repeats: int) -> dict:
     runs = []
     for _ in range(repeats):
-        _remove(Path(spec["output"]))
+        procmem.remove_output(Path(spec["output"]))
         runs.append(run_child(spec))
     ok = [r for r in runs if "error" not in r]
     if not ok:
@@ -422,24 +352,25 @@ def bench_size(name: str, out: Path, repeats: int, io: bool, profile: bool) -> d
     src = generate(cfg, out / "models")
     tgt = generate(tcfg, out / "models")
     gen_s = time.perf_counter() - t0
-    _warm([src, tgt])
+    procmem.warm_page_cache([src, tgt])
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     output = work / f"out-{name}.onnx"
     row = {"size": name, "source": asdict(cfg), "target": asdict(tcfg), "source_params": cfg.params,
-           "target_params": tcfg.params, "source_bytes": _size(src), "target_bytes": _size(tgt),
+           "target_params": tcfg.params, "source_bytes": procmem.model_size(src),
+           "target_bytes": procmem.model_size(tgt),
            "generate_s": gen_s}
     spec = {"mode": "transfer", "source": str(src), "target": str(tgt), "output": str(output)}
     row["transfer"] = measure(spec, repeats)
     if "error" not in row["transfer"]:
-        row["output_bytes"] = _size(output)
-    _remove(output)
+        row["output_bytes"] = procmem.model_size(output)
+    procmem.remove_output(output)
     if io:
         row["io"] = measure(dict(spec, mode="io", output=str(work / f"io-{name}.onnx")), repeats)
-        _remove(work / f"io-{name}.onnx")
+        procmem.remove_output(work / f"io-{name}.onnx")
     if profile:
         row["profile"] = run_child(dict(spec, mode="profile"))
-        _remove(output)
+        procmem.remove_output(output)
     tr = row["transfer"]
     row["bound_bytes"] = 1.5 * row["target_bytes"] + GB
     if "error" not in tr:

@@ -7,7 +7,7 @@ peak memory on a 2-core machine. (The authors' in-memory PyTorch code: about 30 
 
 What is measured, each in a fresh Python process so that its peak RSS (VmHWM from
 /proc/self/status, which counts file-backed pages such as a memory-mapped
-``.onnx.data`` too; ``ru_maxrss`` elsewhere, see ``_peak_rss_bytes``) is that
+``.onnx.data`` too; ``ru_maxrss`` elsewhere, see ``procmem.peak_rss_bytes``) is that
 operation's own:
 
     transfer   front_onnx.transfer(source, target, output)
@@ -44,8 +44,20 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "benchmarks"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from procmem import (  # noqa: E402
+    MemSampler,
+    data_file,
+    model_size,
+    peak_rss_bytes,
+    remove_output,
+    ru_maxrss_bytes,
+    status_kib,
+    warm_page_cache,
+)
 
 BUDGET_S = 3.0
 BUDGET_BYTES = 1.5e9
@@ -60,109 +72,12 @@ MANIFEST_VERSION = 1
 
 
 # --------------------------------------------------------------------------- helpers
-def _ru_maxrss_bytes() -> int:
-    """getrusage's peak RSS (KiB on Linux, bytes on macOS)."""
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(r) if sys.platform == "darwin" else int(r) * 1024
-
-
-def _peak_rss_bytes() -> int:
-    """Peak RSS of this process so far: VmHWM where /proc has it, else ru_maxrss.
-
-    On Linux ru_maxrss is NOT the child's own peak: at exec the kernel folds the
-    high-water mark of the replaced address space into it, and subprocess starts the
-    child with vfork, so the child inherits the *parent's* peak RSS (0.9 GB here after
-    exporting the models with torch). VmHWM belongs to the new address space only.
-    """
-    hwm = _status_kib("VmHWM").get("VmHWM")
-    return hwm * 1024 if hwm else _ru_maxrss_bytes()
-
-
-def _status_kib(*keys: str) -> dict[str, int]:
-    """Fields of /proc/self/status in KiB (empty off Linux)."""
-    out: dict[str, int] = {}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k in keys:
-                    out[k] = int(v.split()[0])
-    except OSError:
-        pass
-    return out
-
-
-class _MemSampler:
-    """Polls /proc/self/status in a thread: peak anonymous and file-backed RSS (Linux only).
-    Used for the phase breakdown only (it costs a little time)."""
-
-    def __init__(self, interval: float = 0.01) -> None:
-        import threading
-
-        self.interval = interval
-        self.peak_anon = self.peak_file = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> None:
-        s = _status_kib("RssAnon", "RssFile")
-        self.peak_anon = max(self.peak_anon, s.get("RssAnon", 0) * 1024)
-        self.peak_file = max(self.peak_file, s.get("RssFile", 0) * 1024)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            time.sleep(self.interval)
-
-    def reset(self) -> None:
-        self.peak_anon = self.peak_file = 0
-        self._sample()
-
-    def __enter__(self) -> "_MemSampler":
-        self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-
 def _gb(n: float | None) -> str:
     return "-" if n is None else f"{n / 1e9:.3f}"
 
 
 def _s(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
-
-
-def _data_file(p: Path) -> Path:
-    return p.with_name(p.name + ".data")
-
-
-def _files(p: Path) -> list[Path]:
-    return [f for f in (p, _data_file(p)) if f.exists()]
-
-
-def _size(p: Path) -> int:
-    return sum(f.stat().st_size for f in _files(p))
-
-
-def _warm_page_cache(paths: list[Path]) -> None:
-    for p in paths:
-        for f in _files(p):
-            with open(f, "rb", buffering=0) as fh:
-                while fh.read(16 << 20):
-                    pass
-
-
-def _remove_output(p: Path) -> None:
-    for f in (p, _data_file(p)):
-        try:
-            f.unlink()
-        except FileNotFoundError:
-            pass
 
 
 # --------------------------------------------------------------------------- models
@@ -198,7 +113,7 @@ def build_models(workdir: Path, exporter: str, rebuild: bool = False) -> dict:
     man = dict(want, models={})
     for name, kw in MODELS.items():
         path = d / f"{name}.onnx"
-        _remove_output(path)
+        remove_output(path)
         print(f"building {name} ({exporter}) -> {path} ...", flush=True)
         t0 = time.perf_counter()
         torch.manual_seed(0)
@@ -226,7 +141,7 @@ def _child(spec: dict) -> dict:
 
     res: dict = {"mode": mode}
     res["import_s"] = time.perf_counter() - t_start
-    res["rss_after_imports"] = _peak_rss_bytes()
+    res["rss_after_imports"] = peak_rss_bytes()
     src, tgt, out = spec.get("source"), spec.get("target"), spec.get("output")
 
     if mode == "imports":
@@ -276,8 +191,8 @@ def _child(spec: dict) -> dict:
         res.update(_phases(src, tgt, out))
     else:
         raise SystemExit(f"unknown child mode {mode!r}")
-    res["peak_rss"] = _peak_rss_bytes()
-    res["ru_maxrss"] = _ru_maxrss_bytes()
+    res["peak_rss"] = peak_rss_bytes()
+    res["ru_maxrss"] = ru_maxrss_bytes()
     ru = resource.getrusage(resource.RUSAGE_SELF)
     res["cpu_s"] = ru.ru_utime + ru.ru_stime      # whole child, imports included
     res["sys_s"] = ru.ru_stime
@@ -297,15 +212,15 @@ def _phases(src: str, tgt: str, out: str) -> dict:
     except ImportError as e:
         return {"call_s": 0.0, "phases_error": f"internals changed ({e}); phase breakdown skipped"}
     rows = []
-    with _MemSampler() as mem:
+    with MemSampler() as mem:
         def step(name, fn):
             mem.reset()
-            before = _status_kib("RssAnon", "RssFile")
+            before = status_kib("RssAnon", "RssFile")
             t0 = time.perf_counter()
             v = fn()
             dt = time.perf_counter() - t0
-            mem._sample()
-            rows.append({"phase": name, "s": dt, "peak_rss_so_far": _peak_rss_bytes(),
+            mem.sample()
+            rows.append({"phase": name, "s": dt, "peak_rss_so_far": peak_rss_bytes(),
                          "anon_before": before.get("RssAnon", 0) * 1024, "peak_anon": mem.peak_anon,
                          "file_before": before.get("RssFile", 0) * 1024, "peak_file": mem.peak_file})
             return v
@@ -415,7 +330,7 @@ def measure(name: str, spec: dict, repeats: int, cleanup: Path | None = None) ->
     runs = []
     for _ in range(repeats):
         if cleanup is not None:
-            _remove_output(cleanup)
+            remove_output(cleanup)
         runs.append(run_cli(spec) if spec["mode"] == "cli" else run_child(spec))
     def agg(key):
         vals = [r[key] for r in runs if r.get(key) is not None]
@@ -424,7 +339,7 @@ def measure(name: str, spec: dict, repeats: int, cleanup: Path | None = None) ->
            "peak_rss": agg("peak_rss"), "rss_after_imports": agg("rss_after_imports"), "import_s": agg("import_s"),
            "cpu_s": agg("cpu_s"), "minflt": agg("minflt"), "foreign_cpu_s": agg("foreign_cpu_s")}
     if cleanup is not None:
-        out["output_bytes"] = _size(cleanup) if cleanup.exists() else None
+        out["output_bytes"] = model_size(cleanup) if cleanup.exists() else None
     return out
 
 
@@ -510,8 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     models = {}
     for name, p in (("source", src), ("target", tgt)):
         mm = man["models"][Path(p).stem]
-        models[name] = {"path": str(p), "bytes": _size(p), "torch_parameters": mm["torch_parameters"],
-                        "onnx_float_elements": _onnx_float_elements(p), "external_data": _data_file(p).exists()}
+        models[name] = {"path": str(p), "bytes": model_size(p), "torch_parameters": mm["torch_parameters"],
+                        "onnx_float_elements": _onnx_float_elements(p), "external_data": data_file(p).exists()}
     print(f"front-onnx transfer benchmark ({args.exporter} exporter, {os.cpu_count()} CPUs, "
           f"{args.repeats} repeats, fresh process each)")
     for name, m in models.items():
@@ -519,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({m['onnx_float_elements'] / 1e6:.2f} M float initializer elements), {m['bytes'] / 1e6:.1f} MB"
               f"{' incl. .onnx.data' if m['external_data'] else ''}")
     print(f"  budget: transfer <= {BUDGET_S:g} s and <= {BUDGET_BYTES / 1e9:g} GB peak RSS ({REFERENCE})")
-    _warm_page_cache([src, tgt])
+    warm_page_cache([src, tgt])
 
     results = []
     results.append(measure("imports only", {"mode": "imports"}, args.repeats))
@@ -533,8 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, p in (("target", tgt), ("source", src)):
             o = outdir / f"io-{name}.onnx"
             results.append(measure(f"I/O floor {name}", {"mode": "io", "path": str(p), "output": str(o),
-                                                         "external": _data_file(p).exists()}, args.repeats, cleanup=o))
-            _remove_output(o)
+                                                         "external": data_file(p).exists()}, args.repeats, cleanup=o))
+            remove_output(o)
     print()
     print_table(results)
     print("(call = perf_counter around the call; process = whole child incl. interpreter start and imports, "
@@ -565,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
 
     extra: dict = {}
     if args.check:
-        _remove_output(out)
+        remove_output(out)
         run_child({"mode": "transfer", "source": str(src), "target": str(tgt), "output": str(out)})
         extra["check"] = check_output(out)
         print(extra["check"])
@@ -575,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nphase breakdown (one fresh process; steps of front_onnx.api.transfer):")
         print_phases(ph)
         pr = run_child({"mode": "profile", "source": str(src), "target": str(tgt), "output": str(prof_out)})
-        _remove_output(prof_out)
+        remove_output(prof_out)
         print(f"\ncProfile of one transfer ({pr['call_s']:.2f} s under the profiler):")
         for text in pr["profile"]:
             print(text)
