@@ -208,6 +208,7 @@ def _phases(src: str, tgt: str, out: str) -> dict:
         from front_onnx.extraction import analyze, extract_learngene, file_sha256
         from front_onnx.materialize import slot_values, write_initialized
         from front_onnx.onnx_io import load_model
+        from front_onnx.api import DEFAULT_DEPTH
         from front_onnx.planning import make_plan
     except ImportError as e:
         return {"call_s": 0.0, "phases_error": f"internals changed ({e}); phase breakdown skipped"}
@@ -232,8 +233,11 @@ def _phases(src: str, tgt: str, out: str) -> dict:
             step("  of which file_sha256(source)", lambda: file_sha256(s.path))
             t = step("load_model(target)", lambda: load_model(tgt))
             gs, st = step("analyze(target)", lambda: analyze(t))
-            p = step("make_plan", lambda: make_plan(gene, gs, st, [n.name for n in t.proto.graph.node]))
-            values = step("slot_values (materialize)", lambda: slot_values(gene, gs, st, p))
+            p = step("make_plan", lambda: make_plan(gene, gs, st, [n.name for n in t.proto.graph.node],
+                                                    DEFAULT_DEPTH))
+            dtypes = {name: t.dtype(name) for name in {sl.initializer for sl in gs.slots}}
+            values = step("slot_values (materialize)",
+                          lambda: slot_values(gene, gs, st, p, dtypes, DEFAULT_DEPTH))
             step("write_initialized", lambda: write_initialized(t, gs, values, Path(out)))
         except TypeError as e:
             return {"call_s": 0.0, "phases_error": f"internals changed ({e}); phase breakdown skipped"}
