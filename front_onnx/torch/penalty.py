@@ -94,17 +94,25 @@ def _dct_rows(n: int, k: int, dtype: torch.dtype, device: torch.device) -> torch
     return torch.from_numpy(d).to(dtype=dtype, device=device)
 
 
-def _dct_last_fft(x: torch.Tensor) -> torch.Tensor:
-    """Orthonormal DCT-II along the last axis via one FFT (Makhoul's reordering)."""
+def _dct_last_fft(x: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    """The first k (default all) orthonormal DCT-II coefficients along the last axis, via one
+    real FFT (Makhoul's reordering); for k <= n//2 + 1 the half spectrum suffices."""
     n = x.shape[-1]
+    k = n if k is None else k
     v = torch.cat([x[..., ::2], x[..., 1::2].flip(-1)], dim=-1)
-    spec = torch.fft.fft(v, dim=-1)
-    f = torch.arange(n, dtype=x.dtype, device=x.device)
-    w = torch.polar(torch.ones_like(f), -math.pi * f / (2 * n))
-    out = (spec * w).real * math.sqrt(2.0 / n)
-    scale = torch.ones(n, dtype=x.dtype, device=x.device)
-    scale[0] = math.sqrt(0.5)
-    return out * scale
+    spec = torch.fft.rfft(v, dim=-1)
+    if k <= spec.shape[-1]:
+        spec = spec[..., :k]
+    else:  # the upper bins of a real signal's spectrum are the conjugates of the lower ones
+        spec = torch.cat([spec, spec[..., 1:n - n // 2].conj().flip(-1)], dim=-1)[..., :k]
+    f = torch.arange(k, dtype=x.dtype, device=x.device)
+    w = torch.polar(torch.full_like(f, math.sqrt(2.0 / n)), -math.pi * f / (2 * n))
+    out = (spec * w).real
+    if k:
+        scale = torch.ones(k, dtype=x.dtype, device=x.device)
+        scale[0] = math.sqrt(0.5)
+        out = out * scale
+    return out
 
 
 def _project(y: torch.Tensor, axis: int, k: int) -> torch.Tensor:
@@ -113,7 +121,7 @@ def _project(y: torch.Tensor, axis: int, k: int) -> torch.Tensor:
     y = torch.movedim(y, axis, -1)
     if k * n <= MATRIX_LIMIT:
         return y @ _dct_rows(n, k, y.dtype, y.device).T
-    return _dct_last_fft(y)[..., :k]
+    return _dct_last_fft(y, k)
 
 
 def _axis_order(shape: tuple[int, ...], cuts: dict[int, int]) -> list[int]:
