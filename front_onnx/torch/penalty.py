@@ -54,8 +54,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import Iterable, Mapping, Union
 
 import numpy as np
 import torch
@@ -63,11 +63,11 @@ import torch
 from front_onnx.graph import FEATURE, INDEX, PARTS, SPATIAL, Layout
 from front_onnx.spectral import kept_length
 
-__all__ = ["spectral_penalty", "spectral_shares", "module_layouts", "WEIGHTINGS"]
+__all__ = ["WEIGHTINGS", "module_layouts", "spectral_penalty", "spectral_shares"]
 
 WEIGHTINGS = ("mean", "size")
 
-LayoutLike = Union[Layout, tuple]
+LayoutLike = Layout | tuple
 
 #: Largest ``k x n`` DCT matrix (entries) built for an axis; longer axes use the FFT route.
 MATRIX_LIMIT = 1 << 24
