@@ -206,6 +206,32 @@ def weights(model: str | Path | OnnxModel, output: str | Path | None = None, *, 
     return export_weights(m, output, names)
 
 
+def refine(source: str | Path | OnnxModel, data, labels=None, *, output: str | Path, steps: int = 200,
+           lam: float = 1.0, keep: float = 0.5, lr: float = 1e-4, batch_size: int = 64, progress: bool = True,
+           seed: int = 0, weighting: str = "mean"):
+    """FRONT+ for an ONNX source: fine-tune it briefly with the spectral penalty and write the
+    refined weights into a copy of the same graph at ``output``; returns the
+    ``RefineReport``. Needs torch (the ``torch`` extra); see ``front_onnx.torch.refine``."""
+    refine_onnx = _torch_part("refine_onnx")
+    return refine_onnx(source, data, labels, steps=steps, lam=lam, keep=keep, lr=lr, batch_size=batch_size,
+                       output=output, progress=progress, seed=seed, weighting=weighting)
+
+
+def refine_module(module, data, labels=None, **kwargs):
+    """FRONT+ for a PyTorch module: fine-tune it in place, export it to ONNX and check
+    onnxruntime against torch; returns a ``RefineResult`` (``.onnx_path``, ``.report``,
+    path-like). Options as ``front_onnx.torch.refine.refine_module``."""
+    return _torch_part("refine_module")(module, data, labels, **kwargs)
+
+
+def _torch_part(name: str):
+    try:
+        from front_onnx.torch import refine as _refine
+    except ImportError as e:
+        raise FrontError(f"FRONT+ refinement needs torch (pip install 'front-onnx[torch]'): {e}") from None
+    return getattr(_refine, name)
+
+
 def write_report(result: InitResult, path: Path) -> None:
     """The full plan as JSON, written atomically."""
     data = {"output": str(result.output), "seconds": round(result.seconds, 4), "split": result.split,

@@ -128,7 +128,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch: parameter names and layout for load_state_dict; onnx: initializer names, as stored "
                         "(default torch)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success (unnamed weights still go to stderr)")
+
+    p = sub.add_parser("refine", help="FRONT+: fine-tune a source briefly with a spectral penalty (needs torch)")
+    p.add_argument("source", type=Path, help="trained source ONNX model")
+    p.add_argument("--data", required=True, type=Path, help="inputs as .npz keyed by graph input name (rows on axis 0)")
+    p.add_argument("--labels", type=Path, help="labels as .npy (integer classes: cross-entropy; else MSE); "
+                   "without: self-distillation against the unrefined model")
+    p.add_argument("--steps", type=_positive_int, default=200, help="optimizer steps (default 200)")
+    p.add_argument("--lam", type=_nonnegative, default=1.0, help="weight of the spectral penalty (default 1.0)")
+    p.add_argument("--keep", type=_keep, default=0.5,
+                   help="keep ratio the penalty protects (default 0.5, a typical learngene; at 1.0 nothing is "
+                        "out of band and the penalty is zero)")
+    p.add_argument("--lr", type=_nonnegative, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="rows per step (default 64)")
+    p.add_argument("--weighting", choices=("mean", "size"), default="mean",
+                   help="penalty over weights: mean share, or weighted by elements (default mean)")
+    p.add_argument("--seed", type=int, default=0, help="batch order seed (default 0)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="refined ONNX file (never an input)")
+    p.add_argument("--report", type=Path, help="write the report as JSON to this file")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, print nothing on success")
     return parser
+
+
+def _positive_int(s: str) -> int:
+    if not s.isdigit() or int(s) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return int(s)
+
+
+def _nonnegative(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+    if not v >= 0.0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s!r}")
+    return v
 
 
 def _version() -> str:
@@ -190,6 +225,14 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"plot: {figure}")
     elif args.command == "weights":
         _weights(args)
+    elif args.command == "refine":
+        rep = api.refine(args.source, args.data, args.labels, steps=args.steps, lam=args.lam, keep=args.keep,
+                         lr=args.lr, batch_size=args.batch_size, output=args.output, progress=not args.quiet,
+                         seed=args.seed, weighting=args.weighting)
+        if args.report is not None:
+            rep.write(args.report)
+        if not args.quiet:
+            print(rep.table())
     return EXIT_OK
 
 
