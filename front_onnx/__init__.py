@@ -6,7 +6,7 @@ target ONNX model of another width and depth, without training.
 __version__ = "0.1.0"
 
 from front_onnx.api import (FrontError, InitResult, ValidationFailed, extract, initialize, inspect,  # noqa: E402
-                            plan, transfer, validate)
+                            plan, refine, refine_module, transfer, validate, weights)
 from front_onnx.inspection import InspectReport  # noqa: E402
 from front_onnx.validation import ValidationReport  # noqa: E402
 from front_onnx.learngene import Learngene, LearngeneError  # noqa: E402
@@ -14,4 +14,4 @@ from front_onnx.onnx_io import OnnxFileError  # noqa: E402
 
 __all__ = ["extract", "initialize", "plan", "transfer", "Learngene", "LearngeneError", "OnnxFileError",
            "FrontError", "InitResult", "validate", "ValidationReport", "ValidationFailed", "inspect", "InspectReport",
-           "__version__"]
+           "weights", "refine", "refine_module", "__version__"]
