@@ -18,8 +18,9 @@ from tests.frameworks import cnn, example_input, transformer
 from tests.graphs import IR_VERSION, mlp_stack
 
 FLOAT = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
+# every sample model: 3 families x 5 sizes x 2 exporters (the base ones as trained-like sources)
 CASES = [(fam, size, exp, size == "base") for fam in ("vit", "resnet", "gpt") for exp in ("dynamo", "legacy")
-         for size in ("base", "narrow")]
+         for size in ("base", "narrow", "wide", "shallow", "deep")]
 
 
 def _rel(got, want) -> float:
