@@ -92,7 +92,7 @@ DOCS_IMG = DOCS / "img"
 class Init:
     """One way to initialize a target."""
     name: str
-    kind: str                   # "random" | "front" | "ws"
+    kind: str                   # "random" | "front" | "front+" (from the FRONT+-refined source) | "ws"
     convention: str = "ortho"
     keep: float = 1.0
     depth: str = "spectral"
@@ -118,6 +118,16 @@ GRID = (
     WS,
 )
 LEGACY = Init("ortho (legacy export)", "front", exporter="legacy")
+# FRONT+: the source refined with the spectral penalty (front_onnx.torch.refine_onnx, through
+# the ONNX path a user of `front-onnx refine` takes), then transferred with the API defaults.
+# keep 0.5 = the width ratio of the shrink settings, so the penalty targets what the target holds.
+REFINE = dict(steps=200, lam=1.0, keep=0.5, lr=1e-4, batch_size=64)
+
+
+def front_plus() -> Init:
+    """FRONT+ with the API's defaults for the transfer."""
+    d = front_default()
+    return Init("FRONT+ (refined source)", "front+", convention=d.convention, keep=d.keep, depth=d.depth)
 
 
 def front_default() -> Init:
@@ -195,7 +205,8 @@ def _settings(quick: bool) -> list[Setting]:
                     note="quick: GPT d64/L2 -> d32/L1"),
         ]
     return [
-        Setting("vit-shrink", "vit", "vit", vit(128, 8), vit(64, 4), "digits", "digits", 30, 10, GRID + (LEGACY,),
+        Setting("vit-shrink", "vit", "vit", vit(128, 8), vit(64, 4), "digits", "digits", 30, 10,
+                GRID + (LEGACY, front_plus()),
                 note="ViT d128/L8 -> d64/L4 (narrower and shallower)"),
         Setting("vit-grow", "vit", "vit", vit(64, 4), vit(96, 6), "digits", "digits", 25, 6,
                 unique(RANDOM, front_default(), ORTHO, NEAREST, PAPER),  # depth choice on growth too
@@ -207,7 +218,8 @@ def _settings(quick: bool) -> list[Setting]:
                 "digits", "digits", 15, 6, small_set(True), thresholds=(0.9, 0.95),
                 note="ResNet 16-32-64 x2 -> 24-48-96 x3"),
         Setting("downstream", "downstream", "vit", vit(128, 8, 5), vit(64, 4, 5), "digits0-4", "digits5-9", 30, 10,
-                small_set(False), thresholds=(0.6, 0.8), note="ViT d128/L8 on digits 0-4 -> d64/L4 on digits 5-9"),
+                small_set(False) + (front_plus(),), thresholds=(0.6, 0.8),
+                note="ViT d128/L8 on digits 0-4 -> d64/L4 on digits 5-9"),
         Setting("language", "language", "gpt", gpt(64, 4), gpt(32, 2), "docstrings", "docstrings", 15, 8, GRID,
                 batch=32, thresholds=(2.8, 2.6), steps_per_epoch=100,
                 note="GPT d64/L4 -> d32/L2, bytes of standard-library docstrings"),
@@ -513,6 +525,34 @@ def get_source(s: Setting, out: Path, log) -> tuple[torch.nn.Module, Path, dict]
     return model.eval(), onnx_path, meta
 
 
+def refined_path(s: Setting, source_onnx: Path) -> Path:
+    """Where the FRONT+-refined source of a setting is cached (next to the source)."""
+    blob = json.dumps(REFINE, sort_keys=True)
+    return source_onnx.with_name(f"{source_onnx.stem}-refined-{hashlib.sha256(blob.encode()).hexdigest()[:8]}.onnx")
+
+
+def get_refined(s: Setting, source: torch.nn.Module, source_onnx: Path, log) -> dict | None:
+    """Refine the source with FRONT+ once per setting (cached); the refinement record, or None
+    when the setting has no FRONT+ initialization."""
+    if not any(i.kind == "front+" for i in s.inits):
+        return None
+    path = refined_path(s, source_onnx)
+    meta = path.with_suffix(".json")
+    if path.exists() and meta.exists():
+        return json.loads(meta.read_text())
+    from front_onnx.torch.refine import refine_onnx
+
+    x_tr, y_tr, _, _ = task_data(s.source_task)
+    t0 = time.perf_counter()
+    rep = refine_onnx(source_onnx, [x_tr.numpy()], y_tr.numpy(), output=path, progress=False, seed=0, **REFINE)
+    secs = time.perf_counter() - t0
+    flops = 3 * forward_flops(source, example(s, s.source)) * REFINE["steps"] * REFINE["batch_size"]
+    rec = dict(params=REFINE, seconds=round(secs, 1), train_flops=flops, report=rep.to_json())
+    meta.write_text(json.dumps(rec, indent=1))
+    log(f"  FRONT+ source {path.name}: {secs:.0f} s")
+    return rec
+
+
 # ============================================================ one (setting, seed): every init
 def run_seed(s: Setting, seed: int, source: torch.nn.Module, source_onnx: Path, tmp: Path) -> dict:
     """Curves of every initialization of ``s`` for one seed: {init name: record}."""
@@ -524,13 +564,13 @@ def run_seed(s: Setting, seed: int, source: torch.nn.Module, source_onnx: Path, 
         model = make_model(s.family, s.target, seed=1000 + seed)
         info: dict = {}
         try:
-            if init.kind == "front":
+            if init.kind in ("front", "front+"):
                 if init.exporter not in target_exports:
                     target_exports[init.exporter] = export_model(
                         make_model(s.family, s.target, seed=1000 + seed), s, s.target,
                         tmp / f"target-{init.exporter}.onnx", init.exporter)
                 tpath = target_exports[init.exporter]
-                src = source_onnx
+                src = source_onnx if init.kind == "front" else refined_path(s, source_onnx)
                 if init.exporter != "dynamo":
                     src = tmp / f"source-{init.exporter}.onnx"
                     if not src.exists():
@@ -749,8 +789,13 @@ def run(quick: bool = False, seeds: int = 3, out: Path = Path("bench-out/converg
     metas = {}
     for s in chosen:
         t0 = time.perf_counter()
-        _, _, metas[s.name] = get_source(s, out, log)
+        source, source_onnx, metas[s.name] = get_source(s, out, log)
         results["timings"][f"{s.name} source"] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
+        refined = get_refined(s, source, source_onnx, log)
+        if refined is not None:
+            metas[s.name] = dict(metas[s.name], refined=refined)
+            results["timings"][f"{s.name} FRONT+ refinement"] = round(time.perf_counter() - t0, 1)
     jobs_list = [(s.name, quick, seed, str(out)) for s in chosen for seed in range(seeds)]
     runs: dict[str, dict[int, dict]] = {s.name: {} for s in chosen}
     seed_secs: dict[str, float] = {s.name: 0.0 for s in chosen}
@@ -820,6 +865,8 @@ def report(results: dict, chosen: list[Setting], metas: dict, rel_to: Path) -> s
         md.append(f"Training FLOPs per epoch: {fpe:.3g} (3 x {st['forward_flops_per_sample']:.3g} forward FLOPs "
                   f"per sample x {samples_per_epoch(s):,d} samples); FLOPs to a target = epochs to it x this.\n")
         md.append(f"![{s.name} learning curves]({os.path.relpath(st['png'], rel_to)})\n")
+        if metas[s.name].get("refined"):
+            md.append(refinement_line(metas[s.name]))
     d = defaults_table(results)
     if d:
         md += ["### Choice of defaults (grid settings)\n",
@@ -829,6 +876,19 @@ def report(results: dict, chosen: list[Setting], metas: dict, rel_to: Path) -> s
     md += [f"### Timings (seconds on this machine, {results.get('jobs', 1)} worker(s))\n", "| step | s |", "|---|---|"]
     md += [f"| {k} | {v:.0f} |" for k, v in t.items()]
     return "\n".join(md) + "\n"
+
+
+def refinement_line(meta: dict) -> str:
+    """One paragraph on the FRONT+ refinement of a setting's source: its cost and effect."""
+    r, p = meta["refined"], meta["refined"]["params"]
+    rep = r["report"]
+    return (f"FRONT+ refinement of the source (`front_onnx.torch.refine_onnx`): {p['steps']} AdamW steps (lr "
+            f"{p['lr']}, batch {p['batch_size']}, lambda {p['lam']}, penalty keep {p['keep']}), {r['seconds']:.0f} s "
+            f"and {r['train_flops']:.2g} training FLOPs (the source's own training: {meta.get('seconds', 0):.0f} s, "
+            f"{meta.get('train_flops') or 0:.2g} FLOPs). Mean out-of-band share at keep {p['keep']}: "
+            f"{rep['share_before']:.3f} -> {rep['share_after']:.3f} (element-weighted {rep['weighted_before']:.3f} -> "
+            f"{rep['weighted_after']:.3f}); source training accuracy {rep['accuracy_before']} -> "
+            f"{rep['accuracy_after']}, output drift {rep['drift']:.3f}.\n")
 
 
 BEGIN, END = "<!-- BEGIN GENERATED by benchmarks/convergence.py -->", "<!-- END GENERATED -->"
