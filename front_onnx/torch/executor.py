@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
-from front_onnx.onnx_io import OnnxModel, constant_tensor, load_model
+from front_onnx.onnx_io import OnnxModel, load_model
 
 __all__ = ["OnnxModule", "UnsupportedOpsError", "SUPPORTED_OPS"]
 
