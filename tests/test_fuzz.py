@@ -1,0 +1,299 @@
+"""Fuzzing the CLI with mutated inputs: sample ONNX files (model and external data) and a
+learngene, damaged by bit flips, truncation, overwritten bytes and field edits. Whatever the
+damage, `front-onnx` must answer with exit code 0 or 3 (never 1, an internal error, and never an
+uncaught exception), at most one line on stderr when it fails, within a bounded time and memory,
+and leave no output (nor temporary file) behind when it fails.
+
+The budget is short by default (a few seconds in `make test`); `make fuzz` sets
+FRONT_FUZZ_EXAMPLES (e.g. 2000) for a long run. Figures of the long run: docs/reliability.md.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import resource
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from front_onnx import api, cli
+
+EXAMPLES = int(os.environ.get("FRONT_FUZZ_EXAMPLES", "25"))
+CASE_SECONDS = 30          # a case running longer than this is a hang
+CASE_MEMORY = 3 << 30      # extra address space a case may take (beyond what the process holds)
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 100, database=None,
+                suppress_health_check=list(HealthCheck))
+
+
+class Hang(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def corpus(samples, tmp_path_factory):
+    """Pristine inputs: a source (inline), a target with external data, and a learngene."""
+    root = tmp_path_factory.mktemp("fuzz-corpus")
+    src = samples.get("vit", "base", "legacy", source=True)
+    tgt = samples.get("vit", "narrow", "dynamo")
+    shutil.copy(src, root / "src.onnx")
+    shutil.copy(tgt, root / "tgt.onnx")
+    shutil.copy(str(tgt) + ".data", root / "tgt.onnx.data")
+    api.extract(src, keep=0.5).save(root / "gene.safetensors")
+    return root
+
+
+def _vm_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    """The CLI in this process, with a time limit (SIGALRM) and an address-space limit."""
+    out, err = io.StringIO(), io.StringIO()
+
+    def alarm(signum, frame):
+        raise Hang(f"no answer within {CASE_SECONDS} s: {argv}")
+
+    old_handler = signal.signal(signal.SIGALRM, alarm)
+    old_limit = resource.getrlimit(resource.RLIMIT_AS)
+    limit = _vm_bytes() + CASE_MEMORY
+    if old_limit[1] != resource.RLIM_INFINITY:
+        limit = min(limit, old_limit[1])
+    resource.setrlimit(resource.RLIMIT_AS, (limit, old_limit[1]))
+    signal.alarm(CASE_SECONDS)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = cli.main(argv)
+    finally:
+        signal.alarm(0)
+        resource.setrlimit(resource.RLIMIT_AS, old_limit)
+        signal.signal(signal.SIGALRM, old_handler)
+    return rc, err.getvalue()
+
+
+# --------------------------------------------------------------------------- mutations
+
+def _bytes_mutation():
+    """A byte-level damage: (kind, parameters) applied by _damage."""
+    return st.one_of(
+        st.tuples(st.just("flip"), st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 7)),
+                                            min_size=1, max_size=8)),
+        st.tuples(st.just("truncate"), st.floats(0, 1, exclude_max=True)),
+        st.tuples(st.just("overwrite"), st.floats(0, 1, exclude_max=True), st.binary(min_size=1, max_size=16)),
+    )
+
+
+def _damage(data: bytes, mutation) -> bytes:
+    kind = mutation[0]
+    b = bytearray(data)
+    if not b:
+        return bytes(b)
+    if kind == "flip":
+        for where, bit in mutation[1]:
+            b[int(where * len(b))] ^= 1 << bit
+    elif kind == "truncate":
+        del b[int(mutation[1] * len(b)):]
+    elif kind == "overwrite":
+        at = int(mutation[1] * len(b))
+        b[at:at + len(mutation[2])] = mutation[2]
+    return bytes(b)
+
+
+_LOCATIONS = ["", "../tgt.onnx.data", "/etc/passwd", "nonexistent.data", "a\x00b", "tgt.onnx", ".",
+              "sub/../tgt.onnx.data", "C:\\x.data", "tgt.onnx.data"]
+_DIMS = [0, 1, 2, 3, -1, 7, 1 << 20, 1 << 31, 1 << 40, (1 << 63) - 1]
+
+
+def _field_mutation():
+    return st.one_of(
+        st.tuples(st.just("dims"), st.integers(0, 10_000), st.integers(0, 3), st.sampled_from(_DIMS)),
+        st.tuples(st.just("drop_dim"), st.integers(0, 10_000)),
+        st.tuples(st.just("data_type"), st.integers(0, 10_000), st.integers(-1, 30)),
+        st.tuples(st.just("location"), st.integers(0, 10_000), st.sampled_from(_LOCATIONS)),
+        st.tuples(st.just("offset"), st.integers(0, 10_000), st.sampled_from(["offset", "length"]),
+                  st.sampled_from(["-1", "0", "1", "x", "", "99999999999", "4096"])),
+        st.tuples(st.just("inline"), st.integers(0, 10_000), st.binary(max_size=64)),
+        st.tuples(st.just("rename"), st.integers(0, 10_000), st.sampled_from(["", "x", "input", "val_0"])),
+        st.tuples(st.just("drop_init"), st.integers(0, 10_000)),
+        st.tuples(st.just("node_input"), st.integers(0, 10_000), st.sampled_from(["", "missing", "val_1"])),
+        st.tuples(st.just("attr"), st.integers(0, 10_000), st.integers(-3, 1 << 31)),
+        st.tuples(st.just("opset"), st.integers(-1, 1000)),
+    )
+
+
+def _edit_model(path: Path, mutation) -> None:
+    """A field-level damage of the .onnx through the onnx API (its external data stays references)."""
+    m = onnx.load(str(path), load_external_data=False)
+    g = m.graph
+    kind, *p = mutation
+    inits = list(g.initializer)
+    t = inits[p[0] % len(inits)] if inits and p and isinstance(p[0], int) else None
+    if kind == "dims" and t is not None:
+        if t.dims:
+            t.dims[p[1] % len(t.dims)] = p[2]
+        else:
+            t.dims.append(p[2])
+    elif kind == "drop_dim" and t is not None and t.dims:
+        del t.dims[-1]
+    elif kind == "data_type" and t is not None:
+        t.data_type = p[1]
+    elif kind in ("location", "offset") and t is not None:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            t.data_location = onnx.TensorProto.EXTERNAL
+            t.ClearField("raw_data")
+        key = "location" if kind == "location" else p[1]
+        value = p[1] if kind == "location" else p[2]
+        for e in t.external_data:
+            if e.key == key:
+                e.value = value
+                break
+        else:
+            t.external_data.add(key=key, value=value)
+    elif kind == "inline" and t is not None:
+        t.data_location = onnx.TensorProto.DEFAULT
+        t.ClearField("external_data")
+        t.raw_data = p[1]
+    elif kind == "rename" and t is not None:
+        t.name = p[1]
+    elif kind == "drop_init" and t is not None:
+        g.initializer.remove(t)
+    elif kind == "node_input" and g.node:
+        n = g.node[p[0] % len(g.node)]
+        if n.input:
+            n.input[len(n.input) - 1] = p[1]
+    elif kind == "attr" and g.node:
+        nodes = [n for n in g.node if n.attribute]
+        if nodes:
+            a = nodes[p[0] % len(nodes)].attribute[0]
+            if a.type == onnx.AttributeProto.INT:
+                a.i = p[1]
+            elif a.type == onnx.AttributeProto.INTS and a.ints:
+                a.ints[0] = p[1]
+    elif kind == "opset":
+        m.opset_import[0].version = p[0]
+    path.write_bytes(m.SerializeToString())
+
+
+_JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(1 << 40), 1 << 40), st.floats(allow_nan=True),
+                         st.text(max_size=8), st.just([]), st.just({}), st.just([1, 2, 3]),
+                         st.just({"__reduce__": "os.system", "py/object": "os.system"}))
+
+
+def _gene_mutation():
+    return st.tuples(st.sampled_from(["set", "delete", "template_set", "template_delete", "drop_tensor"]),
+                     st.integers(0, 10_000), st.integers(0, 10_000), _JSON_VALUES)
+
+
+def _edit_gene(path: Path, mutation) -> None:
+    """A JSON metadata edit of a learngene (the safetensors header is rewritten consistently)."""
+    from safetensors.numpy import load, save
+
+    kind, i, j, value = mutation
+    raw = path.read_bytes()
+    arrays = load(raw)
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    meta = json.loads(header["__metadata__"]["front_onnx"])
+    keys = sorted(meta)
+    if kind == "set":
+        meta[keys[i % len(keys)]] = value
+    elif kind == "delete":
+        del meta[keys[i % len(keys)]]
+    elif kind in ("template_set", "template_delete") and meta["templates"]:
+        tm = meta["templates"][i % len(meta["templates"])]
+        k = sorted(tm)[j % len(tm)]
+        if kind == "template_set":
+            if isinstance(tm[k], list) and tm[k] and isinstance(value, int):
+                tm[k][j % len(tm[k])] = value
+            else:
+                tm[k] = value
+        else:
+            del tm[k]
+    elif kind == "drop_tensor":
+        names = sorted(arrays)
+        del arrays[names[i % len(names)]]
+    path.write_bytes(save(arrays, metadata={"front_onnx": json.dumps(meta)}))
+
+
+# --------------------------------------------------------------------------- the check
+
+def _check(case: Path, argv: list[str], before: set[str]) -> None:
+    out = case / "out.onnx"
+    rc, err = run_cli(argv + ["-o", str(out), "--no-validate", "-q"])
+    lines = err.strip().splitlines()
+    assert rc in (0, 3), f"exit {rc}: {err}"
+    assert "internal error" not in err and "Traceback" not in err, err
+    if rc == 0:
+        assert out.exists()
+        return
+    assert len(lines) == 1 and lines[0].startswith("front-onnx: error: "), err
+    assert set(os.listdir(case)) == before, f"left behind: {set(os.listdir(case)) - before}"
+
+
+def _case_dir(corpus: Path) -> Path:
+    case = Path(tempfile.mkdtemp(prefix="case-", dir=corpus.parent))
+    for f in corpus.iterdir():
+        shutil.copy(f, case / f.name)
+    return case
+
+
+@FUZZ
+@given(which=st.sampled_from(["tgt.onnx", "tgt.onnx.data", "src.onnx"]), mutation=_bytes_mutation())
+def test_fuzz_bytes(corpus, which, mutation):
+    case = _case_dir(corpus)
+    try:
+        f = case / which
+        f.write_bytes(_damage(f.read_bytes(), mutation))
+        _check(case, ["transfer", str(case / "src.onnx"), str(case / "tgt.onnx"), "--keep", "0.5"],
+               set(os.listdir(case)))
+    finally:
+        shutil.rmtree(case)
+
+
+@FUZZ
+@given(which=st.sampled_from(["tgt.onnx", "src.onnx"]), mutation=_field_mutation())
+def test_fuzz_fields(corpus, which, mutation):
+    case = _case_dir(corpus)
+    try:
+        _edit_model(case / which, mutation)
+        _check(case, ["transfer", str(case / "src.onnx"), str(case / "tgt.onnx"), "--keep", "0.5"],
+               set(os.listdir(case)))
+    finally:
+        shutil.rmtree(case)
+
+
+@FUZZ
+@given(mutation=st.one_of(st.tuples(st.just("bytes"), _bytes_mutation()), st.tuples(st.just("json"), _gene_mutation())))
+def test_fuzz_learngene(corpus, mutation):
+    case = _case_dir(corpus)
+    try:
+        gene = case / "gene.safetensors"
+        if mutation[0] == "bytes":
+            gene.write_bytes(_damage(gene.read_bytes(), mutation[1]))
+        else:
+            _edit_gene(gene, mutation[1])
+        _check(case, ["init", str(case / "tgt.onnx"), "--learngene", str(gene)], set(os.listdir(case)))
+    finally:
+        shutil.rmtree(case)
+
+
+def test_fuzz_guard_catches_hangs():
+    """The per-case time limit works (a hang is reported, not waited for)."""
+    import time
+
+    global CASE_SECONDS
+    saved = CASE_SECONDS
+    CASE_SECONDS = 1
+    try:
+        with pytest.raises(Hang):
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(cli, "main", lambda argv: time.sleep(5))
+                run_cli([])
+    finally:
+        CASE_SECONDS = saved
