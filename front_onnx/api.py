@@ -14,7 +14,7 @@ from front_onnx.extraction import analyze, extract_learngene
 from front_onnx.inspection import InspectReport, build_report
 from front_onnx.materialize import slot_values, target_shapes, write_initialized
 from front_onnx.learngene import Learngene
-from front_onnx.onnx_io import OnnxModel, external_data_files, load_model
+from front_onnx.onnx_io import OnnxModel, check_tensors, external_data_files, load_model
 from front_onnx.planning import Plan, make_plan
 from front_onnx.validation import ValidationReport, validate as _validate
 
@@ -61,7 +61,11 @@ class InitResult:
 
 
 def _model(m: str | Path | OnnxModel) -> OnnxModel:
-    return m if isinstance(m, OnnxModel) else load_model(m)
+    """A loaded model whose every initializer declaration was checked against its data
+    (sizes, lengths, external files) before anything is read: OnnxFileError otherwise."""
+    model = m if isinstance(m, OnnxModel) else load_model(m)
+    check_tensors(model)
+    return model
 
 
 def _learngene(g: str | Path | Learngene) -> Learngene:
@@ -70,9 +74,11 @@ def _learngene(g: str | Path | Learngene) -> Learngene:
 
 @_all_cores
 def extract(source: str | Path | OnnxModel, *, keep: float = DEFAULT_KEEP,
-            convention: str = DEFAULT_CONVENTION) -> Learngene:
-    """The learngene of a source ONNX model."""
-    return extract_learngene(_model(source), keep=keep, convention=convention)
+            convention: str = DEFAULT_CONVENTION, allow_nonfinite: bool = False) -> Learngene:
+    """The learngene of a source ONNX model. NaN/Inf in the source weights raise
+    OnnxFileError unless ``allow_nonfinite`` (those templates are then skipped and listed
+    in ``Learngene.skipped``)."""
+    return extract_learngene(_model(source), keep=keep, convention=convention, allow_nonfinite=allow_nonfinite)
 
 
 def plan(source: str | Path | OnnxModel | Learngene, target: str | Path | OnnxModel, *,
@@ -115,16 +121,19 @@ def initialize(target: str | Path | OnnxModel, learngene: str | Path | Learngene
     gene = _learngene(learngene)
     t = _model(target)
     _check_output(Path(output), _input_files(t))
-    result = _initialize(t, gene, Path(output), t0, report, external_data, analyze(t), depth)
+    label = str(learngene) if not isinstance(learngene, Learngene) else (gene.source or "the learngene")
+    result = _initialize(t, gene, Path(output), t0, report, external_data, analyze(t), depth, label=label)
     if validate:
         _validate_output(result, t, None, device, strict, keep_invalid, compare=False)
     return result
 
 
 def _initialize(t: OnnxModel, gene: Learngene, output: Path, t0: float, report: str | Path | None,
-                external_data: bool | None, analysis, depth: str, release: bool = False) -> InitResult:
+                external_data: bool | None, analysis, depth: str, release: bool = False,
+                label: str = "") -> InitResult:
     gs, st = analysis
     p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth)
+    _check_overlap(p, st, t, label or gene.source or "the source")
     dtypes = {name: t.dtype(name) for name in {s.initializer for s in gs.slots}}
     values = slot_values(gene, gs, st, p, dtypes, depth, release=release)  # release: gene is transfer's own
     info = write_initialized(t, gs, values, output, external_data=external_data)
@@ -136,12 +145,31 @@ def _initialize(t: OnnxModel, gene: Learngene, output: Path, t0: float, report: 
     return result
 
 
+def _check_overlap(p: Plan, st, t: OnnxModel, source: str) -> None:
+    """Refuse (FrontError) a target nothing can be written into: no float weights, no slot
+    written, or a target with repeated stages none of which is fed (only loose layers such
+    as a head match: the structures share nothing). A partial overlap stays allowed."""
+    if not any(s.role is not None for s in p.slots):
+        raise FrontError(f"{t.path}: no float weights found in the target graph (nothing to initialize)")
+    where = (f"; first divergence: {p.divergence[0]}" if p.divergence else
+             f"; {p.left[0].initializer}: {p.left[0].reason}" if p.left else "")
+    if not p.written:
+        raise FrontError(f"{t.path}: no target weight can be written from {source} (structures of "
+                         f"different families?){where}")
+    stages = {k for k, tpl in st.templates.items() if tpl.stage}
+    if stages and not any(s.template in stages for s in p.written):
+        raise FrontError(f"{t.path}: the structures share nothing with {source}: none of the target's repeated "
+                         f"stages has a source counterpart{where}")
+
+
 @_all_cores
 def transfer(source: str | Path | OnnxModel, target: str | Path | OnnxModel, output: str | Path, *,
              keep: float = DEFAULT_KEEP, convention: str = DEFAULT_CONVENTION, report: str | Path | None = None,
              external_data: bool | None = None, validate: bool = False, device: str = "auto",
-             strict: bool = False, keep_invalid: bool = False, depth: str = DEFAULT_DEPTH) -> InitResult:
+             strict: bool = False, keep_invalid: bool = False, depth: str = DEFAULT_DEPTH,
+             allow_nonfinite: bool = False) -> InitResult:
     """``extract`` + ``initialize`` in memory; byte-identical to running them one after the other.
+    ``allow_nonfinite`` as in ``extract``.
     ``validate`` as in ``initialize``, with activation scales compared with the source and,
     at keep 1 into an identical architecture, outputs that must reproduce the source's."""
     t0 = time.perf_counter()
@@ -153,10 +181,11 @@ def transfer(source: str | Path | OnnxModel, target: str | Path | OnnxModel, out
     needed = target_shapes(*analysis)
     if depth != "spectral":  # layer-domain resampling inverts at the source's depth: keep every kept layer
         needed = {k: (_ALL,) + v[1:] for k, v in needed.items()}
-    gene = extract_learngene(s, keep=keep, convention=convention, needed=needed)
+    gene = extract_learngene(s, keep=keep, convention=convention, needed=needed, allow_nonfinite=allow_nonfinite)
     source_path = s.path
     del s  # an inline source's weights need not stay in memory while the target is written
-    result = _initialize(t, gene, Path(output), t0, report, external_data, analysis, depth, release=True)
+    result = _initialize(t, gene, Path(output), t0, report, external_data, analysis, depth, release=True,
+                         label=str(source_path))
     if validate:
         _validate_output(result, t, source_path, device, strict, keep_invalid, compare=None if keep == 1.0 else False)
     return result

@@ -1,7 +1,9 @@
 """The ``front-onnx`` command: a thin layer over the Python API.
 
 Exit codes: 0 success; 1 unexpected internal error; 2 bad command line; 3 bad input
-(unreadable or invalid model / learngene, output that would overwrite an input);
+(unreadable or invalid model / learngene, unsafe external data, NaN/Inf source weights,
+no float weights, source and target that share nothing, output that would overwrite an
+input; docs/cli.md lists them);
 4 validation failed; 5 the requested device (--device cuda) cannot be used.
 """
 from __future__ import annotations
@@ -65,6 +67,11 @@ def _add_validation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help="activation-scale warnings fail validation")
 
 
+def _add_nonfinite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="skip source templates whose weights hold NaN/Inf (reported) instead of refusing the source")
+
+
 def _dim(s: str) -> tuple[str, int]:
     name, _, size = s.partition("=")
     if not name or not size.isdigit() or int(size) < 1:
@@ -84,11 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spectral(p)
     _add_output(p)
     _add_depth(p)
+    _add_nonfinite(p)
 
     p = sub.add_parser("extract", help="write a source's learngene (safetensors + JSON metadata)")
     p.add_argument("source", type=Path)
     p.add_argument("-o", "--output", required=True, type=Path, help="learngene file (.safetensors)")
     _add_spectral(p)
+    _add_nonfinite(p)
     p.add_argument("-q", "--quiet", action="store_true")
 
     p = sub.add_parser("init", help="initialize a target from a learngene file")
@@ -178,17 +187,21 @@ def _external(v: str) -> bool | None:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "transfer":
         r = api.transfer(args.source, args.target, args.output, keep=args.keep, convention=args.convention,
-                         report=args.report, external_data=_external(args.external_data), **_vargs(args))
+                         report=args.report, external_data=_external(args.external_data),
+                         allow_nonfinite=args.allow_nonfinite, **_vargs(args))
         if not args.quiet:
             _print_result(r)
     elif args.command == "extract":
-        gene = api.extract(args.source, keep=args.keep, convention=args.convention)
+        gene = api.extract(args.source, keep=args.keep, convention=args.convention,
+                           allow_nonfinite=args.allow_nonfinite)
         gene.save(args.output)
         if not args.quiet:
             n = sum(t.coefficients.size for t in gene.templates.values())
             print(f"{args.output}: {len(gene.templates)} templates, {n} coefficients "
                   f"(keep {gene.keep}, convention {gene.convention})"
                   + (f"; {len(gene.skipped)} skipped" if gene.skipped else ""))
+            for key, why in sorted(gene.skipped.items()):
+                print(f"skipped {key}: {why}")
     elif args.command == "init":
         r = api.initialize(args.target, args.learngene, args.output, report=args.report,
                            external_data=_external(args.external_data), **_vargs(args))

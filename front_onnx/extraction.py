@@ -10,7 +10,7 @@ import numpy as np
 from front_onnx import spectral
 from front_onnx.graph import FEATURE, SPATIAL, GraphSlots, analyze_slots
 from front_onnx.learngene import GeneTemplate, Learngene
-from front_onnx.onnx_io import OnnxModel
+from front_onnx.onnx_io import OnnxFileError, OnnxModel
 from front_onnx.structure import Structure, Template, find_structure
 
 TRANSFORMED = (FEATURE, SPATIAL)
@@ -64,22 +64,30 @@ def file_sha256(path: Path) -> str:
 
 def extract_learngene(model: OnnxModel, keep: float = 1.0, convention: str = "ortho",
                       structure: tuple[GraphSlots, Structure] | None = None,
-                      needed: dict[str, tuple[int, ...]] | None = None) -> Learngene:
+                      needed: dict[str, tuple[int, ...]] | None = None,
+                      allow_nonfinite: bool = False) -> Learngene:
     """The learngene of a source model: per template, standardize each block's tensor,
     DCT along depth and feature axes, keep the low-frequency corner.
 
     ``needed`` (template key -> the target's [depth, *shape]) is what an in-memory transfer
     passes: only those templates are extracted, and only the part of each corner the target
     reads is computed. Initializing from it gives the same bytes as from the full learngene
-    (the DCT is separable and runs in a fixed axis order), but it cannot be saved."""
+    (the DCT is separable and runs in a fixed axis order), but it cannot be saved.
+
+    A source without float weights is refused (OnnxFileError). So are NaN or Inf in the
+    weights a template reads, naming the initializers, unless ``allow_nonfinite``: then
+    those templates are skipped and listed in ``Learngene.skipped`` with the reason."""
     from front_onnx import __version__
 
     if convention not in spectral.CONVENTIONS:
         raise ValueError(f"unknown scale convention {convention!r} (choose from {', '.join(spectral.CONVENTIONS)})")
     spectral.kept_length(1, keep)  # validates keep
     gs, st = structure or analyze(model)
+    if not any(sl.role is not None for sl in gs.slots):
+        raise OnnxFileError(f"{model.path}: no float weights found in the graph (nothing to extract)")
     templates: dict[str, GeneTemplate] = {}
     skipped: dict[str, str] = {}
+    nonfinite: dict[str, list[str]] = {}  # template key -> initializers holding NaN/Inf
     for key in sorted(st.templates):
         if needed is not None and key not in needed:
             continue
@@ -95,18 +103,38 @@ def extract_learngene(model: OnnxModel, keep: float = 1.0, convention: str = "or
         try:
             coef, means, stds = template_corner(model, gs, tpl, lengths, transformed_axes(kinds), convention, store)
         except ValueError:
-            skipped[key] = "non-finite values in the source weights"
+            bad = _nonfinite_initializers(model, gs, tpl)
+            if not bad:
+                raise
+            nonfinite[key] = bad
+            skipped[key] = f"non-finite values (NaN/Inf) in the source weights {', '.join(bad)}"
             continue
         templates[key] = GeneTemplate(
             key=key, stage=tpl.stage, role=tpl.role, layout=first.layout.name, kinds=kinds,
             shape=shape, depth=len(tpl.blocks), dtype=str(model.dtype(first.initializer)), coefficients=coef,
             means=means, stds=stds, kept=kept)
+    if nonfinite and not allow_nonfinite:
+        names = sorted({n for v in nonfinite.values() for n in v})
+        shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise OnnxFileError(f"{model.path}: non-finite values (NaN/Inf) in source weights {shown}; refused "
+                            "(allow_nonfinite / --allow-nonfinite skips them and reports the weights left)")
     # a partial learngene cannot be saved, so nothing reads its source hash: skip hashing
     # the whole source file (seconds for a multi-GB model)
     return Learngene(templates, float(keep), convention, source=model.path.name,
                      source_sha256="" if needed is not None else file_sha256(model.path),
                      tool_version=__version__, skipped=skipped,
                      partial=needed is not None, structure=[asdict(seg) for seg in st.segments])
+
+
+def _nonfinite_initializers(model: OnnxModel, gs: GraphSlots, tpl: Template) -> list[str]:
+    """The initializers of a template's blocks that hold NaN or Inf (read one at a time)."""
+    out = []
+    for block in tpl.blocks:
+        name = gs.slots[block[0]].initializer
+        a = np.asarray(model.array(name))
+        if a.dtype.kind not in "biu" and not np.all(np.isfinite(a.astype(np.float64, copy=False))):
+            out.append(name)
+    return sorted(set(out))
 
 
 def template_corner(model: OnnxModel, gs: GraphSlots, tpl: Template, lengths: tuple[int, ...],

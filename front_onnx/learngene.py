@@ -5,6 +5,7 @@ needs neither the source model nor torch. Format: docs/learngene-format.md.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -20,6 +21,17 @@ FORMAT_VERSION = 1
 
 class LearngeneError(Exception):
     """A learngene file that cannot be used (one line naming the file and the problem)."""
+
+
+def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over the arrays by name (name, dtype, shape, bytes), independent of the file's
+    layout: stored as ``arrays_sha256`` so that a flipped bit in the data is caught."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{list(a.shape)}|".encode())
+        h.update(memoryview(a.reshape(-1).view(np.uint8)))
+    return h.hexdigest()
 
 
 @dataclass
@@ -88,7 +100,8 @@ class Learngene:
             tensors[f"t{i}.coefficients"] = np.ascontiguousarray(t.coefficients)
             tensors[f"t{i}.means"] = np.ascontiguousarray(t.means, dtype=np.float64)
             tensors[f"t{i}.stds"] = np.ascontiguousarray(t.stds, dtype=np.float64)
-        data = save(tensors, metadata={"front_onnx": json.dumps(self.metadata(), sort_keys=True)})
+        meta = {**self.metadata(), "arrays_sha256": arrays_sha256(tensors)}
+        data = save(tensors, metadata={"front_onnx": json.dumps(meta, sort_keys=True)})
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
@@ -127,6 +140,9 @@ class Learngene:
         if meta.get("format_version") != FORMAT_VERSION:
             raise LearngeneError(f"{path}: learngene format version {meta.get('format_version')!r} is not "
                                  f"supported (this front-onnx reads version {FORMAT_VERSION})")
+        digest = meta.get("arrays_sha256")
+        if digest is not None and digest != arrays_sha256(arrays):
+            raise LearngeneError(f"{path}: corrupted learngene (its arrays do not match the stored checksum)")
         try:
             templates: dict[str, GeneTemplate] = {}
             for i, tm in enumerate(meta["templates"]):
@@ -144,8 +160,13 @@ class Learngene:
                 templates[t.key] = t
             keep = float(meta["keep"])
             convention = str(meta["convention"])
+            if not 0.0 < keep <= 1.0:
+                raise ValueError(f"keep {keep} is not in (0, 1]")
+            skipped, structure = meta.get("skipped", {}), meta.get("structure", [])
+            if not isinstance(skipped, dict) or not isinstance(structure, list) \
+                    or not all(isinstance(s, dict) for s in structure):
+                raise ValueError("'skipped' must be an object and 'structure' a list of objects")
         except (KeyError, TypeError, ValueError) as e:
             raise LearngeneError(f"{path}: corrupted learngene ({e})") from None
         return cls(templates, keep, convention, str(meta.get("source", "")), str(meta.get("source_sha256", "")),
-                   str(meta.get("tool_version", "")), dict(meta.get("skipped", {})),
-                   structure=list(meta.get("structure", [])))
+                   str(meta.get("tool_version", "")), dict(skipped), structure=list(structure))

@@ -48,7 +48,9 @@ __all__ = [
     "save_model",
     "tensor_nbytes",
     "external_data_files",
+    "check_tensors",
     "AUTO_EXTERNAL_LIMIT",
+    "MAX_TENSOR_BYTES",
 ]
 
 #: With ``external_data=None``, output goes external above this many tensor
@@ -82,6 +84,19 @@ _DATA_FIELDS = frozenset({
 
 class OnnxFileError(Exception):
     """One-line, user-facing problem with a model file: the message names the file and the problem."""
+
+
+def _max_tensor_bytes() -> int:
+    """The largest tensor a model may declare: 64 GiB, or ``FRONT_ONNX_MAX_TENSOR_BYTES``.
+    A declaration beyond it is refused before anything is allocated or mapped."""
+    try:
+        return int(os.environ.get("FRONT_ONNX_MAX_TENSOR_BYTES", "") or MAX_TENSOR_BYTES)
+    except ValueError:
+        return MAX_TENSOR_BYTES
+
+
+#: Default limit on one tensor's declared size (see ``_max_tensor_bytes``).
+MAX_TENSOR_BYTES = 64 << 30
 
 
 # --------------------------------------------------------------------------- #
@@ -128,6 +143,65 @@ def tensor_nbytes(t: TensorProto) -> int:
     if t.data_type == TensorProto.STRING:
         return sum(len(s) for s in t.string_data)
     return _storage_nbytes(t.data_type, _count(t.dims))
+
+
+def _declared_nbytes(t: TensorProto, where: str) -> int:
+    """Bytes the tensor's dims and element type declare, refused (OnnxFileError) when a dim
+    is negative, the type is unknown or the size is beyond the per-tensor limit."""
+    try:
+        count = _count(t.dims)
+        nbytes = tensor_nbytes(t) if t.data_type == TensorProto.STRING else _storage_nbytes(t.data_type, count)
+    except ValueError as e:
+        raise OnnxFileError(f"{where}: {e}") from None
+    limit = _max_tensor_bytes()
+    if nbytes > limit:
+        raise OnnxFileError(
+            f"{where}: declared shape {list(t.dims)} of {_elem_type_name(t.data_type)} would need {nbytes} bytes, "
+            f"over the limit of {limit} bytes per tensor (refused before reading; "
+            "FRONT_ONNX_MAX_TENSOR_BYTES raises it)")
+    return nbytes
+
+
+def _typed_length(t: TensorProto, count: int) -> tuple[str, int] | None:
+    """(field, expected number of values) of a tensor stored in a typed field, or None when
+    the element type has no simple rule (packed, string)."""
+    if t.data_type in _PACKED_BITS or t.data_type == TensorProto.STRING:
+        return None
+    try:
+        name = helper.tensor_dtype_to_field(t.data_type)
+    except (KeyError, ValueError, TypeError):
+        return None
+    per = 2 if t.data_type in (TensorProto.COMPLEX64, TensorProto.COMPLEX128) else 1
+    return name, count * per
+
+
+def check_tensors(model: "OnnxModel") -> None:
+    """Check every main-graph initializer's declaration against its data without reading
+    the data: size within the limit, raw_data / typed-field length, external data location,
+    length and file size. Raises OnnxFileError naming the file, tensor and problem."""
+    for t in model.proto.graph.initializer:
+        where = f"{model.path}: tensor {t.name!r}"
+        if t.HasField("segment"):
+            raise OnnxFileError(f"{where}: segmented tensors are not supported")
+        if t.data_type == TensorProto.UNDEFINED:
+            raise OnnxFileError(f"{where}: element type UNDEFINED")
+        nbytes = _declared_nbytes(t, where)
+        if _uses_external(t):
+            _external_span(t, model.path)
+        elif t.HasField("raw_data"):
+            if t.data_type != TensorProto.STRING and len(t.raw_data) != nbytes:
+                raise OnnxFileError(
+                    f"{where}: declared shape {list(t.dims)} of {_elem_type_name(t.data_type)} needs {nbytes} "
+                    f"bytes but raw_data has {len(t.raw_data)}")
+        else:
+            typed = _typed_length(t, _count(t.dims))
+            if typed is not None:
+                name, want = typed
+                have = len(getattr(t, name))
+                if have != want:
+                    raise OnnxFileError(
+                        f"{where}: declared shape {list(t.dims)} of {_elem_type_name(t.data_type)} needs {want} "
+                        f"values but {name} has {have}")
 
 
 def _parse_elem_type(dt: Any) -> int:
@@ -264,10 +338,7 @@ def _external_span(t: TensorProto, model_path: Path) -> tuple[Path, int, int]:
         raise OnnxFileError(f"{where}: bad external data offset/length {entries}") from None
     if offset < 0 or (length is not None and length < 0):
         raise OnnxFileError(f"{where}: negative external data offset/length {entries}")
-    try:
-        nbytes = tensor_nbytes(t)
-    except ValueError as e:
-        raise OnnxFileError(f"{where}: {e}") from None
+    nbytes = _declared_nbytes(t, where)
     if length is not None and length != nbytes:
         raise OnnxFileError(
             f"{where}: declared shape {list(t.dims)} of {_elem_type_name(t.data_type)} needs {nbytes} bytes "
@@ -324,6 +395,7 @@ def _tensor_array(t: TensorProto, model_path: Path) -> np.ndarray:
         count = _count(shape)
     except ValueError as e:
         raise OnnxFileError(f"{where}: {e}") from None
+    _declared_nbytes(t, where)  # refuse absurd declarations before allocating anything
     packed = t.data_type in _PACKED_BITS
 
     if _uses_external(t):
@@ -352,6 +424,11 @@ def _tensor_array(t: TensorProto, model_path: Path) -> np.ndarray:
         return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
 
     # Typed fields (float_data, int32_data for fp16/bf16, int64_data, ...).
+    typed = _typed_length(t, count)
+    if typed is not None and len(getattr(t, typed[0])) != typed[1]:
+        raise OnnxFileError(
+            f"{where}: declared shape {list(shape)} of {_elem_type_name(t.data_type)} needs {typed[1]} values "
+            f"but {typed[0]} has {len(getattr(t, typed[0]))}")
     try:
         a = numpy_helper.to_array(t)
     except (ValueError, TypeError) as e:

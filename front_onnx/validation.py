@@ -25,7 +25,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from front_onnx.graph import PASS_THROUGH
-from front_onnx.onnx_io import OnnxFileError, OnnxModel, load_model
+from front_onnx.onnx_io import OnnxFileError, OnnxModel, check_tensors, load_model
 from front_onnx.runtime import Session, open_session
 
 SCALE_RANGE = (0.1, 10.0)
@@ -379,7 +379,10 @@ def validate(model: str | Path | OnnxModel, *, reference: str | Path | OnnxModel
 
 
 def _check_files(m: OnnxModel) -> None:
-    """Touch every external tensor's span: a missing or short file raises OnnxFileError."""
+    """Check every initializer's declaration against its data (OnnxFileError for a size over
+    the limit, data that disagrees with the shape, a missing/short/escaping data file), then
+    touch every external tensor's span."""
+    check_tensors(m)
     for t in m.proto.graph.initializer:
         if t.data_location == TensorProto.EXTERNAL:
             m.array(t.name)
