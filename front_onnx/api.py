@@ -82,9 +82,11 @@ def extract(source: str | Path | OnnxModel, *, keep: float = DEFAULT_KEEP,
 
 
 def plan(source: str | Path | OnnxModel | Learngene, target: str | Path | OnnxModel, *,
-         keep: float = DEFAULT_KEEP, convention: str = DEFAULT_CONVENTION, depth: str = DEFAULT_DEPTH) -> Plan:
+         keep: float = DEFAULT_KEEP, convention: str = DEFAULT_CONVENTION, depth: str = DEFAULT_DEPTH,
+         allow_nonfinite: bool = False) -> Plan:
     """What initializing ``target`` from ``source`` (a model or a learngene) would do."""
-    gene = source if isinstance(source, Learngene) else extract(source, keep=keep, convention=convention)
+    gene = source if isinstance(source, Learngene) else extract(source, keep=keep, convention=convention,
+                                                                 allow_nonfinite=allow_nonfinite)
     t = _model(target)
     gs, st = analyze(t)
     return make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth)

@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_depth(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--all", action="store_true", help="also list scalar constants (never touched)")
+    _add_nonfinite(p)
 
     p = sub.add_parser("validate", help="check a model with onnxruntime (structure, finiteness, scale, latency)")
     p.add_argument("model", type=Path)
@@ -211,7 +212,8 @@ def _run(args: argparse.Namespace) -> int:
         source = args.source
         if source.suffix == ".safetensors":
             source = api.Learngene.load(source)
-        p = api.plan(source, args.target, keep=args.keep, convention=args.convention, depth=args.depth)
+        p = api.plan(source, args.target, keep=args.keep, convention=args.convention, depth=args.depth,
+                     allow_nonfinite=args.allow_nonfinite)
         if args.json:
             json.dump(p.to_json(), sys.stdout, indent=2)
             print()

@@ -175,7 +175,7 @@ def _typed_length(t: TensorProto, count: int) -> tuple[str, int] | None:
     return name, count * per
 
 
-def check_tensors(model: "OnnxModel") -> None:
+def check_tensors(model: OnnxModel) -> None:
     """Check every main-graph initializer's declaration against its data without reading
     the data: size within the limit, raw_data / typed-field length, external data location,
     length and file size. Raises OnnxFileError naming the file, tensor and problem."""

@@ -224,12 +224,13 @@ def _poison(src: Path, dst: Path, name_start: str, value: float) -> tuple[Path, 
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
-@pytest.mark.parametrize("command", ["transfer", "extract"])
+@pytest.mark.parametrize("command", ["transfer", "extract", "plan"])
 def test_nonfinite_source_refused(pair, tmp_path, capsys, value, command):
     bad, name = _poison(pair[0], tmp_path / "bad.onnx", "onnx::MatMul", value)
     out = tmp_path / "o.onnx"
-    argv = (["transfer", str(bad), str(pair[1]), "-o", str(out)] if command == "transfer"
-            else ["extract", str(bad), "-o", str(tmp_path / "g.safetensors")])
+    argv = {"transfer": ["transfer", str(bad), str(pair[1]), "-o", str(out)],
+            "extract": ["extract", str(bad), "-o", str(tmp_path / "g.safetensors")],
+            "plan": ["plan", str(bad), str(pair[1])]}[command]
     one_line(capsys, main(argv), EXIT_INPUT, str(bad), "non-finite values (NaN/Inf)", repr(name),
              "--allow-nonfinite")
     assert not out.exists() and not (tmp_path / "g.safetensors").exists()
@@ -249,6 +250,8 @@ def test_nonfinite_allowed_is_skipped_and_reported(pair, tmp_path, capsys):
     assert main(["extract", str(bad), "-o", str(gene), "--allow-nonfinite"]) == 0
     out_text = capsys.readouterr().out
     assert "1 skipped" in out_text and "non-finite" in out_text and name in out_text
+    assert main(["plan", str(bad), str(pair[1]), "--allow-nonfinite"]) == 0
+    assert "LEFT: non-finite values (NaN/Inf)" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------- no float weights
