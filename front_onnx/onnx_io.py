@@ -539,6 +539,27 @@ class OnnxModel:
         return tuple(int(d) for d in self.initializer(name).dims)
 
 
+def _check_text(msg, path: Path) -> None:
+    """Refuse string fields that are not valid UTF-8 (protobuf then hands out bytes, not str).
+    Tensor data is never touched: of a TensorProto only the name and external data entries."""
+    if isinstance(msg, TensorProto):
+        texts = [msg.name] + [x for e in msg.external_data for x in (e.key, e.value)]
+        children = []
+    else:
+        texts, children = [], []
+        for fd, value in msg.ListFields():
+            values = value if fd.is_repeated else [value]
+            if fd.type == fd.TYPE_STRING:
+                texts.extend(values)
+            elif fd.type == fd.TYPE_MESSAGE:
+                children.extend(values)
+    for x in texts:
+        if not isinstance(x, str):
+            raise OnnxFileError(f"{path}: not an ONNX model (a name or text field is not valid UTF-8: {x[:40]!r})")
+    for c in children:
+        _check_text(c, path)
+
+
 def load_model(path: str | Path) -> OnnxModel:
     """Parse an ONNX file (protobuf only; external tensors stay references)."""
     p = Path(os.path.abspath(os.fspath(path)))
@@ -557,6 +578,7 @@ def load_model(path: str | Path) -> OnnxModel:
         raise OnnxFileError(f"{p}: not an ONNX model ({type(e).__name__}{': ' + msg if msg else ''})") from None
     if not proto.HasField("graph") or proto.ir_version <= 0:
         raise OnnxFileError(f"{p}: not an ONNX model (no graph or IR version)")
+    _check_text(proto, p)
     seen: set[str] = set()
     for t in proto.graph.initializer:
         if t.name in seen:

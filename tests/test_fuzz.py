@@ -21,7 +21,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from front_onnx import api, cli
 
@@ -43,10 +43,17 @@ def corpus(samples, tmp_path_factory):
     src = samples.get("vit", "base", "legacy", source=True)
     tgt = samples.get("vit", "narrow", "dynamo")
     shutil.copy(src, root / "src.onnx")
-    shutil.copy(tgt, root / "tgt.onnx")
-    shutil.copy(str(tgt) + ".data", root / "tgt.onnx.data")
+    onnx.save(onnx.load(str(tgt)), str(root / "tgt.onnx"), save_as_external_data=True, location="tgt.onnx.data")
     api.extract(src, keep=0.5).save(root / "gene.safetensors")
     return root
+
+
+def test_fuzz_corpus_is_valid(corpus, tmp_path):
+    """Unmutated, the corpus transfers and initializes (so mutations start from working inputs)."""
+    for argv in (["transfer", str(corpus / "src.onnx"), str(corpus / "tgt.onnx"), "--keep", "0.5"],
+                 ["init", str(corpus / "tgt.onnx"), "--learngene", str(corpus / "gene.safetensors")]):
+        rc, err = run_cli(argv + ["-o", str(tmp_path / "o.onnx"), "-q"])
+        assert rc == 0, err
 
 
 def _vm_bytes() -> int:
@@ -227,6 +234,7 @@ def _check(case: Path, argv: list[str], before: set[str]) -> None:
     out = case / "out.onnx"
     rc, err = run_cli(argv + ["-o", str(out), "--no-validate", "-q"])
     lines = err.strip().splitlines()
+    event(f"exit {rc}")
     assert rc in (0, 3), f"exit {rc}: {err}"
     assert "internal error" not in err and "Traceback" not in err, err
     if rc == 0:
@@ -297,3 +305,33 @@ def test_fuzz_guard_catches_hangs():
                 run_cli([])
     finally:
         CASE_SECONDS = saved
+
+
+# --------------------------------------------------------------------------- findings (regressions)
+
+def test_finding_name_not_utf8(tmp_path):
+    """Fuzz finding: a bit flip inside a node name made it invalid UTF-8; protobuf handed out
+    bytes and the graph analysis crashed (exit 1). Now refused at load (exit 3)."""
+    from tests.graphs import mlp_stack
+
+    good = tmp_path / "good.onnx"
+    onnx.save(mlp_stack(8, 2, seed=0), str(good))
+    raw = good.read_bytes()
+    assert b"/blocks.0/fc1/MatMul" in raw
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(raw.replace(b"/blocks.0/fc1/MatMul", b"/blocks.0/fc1\xafMatMul"))
+    rc, err = run_cli(["transfer", str(good), str(bad), "-o", str(tmp_path / "o.onnx")])
+    assert rc == 3 and "not valid UTF-8" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("key,value", [("structure", None), ("skipped", [1]), ("keep", 0), ("keep", float("nan"))])
+def test_finding_learngene_metadata_types(corpus, tmp_path, key, value):
+    """Fuzz finding: a learngene whose 'structure' was null crashed the loader (exit 1)."""
+    gene = tmp_path / "g.safetensors"
+    shutil.copy(corpus / "gene.safetensors", gene)
+    keys = sorted(json.loads(json.loads(gene.read_bytes()[8:8 + int.from_bytes(gene.read_bytes()[:8], "little")])
+                             ["__metadata__"]["front_onnx"]))
+    _edit_gene(gene, ("set", keys.index(key), 0, value))
+    rc, err = run_cli(["init", str(corpus / "tgt.onnx"), "--learngene", str(gene), "-o", str(tmp_path / "o.onnx")])
+    assert rc == 3 and "corrupted learngene" in err, err
