@@ -579,6 +579,9 @@ def load_model(path: str | Path) -> OnnxModel:
     if not proto.HasField("graph") or proto.ir_version <= 0:
         raise OnnxFileError(f"{p}: not an ONNX model (no graph or IR version)")
     _check_text(proto, p)
+    for i, n in enumerate(proto.graph.node):
+        if not any(n.output):
+            raise OnnxFileError(f"{p}: node #{i} {n.name or ''} ({n.op_type}) has no output")
     seen: set[str] = set()
     for t in proto.graph.initializer:
         if t.name in seen:

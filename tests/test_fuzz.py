@@ -335,3 +335,18 @@ def test_finding_learngene_metadata_types(corpus, tmp_path, key, value):
     _edit_gene(gene, ("set", keys.index(key), 0, value))
     rc, err = run_cli(["init", str(corpus / "tgt.onnx"), "--learngene", str(gene), "-o", str(tmp_path / "o.onnx")])
     assert rc == 3 and "corrupted learngene" in err, err
+
+
+def test_finding_node_without_output(tmp_path):
+    """Fuzz finding: a bit flip turned a MatMul's output field into another field; the node
+    had no output and the layout analysis crashed (IndexError, exit 1). Now refused at load."""
+    from tests.graphs import mlp_stack
+
+    good = tmp_path / "good.onnx"
+    m = mlp_stack(8, 2, seed=0)
+    onnx.save(m, str(good))
+    del m.graph.node[2].output[:]
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(m.SerializeToString())
+    rc, err = run_cli(["transfer", str(good), str(bad), "-o", str(tmp_path / "o.onnx")])
+    assert rc == 3 and "has no output" in err and len(err.strip().splitlines()) == 1, err
