@@ -265,8 +265,8 @@ def test_learngene_loader_executes_no_code(gene_file, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["pickle", "extra_header_key", "dtype_object", "torch_zip"])
 def test_learngene_refuses_foreign_content(gene_file, tmp_path, kind):
-    """A pickle, a header with a foreign key or an object dtype is refused with LearngeneError
-    (or read as plain data); nothing runs."""
+    """A pickle, a torch-style zip, a header with a foreign tensor entry or an object dtype is
+    refused with LearngeneError (safetensors rejects them); nothing runs."""
     p = tmp_path / "bad.safetensors"
     if kind == "pickle":
         class Evil:
@@ -283,10 +283,6 @@ def test_learngene_refuses_foreign_content(gene_file, tmp_path, kind):
         _rewrite(gene_file, p, obj)
     else:
         p.write_bytes(b"PK\x03\x04" + pickle.dumps(os.system) + b"\x00" * 64)
-    try:
-        g = Learngene.load(p)
-    except LearngeneError as e:
-        assert str(p) in str(e)
-    else:
-        assert g.templates
+    with pytest.raises(LearngeneError, match="not a learngene file"):
+        Learngene.load(p)
     assert not (tmp_path / "pwned").exists()
