@@ -77,3 +77,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """A small MLP-stack source (width 16, 4 blocks) and target (width 8, 6 blocks)."""
+    import onnx
+
+    from tests.graphs import mlp_stack
+
+    src, tgt = tmp_path / "src.onnx", tmp_path / "tgt.onnx"
+    onnx.save(mlp_stack(16, 4, seed=0), src)
+    onnx.save(mlp_stack(8, 6, seed=1), tgt)
+    return src, tgt

@@ -5,20 +5,12 @@ import json
 import subprocess
 import sys
 
-import onnx
 import pytest
 
 from front_onnx.cli import EXIT_INPUT, EXIT_USAGE, main
 from tests.conftest import file_digests
-from tests.graphs import mlp_stack
 
 
-@pytest.fixture
-def pair(tmp_path):
-    src, tgt = tmp_path / "src.onnx", tmp_path / "tgt.onnx"
-    onnx.save(mlp_stack(16, 4, seed=0), src)
-    onnx.save(mlp_stack(8, 6, seed=1), tgt)
-    return src, tgt
 
 
 def test_transfer_and_report(pair, tmp_path, capsys):

@@ -13,15 +13,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from front_onnx.cli import EXIT_INPUT, main
-from tests.graphs import IR_VERSION, mlp_stack
+from tests.graphs import IR_VERSION
 
 
-@pytest.fixture
-def pair(tmp_path):
-    src, tgt = tmp_path / "src.onnx", tmp_path / "tgt.onnx"
-    onnx.save(mlp_stack(16, 4, seed=0), src)
-    onnx.save(mlp_stack(8, 6, seed=1), tgt)
-    return src, tgt
 
 
 def one_line(capsys, rc: int, code: int, *needles: str) -> str:

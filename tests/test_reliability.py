@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import pickle
-import shutil
 import signal
 import subprocess
 import sys

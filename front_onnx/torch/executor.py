@@ -501,12 +501,17 @@ def _slice(ex, n, xs):
     return x
 
 
+def _gather_args(n, x, idx):
+    """The axis and the indices of a Gather-like node, negative indices counted from the end."""
+    axis = _axis(n.a("axis", 0), x.dim())
+    idx = idx.long()
+    return axis, torch.where(idx < 0, idx + x.shape[axis], idx)
+
+
 @_op("Gather")
 def _gather(ex, n, xs):
     x, idx = xs
-    axis = _axis(n.a("axis", 0), x.dim())
-    idx = idx.long()
-    idx = torch.where(idx < 0, idx + x.shape[axis], idx)
+    axis, idx = _gather_args(n, x, idx)
     out = x.index_select(axis, idx.reshape(-1))
     return out.reshape((*x.shape[:axis], *idx.shape, *x.shape[axis + 1:]))
 
@@ -514,9 +519,7 @@ def _gather(ex, n, xs):
 @_op("GatherElements")
 def _gather_elements(ex, n, xs):
     x, idx = xs
-    axis = _axis(n.a("axis", 0), x.dim())
-    idx = idx.long()
-    idx = torch.where(idx < 0, idx + x.shape[axis], idx)
+    axis, idx = _gather_args(n, x, idx)
     return torch.gather(x, axis, idx)
 
 
