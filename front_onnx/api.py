@@ -244,7 +244,7 @@ def refine(source: str | Path | OnnxModel, data, labels=None, *, output: str | P
     refined weights into a copy of the same graph at ``output``; returns the
     ``RefineReport``. Needs torch (the ``torch`` extra); see ``front_onnx.torch.refine``."""
     refine_onnx = _torch_part("refine_onnx")
-    return refine_onnx(source, data, labels, steps=steps, lam=lam, keep=keep, lr=lr, batch_size=batch_size,
+    return refine_onnx(_model(source), data, labels, steps=steps, lam=lam, keep=keep, lr=lr, batch_size=batch_size,
                        output=output, progress=progress, seed=seed, weighting=weighting)
 
 

@@ -34,17 +34,22 @@ def materialize(gene: GeneTemplate, depth: int, shape: tuple[int, ...], conventi
         z = np.array(spectral.resample_layers(z, depth, depth_mode), dtype=np.float64)
     else:
         raise ValueError(f"unknown depth mode {depth_mode!r}; use one of {', '.join(spectral.DEPTH_MODES)}")
-    stat_mode = "nearest" if depth_mode == "nearest" else "linear"
-    means = spectral.resample_layers(np.asarray(gene.means, np.float64), depth, stat_mode)
-    stds = spectral.resample_layers(np.asarray(gene.stds, np.float64), depth, stat_mode)
+    means, stds, floor = _layer_stats(gene, depth, depth_mode)
     bshape = (depth,) + (1,) * len(shape)
     z *= stds.reshape(bshape)
     z += means.reshape(bshape)
-    values = z
-    if gene.role == "norm.var":  # variances must stay positive
-        floor = max(float(np.min(gene.means)) * 1e-3, 1e-6)
-        values = np.maximum(values, floor)
-    return values
+    return z if floor is None else np.maximum(z, floor)
+
+
+def _layer_stats(gene: GeneTemplate, depth: int, depth_mode: str) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """Per target block (means, stds) from the source's, mapped as the layers are ('nearest'
+    picks, the other modes interpolate over relative depth), and the floor that keeps a
+    norm's variances positive (None for other roles)."""
+    mode = "nearest" if depth_mode == "nearest" else "linear"
+    means = spectral.resample_layers(np.asarray(gene.means, np.float64), depth, mode)
+    stds = spectral.resample_layers(np.asarray(gene.stds, np.float64), depth, mode)
+    floor = max(float(np.min(gene.means)) * 1e-3, 1e-6) if gene.role == "norm.var" else None
+    return means, stds, floor
 
 
 def target_shapes(gs: GraphSlots, st: Structure) -> dict[str, tuple[int, ...]]:
@@ -92,10 +97,7 @@ def _streamed(gene: GeneTemplate, tpl: Template, gs: GraphSlots, shape: tuple[in
         c = coef[k:k + 1].astype(np.float64)
         h[k] = spectral.spectrum_to_array(c, (1,) + tuple(shape), feature, convention)[0] if feature else c[0]
         del c
-    stat_mode = "nearest" if depth_mode == "nearest" else "linear"  # as in ``materialize``
-    means = spectral.resample_layers(np.asarray(gene.means, np.float64), depth, stat_mode)
-    stds = spectral.resample_layers(np.asarray(gene.stds, np.float64), depth, stat_mode)
-    floor = max(float(np.min(gene.means)) * 1e-3, 1e-6) if gene.role == "norm.var" else None
+    means, stds, floor = _layer_stats(gene, depth, depth_mode)
     layered = depth_mode != "spectral" and depth != gene.depth   # invert at the source's depth, then pick
     for rows, z in spectral.layer_axis_chunks(h, gene.depth if layered else depth, convention, inverse=True):
         if layered:  # layer-domain resampling acts on each element's column alone: chunks are exact
@@ -118,8 +120,8 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
     """Values for every written slot (slot index -> array in the slot's stored layout and
     the dtype of its initializer, ``dtypes[name]``).
 
-    Templates go one at a time; each is inverse-transformed straight into its output arrays (``_streamed``). ``release`` drops each template from ``gene``
-    once its values exist (``transfer``'s private learngene: its coefficients are about the
+    Templates go one at a time; each is inverse-transformed straight into its output arrays
+    (``_streamed``). ``release`` drops each template from ``gene`` once its values exist (``transfer``'s private learngene: its coefficients are about the
     target's size, and the values replace them instead of adding to them)."""
     out: dict[int, np.ndarray] = {}
     for key, verdict in plan.templates.items():

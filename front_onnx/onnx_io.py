@@ -175,6 +175,15 @@ def _typed_length(t: TensorProto, count: int) -> tuple[str, int] | None:
     return name, count * per
 
 
+def _check_typed_length(t: TensorProto, count: int, where: str) -> None:
+    """Refuse a tensor stored in a typed field whose number of values disagrees with its shape."""
+    typed = _typed_length(t, count)
+    if typed is not None and len(getattr(t, typed[0])) != typed[1]:
+        raise OnnxFileError(
+            f"{where}: declared shape {list(t.dims)} of {_elem_type_name(t.data_type)} needs {typed[1]} values "
+            f"but {typed[0]} has {len(getattr(t, typed[0]))}")
+
+
 def check_tensors(model: OnnxModel) -> None:
     """Check every main-graph initializer's declaration against its data without reading
     the data: size within the limit, raw_data / typed-field length, external data location,
@@ -194,14 +203,7 @@ def check_tensors(model: OnnxModel) -> None:
                     f"{where}: declared shape {list(t.dims)} of {_elem_type_name(t.data_type)} needs {nbytes} "
                     f"bytes but raw_data has {len(t.raw_data)}")
         else:
-            typed = _typed_length(t, _count(t.dims))
-            if typed is not None:
-                name, want = typed
-                have = len(getattr(t, name))
-                if have != want:
-                    raise OnnxFileError(
-                        f"{where}: declared shape {list(t.dims)} of {_elem_type_name(t.data_type)} needs {want} "
-                        f"values but {name} has {have}")
+            _check_typed_length(t, _count(t.dims), where)
 
 
 def _parse_elem_type(dt: Any) -> int:
@@ -424,11 +426,7 @@ def _tensor_array(t: TensorProto, model_path: Path) -> np.ndarray:
         return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
 
     # Typed fields (float_data, int32_data for fp16/bf16, int64_data, ...).
-    typed = _typed_length(t, count)
-    if typed is not None and len(getattr(t, typed[0])) != typed[1]:
-        raise OnnxFileError(
-            f"{where}: declared shape {list(shape)} of {_elem_type_name(t.data_type)} needs {typed[1]} values "
-            f"but {typed[0]} has {len(getattr(t, typed[0]))}")
+    _check_typed_length(t, count, where)
     try:
         a = numpy_helper.to_array(t)
     except (ValueError, TypeError) as e:

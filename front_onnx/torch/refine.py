@@ -63,9 +63,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from front_onnx.api import FrontError
+from front_onnx.api import FrontError, _check_output, _input_files
 from front_onnx.graph import Layout, analyze_slots
-from front_onnx.onnx_io import OnnxModel, external_data_files, load_model, save_model
+from front_onnx.onnx_io import OnnxModel, load_model, save_model
 
 MATCH_TOL = 1e-4      # onnxruntime vs torch: largest relative L2 error accepted
 CHECK_ROWS = (16, 3)  # the sample batches of the onnxruntime check (two sizes: the batch axis is dynamic)
@@ -437,17 +437,6 @@ def _compare_shares(before: dict, after: dict) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- files
-def _real(p: Path) -> Path:
-    return Path(os.path.realpath(p))
-
-
-def _refuse_overwrite(output: Path, protected: set[Path]) -> None:
-    out = _real(output)
-    for p in (out, Path(str(out) + ".data")):
-        if p in protected:
-            raise FrontError(f"{output}: output would overwrite the input file {p.name}; choose another path")
-
-
 @contextlib.contextmanager
 def _quiet():
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
@@ -706,13 +695,13 @@ def refine_onnx(source: str | Path | OnnxModel, data: Any, labels: Any = None, *
     t0 = time.perf_counter()
     model = source if isinstance(source, OnnxModel) else load_model(source)
     output = Path(os.path.abspath(output))
-    protected = {_real(model.path)} | {_real(p) for p in external_data_files(model)}
+    protected = _input_files(model)
     data_what = str(data) if isinstance(data, (str, Path)) else "data"
     labels_what = str(labels) if isinstance(labels, (str, Path)) else "labels"
     for p in (data, labels):
         if isinstance(p, (str, Path)):
-            protected.add(_real(Path(p)))
-    _refuse_overwrite(output, protected)
+            protected.add(Path(os.path.realpath(p)))
+    _check_output(output, protected)
     arrays = _load_npz(Path(data)) if isinstance(data, (str, Path)) else data
     lab_arr = _load_labels(Path(labels)) if isinstance(labels, (str, Path)) else labels
 
