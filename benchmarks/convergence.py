@@ -473,10 +473,10 @@ def export_model(model: torch.nn.Module, setting: Setting, cfg, path: Path, expo
 
 def load_onnx_weights(model: torch.nn.Module, onnx_path: Path) -> list[str]:
     """Load the weights of ``onnx_path`` (front-onnx's output) into ``model`` (the torch
-    architecture it was exported from), by ``front_onnx.weights.named_weights``. Entries
+    architecture it was exported from), by ``front_onnx.analysis.naming.named_weights``. Entries
     the graph does not hold (BatchNorm statistics folded away by the exporter) keep the
     model's own values; their names are returned."""
-    from front_onnx.weights import named_weights
+    from front_onnx.analysis.naming import named_weights
 
     tensors = named_weights(onnx_path).tensors
     sd = model.state_dict()

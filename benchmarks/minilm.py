@@ -23,7 +23,7 @@ API (imported by ``benchmarks/convergence.py``)::
     export_bert(model, path, exporter="dynamo")          ONNX, input_ids/attention_mask int64
     front_init(student, teacher_onnx, workdir, **transfer_kwargs) -> (InitResult, info)
                                      export the student, front_onnx.api.transfer, load back
-    load_onnx_weights(student, onnx_path)                ONNX weights -> state_dict (front_onnx.weights)
+    load_onnx_weights(student, onnx_path)                ONNX weights -> state_dict (front_onnx.analysis.naming)
     GeometryTask(...).train(student, steps, lr, seed, eval_at=...) -> [(step, spearman)]
     SHRINK / GROW, LR                the two targets ({"width", "layers"}) and their AdamW lr
     time_steps(task, cfg) -> s/step
@@ -473,10 +473,10 @@ def check_export(model: Bert, path: str | Path, ids: torch.Tensor | None = None,
 # --------------------------------------------------------------------------- ONNX -> torch
 def load_onnx_weights(model: Bert, path: str | Path) -> dict[str, list[str]]:
     """Load an ONNX export of ``model`` (typically a front-onnx output) back into it, via
-    ``front_onnx.weights.named_weights`` (torch names, torch layout). Returns
+    ``front_onnx.analysis.naming.named_weights`` (torch names, torch layout). Returns
     {"loaded": names, "kept": parameters the file did not name (they keep their values),
     "unnamed": weights of the file without a name}."""
-    from front_onnx.weights import named_weights
+    from front_onnx.analysis.naming import named_weights
 
     nw = named_weights(path)
     state = model.state_dict()

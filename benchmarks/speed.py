@@ -234,7 +234,8 @@ def _profiled_transfer(src: str, tgt: str, out: str) -> list[dict]:
     """front_onnx.transfer with its internal steps timed: every known step function that
     front_onnx.api imports is wrapped, so the breakdown follows the code as it is."""
     import front_onnx
-    from front_onnx import api, extraction
+    from front_onnx import api
+    from front_onnx.method import extraction
 
     rows: list[dict] = []
     depth = [0]

@@ -205,11 +205,12 @@ def _phases(src: str, tgt: str, out: str) -> dict:
     """transfer() step by step (mirrors front_onnx.api.transfer/initialize), with time and
     memory per step. Uses internal functions; if they moved, says so instead of failing."""
     try:
-        from front_onnx.extraction import analyze, extract_learngene, file_sha256
-        from front_onnx.materialize import slot_values, write_initialized
-        from front_onnx.onnx_io import load_model
+        from front_onnx.analysis import analyze
+        from front_onnx.method.extraction import extract_learngene, file_sha256
+        from front_onnx.method.materialize import slot_values, write_initialized
+        from front_onnx.onnxio import load_model
         from front_onnx.api import DEFAULT_DEPTH
-        from front_onnx.planning import make_plan
+        from front_onnx.method.planning import make_plan
     except ImportError as e:
         return {"call_s": 0.0, "phases_error": f"internals changed ({e}); phase breakdown skipped"}
     rows = []

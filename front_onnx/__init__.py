@@ -2,16 +2,35 @@
 
 A trained source model's low-frequency weight spectrum (its learngene) initializes a
 target ONNX model of another width and depth, without training.
-"""
-__version__ = "0.1.0"
 
-from front_onnx.api import (FrontError, InitResult, ValidationFailed, extract, initialize, inspect,  # noqa: E402
-                            plan, refine, refine_module, transfer, validate, weights)
-from front_onnx.inspection import InspectReport  # noqa: E402
-from front_onnx.validation import ValidationReport  # noqa: E402
-from front_onnx.learngene import Learngene, LearngeneError  # noqa: E402
-from front_onnx.onnx_io import OnnxFileError  # noqa: E402
+The package in layers, bottom to top (docs/architecture.md): ``errors``/``outputs``,
+``numeric`` (no ONNX), ``onnxio`` (no FRONT), ``analysis``, ``method``, ``validation``,
+``torch`` (optional), then ``api`` and the ``cli``. Imports only run downward.
+"""
+from front_onnx._version import __version__
+from front_onnx.analysis.inspection import InspectReport
+from front_onnx.api import (
+                            InitResult,
+                            extract,
+                            initialize,
+                            inspect,
+                            plan,
+                            refine,
+                            refine_module,
+                            transfer,
+                            validate,
+                            weights,
+)
+from front_onnx.errors import (
+                            FrontError,
+                            LearngeneError,
+                            OnnxFileError,
+                            OutputRefused,
+                            ValidationFailed,
+)
+from front_onnx.method.learngene import Learngene
+from front_onnx.validation.checks import ValidationReport
 
 __all__ = ["extract", "initialize", "plan", "transfer", "Learngene", "LearngeneError", "OnnxFileError",
-           "FrontError", "InitResult", "validate", "ValidationReport", "ValidationFailed", "inspect", "InspectReport",
-           "weights", "refine", "refine_module", "__version__"]
+           "FrontError", "OutputRefused", "InitResult", "validate", "ValidationReport", "ValidationFailed",
+           "inspect", "InspectReport", "weights", "refine", "refine_module", "__version__"]

@@ -1,4 +1,9 @@
-"""The Python API: extract, plan, initialize, transfer, validate, inspect (the CLI is a thin layer over it)."""
+"""The Python API: extract, plan, initialize, transfer, validate, inspect, weights, refine.
+
+Each function reads its inputs, refuses outputs that would overwrite them (before any
+work; ``front_onnx.outputs.guard``), runs the layers below and writes atomically. The
+CLI is a thin layer over these functions.
+"""
 from __future__ import annotations
 
 import functools
@@ -7,21 +12,34 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
+import numpy as np
 import scipy.fft
 
-from front_onnx.extraction import analyze, extract_learngene
-from front_onnx.inspection import InspectReport, build_report
-from front_onnx.materialize import slot_values, target_shapes, write_initialized
-from front_onnx.learngene import Learngene
-from front_onnx.onnx_io import OnnxModel, check_tensors, external_data_files, load_model
-from front_onnx.planning import Plan, make_plan
-from front_onnx.validation import ValidationReport, validate as _validate
+from front_onnx.analysis import analyze
+from front_onnx.analysis.inspection import InspectReport, build_report
+from front_onnx.analysis.naming import NamedWeights, named_weights
+from front_onnx.errors import FrontError, ValidationFailed
+from front_onnx.method.extraction import extract_learngene
+from front_onnx.method.learngene import Learngene
+from front_onnx.method.materialize import needed_shapes, slot_values, write_initialized
+from front_onnx.method.planning import Plan, check_overlap, make_plan
+from front_onnx.onnxio import OnnxModel, check_tensors, load_model, model_files
+from front_onnx.outputs import data_companion, guard, write_bytes, write_text
+from front_onnx.validation.checks import ValidationReport
+from front_onnx.validation.checks import validate as _validate
+
+__all__ = ["extract", "plan", "initialize", "transfer", "validate", "inspect", "weights", "refine",
+           "refine_module", "InitResult", "FrontError", "ValidationFailed", "DEFAULT_KEEP",
+           "DEFAULT_CONVENTION", "DEFAULT_DEPTH", "LEARNGENE_SUFFIX", "load_arrays"]
 
 DEFAULT_KEEP = 1.0          # the defaults are the convergence benchmark's best (docs/results.md)
 DEFAULT_CONVENTION = "ortho"
 DEFAULT_DEPTH = "nearest"     # measured best (docs/results.md)
-_ALL = 1 << 62  # "every coefficient" in a ``needed`` shape
+LEARNGENE_SUFFIX = ".safetensors"  # a source path with this suffix is a learngene, not a model
+
+PathLike = str | Path
 
 
 def _all_cores(fn):
@@ -31,18 +49,6 @@ def _all_cores(fn):
         with scipy.fft.set_workers(os.cpu_count() or 1):
             return fn(*args, **kwargs)
     return wrapper
-
-
-class FrontError(Exception):
-    """A user-facing problem (one line, names the file)."""
-
-
-class ValidationFailed(FrontError):
-    """An initialized model failed a hard validation check; ``report`` says which."""
-
-    def __init__(self, message: str, report: ValidationReport) -> None:
-        super().__init__(message)
-        self.report = report
 
 
 @dataclass
@@ -60,7 +66,7 @@ class InitResult:
                 f"{self.seconds:.2f} s")
 
 
-def _model(m: str | Path | OnnxModel) -> OnnxModel:
+def _model(m: PathLike | OnnxModel) -> OnnxModel:
     """A loaded model whose every initializer declaration was checked against its data
     (sizes, lengths, external files) before anything is read: OnnxFileError otherwise."""
     model = m if isinstance(m, OnnxModel) else load_model(m)
@@ -68,23 +74,54 @@ def _model(m: str | Path | OnnxModel) -> OnnxModel:
     return model
 
 
-def _learngene(g: str | Path | Learngene) -> Learngene:
+def _learngene(g: PathLike | Learngene) -> Learngene:
     return g if isinstance(g, Learngene) else Learngene.load(g)
 
 
+def _files(*things: Any) -> list[Path]:
+    """The files a command reads: every model's files, and every path given as such."""
+    out: list[Path] = []
+    for x in things:
+        if isinstance(x, OnnxModel):
+            out.extend(model_files(x))
+        elif isinstance(x, (str, Path)):
+            out.append(Path(x))
+    return out
+
+
+def load_arrays(path: PathLike, what: str = "inputs") -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file keyed by name (no pickles): FrontError naming the file otherwise."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise ValueError("not an .npz archive")
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise FrontError(f"{path}: cannot read {what} ({e})") from None
+
+
 @_all_cores
-def extract(source: str | Path | OnnxModel, *, keep: float = DEFAULT_KEEP,
-            convention: str = DEFAULT_CONVENTION, allow_nonfinite: bool = False) -> Learngene:
-    """The learngene of a source ONNX model. NaN/Inf in the source weights raise
-    OnnxFileError unless ``allow_nonfinite`` (those templates are then skipped and listed
-    in ``Learngene.skipped``)."""
-    return extract_learngene(_model(source), keep=keep, convention=convention, allow_nonfinite=allow_nonfinite)
+def extract(source: PathLike | OnnxModel, *, keep: float = DEFAULT_KEEP, convention: str = DEFAULT_CONVENTION,
+            allow_nonfinite: bool = False, output: PathLike | None = None) -> Learngene:
+    """The learngene of a source ONNX model, also written to ``output`` when given. NaN/Inf
+    in the source weights raise OnnxFileError unless ``allow_nonfinite`` (those templates
+    are then skipped and listed in ``Learngene.skipped``)."""
+    s = _model(source)
+    if output is not None:
+        guard([output], _files(s))
+    gene = extract_learngene(s, keep=keep, convention=convention, allow_nonfinite=allow_nonfinite)
+    if output is not None:
+        gene.save(output)
+    return gene
 
 
-def plan(source: str | Path | OnnxModel | Learngene, target: str | Path | OnnxModel, *,
+def plan(source: PathLike | OnnxModel | Learngene, target: PathLike | OnnxModel, *,
          keep: float = DEFAULT_KEEP, convention: str = DEFAULT_CONVENTION, depth: str = DEFAULT_DEPTH,
          allow_nonfinite: bool = False) -> Plan:
-    """What initializing ``target`` from ``source`` (a model or a learngene) would do."""
+    """What initializing ``target`` from ``source`` would do. ``source`` is a model, a
+    Learngene, or a path: a learngene file when it ends in ``.safetensors``."""
+    if isinstance(source, (str, Path)) and Path(source).suffix == LEARNGENE_SUFFIX:
+        source = Learngene.load(source)
     gene = source if isinstance(source, Learngene) else extract(source, keep=keep, convention=convention,
                                                                  allow_nonfinite=allow_nonfinite)
     t = _model(target)
@@ -92,22 +129,13 @@ def plan(source: str | Path | OnnxModel | Learngene, target: str | Path | OnnxMo
     return make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth)
 
 
-def _input_files(m: OnnxModel) -> set[Path]:
-    """The real paths of a model file and the external data files it reads."""
-    return {Path(os.path.realpath(m.path))} | {Path(os.path.realpath(p)) for p in external_data_files(m)}
-
-
-def _check_output(output: Path, protected: set[Path]) -> None:
-    out = Path(os.path.realpath(output))
-    for p in (out, Path(str(out) + ".data")):
-        if p in protected:
-            raise FrontError(f"{output}: output would overwrite the input file {p.name}; choose another path")
-
+def _init_outputs(output: PathLike, report: PathLike | None) -> list[Path | None]:
+    return [Path(output), data_companion(output), Path(report) if report is not None else None]
 
 
 @_all_cores
-def initialize(target: str | Path | OnnxModel, learngene: str | Path | Learngene, output: str | Path, *,
-               report: str | Path | None = None, external_data: bool | None = None,
+def initialize(target: PathLike | OnnxModel, learngene: PathLike | Learngene, output: PathLike, *,
+               report: PathLike | None = None, external_data: bool | None = None,
                validate: bool = False, device: str = "auto", strict: bool = False,
                keep_invalid: bool = False, depth: str = DEFAULT_DEPTH) -> InitResult:
     """Initialize ``target`` from a learngene and write the result to ``output``.
@@ -120,9 +148,9 @@ def initialize(target: str | Path | OnnxModel, learngene: str | Path | Learngene
     ``front_onnx.validate``); a failed hard check (or any warning with ``strict``) raises
     ValidationFailed and removes the output unless ``keep_invalid``."""
     t0 = time.perf_counter()
-    gene = _learngene(learngene)
     t = _model(target)
-    _check_output(Path(output), _input_files(t))
+    guard(_init_outputs(output, report), _files(t, learngene))
+    gene = _learngene(learngene)
     label = str(learngene) if not isinstance(learngene, Learngene) else (gene.source or "the learngene")
     result = _initialize(t, gene, Path(output), t0, report, external_data, analyze(t), depth, label=label)
     if validate:
@@ -130,12 +158,12 @@ def initialize(target: str | Path | OnnxModel, learngene: str | Path | Learngene
     return result
 
 
-def _initialize(t: OnnxModel, gene: Learngene, output: Path, t0: float, report: str | Path | None,
+def _initialize(t: OnnxModel, gene: Learngene, output: Path, t0: float, report: PathLike | None,
                 external_data: bool | None, analysis, depth: str, release: bool = False,
                 label: str = "") -> InitResult:
     gs, st = analysis
     p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth)
-    _check_overlap(p, st, t, label or gene.source or "the source")
+    check_overlap(p, st, str(t.path), label or gene.source or "the source")
     dtypes = {name: t.dtype(name) for name in {s.initializer for s in gs.slots}}
     values = slot_values(gene, gs, st, p, dtypes, depth, release=release)  # release: gene is transfer's own
     info = write_initialized(t, gs, values, output, external_data=external_data)
@@ -147,26 +175,9 @@ def _initialize(t: OnnxModel, gene: Learngene, output: Path, t0: float, report: 
     return result
 
 
-def _check_overlap(p: Plan, st, t: OnnxModel, source: str) -> None:
-    """Refuse (FrontError) a target nothing can be written into: no float weights, no slot
-    written, or a target with repeated stages none of which is fed (only loose layers such
-    as a head match: the structures share nothing). A partial overlap stays allowed."""
-    if not any(s.role is not None for s in p.slots):
-        raise FrontError(f"{t.path}: no float weights found in the target graph (nothing to initialize)")
-    where = (f"; first divergence: {p.divergence[0]}" if p.divergence else
-             f"; {p.left[0].initializer}: {p.left[0].reason}" if p.left else "")
-    if not p.written:
-        raise FrontError(f"{t.path}: no target weight can be written from {source} (structures of "
-                         f"different families?){where}")
-    stages = {k for k, tpl in st.templates.items() if tpl.stage}
-    if stages and not any(s.template in stages for s in p.written):
-        raise FrontError(f"{t.path}: the structures share nothing with {source}: none of the target's repeated "
-                         f"stages has a source counterpart{where}")
-
-
 @_all_cores
-def transfer(source: str | Path | OnnxModel, target: str | Path | OnnxModel, output: str | Path, *,
-             keep: float = DEFAULT_KEEP, convention: str = DEFAULT_CONVENTION, report: str | Path | None = None,
+def transfer(source: PathLike | OnnxModel, target: PathLike | OnnxModel, output: PathLike, *,
+             keep: float = DEFAULT_KEEP, convention: str = DEFAULT_CONVENTION, report: PathLike | None = None,
              external_data: bool | None = None, validate: bool = False, device: str = "auto",
              strict: bool = False, keep_invalid: bool = False, depth: str = DEFAULT_DEPTH,
              allow_nonfinite: bool = False) -> InitResult:
@@ -177,13 +188,10 @@ def transfer(source: str | Path | OnnxModel, target: str | Path | OnnxModel, out
     t0 = time.perf_counter()
     t = _model(target)
     s = _model(source)
-    _check_output(Path(output), _input_files(t) | _input_files(s))
+    guard(_init_outputs(output, report), _files(t, s))
     analysis = analyze(t)
-    # only what this target reads: same bytes as the full learngene, less work and memory
-    needed = target_shapes(*analysis)
-    if depth != "spectral":  # layer-domain resampling inverts at the source's depth: keep every kept layer
-        needed = {k: (_ALL,) + v[1:] for k, v in needed.items()}
-    gene = extract_learngene(s, keep=keep, convention=convention, needed=needed, allow_nonfinite=allow_nonfinite)
+    gene = extract_learngene(s, keep=keep, convention=convention, needed=needed_shapes(*analysis, depth),
+                             allow_nonfinite=allow_nonfinite)
     source_path = s.path
     del s  # an inline source's weights need not stay in memory while the target is written
     result = _initialize(t, gene, Path(output), t0, report, external_data, analysis, depth, release=True,
@@ -201,7 +209,7 @@ def _validate_output(result: InitResult, target: OnnxModel, source: Path | None,
     if rep.ok:
         return
     if not keep_invalid:
-        for f in (result.output, Path(str(result.output) + ".data")):
+        for f in (result.output, data_companion(result.output)):
             f.unlink(missing_ok=True)
     what = "; ".join(f"{c.name}: {c.detail or c.figure}" for c in rep.failed)
     kept = "kept as asked" if keep_invalid else "removed"
@@ -209,43 +217,60 @@ def _validate_output(result: InitResult, target: OnnxModel, source: Path | None,
 
 
 @_all_cores
-def validate(model: str | Path | OnnxModel, **kwargs) -> ValidationReport:
-    """Validate a model with onnxruntime; see ``front_onnx.validation.validate`` for options."""
-    return _validate(model, **kwargs)
+def validate(model: PathLike | OnnxModel, *, inputs: PathLike | Mapping[str, np.ndarray] | None = None,
+             **kwargs) -> ValidationReport:
+    """Validate a model with onnxruntime; ``inputs`` are arrays keyed by input name or an
+    ``.npz`` file of them (else synthesized). Other options: ``front_onnx.validation.validate``."""
+    if isinstance(inputs, (str, Path)):
+        inputs = load_arrays(inputs)
+    return _validate(model, inputs=inputs, **kwargs)
 
 
 @_all_cores
-def inspect(model: str | Path | OnnxModel) -> InspectReport:
+def inspect(model: PathLike | OnnxModel, *, plot: PathLike | None = None) -> InspectReport:
     """What front-onnx finds in a model: stages, blocks and templates, each weight's role,
     layout, shape and dtype, and per block the share of its spectral energy inside the
-    low-frequency corner at keep 0.25 / 0.5 / 0.75 (see ``front_onnx.inspection``)."""
-    return build_report(_model(model))
+    low-frequency corner at keep 0.25 / 0.5 / 0.75 (see ``front_onnx.analysis.inspection``).
+    With ``plot``, also draws that picture to a PNG (needs matplotlib)."""
+    m = _model(model)
+    if plot is not None:
+        guard([plot], _files(m))
+    rep = build_report(m)
+    if plot is not None:
+        rep.plot(plot)
+    return rep
 
 
-def weights(model: str | Path | OnnxModel, output: str | Path | None = None, *, names: str = "torch"):
+def weights(model: PathLike | OnnxModel, output: PathLike | None = None, *, names: str = "torch") -> NamedWeights:
     """A model's float weights keyed by framework parameter names in framework layout
     (``names="torch"``), or by ONNX initializer names as stored (``"onnx"``), for loading
     an initialized model back into training; written atomically to ``output``
-    (safetensors) when given. Returns ``front_onnx.weights.NamedWeights``; its
-    ``unnamed`` lists the weights no name could be found for."""
-    from front_onnx.weights import export_weights, named_weights
-
+    (safetensors) when given. Its ``unnamed`` lists the weights no name could be found for."""
     m = _model(model)
-    if output is None:
-        return named_weights(m, names)
-    _check_output(Path(output), _input_files(m))
-    return export_weights(m, output, names)
+    if output is not None:
+        guard([output], _files(m))
+    nw = named_weights(m, names)
+    if output is not None:
+        write_bytes(output, nw.safetensors())
+    return nw
 
 
-def refine(source: str | Path | OnnxModel, data, labels=None, *, output: str | Path, steps: int = 200,
-           lam: float = 1.0, keep: float = 0.5, lr: float = 1e-4, batch_size: int = 64, progress: bool = True,
-           seed: int = 0, weighting: str = "mean"):
+def refine(source: PathLike | OnnxModel, data, labels=None, *, output: PathLike, report: PathLike | None = None,
+           steps: int = 200, lam: float = 1.0, keep: float = 0.5, lr: float = 1e-4, batch_size: int = 64,
+           progress: bool = True, seed: int = 0, weighting: str = "mean"):
     """FRONT+ for an ONNX source: fine-tune it briefly with the spectral penalty and write the
-    refined weights into a copy of the same graph at ``output``; returns the
-    ``RefineReport``. Needs torch (the ``torch`` extra); see ``front_onnx.torch.refine``."""
+    refined weights into a copy of the same graph at ``output`` (and the report as JSON to
+    ``report`` when given); returns the ``RefineReport``. ``data``: an ``.npz`` path or
+    arrays keyed by graph input name; ``labels``: an ``.npy`` path or an array. Needs torch
+    (the ``torch`` extra); see ``front_onnx.torch.refine``."""
+    m = _model(source)
+    guard([output, data_companion(output), report], _files(m, data, labels))
     refine_onnx = _torch_part("refine_onnx")
-    return refine_onnx(_model(source), data, labels, steps=steps, lam=lam, keep=keep, lr=lr, batch_size=batch_size,
-                       output=output, progress=progress, seed=seed, weighting=weighting)
+    rep = refine_onnx(m, data, labels, steps=steps, lam=lam, keep=keep, lr=lr, batch_size=batch_size,
+                      output=output, progress=progress, seed=seed, weighting=weighting)
+    if report is not None:
+        write_text(report, json.dumps(rep.to_json(), indent=2) + "\n")
+    return rep
 
 
 def refine_module(module, data, labels=None, **kwargs):
@@ -263,10 +288,8 @@ def _torch_part(name: str):
     return getattr(_refine, name)
 
 
-def write_report(result: InitResult, path: Path) -> None:
+def write_report(result: InitResult, path: PathLike) -> None:
     """The full plan as JSON, written atomically."""
     data = {"output": str(result.output), "seconds": round(result.seconds, 4), "split": result.split,
             **result.plan.to_json()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2) + "\n")

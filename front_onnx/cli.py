@@ -1,9 +1,10 @@
 """The ``front-onnx`` command: a thin layer over the Python API.
 
-Exit codes: 0 success; 1 unexpected internal error; 2 bad command line; 3 bad input
-(unreadable or invalid model / learngene, unsafe external data, NaN/Inf source weights,
-no float weights, source and target that share nothing, output that would overwrite an
-input; docs/cli.md lists them);
+Exit codes: 0 success; 1 internal error (a bug of ours: anything that is not one of the
+package's error types; one line, a traceback with --debug); 2 bad command line; 3 bad
+input (``FrontError``: unreadable or invalid model / learngene, unsafe external data,
+NaN/Inf source weights, no float weights, source and target that share nothing, an output
+that would overwrite an input or another output; docs/cli.md lists them);
 4 validation failed; 5 the requested device (--device cuda) cannot be used.
 """
 from __future__ import annotations
@@ -15,12 +16,11 @@ from pathlib import Path
 from typing import Sequence
 
 from front_onnx import api
-from front_onnx.learngene import LearngeneError
-from front_onnx.onnx_io import OnnxFileError
-from front_onnx.planning import format_plan
-from front_onnx.runtime import DEVICES, DeviceError
-from front_onnx.spectral import CONVENTIONS, DEPTH_MODES
-from front_onnx.validation import write_json
+from front_onnx._version import __version__
+from front_onnx.errors import DeviceError, FrontError, ValidationFailed
+from front_onnx.method.planning import format_plan
+from front_onnx.numeric.spectral import CONVENTIONS, DEPTH_MODES
+from front_onnx.validation.runtime import DEVICES
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_INVALID, EXIT_DEVICE = 0, 1, 2, 3, 4, 5
 
@@ -82,7 +82,8 @@ def _dim(s: str) -> tuple[str, int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="front-onnx", description="FRONT: initialize ONNX models of any width "
                                      "and depth from a trained source's low-frequency weight spectrum.")
-    parser.add_argument("--version", action="version", version=f"front-onnx {_version()}")
+    parser.add_argument("--version", action="version", version=f"front-onnx {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("transfer", help="extract + init in one step")
@@ -176,11 +177,6 @@ def _nonnegative(s: str) -> float:
     return v
 
 
-def _version() -> str:
-    from front_onnx import __version__
-    return __version__
-
-
 def _external(v: str) -> bool | None:
     return {"auto": None, "yes": True, "no": False}[v]
 
@@ -194,8 +190,7 @@ def _run(args: argparse.Namespace) -> int:
             _print_result(r)
     elif args.command == "extract":
         gene = api.extract(args.source, keep=args.keep, convention=args.convention,
-                           allow_nonfinite=args.allow_nonfinite)
-        gene.save(args.output)
+                           allow_nonfinite=args.allow_nonfinite, output=args.output)
         if not args.quiet:
             n = sum(t.coefficients.size for t in gene.templates.values())
             print(f"{args.output}: {len(gene.templates)} templates, {n} coefficients "
@@ -209,10 +204,7 @@ def _run(args: argparse.Namespace) -> int:
         if not args.quiet:
             _print_result(r)
     elif args.command == "plan":
-        source = args.source
-        if source.suffix == ".safetensors":
-            source = api.Learngene.load(source)
-        p = api.plan(source, args.target, keep=args.keep, convention=args.convention, depth=args.depth,
+        p = api.plan(args.source, args.target, keep=args.keep, convention=args.convention, depth=args.depth,
                      allow_nonfinite=args.allow_nonfinite)
         if args.json:
             json.dump(p.to_json(), sys.stdout, indent=2)
@@ -220,46 +212,37 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print(format_plan(p, verbose=args.all))
     elif args.command == "validate":
-        inputs = _load_inputs(args.inputs) if args.inputs else None
         rep = api.validate(args.model, reference=args.reference, source=args.source, device=args.device,
-                           inputs=inputs, dims=dict(args.dim), strict=args.strict)
-        print(write_json(rep) if args.json else rep.table())
+                           inputs=args.inputs, dims=dict(args.dim), strict=args.strict)
+        print(json.dumps(rep.to_json(), indent=2) if args.json else rep.table())
         return EXIT_OK if rep.ok else EXIT_INVALID
     elif args.command == "inspect":
-        rep = api.inspect(args.model)
-        figure = rep.plot(args.plot) if args.plot else None  # written atomically (temp file + rename)
+        rep = api.inspect(args.model, plot=args.plot)
         if args.json:
             data = rep.to_json()
-            if figure is not None:
-                data["plot"] = str(figure)
+            if args.plot is not None:
+                data["plot"] = str(args.plot)
             json.dump(data, sys.stdout, indent=2)
             print()
         else:
             print(rep.table())
-            if figure is not None:
-                print(f"plot: {figure}")
+            if args.plot is not None:
+                print(f"plot: {args.plot}")
     elif args.command == "weights":
-        _weights(args)
+        nw = api.weights(args.model, args.output, names=args.names)
+        for init, why in nw.unnamed:
+            print(f"unnamed: {init}: {why}", file=sys.stderr)
+        if not args.quiet:
+            for note in nw.notes:
+                print(f"note: {note}")
+            print(f"{args.output}: {nw.summary_line()}")
     elif args.command == "refine":
         rep = api.refine(args.source, args.data, args.labels, steps=args.steps, lam=args.lam, keep=args.keep,
-                         lr=args.lr, batch_size=args.batch_size, output=args.output, progress=not args.quiet,
-                         seed=args.seed, weighting=args.weighting)
-        if args.report is not None:
-            rep.write(args.report)
+                         lr=args.lr, batch_size=args.batch_size, output=args.output, report=args.report,
+                         progress=not args.quiet, seed=args.seed, weighting=args.weighting)
         if not args.quiet:
             print(rep.table())
     return EXIT_OK
-
-
-def _weights(args: argparse.Namespace) -> None:
-    from front_onnx.weights import report_unnamed
-
-    nw = api.weights(args.model, args.output, names=args.names)
-    report_unnamed(nw, sys.stderr)
-    if not args.quiet:
-        for note in nw.notes:
-            print(f"note: {note}")
-        print(f"{args.output}: {nw.summary_line()}")
 
 
 def _vargs(args: argparse.Namespace) -> dict:
@@ -271,38 +254,24 @@ def _print_result(r: api.InitResult) -> None:
     print(r.summary_line())
     v = r.validation
     if v is not None:
-        warns = [c for c in v.checks if c.status == "warn"]
         lat = f", {v.latency_ms:.2f} ms" if v.latency_ms is not None else ""
         print(f"validation: valid; {v.provider_line()}{lat}")
-        for c in warns:
-            print(f"WARNING: {c.name}: {c.figure} ({c.detail}) is outside [0.1, 10]")
-
-
-def _load_inputs(path: Path) -> dict:
-    import numpy as np
-
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise api.FrontError(f"{path}: cannot read inputs ({e})") from None
+        for line in v.warning_lines():
+            print(f"WARNING: {line}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
-    except api.ValidationFailed as e:
+    except ValidationFailed as e:
         print(e.report.table(), file=sys.stderr)
         print(f"front-onnx: error: {e}", file=sys.stderr)
         return EXIT_INVALID
     except DeviceError as e:
         print(f"front-onnx: error: {e}", file=sys.stderr)
         return EXIT_DEVICE
-    except (OnnxFileError, LearngeneError, api.FrontError) as e:
-        print(f"front-onnx: error: {e}", file=sys.stderr)
-        return EXIT_INPUT
-    except ValueError as e:  # e.g. the writer refusing to overwrite an input
+    except FrontError as e:
         print(f"front-onnx: error: {e}", file=sys.stderr)
         return EXIT_INPUT
     except BrokenPipeError:  # output piped into `head` and closed early
@@ -311,8 +280,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("front-onnx: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # an internal error: one line, not a traceback
-        print(f"front-onnx: internal error: {type(e).__name__}: {e} (please report this)", file=sys.stderr)
+    except Exception as e:  # a bug of ours: one line, the traceback with --debug
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(f"front-onnx: internal error: {type(e).__name__}: {first} (please report this; "
+              "--debug shows the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
 
 

@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 import front_onnx
-from front_onnx.onnx_io import load_model
+from front_onnx.onnxio import load_model
 from tests.conftest import run_onnx
 from tests.graphs import mlp_stack
 

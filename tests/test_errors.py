@@ -315,7 +315,7 @@ def test_partial_overlap_allowed(families, tmp_path, capsys):
 
 def test_nothing_writable_refused(pair, tmp_path, capsys):
     """A learngene whose every template is of another shape family: 0 slots written."""
-    from front_onnx.learngene import Learngene
+    from front_onnx.method.learngene import Learngene
 
     gene = tmp_path / "g.safetensors"
     assert main(["extract", str(pair[0]), "-o", str(gene), "-q"]) == 0

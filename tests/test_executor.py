@@ -11,7 +11,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from front_onnx.onnx_io import load_model, save_model
+from front_onnx.onnxio import load_model, save_model
 from front_onnx.torch.executor import OnnxModule, UnsupportedOpsError
 from tests.conftest import run_onnx, sample_feeds
 from tests.frameworks import cnn, example_input, transformer

@@ -56,8 +56,8 @@ def test_identity_on_equal_architectures(tmp_path, family, style):
 @pytest.mark.parametrize("style", STYLES)
 def test_stages_found_from_topology(style):
     """The transformer's blocks form one stage; the CNN's two stages are told apart by shape."""
-    from front_onnx.extraction import analyze
-    from front_onnx.onnx_io import OnnxModel
+    from front_onnx.analysis import analyze
+    from front_onnx.onnxio import OnnxModel
     from pathlib import Path
 
     t = OnnxModel(Path("t.onnx"), transformer(style, 8, 3))

@@ -10,9 +10,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import front_onnx
-from front_onnx import spectral
+from front_onnx.numeric import spectral
 from front_onnx.cli import EXIT_INPUT, EXIT_OK, main
-from front_onnx.inspection import KEEPS, corner_shares
+from front_onnx.analysis.inspection import KEEPS, corner_shares
 from tests.graphs import IR_VERSION
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -8,7 +8,8 @@ import onnx
 import pytest
 
 import front_onnx
-from front_onnx.learngene import FORMAT_VERSION, Learngene, LearngeneError
+from front_onnx.errors import LearngeneError
+from front_onnx.method.learngene import FORMAT_VERSION, Learngene
 from tests.graphs import mlp_stack
 
 

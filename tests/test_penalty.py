@@ -13,8 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from front_onnx import spectral
-from front_onnx.graph import FEATURE, INDEX, PARTS, SPATIAL, Layout
+from front_onnx.numeric import spectral
+from front_onnx.analysis.slots import FEATURE, INDEX, PARTS, SPATIAL, Layout
 from front_onnx.torch import penalty as pen
 from front_onnx.torch.penalty import module_layouts, spectral_penalty, spectral_shares
 

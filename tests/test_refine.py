@@ -18,7 +18,7 @@ pytest.importorskip("onnxscript")
 
 from conftest import file_digests, run_onnx  # noqa: E402
 from front_onnx import cli  # noqa: E402
-from front_onnx.onnx_io import load_model  # noqa: E402
+from front_onnx.onnxio import load_model  # noqa: E402
 from front_onnx.torch.executor import OnnxModule  # noqa: E402
 from front_onnx.torch.refine import MATCH_TOL, RefineResult, graph_unchanged, refine_module  # noqa: E402
 from samples.export import export  # noqa: E402

@@ -1,4 +1,4 @@
-"""Tests for front_onnx.spectral.
+"""Tests for front_onnx.numeric.spectral.
 
 Expectations are computed independently of scipy wherever possible: the DCT
 is checked against explicit O(N^2) cosine sums, statistics against numpy.
@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from front_onnx import spectral as sp
-from front_onnx.spectral import (
+from front_onnx.numeric import spectral as sp
+from front_onnx.numeric.spectral import (
     CONVENTIONS,
     Stats,
     dct_forward,

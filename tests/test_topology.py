@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 import front_onnx
-from front_onnx.onnx_io import load_model
+from front_onnx.onnxio import load_model
 from tests.scramble import scramble, scramble_file
 
 FAMILIES = ("vit", "resnet", "gpt")

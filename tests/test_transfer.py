@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 import front_onnx
-from front_onnx.onnx_io import load_model
+from front_onnx.onnxio import load_model
 from tests.conftest import file_digests, run_onnx, sample_feeds
 
 FAMILIES = ("vit", "resnet", "gpt")
@@ -173,7 +173,7 @@ def test_output_onto_input_is_refused(samples, tmp_path):
 
 def test_large_outputs_go_to_external_data(samples, tmp_path, monkeypatch):
     """Past the protobuf limit (lowered here) an inline target is written with external data."""
-    import front_onnx.onnx_io as io
+    import front_onnx.onnxio.writer as io
 
     monkeypatch.setattr(io, "AUTO_EXTERNAL_LIMIT", 10_000)
     src = samples.get("vit", "base", "legacy", source=True)
@@ -233,7 +233,7 @@ def test_nearest_depth_copies_source_blocks(samples, tmp_path):
 @pytest.mark.parametrize("depth", ["spectral", "nearest", "linear"])
 def test_streamed_materialize_equals_whole_stack(samples, tmp_path, monkeypatch, depth):
     """The streamed per-template writer gives the bytes of the whole-stack ``materialize``."""
-    import front_onnx.materialize as mat
+    import front_onnx.method.materialize as mat
 
     src = samples.get("gpt", "base", "dynamo", source=True)
     tgt = samples.get("gpt", "deep", "dynamo")

@@ -11,8 +11,8 @@ from onnx import numpy_helper
 
 import front_onnx
 from front_onnx.cli import EXIT_DEVICE, EXIT_INPUT, EXIT_INVALID, main
-from front_onnx.runtime import cuda_usable
-from front_onnx.validation import synthesize_inputs, validate
+from front_onnx.validation.runtime import cuda_usable
+from front_onnx.validation.checks import synthesize_inputs, validate
 from tests.conftest import file_digests
 
 

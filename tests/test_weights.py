@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import front_onnx
 from front_onnx.cli import EXIT_INPUT, EXIT_OK, EXIT_USAGE, main
-from front_onnx.weights import export_weights, named_weights
+from front_onnx.analysis.naming import named_weights
 from samples.models import build, example_input, perturb
 from tests.conftest import file_digests, run_onnx, sample_feeds
 
@@ -36,7 +36,7 @@ def test_identity_transfer_loads_strictly_into_torch(samples, tmp_path, family, 
     out = tmp_path / "out.onnx"
     front_onnx.transfer(src, tgt, out, keep=1.0)
     wfile = tmp_path / "w.safetensors"
-    nw = export_weights(out, wfile)
+    nw = front_onnx.weights(out, wfile)
     assert nw.unnamed == []
     model = build(family, "base", seed=7)
     model.load_state_dict(load_file(wfile), strict=True)
@@ -145,7 +145,9 @@ def test_atomic_write_and_input_untouched(samples, tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", spy)
     front_onnx.api.weights(path, out)
-    assert len(calls) == 1 and os.path.dirname(calls[0][0]) == str(out.parent) and calls[0][1] == str(out)
+    # written in a hidden folder next to the output, then renamed into place
+    assert len(calls) == 1 and os.path.dirname(os.path.dirname(calls[0][0])) == str(out.parent)
+    assert calls[0][1] == str(out)
     assert file_digests(path) == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["w.safetensors"]
 
@@ -155,10 +157,10 @@ def test_atomic_write_and_input_untouched(samples, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.numpy, "save_file", boom)
+    monkeypatch.setattr(safetensors.numpy, "save", boom)
     out2 = tmp_path / "sub" / "w2.safetensors"
     with pytest.raises(OSError, match="disk full"):
-        export_weights(path, out2)
+        front_onnx.weights(path, out2)
     assert sorted(p.name for p in out.parent.iterdir()) == ["w.safetensors"]
 
 

@@ -2,7 +2,7 @@
 
 FRONT+ refines a source model with a spectral regularizer; this executor is the torch side
 of that round trip: ONNX file -> :class:`OnnxModule` -> train -> :meth:`OnnxModule.initializer_values`
--> :func:`front_onnx.onnx_io.save_model` into the same graph.
+-> :func:`front_onnx.onnxio.model.save_model` into the same graph.
 
 Rules
     * Weights. Every float tensor (float16 / bfloat16 / float32 / float64) of at least two
@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
-from front_onnx.onnx_io import OnnxModel, load_model
+from front_onnx.errors import UnsupportedOpsError
+from front_onnx.onnxio import OnnxModel, load_model
 
 __all__ = ["OnnxModule", "UnsupportedOpsError", "SUPPORTED_OPS"]
 
@@ -53,8 +54,6 @@ _INT_TORCH = {
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
-class UnsupportedOpsError(ValueError):
-    """The graph uses ops the torch executor does not implement (all of them are named)."""
 
 
 # --------------------------------------------------------------------------- #
@@ -714,7 +713,7 @@ def _check_node(n: onnx.NodeProto) -> str | None:
 class OnnxModule(torch.nn.Module):
     """An ONNX graph as a torch module: float weights are trainable ``nn.Parameter`` s.
 
-    ``model``: a path or a :class:`front_onnx.onnx_io.OnnxModel` (an ``onnx.ModelProto`` with
+    ``model``: a path or a :class:`front_onnx.onnxio.model.OnnxModel` (an ``onnx.ModelProto`` with
     inline data works too). ``dtype``: the compute dtype of every float value.
     See the module docstring for which tensors become parameters.
     """

@@ -8,10 +8,10 @@ carries more of what the model knows::
     loss = task_loss + lam * spectral_penalty(model, keep=0.5)
     loss.backward()
 
-Definition (the same as the extractor, :mod:`front_onnx.extraction`, and as
-:func:`front_onnx.spectral.out_of_band_energy`): per weight tensor
+Definition (the same as the extractor, :mod:`front_onnx.method.extraction`, and as
+:func:`front_onnx.numeric.spectral.out_of_band_energy`): per weight tensor
 
-1. put it in canonical (out, in, spatial...) order with its :class:`~front_onnx.graph.Layout`
+1. put it in canonical (out, in, spatial...) order with its :class:`~front_onnx.analysis.slots.Layout`
    (``perm``, then canonical axis 0 split into ``parts`` equal parts: a fused qkv ``[3d, d]``
    with ``parts=3`` becomes ``[3, d, d]``, and each part's axes are cut separately);
 2. standardize it over the whole tensor (subtract the mean, divide by the population std);
@@ -37,7 +37,7 @@ cosine formula in float64 and cached per (n, k, dtype, device); axes whose ``k x
 would exceed 16 M entries use an FFT-based DCT instead (no large matrix in memory).
 
 Constant tensors: a tensor whose std is within rounding noise of zero (``std <=
-64 * eps(dtype) * max|x|``, the guard of :func:`front_onnx.spectral.standardize` at the
+64 * eps(dtype) * max|x|``, the guard of :func:`front_onnx.numeric.spectral.standardize` at the
 compute precision, floored at the smallest normal number) has share 0 and a zero gradient,
 not NaN: the quotient is taken with a denominator of 1 there and selected away.
 
@@ -60,8 +60,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from front_onnx.graph import FEATURE, INDEX, PARTS, SPATIAL, Layout
-from front_onnx.spectral import kept_length
+from front_onnx.analysis.slots import FEATURE, INDEX, PARTS, SPATIAL, Layout
+from front_onnx.numeric.spectral import kept_length
 
 __all__ = ["WEIGHTINGS", "module_layouts", "spectral_penalty", "spectral_shares"]
 
@@ -304,7 +304,7 @@ def spectral_shares(params, keep: float, layouts: Mapping[str, LayoutLike] | Non
     kept low-frequency corner, as a differentiable 0-d tensor.
 
     ``params``: an ``nn.Module`` (its ``named_parameters``), a dict name -> tensor, or an
-    iterable of (name, tensor). ``layouts`` (name -> :class:`~front_onnx.graph.Layout` or a
+    iterable of (name, tensor). ``layouts`` (name -> :class:`~front_onnx.analysis.slots.Layout` or a
     tuple of axis kinds for an already canonical tensor) overrides the defaults:
     :func:`module_layouts` for a module, every axis feature otherwise. A name in ``layouts``
     that is not a parameter raises ValueError (a typo would silently do nothing).

@@ -34,7 +34,7 @@ Two entry points:
 
 Report (:class:`RefineReport`): the out-of-band energy share at ``keep`` before and after,
 per template of the extractor's structure, with the definition of ``front-onnx inspect``
-(:mod:`front_onnx.inspection`: per block tensor in canonical layout, standardized,
+(:mod:`front_onnx.analysis.inspection`: per block tensor in canonical layout, standardized,
 orthonormal DCT, share outside ``kept_length(n, keep)`` on every feature axis; spatial taps
 are kept whole as the extractor keeps them; averaged over the template's non-constant
 blocks; the depth axis is not included, as the penalty does not see it). The headline
@@ -49,7 +49,6 @@ import io
 import json
 import math
 import os
-import shutil
 import tempfile
 import time
 import warnings
@@ -63,9 +62,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from front_onnx.api import FrontError, _check_output, _input_files
-from front_onnx.graph import Layout, analyze_slots
-from front_onnx.onnx_io import OnnxModel, load_model, save_model
+from front_onnx.analysis.inspection import build_report
+from front_onnx.analysis.slots import Layout, analyze_slots
+from front_onnx.errors import FrontError, UnsupportedOpsError
+from front_onnx.onnxio import OnnxModel, load_model, model_files, save_model
+from front_onnx.outputs import data_companion, guard, staged, write_text
+from front_onnx.torch.executor import OnnxModule
+from front_onnx.torch.penalty import spectral_penalty
+from front_onnx.validation.runtime import open_session
 
 MATCH_TOL = 1e-4      # onnxruntime vs torch: largest relative L2 error accepted
 CHECK_ROWS = (16, 3)  # the sample batches of the onnxruntime check (two sizes: the batch axis is dynamic)
@@ -151,11 +155,7 @@ class RefineReport:
 
     def write(self, path: str | Path) -> Path:
         """The report as JSON, written atomically."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
+        return write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
 
 
 @dataclass
@@ -342,8 +342,6 @@ def _train_loop(module: nn.Module, inputs: Sequence[torch.Tensor], labels: torch
                 penalized: Callable[[], Any], layouts: Mapping[str, Layout] | None, *, steps: int, lam: float,
                 keep: float, lr: float, batch: int, seed: int, progress: bool, desc: str,
                 weighting: str) -> _Trained:
-    from front_onnx.torch.penalty import spectral_penalty
-
     n = int(inputs[0].shape[0])
     was_training = module.training
     module.eval()
@@ -411,8 +409,6 @@ def _progress(steps: int, desc: str, enabled: bool):
 def _template_shares(model: OnnxModel, keep: float) -> dict[str, tuple[str, str, int, int, float]]:
     """key -> (label, role, blocks, elements per block, mean out-of-band share) for templates
     with a feature axis."""
-    from front_onnx.inspection import build_report
-
     rep = build_report(model, keeps=[keep])
     k = rep.keeps and f"{rep.keeps[0]:g}"
     out = {}
@@ -449,41 +445,30 @@ def export_module(module: nn.Module, example: Sequence[torch.Tensor], output: st
                   input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None) -> Path:
     """Export ``module`` with ``torch.onnx.export(dynamo=True)``, the batch axis (axis 0 of
     every input) dynamic, weights as external data (``OUTPUT.data``), as samples/export.py
-    does. Atomic: exported into a temporary folder next to ``output`` under the final file
-    name (so the data file's recorded location is right), then moved into place, data
-    file first."""
+    does. Atomic (``front_onnx.outputs.staged``: exported under the final file name into
+    a hidden folder next to ``output``, so the data file's recorded location is right)."""
     output = Path(os.path.abspath(output))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    names = list(input_names) if input_names else (
+        ["input"] if len(example) == 1 else [f"input_{i}" for i in range(len(example))])
+    batch = torch.export.Dim("batch")
+    was_training = module.training
+    module.eval()
     try:
-        tmp = tmpdir / output.name
-        names = list(input_names) if input_names else (
-            ["input"] if len(example) == 1 else [f"input_{i}" for i in range(len(example))])
-        batch = torch.export.Dim("batch")
-        was_training = module.training
-        module.eval()
-        try:
-            with _quiet(), torch.no_grad():
-                torch.onnx.export(module, tuple(example), str(tmp), dynamo=True, input_names=names,
-                                  output_names=list(output_names) if output_names else None,
-                                  dynamic_shapes=tuple({0: batch} for _ in example), external_data=True)
-        except Exception as e:  # noqa: BLE001 - one line for the user
-            raise FrontError(f"{output}: torch.onnx.export failed ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
-        finally:
-            module.train(was_training)
-        data = Path(str(tmp) + ".data")
-        if data.exists():
-            os.replace(data, str(output) + ".data")
-        os.replace(tmp, output)
+        with staged(output) as tmp:
+            try:
+                with _quiet(), torch.no_grad():
+                    torch.onnx.export(module, tuple(example), str(tmp), dynamo=True, input_names=names,
+                                      output_names=list(output_names) if output_names else None,
+                                      dynamic_shapes=tuple({0: batch} for _ in example), external_data=True)
+            except Exception as e:  # noqa: BLE001 - one line for the user
+                raise FrontError(f"{output}: torch.onnx.export failed ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None
     finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        module.train(was_training)
     return output
 
 
 def _ort_outputs(path: Path, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], str]:
-    from front_onnx.runtime import open_session
-
     s = open_session(path, "cpu")
     names = [i.name for i in s.session.get_inputs()]
     return s.session.run(None, {k: feeds[k] for k in names}), s.provider
@@ -690,18 +675,13 @@ def refine_onnx(source: str | Path | OnnxModel, data: Any, labels: Any = None, *
     name matches and the counts agree), or a sequence of arrays in input order. ``labels``:
     an .npy path or an array. Raises FrontError (one line naming the file) for unreadable,
     missing or mismatched inputs and ops the torch executor cannot run."""
-    from front_onnx.torch.executor import OnnxModule, UnsupportedOpsError
-
     t0 = time.perf_counter()
     model = source if isinstance(source, OnnxModel) else load_model(source)
     output = Path(os.path.abspath(output))
-    protected = _input_files(model)
     data_what = str(data) if isinstance(data, (str, Path)) else "data"
     labels_what = str(labels) if isinstance(labels, (str, Path)) else "labels"
-    for p in (data, labels):
-        if isinstance(p, (str, Path)):
-            protected.add(Path(os.path.realpath(p)))
-    _check_output(output, protected)
+    guard([output, data_companion(output)],
+          [*model_files(model), *(p for p in (data, labels) if isinstance(p, (str, Path)))])
     arrays = _load_npz(Path(data)) if isinstance(data, (str, Path)) else data
     lab_arr = _load_labels(Path(labels)) if isinstance(labels, (str, Path)) else labels
 

@@ -17,12 +17,12 @@ from typing import Iterator
 
 import onnx
 
+from front_onnx.errors import DeviceError
+
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 DEVICES = ("auto", "cuda", "cpu")
 
 
-class DeviceError(Exception):
-    """The requested device cannot be used (one line, with the reason)."""
 
 
 # Why CUDA failed in this process, once known: a missing library stays missing, and every

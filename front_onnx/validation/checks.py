@@ -13,7 +13,6 @@ Checks, each pass / fail / warn / skip with its figure:
 """
 from __future__ import annotations
 
-import json
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -24,9 +23,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from front_onnx.graph import PASS_THROUGH
-from front_onnx.onnx_io import OnnxFileError, OnnxModel, check_tensors, load_model
-from front_onnx.runtime import Session, open_session
+from front_onnx.analysis import analyze
+from front_onnx.analysis.slots import PASS_THROUGH
+from front_onnx.errors import DeviceError, OnnxFileError
+from front_onnx.onnxio import OnnxModel, check_tensors, load_model
+from front_onnx.validation.runtime import Session, open_session
 
 SCALE_RANGE = (0.1, 10.0)
 TOLERANCE = {TensorProto.FLOAT: 1e-5, TensorProto.DOUBLE: 1e-9, TensorProto.FLOAT16: 1e-2,
@@ -62,6 +63,12 @@ class ValidationReport:
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    def warning_lines(self) -> list[str]:
+        """One line per activation-scale warning, with the range it fell outside."""
+        lo, hi = SCALE_RANGE
+        return [f"{c.name}: {c.figure} ({c.detail}) is outside [{lo:g}, {hi:g}]"
+                for c in self.checks if c.status == "warn"]
 
     def provider_line(self) -> str:
         if self.provider.startswith("CUDA"):
@@ -211,8 +218,6 @@ def block_outputs(model: OnnxModel) -> list[tuple[str, str, float, str]]:
     """(block label, value name, relative depth in its stage, stage id) of each block of each
     stage: the output of the block's last weight-consuming node. Stage ids are name-free
     (signature + occurrence), so a source's and a target's stages pair up by id."""
-    from front_onnx.extraction import analyze
-
     gs, st = analyze(model)
     nodes = model.proto.graph.node
     last: dict[str, int] = {}
@@ -304,7 +309,6 @@ def validate(model: str | Path | OnnxModel, *, reference: str | Path | OnnxModel
     except OnnxFileError:
         raise
     except Exception as e:  # noqa: BLE001 - a model that does not run is the finding
-        from front_onnx.runtime import DeviceError
         if isinstance(e, DeviceError):
             raise
         rep.checks.append(Check("run", "fail", "", f"onnxruntime: {str(e).strip().splitlines()[0][:300]}"))
@@ -386,10 +390,3 @@ def _check_files(m: OnnxModel) -> None:
     for t in m.proto.graph.initializer:
         if t.data_location == TensorProto.EXTERNAL:
             m.array(t.name)
-
-
-def write_json(report: ValidationReport, path: Path | None = None) -> str:
-    text = json.dumps(report.to_json(), indent=2)
-    if path is not None:
-        path.write_text(text + "\n")
-    return text

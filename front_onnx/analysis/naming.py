@@ -32,18 +32,21 @@ folded bias is reported as unnamed.
 from __future__ import annotations
 
 import ast
-import os
 import re
-import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from front_onnx.graph import FLOAT_TYPES, Slot, analyze_slots, is_generated_name, scope_module
-from front_onnx.onnx_io import OnnxFileError, OnnxModel, load_model
+from front_onnx.analysis.slots import (
+    FLOAT_TYPES,
+    Slot,
+    analyze_slots,
+    is_generated_name,
+    scope_module,
+)
+from front_onnx.onnxio import OnnxModel, load_model
 
 NAMES = ("torch", "onnx")
 
@@ -82,6 +85,13 @@ class NamedWeights:
         n = sum(int(a.size) for a in self.tensors.values())
         return (f"{len(self.tensors)} tensors ({n} elements) named by {self.names} names; "
                 f"{len(self.unnamed)} weights unnamed")
+
+    def safetensors(self) -> bytes:
+        """The tensors as a safetensors file (``format`` metadata: 'pt' for torch names)."""
+        from safetensors.numpy import save
+
+        return save(self.tensors, metadata={"format": "pt" if self.names == "torch" else "onnx",
+                                            "names": self.names})
 
 
 # ----------------------------------------------------------------------------- evidence
@@ -332,39 +342,3 @@ def _slot_name(ev: _Evidence, s: Slot, explicit: str | None, exp_why: str, share
     if not module:
         return None, f"no parameter name in the graph for this {s.role or 'tensor'} (node {node.name or node.op_type!r})"
     return None, f"role {s.role!r} at node {node.name or node.op_type!r} implies no attribute name"
-
-
-# ----------------------------------------------------------------------------- writing
-def export_weights(model: str | Path | OnnxModel, output: str | Path, names: str = "torch") -> NamedWeights:
-    """Write ``named_weights`` to a safetensors file atomically (a temporary file in the
-    destination directory, then ``os.replace``), so a reader never sees half a file."""
-    from safetensors.numpy import save_file
-
-    nw = named_weights(model, names)
-    output = Path(output)
-    src = model.path if isinstance(model, OnnxModel) else Path(os.path.abspath(model))
-    if Path(os.path.realpath(output)) in {Path(os.path.realpath(src)), Path(os.path.realpath(str(src) + ".data"))}:
-        raise OnnxFileError(f"{output}: output would overwrite the input model; choose another path")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    try:
-        save_file(nw.tensors, tmp, metadata={"format": "pt" if names == "torch" else "onnx", "names": names})
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return nw
-
-
-def _umask() -> int:
-    u = os.umask(0)
-    os.umask(u)
-    return u
-
-
-def report_unnamed(nw: NamedWeights, stream=sys.stderr) -> None:
-    """One line per weight that could not be named."""
-    for init, why in nw.unnamed:
-        print(f"unnamed: {init}: {why}", file=stream)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 import scipy.fft as sfft

@@ -6,10 +6,11 @@ import difflib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from front_onnx.graph import INDEX, PARTS, GraphSlots
-from front_onnx.learngene import GeneTemplate, Learngene
-from front_onnx.spectral import DEPTH_MODES
-from front_onnx.structure import Segment, Structure, Template
+from front_onnx.analysis.slots import INDEX, PARTS, GraphSlots
+from front_onnx.analysis.structure import Segment, Structure, Template
+from front_onnx.errors import FrontError
+from front_onnx.method.learngene import GeneTemplate, Learngene
+from front_onnx.numeric.spectral import DEPTH_MODES
 
 
 @dataclass
@@ -138,6 +139,24 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
     if depth_mode not in DEPTH_MODES:
         raise ValueError(f"unknown depth mode {depth_mode!r}; use one of {', '.join(DEPTH_MODES)}")
     return Plan(plans, verdicts, gene.keep, gene.convention, divergence(gene.structure, st.segments), depth_mode)
+
+
+def check_overlap(plan: Plan, st: Structure, target: str, source: str) -> None:
+    """Refuse (FrontError) a target nothing can be written into: no float weights, no slot
+    written, or a target with repeated stages none of which is fed (only loose layers such
+    as a head match: the structures share nothing). A partial overlap stays allowed:
+    every slot left is listed in the plan with its reason."""
+    if not any(s.role is not None for s in plan.slots):
+        raise FrontError(f"{target}: no float weights found in the target graph (nothing to initialize)")
+    where = (f"; first divergence: {plan.divergence[0]}" if plan.divergence else
+             f"; {plan.left[0].initializer}: {plan.left[0].reason}" if plan.left else "")
+    if not plan.written:
+        raise FrontError(f"{target}: no target weight can be written from {source} (structures of "
+                         f"different families?){where}")
+    stages = {k for k, tpl in st.templates.items() if tpl.stage}
+    if stages and not any(s.template in stages for s in plan.written):
+        raise FrontError(f"{target}: the structures share nothing with {source}: none of the target's repeated "
+                         f"stages has a source counterpart{where}")
 
 
 def divergence(source: list[dict], target: list[Segment]) -> list[str]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from front_onnx.graph import GraphSlots
+from front_onnx.analysis.slots import GraphSlots
 
 
 @dataclass

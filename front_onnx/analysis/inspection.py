@@ -16,7 +16,6 @@ share is ``None``.
 from __future__ import annotations
 
 import math
-import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,11 +25,13 @@ from typing import Any, Sequence
 import numpy as np
 import scipy.fft as sfft
 
-from front_onnx import spectral
-from front_onnx.extraction import analyze
-from front_onnx.graph import FEATURE, GraphSlots
-from front_onnx.onnx_io import OnnxModel
-from front_onnx.structure import Structure
+from front_onnx.analysis import analyze
+from front_onnx.analysis.slots import FEATURE, GraphSlots
+from front_onnx.analysis.structure import Structure
+from front_onnx.errors import FrontError
+from front_onnx.numeric import spectral
+from front_onnx.onnxio import OnnxModel, model_files
+from front_onnx.outputs import guard, staged
 
 KEEPS: tuple[float, ...] = (0.25, 0.5, 0.75)
 
@@ -142,6 +143,7 @@ class InspectReport:
     templates: list[TemplateInfo]
     slots: list[SlotInfo]
     seconds: float = 0.0
+    files: list[str] = field(default_factory=list)  # the files read (a plot may never overwrite them)
 
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "keeps": self.keeps, "seconds": round(self.seconds, 4),
@@ -299,7 +301,7 @@ def build_report(model: OnnxModel, keeps: Sequence[float] = KEEPS,
                               s.layout.name if s.layout else "", list(s.shape), str(model.dtype(s.initializer)),
                               tkey, reason))
     return InspectReport(str(model.path), keeps, segments, dict(st.stages), templates, slots,
-                         time.perf_counter() - t0)
+                         time.perf_counter() - t0, [str(p) for p in model_files(model)])
 
 
 # --------------------------------------------------------------------------- table
@@ -378,10 +380,10 @@ def plot(rep: InspectReport, path: str | Path, dpi: int = 120) -> Path:
         import matplotlib.pyplot as plt
         from matplotlib.colors import ListedColormap
     except ImportError:
-        from front_onnx.api import FrontError
         raise FrontError("--plot needs matplotlib: pip install 'front-onnx[plot]'") from None
 
     path = Path(path)
+    guard([path], [rep.model, *rep.files])
     kname = [f"{k:g}" for k in rep.keeps]
     tpls = [t for t in rep.templates if t.axes]   # nothing to show for tensors with no feature axis
     if not tpls:
@@ -454,13 +456,9 @@ def plot(rep: InspectReport, path: str | Path, dpi: int = 120) -> Path:
         cb = fig.colorbar(im, cax=cax)
         cb.ax.tick_params(labelsize=7)
         cb.set_label("energy share inside corner", fontsize=7)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        with staged(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
     finally:
         plt.close(fig)
     return path

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from front_onnx import spectral
-from front_onnx.graph import FEATURE, SPATIAL, GraphSlots, analyze_slots
-from front_onnx.learngene import GeneTemplate, Learngene
-from front_onnx.onnx_io import OnnxFileError, OnnxModel
-from front_onnx.structure import Structure, Template, find_structure
+from front_onnx._version import __version__
+from front_onnx.analysis import analyze
+from front_onnx.analysis.slots import FEATURE, SPATIAL, GraphSlots
+from front_onnx.analysis.structure import Structure, Template
+from front_onnx.errors import OnnxFileError
+from front_onnx.method.learngene import GeneTemplate, Learngene
+from front_onnx.numeric import spectral
+from front_onnx.onnxio import OnnxModel
 
 TRANSFORMED = (FEATURE, SPATIAL)
 
@@ -29,19 +32,6 @@ def kept_shape(depth: int, shape: tuple[int, ...], kinds: tuple[str, ...], keep:
     for n, kind in zip(shape, kinds):
         out.append(spectral.kept_length(n, keep) if kind == FEATURE else n)
     return tuple(out)
-
-
-def read_stack(model: OnnxModel, gs: GraphSlots, tpl: Template) -> np.ndarray:
-    """The template's tensors across its blocks in canonical layout, stacked along depth
-    into one float64 buffer (each block converted straight from its memory map)."""
-    first = gs.slots[tpl.blocks[0][0]]
-    assert first.layout is not None
-    out = np.empty((len(tpl.blocks),) + first.layout.canonical_shape(first.shape), dtype=np.float64)
-    for b, block in enumerate(tpl.blocks):
-        s = gs.slots[block[0]]
-        assert s.layout is not None
-        np.copyto(out[b], s.layout.to_canonical(np.asarray(model.array(s.initializer))), casting="unsafe")
-    return out
 
 
 def _copy_tiled(dst: np.ndarray, src: np.ndarray, tile: int = 512) -> None:
@@ -77,7 +67,6 @@ def extract_learngene(model: OnnxModel, keep: float = 1.0, convention: str = "or
     A source without float weights is refused (OnnxFileError). So are NaN or Inf in the
     weights a template reads, naming the initializers, unless ``allow_nonfinite``: then
     those templates are skipped and listed in ``Learngene.skipped`` with the reason."""
-    from front_onnx import __version__
 
     if convention not in spectral.CONVENTIONS:
         raise ValueError(f"unknown scale convention {convention!r} (choose from {', '.join(spectral.CONVENTIONS)})")
@@ -174,9 +163,3 @@ def template_corner(model: OnnxModel, gs: GraphSlots, tpl: Template, lengths: tu
     for rows, chunk in spectral.layer_axis_chunks(corner, out.shape[0], convention):
         out[(slice(None), rows) if out.ndim > 1 else rows] = chunk
     return out, means, stds
-
-
-def analyze(model: OnnxModel) -> tuple[GraphSlots, Structure]:
-    """Slots and structure of a model (the structure finder lives in structure.py)."""
-    gs = analyze_slots(model.proto)
-    return gs, find_structure(gs, model.proto)

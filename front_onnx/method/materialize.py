@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from front_onnx import spectral
-from front_onnx.extraction import transformed_axes
-from front_onnx.graph import GraphSlots
-from front_onnx.learngene import GeneTemplate, Learngene
-from front_onnx.onnx_io import OnnxModel, save_model
-from front_onnx.planning import Plan
-from front_onnx.structure import Structure, Template
+from front_onnx.analysis.slots import GraphSlots
+from front_onnx.analysis.structure import Structure, Template
+from front_onnx.method.extraction import transformed_axes
+from front_onnx.method.learngene import GeneTemplate, Learngene
+from front_onnx.method.planning import Plan
+from front_onnx.numeric import spectral
+from front_onnx.onnxio import OnnxModel, save_model
 
 
 def materialize(gene: GeneTemplate, depth: int, shape: tuple[int, ...], convention: str,
@@ -60,6 +60,20 @@ def target_shapes(gs: GraphSlots, st: Structure) -> dict[str, tuple[int, ...]]:
         assert first.layout is not None
         out[key] = (tpl.depth,) + first.layout.canonical_shape(first.shape)
     return out
+
+
+_ALL = 1 << 62  # "every coefficient" along an axis of a ``needed`` shape
+
+
+def needed_shapes(gs: GraphSlots, st: Structure, depth_mode: str) -> dict[str, tuple[int, ...]]:
+    """What a transfer into this target needs to extract of each source template: the
+    target's shapes (the same bytes as the full learngene, less work and memory), with
+    every kept layer when depth is resampled in the layer domain (it inverts at the
+    source's depth)."""
+    needed = target_shapes(gs, st)
+    if depth_mode != "spectral":
+        needed = {k: (_ALL,) + v[1:] for k, v in needed.items()}
+    return needed
 
 
 def _streamed(gene: GeneTemplate, tpl: Template, gs: GraphSlots, shape: tuple[int, ...], convention: str,

@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from front_onnx.errors import LearngeneError
+from front_onnx.outputs import write_bytes
+
 FORMAT = "front-onnx.learngene"
 FORMAT_VERSION = 1
 
 
-class LearngeneError(Exception):
-    """A learngene file that cannot be used (one line naming the file and the problem)."""
 
 
 def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
@@ -88,7 +87,7 @@ class Learngene:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically: a temporary file in the destination directory, then rename."""
+        """Write atomically (``front_onnx.outputs``); the caller guards ``path`` against its inputs."""
         from safetensors.numpy import save
 
         if self.partial:
@@ -102,19 +101,7 @@ class Learngene:
             tensors[f"t{i}.stds"] = np.ascontiguousarray(t.stds, dtype=np.float64)
         meta = {**self.metadata(), "arrays_sha256": arrays_sha256(tensors)}
         data = save(tensors, metadata={"front_onnx": json.dumps(meta, sort_keys=True)})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_bytes(path, data)
         return path
 
     @classmethod

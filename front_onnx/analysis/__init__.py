@@ -1,0 +1,20 @@
+"""Graph analysis: what each initializer use (slot) is, and the model's repeated structure.
+
+Roles and layouts come from the graph (``slots``); stages, blocks and templates from
+comparing blocks (``structure``); framework parameter names from exporter evidence
+(``naming``); the per-template spectral picture of a model (``inspection``).
+Nothing here knows about learngenes or writes models.
+"""
+from __future__ import annotations
+
+from front_onnx.analysis.slots import GraphSlots, analyze_slots
+from front_onnx.analysis.structure import Structure, find_structure
+from front_onnx.onnxio import OnnxModel
+
+__all__ = ["analyze", "GraphSlots", "Structure"]
+
+
+def analyze(model: OnnxModel) -> tuple[GraphSlots, Structure]:
+    """Slots and structure of a model."""
+    gs = analyze_slots(model.proto)
+    return gs, find_structure(gs, model.proto)
