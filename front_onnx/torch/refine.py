@@ -213,16 +213,21 @@ def _float_outputs(outs: Sequence[torch.Tensor]) -> list[int]:
 
 
 @torch.no_grad()
-def _all_outputs(module: nn.Module, inputs: Sequence[torch.Tensor], batch: int) -> list[torch.Tensor]:
-    """The module's float outputs on all rows, batch by batch, concatenated (detached)."""
+def _all_outputs(module: nn.Module, inputs: Sequence[torch.Tensor], batch: int,
+                 exact: bool = False) -> list[torch.Tensor]:
+    """The module's float outputs on all rows, batch by batch, concatenated (detached).
+    ``exact`` (a graph with a fixed batch axis, ``batch <= rows``): every call gets exactly
+    ``batch`` rows, the last one filled up with rows from the start (their outputs dropped)."""
     parts: list[list[torch.Tensor]] = []
     n = int(inputs[0].shape[0])
     for i in range(0, n, batch):
-        outs = _outputs_tuple(module(*[x[i:i + batch] for x in inputs]))
+        k = min(batch, n - i)
+        rows = [x[torch.arange(i, i + batch) % n] for x in inputs] if exact else [x[i:i + k] for x in inputs]
+        outs = _outputs_tuple(module(*rows))
         if not parts:
             parts = [[] for _ in outs]
         for p, o in zip(parts, outs):
-            p.append(o.detach())
+            p.append(o.detach()[:k])
     return [torch.cat(p) for p in parts]
 
 
@@ -306,7 +311,9 @@ class _Trained:
 def _train(module: nn.Module, inputs: Sequence[torch.Tensor], labels: torch.Tensor | None,
            penalized: Callable[[], Any], layouts: Mapping[str, Layout] | None, *, steps: int, lam: float,
            keep: float, lr: float, batch_size: int, seed: int, progress: bool, desc: str,
-           weighting: str = "mean") -> _Trained:
+           weighting: str = "mean", fixed_batch: int | None = None) -> _Trained:
+    """``fixed_batch``: the graph's fixed batch size (at most the rows): every forward call
+    then gets exactly that many rows, whatever ``batch_size`` says."""
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if batch_size < 1:
@@ -314,10 +321,11 @@ def _train(module: nn.Module, inputs: Sequence[torch.Tensor], labels: torch.Tens
     if lam < 0 or lr < 0:
         raise ValueError("lam and lr must be >= 0")
     n = int(inputs[0].shape[0])
-    batch = min(batch_size, n)
+    batch = fixed_batch if fixed_batch else min(batch_size, n)
     with _threads_for(module):
         return _train_loop(module, inputs, labels, penalized, layouts, steps=steps, lam=lam, keep=keep, lr=lr,
-                           batch=batch, seed=seed, progress=progress, desc=desc, weighting=weighting)
+                           batch=batch, exact=bool(fixed_batch), seed=seed, progress=progress, desc=desc,
+                           weighting=weighting)
 
 
 SMALL_MODEL = 1 << 20  # trainable elements under which training runs on one thread
@@ -340,14 +348,15 @@ def _threads_for(module: nn.Module):
 
 def _train_loop(module: nn.Module, inputs: Sequence[torch.Tensor], labels: torch.Tensor | None,
                 penalized: Callable[[], Any], layouts: Mapping[str, Layout] | None, *, steps: int, lam: float,
-                keep: float, lr: float, batch: int, seed: int, progress: bool, desc: str,
+                keep: float, lr: float, batch: int, exact: bool, seed: int, progress: bool, desc: str,
                 weighting: str) -> _Trained:
     n = int(inputs[0].shape[0])
     was_training = module.training
     module.eval()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    reference = _all_outputs(module, inputs, max(batch, 256))
+    chunk = batch if exact else max(batch, 256)
+    reference = _all_outputs(module, inputs, chunk, exact)
     objective = _Objective(labels, reference)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0) if params else None
@@ -381,7 +390,7 @@ def _train_loop(module: nn.Module, inputs: Sequence[torch.Tensor], labels: torch
     finally:
         if bar is not None:
             bar.close()
-    refined = _all_outputs(module, inputs, max(batch, 256))
+    refined = _all_outputs(module, inputs, chunk, exact)
     module.train(was_training)
     if not tasks:  # steps == 0: the figures of the unrefined model
         with torch.no_grad():
@@ -474,15 +483,17 @@ def _ort_outputs(path: Path, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndar
     return s.session.run(None, {k: feeds[k] for k in names}), s.provider
 
 
-def _check_ort(module: nn.Module, path: Path, inputs: Sequence[torch.Tensor], names: Sequence[str]) -> tuple[float, str]:
+def _check_ort(module: nn.Module, path: Path, inputs: Sequence[torch.Tensor], names: Sequence[str],
+               fixed_batch: int | None = None) -> tuple[float, str]:
     """Largest relative L2 error of onnxruntime on ``path`` against the torch module, on
-    sample batches of the data; FrontError above MATCH_TOL."""
+    sample batches of the data (one batch of ``fixed_batch`` rows when the graph fixes its
+    batch axis); FrontError above MATCH_TOL."""
     n = int(inputs[0].shape[0])
     worst, provider = 0.0, "CPUExecutionProvider"
     was_training = module.training
     module.eval()
     try:
-        for rows in CHECK_ROWS:
+        for rows in ((fixed_batch,) if fixed_batch else CHECK_ROWS):
             rows = min(rows, n)
             xs = [x[:rows] for x in inputs]
             with torch.no_grad():
@@ -498,10 +509,11 @@ def _check_ort(module: nn.Module, path: Path, inputs: Sequence[torch.Tensor], na
     return worst, provider
 
 
-def _checked(module: nn.Module, path: Path, inputs: Sequence[torch.Tensor], names: Sequence[str]) -> tuple[float, str]:
+def _checked(module: nn.Module, path: Path, inputs: Sequence[torch.Tensor], names: Sequence[str],
+             fixed_batch: int | None = None) -> tuple[float, str]:
     """``_check_ort``; a file that fails it is removed (with its data file)."""
     try:
-        return _check_ort(module, path, inputs, names)
+        return _check_ort(module, path, inputs, names, fixed_batch)
     except BaseException:
         for f in (path, Path(str(path) + ".data")):
             f.unlink(missing_ok=True)
@@ -628,6 +640,60 @@ def _graph_inputs(model: OnnxModel, names: Sequence[str], arrays: Mapping[str, n
     return out
 
 
+def _fixed_batch(model: OnnxModel, names: Sequence[str], xs: Sequence[torch.Tensor], what: str) -> int | None:
+    """The batch size the graph fixes (axis 0 of its inputs' declared shapes, as
+    ``torch.onnx.export`` without dynamic shapes leaves them), None when that axis is
+    dynamic. FrontError (one line) for data the declared shapes refuse: another rank,
+    another size on a fixed axis past the batch (a sequence length, an image size), fewer
+    rows than the fixed batch."""
+    batch: dict[int, str] = {}
+    declared = {vi.name: vi.type.tensor_type for vi in model.proto.graph.input}
+    for name, x in zip(names, xs):
+        tt = declared.get(name)
+        if tt is None or not tt.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
+        want = "[" + ", ".join(str(d) if d is not None else (dim.dim_param or "?")
+                               for d, dim in zip(dims, tt.shape.dim)) + "]"
+        got = list(x.shape)
+        if len(got) != len(dims):
+            raise FrontError(f"{what}: input {name!r} has shape {got}, but {model.path} declares rank {len(dims)} "
+                             f"({want})")
+        for a in range(1, len(dims)):
+            if dims[a] is not None and got[a] != dims[a]:
+                raise FrontError(f"{what}: input {name!r} has size {got[a]} on axis {a} (shape {got}), but "
+                                 f"{model.path} fixes it at {dims[a]} (shape {want}): give data of that size, or "
+                                 f"re-export the model with axis {a} dynamic")
+        if dims and dims[0] is not None:
+            batch.setdefault(dims[0], name)
+    if not batch:
+        return None
+    if len(batch) > 1:
+        raise FrontError(f"{model.path}: its inputs fix axis 0 at different sizes "
+                         f"({', '.join(f'{k!r}: {b}' for b, k in batch.items())}); refine batches every input "
+                         f"along axis 0: re-export the model with a dynamic batch axis")
+    (b, name), = batch.items()
+    n = int(xs[0].shape[0])
+    if n < b:
+        raise FrontError(f"{what}: {n} row{'s' if n != 1 else ''}, but {model.path} has a fixed batch of {b} "
+                         f"(axis 0 of input {name!r}): give at least {b} rows, or re-export the model with a "
+                         f"dynamic batch axis")
+    return b
+
+
+def _batch_copies(module: nn.Module, batch: int) -> list[str]:
+    """Weights that are one value repeated over a fixed batch (axis 0 of size ``batch`` > 1,
+    every slice equal to the first): constants the exporter folded for that batch, e.g. a
+    BERT's attention mask or its token-type embeddings added to every row. Trained, their
+    slices would drift apart and a row's output would depend on its slot in the batch."""
+    out = []
+    for name in module.param_names:
+        p = module.parameter(name)
+        if batch > 1 and p.dim() >= 2 and p.shape[0] == batch and bool((p == p[:1]).all()):
+            out.append(name)
+    return out
+
+
 def _strip_values(proto: onnx.ModelProto) -> bytes:
     """The model with every initializer's and Constant's values (and storage) cleared."""
     m = onnx.ModelProto()
@@ -673,8 +739,14 @@ def refine_onnx(source: str | Path | OnnxModel, data: Any, labels: Any = None, *
 
     ``data``: an .npz path or a dict of arrays keyed by graph input name (positional when no
     name matches and the counts agree), or a sequence of arrays in input order. ``labels``:
-    an .npy path or an array. Raises FrontError (one line naming the file) for unreadable,
-    missing or mismatched inputs and ops the torch executor cannot run."""
+    an .npy path or an array. A graph whose inputs declare a fixed batch size B on axis 0
+    (``torch.onnx.export`` without dynamic shapes) runs on batches of exactly B rows
+    everywhere (training, reference outputs, the onnxruntime check; the last reference
+    batch is filled up with rows from the start), ``batch_size`` is ignored, and weights
+    that are one value repeated over the B slots (constants folded for that batch) are
+    frozen. Raises FrontError (one line naming the file) for unreadable, missing or
+    mismatched inputs (including data that misses a fixed input size, or fewer rows than
+    a fixed batch) and ops the torch executor cannot run."""
     t0 = time.perf_counter()
     model = source if isinstance(source, OnnxModel) else load_model(source)
     output = Path(os.path.abspath(output))
@@ -693,10 +765,14 @@ def refine_onnx(source: str | Path | OnnxModel, data: Any, labels: Any = None, *
     xs = [torch.from_numpy(a) for a in _graph_inputs(model, names, arrays, data_what)]
     lab = None if lab_arr is None else _tensor(lab_arr, labels_what)
     n = _rows(xs, lab, data_what, labels_what)
+    fixed = _fixed_batch(model, names, xs, data_what)
+    frozen = _batch_copies(module, fixed) if fixed else []
+    for k in frozen:
+        module.parameter(k).requires_grad_(False)
 
     gs = analyze_slots(model.proto)
     lays: dict[str, Layout] = {}
-    trainable = set(module.param_names)
+    trainable = set(module.param_names) - set(frozen)
     for s in gs.slots:
         if s.layout is not None and s.initializer in trainable and s.initializer not in lays:
             lays[s.initializer] = s.layout
@@ -705,7 +781,7 @@ def refine_onnx(source: str | Path | OnnxModel, data: Any, labels: Any = None, *
     try:
         tr = _train(module, xs, lab, penalized, lays, steps=steps, lam=lam, keep=keep, lr=lr,
                     batch_size=batch_size, seed=seed, progress=progress, desc="FRONT+ refine",
-                    weighting=weighting)
+                    weighting=weighting, fixed_batch=fixed)
     except UnsupportedOpsError as e:
         raise FrontError(f"{model.path}: {e}") from None
 
@@ -723,13 +799,13 @@ def refine_onnx(source: str | Path | OnnxModel, data: Any, labels: Any = None, *
     diff = graph_unchanged(model.proto, written.proto)
     if diff:
         raise FrontError(f"{output}: {diff} (only initializer values may change)")
-    err, provider = _checked(module, output, xs, names)
+    err, provider = _checked(module, output, xs, names, fixed)
     after = _template_shares(written, keep)
     shares = _compare_shares(before, after)
     drift, acc_b, acc_a, agree = _drift(tr.reference, tr.refined, lab, tr.objective)
     return RefineReport(
         output=str(output), source=str(model.path), objective=tr.objective, steps=steps, lam=lam, keep=keep,
-        lr=lr, batch_size=min(batch_size, n), seed=seed, rows=n, seconds=time.perf_counter() - t0,
+        lr=lr, batch_size=fixed or min(batch_size, n), seed=seed, rows=n, seconds=time.perf_counter() - t0,
         penalized=len(lays), trainable=sum(p.numel() for p in module.parameters() if p.requires_grad),
         task_start=tr.task_start, task_final=tr.task_final, penalty_start=tr.penalty_start,
         penalty_final=tr.penalty_final, **shares, drift=drift,
