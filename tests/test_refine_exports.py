@@ -133,7 +133,7 @@ def test_data_that_misses_a_fixed_axis_is_one_clear_line(convnet, capsys):
 def bert(tmp_path_factory):
     """A tiny HF BertModel with perturbed parameters (non-zero biases), exported with
     torch.onnx.export's defaults (dynamo, batch 2 and sequence 6 fixed)."""
-    transformers = pytest.importorskip("transformers")
+    import transformers  # a test dependency: its absence is a broken set-up, not a skip
     d = tmp_path_factory.mktemp("bert")
     torch.manual_seed(0)
     cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
