@@ -20,6 +20,7 @@ import scipy.fft
 from front_onnx.analysis import analyze
 from front_onnx.analysis.inspection import InspectReport, build_report
 from front_onnx.analysis.naming import NamedWeights, named_weights
+from front_onnx.datafiles import load_npz
 from front_onnx.errors import FrontError, ValidationFailed
 from front_onnx.method.extraction import extract_learngene
 from front_onnx.method.learngene import Learngene
@@ -32,7 +33,7 @@ from front_onnx.validation.checks import validate as _validate
 
 __all__ = ["extract", "plan", "initialize", "transfer", "validate", "inspect", "weights", "refine",
            "refine_module", "InitResult", "FrontError", "ValidationFailed", "DEFAULT_KEEP",
-           "DEFAULT_CONVENTION", "DEFAULT_DEPTH", "LEARNGENE_SUFFIX", "load_arrays"]
+           "DEFAULT_CONVENTION", "DEFAULT_DEPTH", "LEARNGENE_SUFFIX"]
 
 DEFAULT_KEEP = 1.0          # the defaults are the convergence benchmark's best (docs/results.md)
 DEFAULT_CONVENTION = "ortho"
@@ -87,17 +88,6 @@ def _files(*things: Any) -> list[Path]:
         elif isinstance(x, (str, Path)):
             out.append(Path(x))
     return out
-
-
-def load_arrays(path: PathLike, what: str = "inputs") -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz`` file keyed by name (no pickles): FrontError naming the file otherwise."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise ValueError("not an .npz archive")
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise FrontError(f"{path}: cannot read {what} ({e})") from None
 
 
 @_all_cores
@@ -222,7 +212,7 @@ def validate(model: PathLike | OnnxModel, *, inputs: PathLike | Mapping[str, np.
     """Validate a model with onnxruntime; ``inputs`` are arrays keyed by input name or an
     ``.npz`` file of them (else synthesized). Other options: ``front_onnx.validation.validate``."""
     if isinstance(inputs, (str, Path)):
-        inputs = load_arrays(inputs)
+        inputs = load_npz(inputs)
     return _validate(model, inputs=inputs, **kwargs)
 
 

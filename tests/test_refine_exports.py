@@ -23,7 +23,8 @@ from front_onnx.onnxio import load_model  # noqa: E402
 
 from front_onnx import cli  # noqa: E402
 from front_onnx.torch.executor import OnnxModule  # noqa: E402
-from front_onnx.torch.refine import MATCH_TOL, _all_outputs, graph_unchanged  # noqa: E402
+from front_onnx.torch.refine import MATCH_TOL, graph_unchanged
+from front_onnx.torch.training import all_outputs  # noqa: E402
 
 STEPS = 3
 BATCH = 4   # the conv net's fixed export batch
@@ -101,7 +102,7 @@ def test_fixed_batch_refines_on_batches_of_that_size(convnet, labels, capsys):
 def test_outputs_on_all_rows_come_in_batches_of_the_fixed_size(convnet):
     d, src = convnet
     x = np.load(d / "x10.npz")["x"]
-    (ours,) = _all_outputs(OnnxModule(src), [torch.from_numpy(x)], BATCH, exact=True)
+    (ours,) = all_outputs(OnnxModule(src), [torch.from_numpy(x)], BATCH, exact=True)
     theirs = np.concatenate([run_onnx(src, {"x": x[0:4]})[0], run_onnx(src, {"x": x[4:8]})[0],
                              run_onnx(src, {"x": x[6:10]})[0][2:]])
     assert ours.shape == (10, 5)

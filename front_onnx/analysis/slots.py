@@ -97,7 +97,6 @@ class GraphSlots:
     """All float-initializer slots of a graph, in graph order."""
 
     slots: list[Slot]
-    shared: dict[str, list[int]]  # initializer -> indices into slots, for those used more than once
 
 
 def is_generated_name(name: str) -> bool:
@@ -397,7 +396,7 @@ class _Analyzer:
         shared = {k: v for k, v in shared.items() if len(v) > 1}
         self._assign_modules(slots, shared)
         self._refine_layouts(slots)
-        return GraphSlots(slots, shared)
+        return GraphSlots(slots)
 
     def _assign_modules(self, slots: list[Slot], shared: dict[str, list[int]]) -> None:
         """Module path per consumer node: from an unshared, exporter-kept parameter name of

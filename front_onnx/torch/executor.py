@@ -755,7 +755,6 @@ class OnnxModule(torch.nn.Module):
         self.param_names: dict[str, str] = {}
         self._stored: dict[str, tuple[np.dtype, tuple[int, ...], int]] = {}  # name -> (dtype, shape, elem type)
         self._key: dict[str, tuple[str, str]] = {}  # value name -> ("p"|"b", key)
-        self._constant_nodes: dict[str, int] = {}
         taken_p: set[str] = set()
         taken_b: set[str] = set()
 
@@ -851,8 +850,6 @@ class OnnxModule(torch.nn.Module):
             t = attrs.get("value")
             if t is not None:
                 add(out, numpy_helper.to_array(t) if prefix else model.array(out), t.data_type, not prefix)
-                if not prefix:
-                    self._constant_nodes[out] = index
             else:
                 for key, elem in (("value_float", TensorProto.FLOAT), ("value_floats", TensorProto.FLOAT),
                                   ("value_int", TensorProto.INT64), ("value_ints", TensorProto.INT64)):
@@ -904,10 +901,6 @@ class OnnxModule(torch.nn.Module):
             a = self.params[self._key[name][1]].detach().cpu().numpy()
             out[name] = np.ascontiguousarray(a.astype(np_dt, copy=True).reshape(shape))
         return out
-
-    def constant_nodes(self) -> dict[str, int]:
-        """Weights held in main-graph Constant nodes: output name -> node index (for ``save_model(constants=...)``)."""
-        return {k: v for k, v in self._constant_nodes.items() if k in self.param_names}
 
     def forward(self, *inputs: torch.Tensor, **named: torch.Tensor):
         if len(inputs) > len(self.input_names):
