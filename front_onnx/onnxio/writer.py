@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from front_onnx.errors import OnnxFileError
+from front_onnx.errors import FrontError, OnnxFileError
 from front_onnx.onnxio.model import OnnxModel, external_data_files
 from front_onnx.onnxio.tensors import (
     _DATA_FIELDS,
@@ -360,7 +360,7 @@ def save_model(
             data_tmp.unlink()
         size = out.ByteSize()
         if size > _PROTOBUF_LIMIT:
-            raise ValueError(f"{out_path}: the model would be {size} bytes, over protobuf's 2 GiB limit; "
-                             "save with external_data=True")
+            raise FrontError(f"{out_path}: the model would be {size} bytes, over protobuf's 2 GiB limit; "
+                             "write its weights as external data (--external-data yes)")
         tmp.write_bytes(out.SerializeToString(deterministic=True))
     return out_path
