@@ -109,23 +109,17 @@ def test_outputs_on_all_rows_come_in_batches_of_the_fixed_size(convnet):
     np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-5, atol=1e-6)
 
 
-def test_fewer_rows_than_the_fixed_batch_is_one_clear_line(convnet, capsys):
+@pytest.mark.parametrize("data,out_name,says", [
+    ("x3.npz", "few.onnx", "fixed batch of 4"),          # fewer rows than the fixed batch
+    ("x10-9x9.npz", "9x9.onnx", "axis 2"),               # data that misses a fixed axis
+])
+def test_data_the_fixed_graph_cannot_take_is_one_clear_line(convnet, capsys, data, out_name, says):
     d, src = convnet
-    out = d / "few.onnx"
-    assert _refine(src, d / "x3.npz", out) == 3
+    out = d / out_name
+    assert _refine(src, d / data, out) == 3
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "internal error" not in err
-    assert "x3.npz" in err and str(src) in err and "fixed batch of 4" in err
-    assert not out.exists()
-
-
-def test_data_that_misses_a_fixed_axis_is_one_clear_line(convnet, capsys):
-    d, src = convnet
-    out = d / "9x9.onnx"
-    assert _refine(src, d / "x10-9x9.npz", out) == 3
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "internal error" not in err
-    assert "x10-9x9.npz" in err and str(src) in err and "axis 2" in err
+    assert data in err and str(src) in err and says in err
     assert not out.exists()
 
 

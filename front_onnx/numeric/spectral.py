@@ -138,22 +138,21 @@ def dct_forward(x: np.ndarray, axes: Sequence[int], convention: Convention) -> n
     unnormalised ``X_k = 2*sum_n x_n cos(pi*k*(2n+1)/(2N))`` of the authors'
     released code, kept so their numbers can be reproduced.
     """
+    return _dct(sfft.dctn, x, axes, convention)
+
+
+def dct_inverse(c: np.ndarray, axes: Sequence[int], convention: Convention) -> np.ndarray:
+    """Exact inverse of :func:`dct_forward` (lengths taken from c), float64."""
+    return _dct(sfft.idctn, c, axes, convention)
+
+
+def _dct(transform, x: np.ndarray, axes: Sequence[int], convention: Convention) -> np.ndarray:
     norm = _norm(convention)
     arr, owned = _as_f64(x)
     ax = _normalize_axes(axes, arr.ndim)
     if not ax:
         return arr.copy() if not owned else arr
-    return sfft.dctn(arr, type=2, axes=ax, norm=norm, overwrite_x=owned)
-
-
-def dct_inverse(c: np.ndarray, axes: Sequence[int], convention: Convention) -> np.ndarray:
-    """Exact inverse of :func:`dct_forward` (lengths taken from c), float64."""
-    norm = _norm(convention)
-    arr, owned = _as_f64(c)
-    ax = _normalize_axes(axes, arr.ndim)
-    if not ax:
-        return arr.copy() if not owned else arr
-    return sfft.idctn(arr, type=2, axes=ax, norm=norm, overwrite_x=owned)
+    return transform(arr, type=2, axes=ax, norm=norm, overwrite_x=owned)
 
 
 def fit_spectrum(c: np.ndarray, shape: Sequence[int]) -> np.ndarray:
