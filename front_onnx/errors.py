@@ -17,6 +17,15 @@ class OnnxFileError(FrontError):
     """A model file that cannot be read or trusted: the message names the file and the problem."""
 
 
+class ModelFilesError(OnnxFileError):
+    """The model being validated has broken files (its ``files`` check failed): ``report``
+    holds the validation report with that failing check; the message names the file."""
+
+    def __init__(self, message: str, report: Any) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 class LearngeneError(FrontError):
     """A learngene file that cannot be read or trusted."""
 

