@@ -25,7 +25,13 @@ from front_onnx.errors import FrontError, ValidationFailed
 from front_onnx.method.extraction import extract_learngene
 from front_onnx.method.learngene import Learngene
 from front_onnx.method.materialize import needed_shapes, slot_values, write_initialized
-from front_onnx.method.planning import Plan, check_overlap, make_plan
+from front_onnx.method.planning import (
+    Plan,
+    check_overlap,
+    make_plan,
+    overlap_verdict,
+    summary_lines,
+)
 from front_onnx.onnxio import OnnxModel, check_tensors, load_model, model_files
 from front_onnx.outputs import data_companion, guard, write_bytes, write_text
 from front_onnx.validation.checks import ValidationReport
@@ -65,6 +71,10 @@ class InitResult:
         return (f"{self.output}: {sm['written_fraction']:.1%} of weight elements written; "
                 f"{sm['written']} slots written, {sm['left']} left; {self.split} shared initializers split; "
                 f"{self.seconds:.2f} s")
+
+    def detail_lines(self) -> list[str]:
+        """Where the structures diverge and what was left, grouped by reason."""
+        return summary_lines(self.plan)
 
 
 def _model(m: PathLike | OnnxModel) -> OnnxModel:
@@ -108,15 +118,20 @@ def extract(source: PathLike | OnnxModel, *, keep: float = DEFAULT_KEEP, convent
 def plan(source: PathLike | OnnxModel | Learngene, target: PathLike | OnnxModel, *,
          keep: float = DEFAULT_KEEP, convention: str = DEFAULT_CONVENTION, depth: str = DEFAULT_DEPTH,
          allow_nonfinite: bool = False) -> Plan:
-    """What initializing ``target`` from ``source`` would do. ``source`` is a model, a
-    Learngene, or a path: a learngene file when it ends in ``.safetensors``."""
+    """What initializing ``target`` from ``source`` would do: the same plan ``transfer``
+    computes, with ``verdict`` set to the reason ``transfer`` would refuse it ('' when it
+    would not). ``source`` is a model, a Learngene, or a path: a learngene file when it
+    ends in ``.safetensors``."""
     if isinstance(source, (str, Path)) and Path(source).suffix == LEARNGENE_SUFFIX:
         source = Learngene.load(source)
     gene = source if isinstance(source, Learngene) else extract(source, keep=keep, convention=convention,
                                                                  allow_nonfinite=allow_nonfinite)
     t = _model(target)
     gs, st = analyze(t)
-    return make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth)
+    p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth)
+    label = gene.source if isinstance(source, Learngene) else str(getattr(source, "path", source))
+    p.verdict = overlap_verdict(p, st, str(t.path), label or "the source")  # what transfer would refuse
+    return p
 
 
 def _init_outputs(output: PathLike, report: PathLike | None) -> list[Path | None]:

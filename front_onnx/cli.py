@@ -211,6 +211,9 @@ def _run(args: argparse.Namespace) -> int:
             print()
         else:
             print(format_plan(p, verbose=args.all))
+        if p.verdict:  # transfer would refuse this pair: the same verdict, the same exit code
+            print(f"front-onnx: error: {p.verdict}", file=sys.stderr)
+            return EXIT_INPUT
     elif args.command == "validate":
         rep = api.validate(args.model, reference=args.reference, source=args.source, device=args.device,
                            inputs=args.inputs, dims=dict(args.dim), strict=args.strict)
@@ -252,6 +255,8 @@ def _vargs(args: argparse.Namespace) -> dict:
 
 def _print_result(r: api.InitResult) -> None:
     print(r.summary_line())
+    for line in r.detail_lines():
+        print(line)
     v = r.validation
     if v is not None:
         lat = f", {v.latency_ms:.2f} ms" if v.latency_ms is not None else ""

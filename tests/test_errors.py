@@ -298,9 +298,10 @@ def test_different_families_refused(families, tmp_path, capsys):
     rc = main(["init", str(tgt), "--learngene", str(gene), "-o", str(out)])
     one_line(capsys, rc, EXIT_INPUT, str(tgt), str(gene), "share nothing", "first divergence")
     assert not out.exists()
-    # plan still shows what would happen (exit 0) with the divergence
-    assert main(["plan", str(src), str(tgt)]) == 0
-    assert "structures diverge" in capsys.readouterr().out
+    # plan shows what would happen, with the divergence, and gives transfer's verdict (exit 3)
+    assert main(["plan", str(src), str(tgt)]) == EXIT_INPUT
+    captured = capsys.readouterr()
+    assert "structures diverge" in captured.out and "share nothing" in captured.err
 
 
 def test_partial_overlap_allowed(families, tmp_path, capsys):
@@ -326,7 +327,7 @@ def test_nothing_writable_refused(pair, tmp_path, capsys):
     g.save(gene)
     out = tmp_path / "o.onnx"
     rc = main(["init", str(pair[1]), "--learngene", str(gene), "-o", str(out)])
-    one_line(capsys, rc, EXIT_INPUT, str(pair[1]), str(gene), "no target weight can be written")
+    one_line(capsys, rc, EXIT_INPUT, str(pair[1]), str(gene), "no target parameter can be written")
     assert not out.exists()
 
 

@@ -16,5 +16,5 @@ __all__ = ["analyze", "GraphSlots", "Structure"]
 
 def analyze(model: OnnxModel) -> tuple[GraphSlots, Structure]:
     """Slots and structure of a model."""
-    gs = analyze_slots(model.proto)
+    gs = analyze_slots(model.proto, model.array)
     return gs, find_structure(gs, model.proto)

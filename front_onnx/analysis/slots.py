@@ -10,11 +10,13 @@ from __future__ import annotations
 import re
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from front_onnx.analysis.provenance import Marks, classify
 from front_onnx.onnxio import constant_tensor
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
@@ -86,6 +88,7 @@ class Slot:
     reason: str = ""          # why the slot is not a weight, when role is None
     evidence: list[str] = field(default_factory=list)
     anchor: int = -1          # the node the slot's layer is placed at (a bias Add: its projection)
+    provenance: str = ""      # why the initializer is taken for a parameter, or for a constant
 
     @property
     def size(self) -> int:
@@ -150,8 +153,10 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
 
 
 class _Analyzer:
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, read: Callable[[str], np.ndarray] | None = None) -> None:
         self.g = model.graph
+        self.read = read
+        self.marks = Marks(self.g)
         self.inits = {t.name: t for t in self.g.initializer}
         # weights some exporters keep in Constant nodes: their outputs act as initializers
         for n in self.g.node:
@@ -384,12 +389,18 @@ class _Analyzer:
                     hops += 1
                 vshape = tuple(shape[k] for k in view)
                 role, layout, reason, ev = self.role_of(ci, cj, vshape)
+                provenance = ""
+                if role is not None:
+                    prov = classify(x, role, is_generated_name(x), self.marks, self.read)
+                    provenance = prov.evidence
+                    if not prov.parameter:
+                        role, layout, reason = None, None, f"constant, not a parameter: {prov.evidence}"
                 if layout is not None and view != list(range(len(shape))):
                     layout = Layout(tuple(view[k] for k in layout.perm), layout.kinds, layout.parts,
                                     f"{layout.name} through Transpose{tuple(view)}")
                     ev.append(f"reached through Transpose (stored axes {tuple(view)})")
                 slots.append(Slot(ni, j, x, shape, t.data_type, ci, cj, self.g.node[ci].op_type,
-                                  role, layout, reason=reason, evidence=ev, anchor=ci))
+                                  role, layout, reason=reason, evidence=ev, anchor=ci, provenance=provenance))
         shared: dict[str, list[int]] = defaultdict(list)
         for k, s in enumerate(slots):
             shared[s.initializer].append(k)
@@ -470,6 +481,8 @@ def _broadcast_layout(shape: tuple[int, ...]) -> Layout:
     return Layout(tuple(range(len(shape))), kinds, name="[" + ", ".join("1" if d == 1 else "d" for d in shape) + "]")
 
 
-def analyze_slots(model: onnx.ModelProto) -> GraphSlots:
-    """Every float-initializer slot of the main graph with its role and layout."""
-    return _Analyzer(model).analyze()
+def analyze_slots(model: onnx.ModelProto, read: Callable[[str], np.ndarray] | None = None) -> GraphSlots:
+    """Every float-initializer slot of the main graph with its role and layout; a slot whose
+    initializer the evidence does not show to be a parameter gets no role (see
+    ``provenance``). ``read`` gives an initializer's values, for the value evidence."""
+    return _Analyzer(model, read).analyze()

@@ -40,6 +40,16 @@ class Plan:
     convention: str
     divergence: list[str] = field(default_factory=list)  # where source and target structures differ
     depth: str = "spectral"          # how the layer axis is resampled (spectral.DEPTH_MODES)
+    verdict: str = ""                # why nothing useful can be written (transfer refuses), '' when it can
+
+    def left_by_reason(self) -> list[tuple[str, int, int]]:
+        """(reason, slots, elements) of the slots left, most elements first; a constant's
+        evidence is folded into one reason ('constant, not a parameter')."""
+        groups: dict[str, list[int]] = {}
+        for s in self.left:
+            why = s.reason.split(":", 1)[0] if s.reason.startswith("constant, not a parameter") else s.reason
+            groups.setdefault(why or "no reason given", []).append(s.elements)
+        return sorted(((r, len(v), sum(v)) for r, v in groups.items()), key=lambda x: (-x[2], x[0]))
 
     @property
     def written(self) -> list[SlotPlan]:
@@ -61,7 +71,9 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         return {"keep": self.keep, "convention": self.convention, "depth": self.depth, "summary": self.summary(),
-                "divergence": self.divergence, "templates": self.templates,
+                "verdict": self.verdict, "divergence": self.divergence,
+                "left_by_reason": [{"reason": r, "slots": n, "elements": e} for r, n, e in self.left_by_reason()],
+                "templates": self.templates,
                 "slots": [asdict(s) for s in self.slots]}
 
 
@@ -141,22 +153,30 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
     return Plan(plans, verdicts, gene.keep, gene.convention, divergence(gene.structure, st.segments), depth_mode)
 
 
-def check_overlap(plan: Plan, st: Structure, target: str, source: str) -> None:
-    """Refuse (FrontError) a target nothing can be written into: no float weights, no slot
-    written, or a target with repeated stages none of which is fed (only loose layers such
-    as a head match: the structures share nothing). A partial overlap stays allowed:
-    every slot left is listed in the plan with its reason."""
+def overlap_verdict(plan: Plan, st: Structure, target: str, source: str) -> str:
+    """Why a target cannot be initialized from this source ('' when it can): no float
+    weights, no parameter written, or a target with repeated stages none of which is fed
+    (only loose layers such as a head match: the structures share nothing). A partial
+    overlap stays allowed: every slot left is listed in the plan with its reason."""
     if not any(s.role is not None for s in plan.slots):
-        raise FrontError(f"{target}: no float weights found in the target graph (nothing to initialize)")
+        return f"{target}: no float weights found in the target graph (nothing to initialize)"
     where = (f"; first divergence: {plan.divergence[0]}" if plan.divergence else
              f"; {plan.left[0].initializer}: {plan.left[0].reason}" if plan.left else "")
     if not plan.written:
-        raise FrontError(f"{target}: no target weight can be written from {source} (structures of "
-                         f"different families?){where}")
+        return (f"{target}: no target parameter can be written from {source} (structures of "
+                f"different families?){where}")
     stages = {k for k, tpl in st.templates.items() if tpl.stage}
     if stages and not any(s.template in stages for s in plan.written):
-        raise FrontError(f"{target}: the structures share nothing with {source}: none of the target's repeated "
-                         f"stages has a source counterpart{where}")
+        return (f"{target}: the structures share nothing with {source}: none of the target's repeated "
+                f"stages has a source counterpart{where}")
+    return ""
+
+
+def check_overlap(plan: Plan, st: Structure, target: str, source: str) -> None:
+    """Set ``plan.verdict`` and refuse (FrontError) a target nothing useful can be written into."""
+    plan.verdict = overlap_verdict(plan, st, target, source)
+    if plan.verdict:
+        raise FrontError(plan.verdict)
 
 
 def divergence(source: list[dict], target: list[Segment]) -> list[str]:
@@ -195,10 +215,19 @@ def format_plan(plan: Plan, verbose: bool = True) -> str:
     for r in rows:
         lines.append("  ".join(r[c][:40].ljust(widths[c]) for c in range(4)) + "  " + r[4])
     sm = plan.summary()
-    if plan.divergence:
-        lines.append("structures diverge:" + "".join(f"\n  - {d}" for d in plan.divergence))
+    lines.extend(summary_lines(plan))
     lines.append(f"{sm['written']} slots written, {sm['left']} left; "
                  f"{sm['written_fraction']:.1%} of {sm['weight_elements']} weight elements written "
                  f"(keep {plan.keep}, convention {plan.convention}, depth {plan.depth})")
     return "\n".join(lines)
+
+
+def summary_lines(plan: Plan) -> list[str]:
+    """Where the structures diverge and what was left, grouped by reason."""
+    lines = []
+    if plan.divergence:
+        lines.append("structures diverge:" + "".join(f"\n  - {d}" for d in plan.divergence))
+    for why, n, elements in plan.left_by_reason():
+        lines.append(f"left: {n} slot{'s' if n > 1 else ''} ({elements} elements): {why}")
+    return lines
 

@@ -187,11 +187,13 @@ def refine_onnx(source: str | Path | OnnxModel, data: Any, labels: Any = None, *
     lab = None if lab_arr is None else as_tensor(lab_arr, labels_what)
     n = count_rows(xs, lab, data_what, labels_what)
     fixed = fixed_batch(model, names, xs, data_what)
-    frozen = batch_copies(module, fixed) if fixed else []
+    gs = analyze_slots(model.proto, model.array)
+    # only parameters train: constants (masks, rotary tables, scalars) keep their values
+    parameters = {s.initializer for s in gs.slots if s.role is not None}
+    frozen = sorted(set(module.param_names) - parameters) + (batch_copies(module, fixed) if fixed else [])
     for k in frozen:
         module.parameter(k).requires_grad_(False)
 
-    gs = analyze_slots(model.proto)
     lays: dict[str, Layout] = {}
     trainable = set(module.param_names) - set(frozen)
     for s in gs.slots:

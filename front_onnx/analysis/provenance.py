@@ -1,0 +1,162 @@
+"""Parameter or constant: what the evidence says each float initializer is.
+
+A *parameter* is a trained parameter of the source framework's module, or a pure layout
+view of one (transpose, reshape). Every other initializer is a *constant* (masks, rotary
+tables, folded position tables, shape and index tensors) and is never rewritten.
+Exporters fold computed tensors into initializers that look like weights, so this is
+decided before any role is given, from every kind of evidence there is, none of it
+required:
+
+- the exporter's marks (torch dynamo): ``pkg.torch.export.graph_signature.InputSpec.kind``
+  says an initializer *is* a parameter or buffer; ``pkg.onnxscript.optimizer.folded_from``
+  says what a folded initializer was computed from. A graph that marks its parameters
+  marks all of them: an unmarked float initializer there is a constant;
+- the values: a tensor holding +-inf, NaN or magnitudes near the dtype's limit is a mask;
+- the consuming op and input position (a MatMul/Gemm/Conv weight, a normalization's scale,
+  an embedding table are parameters whatever their names);
+- names: a generated name (``onnx::Mul_12``, ``val_3``) does not show an ambiguous tensor
+  (one added, multiplied or concatenated) to be a parameter; a module path does.
+
+When the evidence does not make a tensor a parameter, it is a constant: leaving a
+parameter untouched costs a little transfer, rewriting a constant breaks the model.
+"""
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import onnx
+
+KIND_KEY = "pkg.torch.export.graph_signature.InputSpec.kind"
+FOLDED_KEY = "pkg.onnxscript.optimizer.folded_from"
+
+# fx node names of ops that only move a tensor's elements around (a view of its source),
+# and names of values folded earlier from constants (shape tensors, scalars)
+_LAYOUT_OP = re.compile(r"^(t|transpose|permute|view|reshape|_reshape_alias|unsqueeze|squeeze|expand|contiguous|"
+                        r"clone|alias|detach|_to_copy|lift_fresh_copy|val)(_\d+)?$")
+# ... and of ops that take rows of a table at constant positions (``wpe(arange(T))``): the
+# result is a slice of its source, so a slice of a parameter is that parameter's rows
+_SLICE_OP = re.compile(r"^(arange|embedding|slice|select|index_select|narrow)(_\d+)?$")
+FX_KEY = "pkg.torch.onnx.fx_node"
+# roles the consuming op gives only to parameters (a framework's layer weights)
+LAYER_ROLES = {"linear.weight", "linear.bias", "conv.weight", "conv.bias", "norm.scale", "norm.bias", "norm.mean",
+               "norm.var", "embedding"}
+
+
+@dataclass(frozen=True)
+class Provenance:
+    parameter: bool
+    evidence: str
+
+
+def props(entries) -> dict[str, str]:
+    """Metadata entries (``metadata_props``) as a dict."""
+    return {p.key: p.value for p in entries}
+
+
+def literal_list(value: str) -> list[str]:
+    """A Python list literal of names (``folded_from``), or [] when it is not one."""
+    try:
+        v = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return []
+    return [str(x) for x in v] if isinstance(v, (list, tuple)) else []
+
+
+class Marks:
+    """The exporter's marks in a graph: parameter/buffer kinds and folded_from sources."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.kind: dict[str, str] = {}
+        self.folded: dict[str, list[str]] = {}
+        for entries, name in [(vi.metadata_props, vi.name) for vi in (*graph.value_info, *graph.input)] + \
+                [(t.metadata_props, t.name) for t in graph.initializer]:
+            p = props(entries)
+            if KIND_KEY in p:
+                self.kind.setdefault(name, p[KIND_KEY])
+            if FOLDED_KEY in p:
+                self.folded.setdefault(name, literal_list(p[FOLDED_KEY]))
+        # the module's parameters and buffers as the exporter's nodes name them (%p_x_y, %b_x_y)
+        self.placeholders: set[str] = set()
+        for n in graph.node:
+            text = props(n.metadata_props).get(FX_KEY)
+            if text:
+                self.placeholders.update(re.findall(r"%([pb]_\w+)", text))
+        # a graph whose exporter marks parameters marks every one of them
+        self.marks_parameters = any(k == "PARAMETER" for k in self.kind.values()) or bool(self.placeholders)
+
+    def source_kind(self, name: str) -> str:
+        """'parameter', 'buffer' or '' (an op or a value) for a name in a folded_from list."""
+        if self.kind.get(name) == "PARAMETER" or "p_" + name.replace(".", "_") in self.placeholders:
+            return "parameter"
+        if self.kind.get(name) == "BUFFER" or "b_" + name.replace(".", "_") in self.placeholders:
+            return "buffer"
+        if "." in name:  # a module path that no node marks (its consumers were folded too)
+            return "parameter"
+        return ""
+
+
+def _folded(marks: Marks, name: str, role: str | None) -> Provenance | None:
+    sources = marks.folded.get(name)
+    if sources is None:
+        return None
+    kinds = {x: marks.source_kind(x) for x in sources}
+    params = [x for x in sources if kinds[x] == "parameter"]
+    buffers = [x for x in sources if kinds[x] == "buffer"]
+    ops = [x for x in sources if not kinds[x] and not _LAYOUT_OP.match(x)]
+    sliced = [x for x in ops if _SLICE_OP.match(x)]
+    computed = [x for x in ops if x not in sliced]
+    if len(params) == 1 and not buffers and not computed:
+        how = "rows of" if sliced else "a layout view of"
+        return Provenance(True, f"{how} the parameter {params[0]} (exporter: folded_from)")
+    if params and not buffers and not computed and not sliced:
+        return Provenance(True, f"a layout view of the parameters {', '.join(params)} (exporter: folded_from)")
+    if params and not buffers and not sliced and role in LAYER_ROLES:
+        return Provenance(True, f"a {role} computed from the parameters {', '.join(params)} only "
+                                f"(exporter: folded_from)")
+    what = ", ".join(sources[:6]) + (", ..." if len(sources) > 6 else "")
+    return Provenance(False, f"computed by the exporter from {what} (folded_from)")
+
+
+def _mask_like(a: np.ndarray) -> bool:
+    if a.dtype.kind != "f" or a.size == 0:
+        return False
+    x = np.asarray(a, dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        return True
+    return bool(np.max(np.abs(x)) >= 0.1 * float(np.finfo(a.dtype).max))
+
+
+def classify(name: str, role: str | None, generated_name: bool, marks: Marks,
+             read: Callable[[str], np.ndarray] | None) -> Provenance:
+    """Whether the float initializer ``name``, used in a slot of ``role`` (the consuming
+    op's reading), is a parameter, with the evidence that decided it."""
+    kind = marks.kind.get(name)
+    if kind == "PARAMETER":
+        return Provenance(True, "the exporter marks it a parameter")
+    if kind == "BUFFER":
+        if role in ("norm.mean", "norm.var"):
+            return Provenance(True, "a normalization's running statistics (a trained buffer)")
+        return Provenance(False, "the exporter marks it a buffer, not a parameter")
+    if kind is not None:
+        return Provenance(False, f"the exporter marks it a {kind.lower()}, not a parameter")
+    folded = _folded(marks, name, role)
+    if folded is not None:
+        return folded
+    if role in LAYER_ROLES:
+        return Provenance(True, f"a {role} of its consuming op")
+    if marks.marks_parameters:
+        return Provenance(False, "the exporter marks every parameter and not this tensor")
+    if read is not None:
+        try:
+            mask = _mask_like(read(name))
+        except Exception:  # noqa: BLE001 - unreadable data is reported by the file checks, not here
+            mask = False
+        if mask:
+            return Provenance(False, "mask-like values (inf, NaN or near the dtype's limit)")
+    if generated_name:
+        return Provenance(False, "a generated name and no exporter mark: not shown to be a parameter")
+    return Provenance(True, "named like a parameter")
