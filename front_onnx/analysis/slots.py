@@ -239,7 +239,9 @@ class _Analyzer:
 
     def _gathered_parts(self, value: str, depth: int = 3) -> int:
         """How many equal parts a reshaped projection output is indexed into: scalar-index
-        Gathers on one axis (through Transposes) taking indices 0..p-1, or a p-way Split."""
+        Gathers on one axis (through Transposes) taking indices 0..p-1 (the legacy exporter's
+        ``unbind``), unit Slices on one axis taking [i, i+1) for i in 0..p-1 (the dynamo
+        exporter's), or a p-way Split."""
         by_axis: dict[int, set[int]] = defaultdict(set)
         for ci, _ in self.cons.get(value, []):
             n = self.g.node[ci]
@@ -247,6 +249,10 @@ class _Analyzer:
                 idx = self._static_int_values(n.input[1])
                 if idx is not None and len(idx) == 1 and idx[0] is not None:
                     by_axis[int(_attr(n, "axis", 0))].add(int(idx[0]))
+            elif n.op_type == "Slice" and len(n.input) >= 3:
+                unit = self._unit_slice(n)
+                if unit is not None:
+                    by_axis[unit[0]].add(unit[1])
             elif n.op_type == "Split" and len(n.output) > 1:
                 return len(n.output)
             elif n.op_type in ("Transpose", "Identity") and depth > 0:
@@ -257,6 +263,17 @@ class _Analyzer:
             if len(idx) > 1 and idx == set(range(len(idx))):
                 return len(idx)
         return 1
+
+    def _unit_slice(self, n: onnx.NodeProto) -> tuple[int, int] | None:
+        """(axis, i) when a Slice takes exactly [i, i+1) of one axis with step 1."""
+        starts, ends = self._static_int_values(n.input[1]), self._static_int_values(n.input[2])
+        axes = self._static_int_values(n.input[3]) if len(n.input) > 3 and n.input[3] else [0]
+        steps = self._static_int_values(n.input[4]) if len(n.input) > 4 and n.input[4] else [1]
+        if not (starts and ends and axes and steps) or not (len(starts) == len(ends) == len(axes) == len(steps) == 1):
+            return None
+        if None in (starts[0], ends[0], axes[0], steps[0]) or steps[0] != 1 or ends[0] != starts[0] + 1:
+            return None
+        return int(axes[0]), int(starts[0])
 
     def feeds_output(self, node_idx: int) -> bool:
         """True when the node's output reaches a graph output without another weight layer:
