@@ -9,25 +9,9 @@ The package in layers, bottom to top (docs/architecture.md): ``errors``/``output
 """
 from front_onnx._version import __version__
 from front_onnx.analysis.inspection import InspectReport
-from front_onnx.api import (
-                            InitResult,
-                            extract,
-                            initialize,
-                            inspect,
-                            plan,
-                            refine,
-                            refine_module,
-                            transfer,
-                            validate,
-                            weights,
-)
-from front_onnx.errors import (
-                            FrontError,
-                            LearngeneError,
-                            OnnxFileError,
-                            OutputRefused,
-                            ValidationFailed,
-)
+from front_onnx.api import (InitResult, extract, initialize, inspect, plan, refine, refine_module, transfer,
+                            validate, weights)
+from front_onnx.errors import FrontError, LearngeneError, OnnxFileError, OutputRefused, ValidationFailed
 from front_onnx.method.learngene import Learngene
 from front_onnx.validation.checks import ValidationReport
 

@@ -20,6 +20,7 @@ import scipy.fft
 from front_onnx.analysis import analyze
 from front_onnx.analysis.inspection import InspectReport, build_report
 from front_onnx.analysis.naming import NamedWeights, named_weights
+from front_onnx.analysis.slots import slot_dtype
 from front_onnx.datafiles import load_npz
 from front_onnx.errors import FrontError, ValidationFailed
 from front_onnx.method.extraction import extract_learngene
@@ -169,8 +170,9 @@ def _initialize(t: OnnxModel, gene: Learngene, output: Path, t0: float, report: 
     gs, st = analysis
     p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth)
     check_overlap(p, st, str(t.path), label or gene.source or "the source")
-    dtypes = {name: t.dtype(name) for name in {s.initializer for s in gs.slots}}
+    dtypes = {s.initializer: slot_dtype(s) for s in gs.slots}
     values = slot_values(gene, gs, st, p, dtypes, depth, release=release)  # release: gene is transfer's own
+    values = {i: v for i, v in values.items() if p.slots[i].status == "written"}  # absent biases may be left
     info = write_initialized(t, gs, values, output, external_data=external_data)
     for i, name in info["renamed"].items():
         p.slots[i].written_as = name

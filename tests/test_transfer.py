@@ -78,8 +78,8 @@ def test_shrink_and_grow(samples, tmp_path, family, pair, size):
 
     summary = result.plan.summary()
     for s in result.plan.slots:
-        assert s.status in ("written", "left")
-        if s.status == "left":
+        assert s.status in ("written", "left") or (s.status == "absent" and s.absent and not s.counted)
+        if s.status != "written":
             assert s.reason, f"{s.initializer} left without a reason"
     assert summary["written_fraction"] >= 0.9, result.plan.left
 

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from front_onnx.analysis import analyze
-from front_onnx.analysis.slots import FEATURE, GraphSlots
+from front_onnx.analysis.slots import FEATURE, GraphSlots, slot_array, slot_dtype
 from front_onnx.analysis.structure import Structure
 from front_onnx.errors import FrontError
 from front_onnx.numeric import spectral
@@ -225,7 +225,7 @@ def _labels(gs: GraphSlots, st: Structure) -> tuple[list[SegmentInfo], dict[str,
 def _canonical_f64(model: OnnxModel, slot) -> np.ndarray:
     """The slot's tensor in canonical layout, as a fresh float64 buffer in the stored memory
     order (a transposed view is copied straight, not gathered)."""
-    return np.array(slot.layout.to_canonical(np.asarray(model.array(slot.initializer))), dtype=np.float64, order="K")
+    return np.array(slot.layout.to_canonical(np.asarray(slot_array(model.array, slot))), dtype=np.float64, order="K")
 
 
 def build_report(model: OnnxModel, keeps: Sequence[float] = KEEPS,
@@ -288,7 +288,7 @@ def build_report(model: OnnxModel, keeps: Sequence[float] = KEEPS,
             key=key, short=short, segment=seg_label, stage=tpl.stage, role=tpl.role,
             module=_module_hint(first.module), layout=first.layout.name, kinds=list(kinds),
             shape=list(first.layout.canonical_shape(first.shape)), stored_shape=list(first.shape),
-            dtype=str(model.dtype(first.initializer)), depth=tpl.depth, initializers=inits, axes=axes,
+            dtype=str(slot_dtype(first)), depth=tpl.depth, initializers=inits, axes=axes,
             energy=energy, constant=constant, mean=mean, note=note))
     # graph order: by segment, then as the structure lists them (unit order, then input order)
     rank = {key: n for n, key in enumerate(st.templates)}
@@ -298,7 +298,7 @@ def build_report(model: OnnxModel, keeps: Sequence[float] = KEEPS,
         tkey = slot_template.get(i)
         reason = "" if tkey else (st.unplaced.get(i) or s.reason or "not placed in a template")
         slots.append(SlotInfo(s.initializer, node_names[s.node] or f"#{s.node}", s.input, s.op, s.role,
-                              s.layout.name if s.layout else "", list(s.shape), str(model.dtype(s.initializer)),
+                              s.layout.name if s.layout else "", list(s.shape), str(slot_dtype(s)),
                               tkey, reason))
     return InspectReport(str(model.path), keeps, segments, dict(st.stages), templates, slots,
                          time.perf_counter() - t0, [str(p) for p in model_files(model)])

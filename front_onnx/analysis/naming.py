@@ -228,7 +228,8 @@ def _torch_names(m: OnnxModel) -> NamedWeights:
     out = NamedWeights(names="torch")
     by_init: dict[str, list[Slot]] = {}
     for s in gs.slots:
-        by_init.setdefault(s.initializer, []).append(s)
+        if not s.absent:  # a bias the graph does not have: nothing to name
+            by_init.setdefault(s.initializer, []).append(s)
     arrays: dict[str, np.ndarray] = {}
 
     def value(init: str) -> np.ndarray:

@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from front_onnx.analysis.provenance import Marks, classify
-from front_onnx.onnxio import constant_tensor
+from front_onnx.onnxio import constant_tensor, np_dtype
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 
@@ -33,6 +33,10 @@ WEIGHT_PATH = PASS_THROUGH | {"Transpose"}
 # Ops whose float initializer inputs are weights of a layer; used to bound graph walks.
 WEIGHT_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "LayerNormalization", "BatchNormalization",
               "InstanceNormalization", "GroupNormalization", "Gather"}
+# The bias roles: a layer without one has a zero bias (exporters drop zero biases).
+BIAS_ROLES = {"linear.bias", "conv.bias"}
+ABSENT_SUFFIX = "::absent_bias"
+_OPTIONAL_BIAS_OPS = {"Conv", "ConvTranspose", "Gemm"}  # their input 2 is an optional bias
 _GENERATED_NAME = re.compile(r"^(val_\d+|_val_\d+|onnx::.*|.*::.*|const_\d+|Constant_\d+.*)$")
 
 
@@ -89,6 +93,8 @@ class Slot:
     evidence: list[str] = field(default_factory=list)
     anchor: int = -1          # the node the slot's layer is placed at (a bias Add: its projection)
     provenance: str = ""      # why the initializer is taken for a parameter, or for a constant
+    absent: bool = False      # a bias the layer has none of (zero): ``initializer`` is a made-up name
+    restorable: bool = False  # absent, and the node has an optional input for it (Conv/Gemm input 2)
 
     @property
     def size(self) -> int:
@@ -424,7 +430,42 @@ class _Analyzer:
         shared = {k: v for k, v in shared.items() if len(v) > 1}
         self._assign_modules(slots, shared)
         self._refine_layouts(slots)
+        slots.extend(self._absent_biases(slots))
         return GraphSlots(slots)
+
+    def _absent_biases(self, slots: list[Slot]) -> list[Slot]:
+        """A slot for the zero bias of every projection or convolution that has none: the
+        exporter drops all-zero bias inputs (and whole Adds of zeros), so a fresh model's
+        export lacks biases its trained counterpart has. Such a slot reads as zeros; when
+        the node has an optional bias input (Conv, ConvTranspose, Gemm) a value can be
+        restored into it."""
+        biased = {s.anchor for s in slots if s.role in BIAS_ROLES}
+        out = []
+        for w in slots:
+            if w.role not in ("linear.weight", "conv.weight") or w.layout is None or w.anchor in biased:
+                continue
+            node = self.g.node[w.consumer]
+            canon = w.layout.canonical_shape(tuple(w.shape))
+            if w.role == "conv.weight":
+                out_ch = canon[0] * (int(_attr(node, "group", 1)) if node.op_type == "ConvTranspose" else 1)
+                kinds: tuple[str, ...] = (w.layout.kinds[0],)
+                if node.op_type == "ConvTranspose" and out_ch != canon[0]:
+                    kinds = (FEATURE,)
+                layout = Layout((0,), kinds, 1, "[out] (absent: zero)")
+                role = "conv.bias"
+            else:
+                parts = w.layout.parts
+                out_ch = canon[0] * canon[1] if parts > 1 else canon[0]
+                kinds = w.layout.kinds[:2] if parts > 1 else w.layout.kinds[:1]
+                layout = Layout((0,), kinds, parts, "[out] (absent: zero)")
+                role = "linear.bias"
+            restorable = node.op_type in _OPTIONAL_BIAS_OPS and (len(node.input) < 3 or not node.input[2])
+            biased.add(w.anchor)
+            out.append(Slot(w.consumer, 2 if restorable else -1, w.initializer + ABSENT_SUFFIX, (int(out_ch),),
+                            w.dtype, w.consumer, 2, w.op, role, layout, w.module, w.module_evidence,
+                            evidence=[f"{node.op_type} without a bias: a zero bias"], anchor=w.anchor,
+                            provenance="absent: the layer's bias is zero", absent=True, restorable=restorable))
+        return out
 
     def _assign_modules(self, slots: list[Slot], shared: dict[str, list[int]]) -> None:
         """Module path per consumer node: from an unshared, exporter-kept parameter name of
@@ -496,6 +537,18 @@ def _broadcast_layout(shape: tuple[int, ...]) -> Layout:
     broadcast and are index axes; the others are feature axes."""
     kinds = tuple(INDEX if d == 1 else FEATURE for d in shape)
     return Layout(tuple(range(len(shape))), kinds, name="[" + ", ".join("1" if d == 1 else "d" for d in shape) + "]")
+
+
+def slot_array(read: Callable[[str], np.ndarray], s: Slot) -> np.ndarray:
+    """A slot's stored values: zeros for an absent bias."""
+    if s.absent:
+        return np.zeros(s.shape, np_dtype(s.dtype))
+    return read(s.initializer)
+
+
+def slot_dtype(s: Slot) -> np.dtype:
+    """The numpy dtype a slot's values are stored in."""
+    return np_dtype(s.dtype)
 
 
 def analyze_slots(model: onnx.ModelProto, read: Callable[[str], np.ndarray] | None = None) -> GraphSlots:

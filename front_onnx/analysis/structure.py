@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from front_onnx.analysis.slots import GraphSlots
+from front_onnx.analysis.slots import BIAS_ROLES, GraphSlots
 
 
 @dataclass
@@ -94,7 +94,8 @@ def _units(gs: GraphSlots, model: onnx.ModelProto) -> list[_Unit]:
         for i in idx:
             s = gs.slots[i]
             assert s.layout is not None
-            parts.append((s.role, s.layout.kinds, len(s.shape)))
+            if s.role not in BIAS_ROLES:  # a bias may be absent (zero, dropped by the exporter): not structure
+                parts.append((s.role, s.layout.kinds, len(s.shape)))
         conv = ()
         if node.op_type in ("Conv", "ConvTranspose"):
             w = next((gs.slots[i] for i in idx if gs.slots[i].role == "conv.weight"), None)
@@ -103,7 +104,8 @@ def _units(gs: GraphSlots, model: onnx.ModelProto) -> list[_Unit]:
                      if a.name in ("strides", "dilations", "group")}
             kernel = w.layout.canonical_shape(w.shape)[2:] if w is not None and w.layout is not None else ()
             conv = (kernel, tuple(sorted(attrs.items())))
-        units.append(_Unit(anchor, idx, (tuple(parts), conv), tuple(gs.slots[i].shape for i in idx)))
+        units.append(_Unit(anchor, idx, (tuple(parts), conv),
+                           tuple(gs.slots[i].shape for i in idx if gs.slots[i].role not in BIAS_ROLES)))
     return units
 
 
@@ -126,6 +128,17 @@ def _runs(units: list[_Unit]) -> list[tuple[int, int, int]]:
         else:
             i += 1
     return runs
+
+
+def _by_role(gs: GraphSlots, unit: _Unit) -> dict[tuple[str, int], int]:
+    """A unit's slots keyed by (role, occurrence of that role in the unit)."""
+    out: dict[tuple[str, int], int] = {}
+    seen: dict[str, int] = defaultdict(int)
+    for i in unit.slots:
+        role = gs.slots[i].role or ""
+        out[(role, seen[role])] = i
+        seen[role] += 1
+    return out
 
 
 def find_structure(gs: GraphSlots, model: onnx.ModelProto) -> Structure:
@@ -158,10 +171,15 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto) -> Structure:
         stages[stage] = [f"stage{n_stage}.block{b}" for b in range(k)]  # labels for people
         for j in range(p):
             first = units[start + j]
-            for r, slot in enumerate(first.slots):
-                role = gs.slots[slot].role or ""
-                key = f"{stage}/u{j}:{role}" + (f"#{r}" if [gs.slots[x].role for x in first.slots].count(role) > 1 else "")
-                blocks = [[units[start + b * p + j].slots[r]] for b in range(k)]
+            per_block = [_by_role(gs, units[start + b * p + j]) for b in range(k)]
+            for (role, occ), slot in _by_role(gs, first).items():
+                key = f"{stage}/u{j}:{role}" + (f"#{occ}" if (role, 1) in per_block[0] else "")
+                if any((role, occ) not in blk for blk in per_block):
+                    for blk in per_block:
+                        if (role, occ) in blk:
+                            unplaced[blk[(role, occ)]] = "a bias only some blocks of its stage have"
+                    continue
+                blocks = [[blk[(role, occ)]] for blk in per_block]
                 templates[key] = Template(key, stage, role, blocks,
                                           f"topology: unit {j} of a {p}-unit block repeated {k}x")
         in_run.update(range(start, start + p * k))
@@ -172,8 +190,8 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto) -> Structure:
         h = _hash(u.sig)
         occ = seen_unit[h]
         seen_unit[h] += 1
-        for r, slot in enumerate(u.slots):
-            role = gs.slots[slot].role or ""
-            key = f"U{h}#{occ}:{role}" + (f"#{r}" if [gs.slots[x].role for x in u.slots].count(role) > 1 else "")
+        roles = _by_role(gs, u)
+        for (role, n), slot in roles.items():
+            key = f"U{h}#{occ}:{role}" + (f"#{n}" if (role, 1) in roles else "")
             templates[key] = Template(key, "", role, [[slot]], f"topology: loose layer, occurrence {occ} of its kind")
     return Structure(templates, unplaced, stages, segments)

@@ -9,7 +9,7 @@ import numpy as np
 
 from front_onnx._version import __version__
 from front_onnx.analysis import analyze
-from front_onnx.analysis.slots import FEATURE, SPATIAL, GraphSlots
+from front_onnx.analysis.slots import FEATURE, SPATIAL, GraphSlots, slot_dtype
 from front_onnx.analysis.structure import Structure, Template
 from front_onnx.errors import OnnxFileError
 from front_onnx.method.learngene import GeneTemplate, Learngene
@@ -88,7 +88,7 @@ def extract_learngene(model: OnnxModel, keep: float = 1.0, convention: str = "or
         kept = kept_shape(len(tpl.blocks), shape, kinds, keep)
         want = needed.get(key) if needed is not None else None
         lengths = kept if want is None or len(want) != len(kept) else tuple(min(k, n) for k, n in zip(kept, want))
-        store = np.float64 if model.dtype(first.initializer) == np.float64 else np.float32
+        store = np.float64 if slot_dtype(first) == np.float64 else np.float32
         try:
             coef, means, stds = template_corner(model, gs, tpl, lengths, transformed_axes(kinds), convention, store)
         except ValueError:
@@ -100,7 +100,7 @@ def extract_learngene(model: OnnxModel, keep: float = 1.0, convention: str = "or
             continue
         templates[key] = GeneTemplate(
             key=key, stage=tpl.stage, role=tpl.role, layout=first.layout.name, kinds=kinds,
-            shape=shape, depth=len(tpl.blocks), dtype=str(model.dtype(first.initializer)), coefficients=coef,
+            shape=shape, depth=len(tpl.blocks), dtype=str(slot_dtype(first)), coefficients=coef,
             means=means, stds=stds, kept=kept)
     if nonfinite and not allow_nonfinite:
         names = sorted({n for v in nonfinite.values() for n in v})
@@ -119,6 +119,8 @@ def _nonfinite_initializers(model: OnnxModel, gs: GraphSlots, tpl: Template) -> 
     """The initializers of a template's blocks that hold NaN or Inf (read one at a time)."""
     out = []
     for block in tpl.blocks:
+        if gs.slots[block[0]].absent:
+            continue  # an absent bias is zero
         name = gs.slots[block[0]].initializer
         a = np.asarray(model.array(name))
         if a.dtype.kind not in "biu" and not np.all(np.isfinite(a.astype(np.float64, copy=False))):
@@ -146,10 +148,15 @@ def template_corner(model: OnnxModel, gs: GraphSlots, tpl: Template, lengths: tu
         s = gs.slots[block[0]]
         assert s.layout is not None
         layer = np.empty((1,) + s.layout.canonical_shape(s.shape), dtype=np.float64)
-        dtype = model.dtype(s.initializer)
+        dtype = slot_dtype(s)
         if raw is None or raw.dtype != dtype or raw.size != layer.size:
             raw = np.empty(layer.size, dtype=dtype)  # one read buffer for every block
-        _copy_tiled(layer[0], s.layout.to_canonical(model.read_into(s.initializer, raw)))
+        if s.absent:  # a bias the exporter dropped: zero
+            raw.fill(0)
+            stored = raw.reshape(s.shape)
+        else:
+            stored = model.read_into(s.initializer, raw)
+        _copy_tiled(layer[0], s.layout.to_canonical(stored))
         z, m, sd = spectral.standardize_stack(layer, inplace=True, as_in_stack=n_layers > 1)
         means[b], stds[b] = m[0], sd[0]
         c = spectral.spectrum_corner(z, feature, convention, overwrite=True) if feature else z

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from front_onnx.analysis.slots import GraphSlots
+from front_onnx.analysis.slots import ABSENT_SUFFIX, GraphSlots
 from front_onnx.analysis.structure import Structure, Template
 from front_onnx.method.extraction import transformed_axes
 from front_onnx.method.learngene import GeneTemplate, Learngene
@@ -174,12 +174,28 @@ def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.nd
     nothing else in the graph changes. Returns {'split': n initializers split, 'added': n, 'renamed': {slot index: new initializer name}}."""
     by_init: dict[str, list[int]] = {}
     for i, s in enumerate(gs.slots):
-        by_init.setdefault(s.initializer, []).append(i)
+        if not s.absent:
+            by_init.setdefault(s.initializer, []).append(i)
     new_values: dict[str, np.ndarray] = {}
     add: dict[str, tuple[np.ndarray, object]] = {}
     rewire: dict[tuple[int, int], str] = {}
     taken = set(target.initializer_names()) | {o for n in target.proto.graph.node for o in n.output} \
         | {i.name for i in target.proto.graph.input}
+
+    def fresh(name: str) -> str:
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        return name
+
+    # biases the target's exporter dropped: restored into the node's optional bias input
+    for i, s in enumerate(gs.slots):
+        if s.absent and i in values:
+            if not s.restorable:
+                raise ValueError(f"slot {i}: an absent bias without an optional input cannot be written")
+            name = fresh(s.initializer.replace(ABSENT_SUFFIX, "") + "__front_bias")
+            add[name] = (values[i], values[i].dtype)
+            rewire[(s.node, s.input)] = name
     split = 0
     for name, idx in by_init.items():
         if not any(i in values for i in idx):
@@ -198,10 +214,7 @@ def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.nd
             new_values[name] = values[groups[order[0]][0]]
         split += len(order) > 1
         for k, digest in enumerate(order[1:], start=1):
-            new_name = f"{name}__front{k}"
-            while new_name in taken:
-                new_name += "_"
-            taken.add(new_name)
+            new_name = fresh(f"{name}__front{k}")
             add[new_name] = (values[groups[digest][0]], dtype)
             for i in groups[digest]:
                 rewire[(gs.slots[i].node, gs.slots[i].input)] = new_name

@@ -6,6 +6,8 @@ import difflib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from front_onnx.analysis.slots import INDEX, PARTS, GraphSlots
 from front_onnx.analysis.structure import Segment, Structure, Template
 from front_onnx.errors import FrontError
@@ -25,11 +27,13 @@ class SlotPlan:
     shape: list[int]
     elements: int
     template: str | None
-    status: str                      # 'written' or 'left'
+    status: str                      # 'written', 'left', or 'absent' (a bias neither side has: nothing to do)
     operations: list[str] = field(default_factory=list)
     reason: str = ""
     evidence: list[str] = field(default_factory=list)
     written_as: str = ""             # the output initializer, when a shared one was split
+    absent: bool = False             # a bias the target's layer does not have (zero)
+    counted: bool = True             # in the parameter totals (not an absent bias zero on both sides)
 
 
 @dataclass
@@ -57,14 +61,19 @@ class Plan:
 
     @property
     def left(self) -> list[SlotPlan]:
-        return [s for s in self.slots if s.status != "written"]
+        return [s for s in self.slots if s.status == "left"]
+
+    @property
+    def listed(self) -> list[SlotPlan]:
+        """The slots a report lists: all but absent biases with nothing to write (status 'absent')."""
+        return [s for s in self.slots if s.status != "absent"]
 
     def summary(self) -> dict[str, Any]:
-        weights = [s for s in self.slots if s.role is not None]
+        weights = [s for s in self.slots if s.role is not None and s.counted]
         total = sum(s.elements for s in weights)
         done = sum(s.elements for s in weights if s.status == "written")
         return {
-            "slots": len(self.slots), "weight_slots": len(weights), "written": len(self.written),
+            "slots": len(self.listed), "weight_slots": len(weights), "written": len(self.written),
             "left": len(self.left), "weight_elements": total, "written_elements": done,
             "written_fraction": (done / total) if total else 0.0,
         }
@@ -74,7 +83,7 @@ class Plan:
                 "verdict": self.verdict, "divergence": self.divergence,
                 "left_by_reason": [{"reason": r, "slots": n, "elements": e} for r, n, e in self.left_by_reason()],
                 "templates": self.templates,
-                "slots": [asdict(s) for s in self.slots]}
+                "slots": [asdict(s) for s in self.listed]}
 
 
 def _axis_ops(gene: GeneTemplate, kinds: tuple[str, ...], shape: tuple[int, ...], depth: int,
@@ -143,6 +152,9 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
         if i in by_slot:
             tpl, why, ops = by_slot[i]
             base["evidence"].insert(0, tpl.evidence)
+            if s.absent:
+                plans.append(_absent_plan(base, tpl, why, ops, gene.templates.get(tpl.key), s.restorable))
+                continue
             plans.append(SlotPlan(**base, template=tpl.key, status="left" if why else "written",
                                   operations=ops, reason=why))
         else:
@@ -151,6 +163,23 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
     if depth_mode not in DEPTH_MODES:
         raise ValueError(f"unknown depth mode {depth_mode!r}; use one of {', '.join(DEPTH_MODES)}")
     return Plan(plans, verdicts, gene.keep, gene.convention, divergence(gene.structure, st.segments), depth_mode)
+
+
+def _absent_plan(base: dict, tpl: Template, why: str, ops: list[str], src: GeneTemplate | None,
+                 restorable: bool) -> SlotPlan:
+    """The plan of a bias the target's layer does not have: restored into the node's
+    optional bias input when the source's is not zero, else left (and, when it is zero on
+    both sides, not counted: there is nothing to transfer)."""
+    zero = src is not None and not np.any(src.coefficients) and not np.any(src.means)
+    if why or src is None or zero:
+        return SlotPlan(**base, template=tpl.key, status="absent", absent=True, counted=False,
+                        reason="absent in the target and zero (or absent) in the source: nothing to write")
+    if not restorable:
+        return SlotPlan(**base, template=tpl.key, status="left", absent=True,
+                        reason="the target has no bias here: its exporter removed the Add of a zero bias; export "
+                               "the target with torch.onnx.export(..., optimize=False) to keep it")
+    return SlotPlan(**base, template=tpl.key, status="written", absent=True,
+                    operations=ops + ["restored: added as the node's optional bias input"])
 
 
 def overlap_verdict(plan: Plan, st: Structure, target: str, source: str) -> str:
@@ -205,7 +234,7 @@ def format_plan(plan: Plan, verbose: bool = True) -> str:
     """A readable table of the plan."""
     lines = []
     rows = [("initializer", "role", "shape", "template", "operations / reason")]
-    for s in plan.slots:
+    for s in plan.listed:
         if not verbose and s.role is None:
             continue
         what = "; ".join(s.operations) if s.status == "written" else f"LEFT: {s.reason}"

@@ -71,6 +71,11 @@ def _np_dtype(elem_type: int) -> np.dtype:
         raise ValueError(f"unknown ONNX element type {elem_type}") from e
 
 
+def np_dtype(elem_type: int) -> np.dtype:
+    """numpy dtype of an ONNX element type (ValueError for types numpy cannot hold)."""
+    return _np_dtype(elem_type)
+
+
 def _elem_type_name(elem_type: int) -> str:
     try:
         return TensorProto.DataType.Name(elem_type)

@@ -212,11 +212,14 @@ def _rewired(graph: onnx.GraphProto, rewire: Mapping[tuple[int, int], str], adde
             ni, ii = (int(k) for k in key)
         except (TypeError, ValueError):
             raise ValueError(f"rewire key {key!r} must be (node index, input index)") from None
-        if not 0 <= ni < len(graph.node) or not 0 <= ii < len(graph.node[ni].input):
+        if not 0 <= ni < len(graph.node) or not 0 <= ii <= len(graph.node[ni].input):
             raise ValueError(f"rewire: no input {ii} on node {ni}")
         if new_name not in available:
             raise ValueError(f"rewire: {new_name!r} is not an initializer, graph input or node output")
-        node_inputs[ni][ii] = new_name
+        if ii == len(node_inputs[ni]):  # the node's next optional input (a restored bias)
+            node_inputs[ni].append(new_name)
+        else:
+            node_inputs[ni][ii] = new_name
     if not rewire:
         return node_inputs, set()
     before = _graph_refs(graph, [list(n.input) for n in graph.node])
@@ -231,8 +234,12 @@ def _skeleton(src: onnx.ModelProto, rewire: Mapping[tuple[int, int], str], const
     _copy_fields(src, out, skip={"graph"})
     g_out = out.graph
     _copy_fields(src.graph, g_out, skip={"initializer"})
-    for (ni, ii), new_name in rewire.items():
-        g_out.node[int(ni)].input[int(ii)] = new_name
+    for (ni, ii), new_name in sorted(rewire.items()):
+        node = g_out.node[int(ni)]
+        if int(ii) == len(node.input):
+            node.input.append(new_name)
+        else:
+            node.input[int(ii)] = new_name
     for ni, value in constants.items():
         _set_constant(g_out.node[int(ni)], value, f"{what}: Constant node #{ni}")
     if dropped and any(i.name in dropped for i in g_out.input):
@@ -301,8 +308,9 @@ def save_model(
     rewire
         ``{(node index in graph.node, input index): new input name}`` for
         nodes of the main graph (subgraph and function nodes are out of
-        scope). The new name must be an initializer (original or added), a
-        graph input or a node output. After rewiring, every original
+        scope); an input index one past the node's last input appends an
+        optional input (a restored bias). The new name must be an initializer
+        (original or added), a graph input or a node output. After rewiring, every original
         initializer that was referenced before (by a node input, a graph
         output or a subgraph) and no longer is gets dropped, together with its
         entry in graph.input if it has one; so splitting a shared initializer

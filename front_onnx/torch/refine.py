@@ -189,7 +189,7 @@ def refine_onnx(source: str | Path | OnnxModel, data: Any, labels: Any = None, *
     fixed = fixed_batch(model, names, xs, data_what)
     gs = analyze_slots(model.proto, model.array)
     # only parameters train: constants (masks, rotary tables, scalars) keep their values
-    parameters = {s.initializer for s in gs.slots if s.role is not None}
+    parameters = {s.initializer for s in gs.slots if s.role is not None and not s.absent}
     frozen = sorted(set(module.param_names) - parameters) + (batch_copies(module, fixed) if fixed else [])
     for k in frozen:
         module.parameter(k).requires_grad_(False)

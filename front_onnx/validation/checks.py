@@ -189,14 +189,19 @@ def synthesize_inputs(model: onnx.ModelProto, dims: Mapping[str, int] | None = N
 # ---------------------------------------------------------------------------- graph facts
 def structure_signature(model: onnx.ModelProto) -> list[tuple]:
     """Nodes, graph inputs and outputs with initializer names replaced by their dtype and
-    shape: equal for two graphs that differ only in initializer values and names."""
+    shape: equal for two graphs that differ only in initializer values and names, and in
+    whether a Conv/ConvTranspose/Gemm has its optional bias initializer (exporters drop
+    zero biases; a transfer restores them)."""
     inits = {t.name: f"<init {TensorProto.DataType.Name(t.data_type)} {list(t.dims)}>" for t in model.graph.initializer}
     sig: list[tuple] = []
     for n in model.graph.node:
         attrs = tuple(f"<tensor {TensorProto.DataType.Name(a.t.data_type)} {list(a.t.dims)}>"
                       if n.op_type == "Constant" and a.type == onnx.AttributeProto.TENSOR else a.SerializeToString()
                       for a in n.attribute)  # a Constant's values are weights too
-        sig.append(("node", n.op_type, n.domain, tuple(inits.get(x, x) for x in n.input), tuple(n.output), attrs))
+        ins = list(n.input)
+        if n.op_type in ("Conv", "ConvTranspose", "Gemm") and len(ins) == 3 and (not ins[2] or ins[2] in inits):
+            ins = ins[:2]
+        sig.append(("node", n.op_type, n.domain, tuple(inits.get(x, x) for x in ins), tuple(n.output), attrs))
     sig += [("input", i.SerializeToString()) for i in model.graph.input if i.name not in inits]
     sig += [("output", o.SerializeToString()) for o in model.graph.output]
     return sig
