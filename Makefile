@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# The pinned CPU build of torch first, so nothing pulls a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[samples,test]'
+	# timm (test extra) imports torchvision at import; the only torchvision for torch 2.13 on the
+	# index is a CUDA build whose import fails beside the CPU torch (torchvision::nms does not exist).
+	$(PY) tests/corpus/torchvision_fix.py
 	touch $(STAMP)
 
 demo: $(STAMP)
