@@ -21,6 +21,7 @@ from front_onnx.analysis import analyze
 from front_onnx.analysis.inspection import InspectReport, build_report
 from front_onnx.analysis.naming import NamedWeights, named_weights
 from front_onnx.analysis.slots import slot_dtype
+from front_onnx.analysis.structure import stage_blocks
 from front_onnx.datafiles import load_npz
 from front_onnx.errors import FrontError, ValidationFailed
 from front_onnx.method.extraction import extract_learngene
@@ -128,7 +129,7 @@ def plan(source: PathLike | OnnxModel | Learngene, target: PathLike | OnnxModel,
     gene = source if isinstance(source, Learngene) else extract(source, keep=keep, convention=convention,
                                                                  allow_nonfinite=allow_nonfinite)
     t = _model(target)
-    gs, st = analyze(t)
+    gs, st = analyze(t, stage_blocks(gene.templates))
     p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth)
     label = gene.source if isinstance(source, Learngene) else str(getattr(source, "path", source))
     p.verdict = overlap_verdict(p, st, str(t.path), label or "the source")  # what transfer would refuse
@@ -158,7 +159,8 @@ def initialize(target: PathLike | OnnxModel, learngene: PathLike | Learngene, ou
     guard(_init_outputs(output, report), _files(t, learngene))
     gene = _learngene(learngene)
     label = str(learngene) if not isinstance(learngene, Learngene) else (gene.source or "the learngene")
-    result = _initialize(t, gene, Path(output), t0, report, external_data, analyze(t), depth, label=label)
+    result = _initialize(t, gene, Path(output), t0, report, external_data, analyze(t, stage_blocks(gene.templates)),
+                         depth, label=label)
     if validate:
         _validate_output(result, t, None, device, strict, keep_invalid, compare=False)
     return result
@@ -196,9 +198,10 @@ def transfer(source: PathLike | OnnxModel, target: PathLike | OnnxModel, output:
     t = _model(target)
     s = _model(source)
     guard(_init_outputs(output, report), _files(t, s))
-    analysis = analyze(t)
+    source_analysis = analyze(s)
+    analysis = analyze(t, stage_blocks(source_analysis[1].templates))
     gene = extract_learngene(s, keep=keep, convention=convention, needed=needed_shapes(*analysis, depth),
-                             allow_nonfinite=allow_nonfinite)
+                             allow_nonfinite=allow_nonfinite, structure=source_analysis)
     source_path = s.path
     del s  # an inline source's weights need not stay in memory while the target is written
     result = _initialize(t, gene, Path(output), t0, report, external_data, analysis, depth, release=True,

@@ -14,7 +14,8 @@ from front_onnx.onnxio import OnnxModel
 __all__ = ["analyze", "GraphSlots", "Structure"]
 
 
-def analyze(model: OnnxModel) -> tuple[GraphSlots, Structure]:
-    """Slots and structure of a model."""
+def analyze(model: OnnxModel, known_blocks: dict[str, int] | None = None) -> tuple[GraphSlots, Structure]:
+    """Slots and structure of a model; ``known_blocks`` (a source's stages, see
+    ``structure.stage_blocks``) lets a target's one-block stages meet them."""
     gs = analyze_slots(model.proto, model.array)
-    return gs, find_structure(gs, model.proto)
+    return gs, find_structure(gs, model.proto, known_blocks)

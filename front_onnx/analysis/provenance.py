@@ -39,8 +39,10 @@ _LAYOUT_OP = re.compile(r"^(t|transpose|permute|view|reshape|_reshape_alias|unsq
                         r"clone|alias|detach|_to_copy|lift_fresh_copy|val)(_\d+)?$")
 # ... and of ops that take rows of a table at constant positions (``wpe(arange(T))``): the
 # result is a slice of its source, so a slice of a parameter is that parameter's rows
-_SLICE_OP = re.compile(r"^(arange|embedding|slice|select|index_select|narrow)(_\d+)?$")
+_SLICE_OP = re.compile(r"^(arange|embedding|slice|select|index_select|index|gather|narrow)(_\d+)?$")
+_INDEXING = re.compile(r"^(embedding|slice|select|index_select|index|gather|narrow)(_\d+)?$")
 FX_KEY = "pkg.torch.onnx.fx_node"
+_BUFFER_NAME = re.compile(r"(_ids|_index|index|mask|inv_freq|running_mean|running_var|num_batches_tracked)$")
 # roles the consuming op gives only to parameters (a framework's layer weights)
 LAYER_ROLES = {"linear.weight", "linear.bias", "conv.weight", "conv.bias", "norm.scale", "norm.bias", "norm.mean",
                "norm.var", "embedding"}
@@ -94,8 +96,11 @@ class Marks:
             return "parameter"
         if self.kind.get(name) == "BUFFER" or "b_" + name.replace(".", "_") in self.placeholders:
             return "buffer"
-        if "." in name:  # a module path that no node marks (its consumers were folded too)
-            return "parameter"
+        if "." in name or name in self.placeholders:
+            # a module path no node marks (its consumers were folded too): the usual names of
+            # buffers (index and id tables, masks, running statistics, rotary frequencies) say
+            # buffer, anything else is taken for a parameter
+            return "buffer" if _BUFFER_NAME.search(name) else "parameter"
         return ""
 
 
@@ -104,14 +109,27 @@ def _folded(marks: Marks, name: str, role: str | None) -> Provenance | None:
     if sources is None:
         return None
     kinds = {x: marks.source_kind(x) for x in sources}
+    unknown = [x for x in sources if not kinds[x] and not _LAYOUT_OP.match(x) and not _SLICE_OP.match(x)]
+    if not any(kinds.values()) and len(unknown) == 1:
+        # one leaf through layout ops and shape constants (``expand(cls_token)``): a folded op
+        # would bring its own inputs into the list, so the leaf is a module tensor
+        kinds[unknown[0]] = "buffer" if _BUFFER_NAME.search(unknown[0]) else "parameter"
     params = [x for x in sources if kinds[x] == "parameter"]
     buffers = [x for x in sources if kinds[x] == "buffer"]
-    ops = [x for x in sources if not kinds[x] and not _LAYOUT_OP.match(x)]
+    # the op that made the tensor is its own name (``embedding_1``): it counts with its sources
+    ops = [x for x in sources + [name] if not kinds.get(x) and not _LAYOUT_OP.match(x)]
+    if name not in sources and not _SLICE_OP.match(name) and name in ops:
+        ops.remove(name)  # a name that is no op we know says nothing
     sliced = [x for x in ops if _SLICE_OP.match(x)]
     computed = [x for x in ops if x not in sliced]
     if len(params) == 1 and not buffers and not computed:
         how = "rows of" if sliced else "a layout view of"
         return Provenance(True, f"{how} the parameter {params[0]} (exporter: folded_from)")
+    if len(params) == 1 and any(_INDEXING.match(x) for x in ops):
+        # one parameter indexed at positions the exporter could compute (position ids, relative
+        # position indices): its values are the parameter's entries, a table of the model
+        return Provenance(True, f"entries of the parameter {params[0]} taken at constant positions "
+                                f"(exporter: folded_from)")
     if params and not buffers and not computed and not sliced:
         return Provenance(True, f"a layout view of the parameters {', '.join(params)} (exporter: folded_from)")
     if params and not buffers and not sliced and role in LAYER_ROLES:
@@ -143,6 +161,13 @@ def classify(name: str, role: str | None, generated_name: bool, marks: Marks,
         return Provenance(False, "the exporter marks it a buffer, not a parameter")
     if kind is not None:
         return Provenance(False, f"the exporter marks it a {kind.lower()}, not a parameter")
+    if role not in LAYER_ROLES and read is not None:
+        try:
+            mask = _mask_like(read(name))
+        except Exception:  # noqa: BLE001 - unreadable data is reported by the file checks, not here
+            mask = False
+        if mask:  # a mask, or a table the exporter combined with one: resampling would smear it
+            return Provenance(False, "mask-like values (inf, NaN or near the dtype's limit)")
     folded = _folded(marks, name, role)
     if folded is not None:
         return folded
@@ -150,13 +175,6 @@ def classify(name: str, role: str | None, generated_name: bool, marks: Marks,
         return Provenance(True, f"a {role} of its consuming op")
     if marks.marks_parameters:
         return Provenance(False, "the exporter marks every parameter and not this tensor")
-    if read is not None:
-        try:
-            mask = _mask_like(read(name))
-        except Exception:  # noqa: BLE001 - unreadable data is reported by the file checks, not here
-            mask = False
-        if mask:
-            return Provenance(False, "mask-like values (inf, NaN or near the dtype's limit)")
     if generated_name:
         return Provenance(False, "a generated name and no exporter mark: not shown to be a parameter")
     return Provenance(True, "named like a parameter")

@@ -385,8 +385,10 @@ class _Analyzer:
             return "norm.scale", _broadcast_layout(shape), "", ev + ["scales a decomposed normalization"]
         if op in ("Mul", "Div") and cj in (0, 1):
             return "scale", _broadcast_layout(shape), "", ev
-        if op in ("Concat", "Expand", "Tile") and cj == 0:
+        if (op == "Concat" or (op in ("Expand", "Tile") and cj == 0)):
             return "token", _broadcast_layout(shape), "", ev
+        if op == "Where" and cj in (1, 2):  # a table chosen per position (masked relative-position biases)
+            return "parameter", _broadcast_layout(shape), "", ev
         return None, None, f"unsupported consumer {op} input {cj}", ev
 
     def analyze(self) -> GraphSlots:

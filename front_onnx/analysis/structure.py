@@ -141,8 +141,50 @@ def _by_role(gs: GraphSlots, unit: _Unit) -> dict[tuple[str, int], int]:
     return out
 
 
-def find_structure(gs: GraphSlots, model: onnx.ModelProto) -> Structure:
-    """Group the weight slots of a graph into templates with depth stacks, from topology."""
+def stage_blocks(keys) -> dict[str, int]:
+    """Block signature hash -> units per block, for the stages among template keys
+    (``S<hash>#<occurrence>/u<unit>:<role>``): what a learngene's stages look like."""
+    out: dict[str, int] = {}
+    for key in keys:
+        if key.startswith("S") and "/u" in key:
+            h = key[1:key.index("#")]
+            unit = int(key[key.index("/u") + 2:key.index(":")])
+            out[h] = max(out.get(h, 0), unit + 1)
+    return out
+
+
+def _single_blocks(units: list[_Unit], runs: list[tuple[int, int, int]], known: dict[str, int]
+                   ) -> list[tuple[int, int, int]]:
+    """Runs of one block: windows of loose units whose block signature is one of ``known``
+    (a source's stages), so a stage of one block meets its counterpart of several. Blocks of
+    one layer are not looked for: a lone convolution like a stage's is as likely a stem."""
+    taken = {i for start, p, k in runs for i in range(start, start + p * k)}
+    found = []
+    i = 0
+    while i < len(units):
+        hit = None
+        if i not in taken:
+            for h, p in sorted(known.items(), key=lambda x: -x[1]):
+                if p < 2:  # a lone layer like a stage's one-layer block is as likely a stem or a head
+                    continue
+                window = range(i, i + p)
+                if i + p <= len(units) and not taken.intersection(window) \
+                        and _hash(tuple(u.sig for u in units[i:i + p])) == h:
+                    hit = (i, p, 1)
+                    break
+        if hit:
+            found.append(hit)
+            taken.update(range(i, i + hit[1]))
+            i += hit[1]
+        else:
+            i += 1
+    return found
+
+
+def find_structure(gs: GraphSlots, model: onnx.ModelProto, known_blocks: dict[str, int] | None = None) -> Structure:
+    """Group the weight slots of a graph into templates with depth stacks, from topology.
+    ``known_blocks`` (block signature hash -> units per block, from a source's stages) lets
+    a stage of a single block be recognized as one."""
     units = _units(gs, model)
     unplaced = {i: s.reason for i, s in enumerate(gs.slots) if s.role is None}
     templates: dict[str, Template] = {}
@@ -150,6 +192,11 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto) -> Structure:
     in_run: set[int] = set()
     seen_stage: dict[str, int] = defaultdict(int)
     runs = _runs(units)
+    # a block seen as a stage here, or in the source, makes a lone copy of it a one-block stage
+    # (on both sides alike, so a source and a target of one architecture agree)
+    known = {_hash(tuple(u.sig for u in units[start:start + p])): p for start, p, _ in runs}
+    known.update(known_blocks or {})
+    runs = sorted(runs + _single_blocks(units, runs, known))
     run_at = {start: (p, k) for start, p, k in runs}
     segments: list[Segment] = []
     u = 0
@@ -172,6 +219,7 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto) -> Structure:
         for j in range(p):
             first = units[start + j]
             per_block = [_by_role(gs, units[start + b * p + j]) for b in range(k)]
+            single = " (one block: a source's stage has this block)" if k == 1 else ""
             for (role, occ), slot in _by_role(gs, first).items():
                 key = f"{stage}/u{j}:{role}" + (f"#{occ}" if (role, 1) in per_block[0] else "")
                 if any((role, occ) not in blk for blk in per_block):
@@ -181,7 +229,7 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto) -> Structure:
                     continue
                 blocks = [[blk[(role, occ)]] for blk in per_block]
                 templates[key] = Template(key, stage, role, blocks,
-                                          f"topology: unit {j} of a {p}-unit block repeated {k}x")
+                                          f"topology: unit {j} of a {p}-unit block repeated {k}x{single}")
         in_run.update(range(start, start + p * k))
     seen_unit: dict[str, int] = defaultdict(int)
     for u_idx, u in enumerate(units):
