@@ -103,6 +103,9 @@ def _units(gs: GraphSlots, model: onnx.ModelProto) -> list[_Unit]:
                      else onnx.helper.get_attribute_value(a) for a in node.attribute
                      if a.name in ("strides", "dilations", "group")}
             kernel = w.layout.canonical_shape(w.shape)[2:] if w is not None and w.layout is not None else ()
+            if w is not None and attrs.get("group", 1) > 1 and w.layout is not None \
+                    and w.layout.canonical_shape(w.shape)[1] == 1:
+                attrs["group"] = "depthwise"  # one group per channel: a property of the layer, not a width
             conv = (kernel, tuple(sorted(attrs.items())))
         units.append(_Unit(anchor, idx, (tuple(parts), conv),
                            tuple(gs.slots[i].shape for i in idx if gs.slots[i].role not in BIAS_ROLES)))
