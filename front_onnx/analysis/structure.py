@@ -112,13 +112,26 @@ def _units(gs: GraphSlots, model: onnx.ModelProto) -> list[_Unit]:
     return units
 
 
-def _runs(units: list[_Unit]) -> list[tuple[int, int, int]]:
-    """(start, period, count) of each repeated run, scanning left to right, shortest period first."""
+def _runs(units: list[_Unit], known: dict[str, int] | None = None) -> list[tuple[int, int, int]]:
+    """(start, period, count) of each repeated run, scanning left to right. At each unit a
+    ``known`` block (block signature hash -> units; of this model's stages or a source's,
+    several units long) that starts there is taken first, repeated as often as it goes,
+    even once; else the shortest period whose next block repeats it exactly."""
     full = [(u.sig, u.shapes) for u in units]
+    sigs = [u.sig for u in units]
+    blocks = sorted(((h, p) for h, p in (known or {}).items() if p >= 2), key=lambda x: -x[1])
     n, i, runs = len(units), 0, []
     while i < n:
         found = None
-        for p in range(1, (n - i) // 2 + 1):
+        for h, p in blocks:
+            if i + p <= n and _hash(tuple(sigs[i:i + p])) == h:
+                k = 1
+                while i + (k + 1) * p <= n and sigs[i + k * p:i + (k + 1) * p] == sigs[i:i + p] \
+                        and full[i + k * p:i + (k + 1) * p] == full[i:i + p]:
+                    k += 1
+                found = (i, p, k)
+                break
+        for p in range(1, (n - i) // 2 + 1) if found is None else ():
             if full[i:i + p] == full[i + p:i + 2 * p]:
                 k = 2
                 while full[i:i + p] == full[i + k * p:i + (k + 1) * p]:
@@ -156,34 +169,6 @@ def stage_blocks(keys) -> dict[str, int]:
     return out
 
 
-def _single_blocks(units: list[_Unit], runs: list[tuple[int, int, int]], known: dict[str, int]
-                   ) -> list[tuple[int, int, int]]:
-    """Runs of one block: windows of loose units whose block signature is one of ``known``
-    (a source's stages), so a stage of one block meets its counterpart of several. Blocks of
-    one layer are not looked for: a lone convolution like a stage's is as likely a stem."""
-    taken = {i for start, p, k in runs for i in range(start, start + p * k)}
-    found = []
-    i = 0
-    while i < len(units):
-        hit = None
-        if i not in taken:
-            for h, p in sorted(known.items(), key=lambda x: -x[1]):
-                if p < 2:  # a lone layer like a stage's one-layer block is as likely a stem or a head
-                    continue
-                window = range(i, i + p)
-                if i + p <= len(units) and not taken.intersection(window) \
-                        and _hash(tuple(u.sig for u in units[i:i + p])) == h:
-                    hit = (i, p, 1)
-                    break
-        if hit:
-            found.append(hit)
-            taken.update(range(i, i + hit[1]))
-            i += hit[1]
-        else:
-            i += 1
-    return found
-
-
 def find_structure(gs: GraphSlots, model: onnx.ModelProto, known_blocks: dict[str, int] | None = None) -> Structure:
     """Group the weight slots of a graph into templates with depth stacks, from topology.
     ``known_blocks`` (block signature hash -> units per block, from a source's stages) lets
@@ -195,11 +180,12 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto, known_blocks: dict[st
     in_run: set[int] = set()
     seen_stage: dict[str, int] = defaultdict(int)
     runs = _runs(units)
-    # a block seen as a stage here, or in the source, makes a lone copy of it a one-block stage
-    # (on both sides alike, so a source and a target of one architecture agree)
+    # a block seen as a stage here, or in the source, is looked for first, so that a lone copy
+    # of it is a one-block stage (on both sides alike: a source and a target of one
+    # architecture agree) and no shorter period inside it (q, k, v) takes its place
     known = {_hash(tuple(u.sig for u in units[start:start + p])): p for start, p, _ in runs}
     known.update(known_blocks or {})
-    runs = sorted(runs + _single_blocks(units, runs, known))
+    runs = _runs(units, known)
     run_at = {start: (p, k) for start, p, k in runs}
     segments: list[Segment] = []
     u = 0
