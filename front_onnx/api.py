@@ -126,14 +126,30 @@ def plan(source: PathLike | OnnxModel | Learngene, target: PathLike | OnnxModel,
     ends in ``.safetensors``."""
     if isinstance(source, (str, Path)) and Path(source).suffix == LEARNGENE_SUFFIX:
         source = Learngene.load(source)
-    gene = source if isinstance(source, Learngene) else extract(source, keep=keep, convention=convention,
-                                                                 allow_nonfinite=allow_nonfinite)
     t = _model(target)
-    gs, st = analyze(t, stage_blocks(gene.templates))
+    if isinstance(source, Learngene):
+        gene = source
+        gs, st = analyze(t, stage_blocks(gene.templates))
+    else:  # as transfer does it: the pair analyzed together
+        s = _model(source)
+        source_analysis, (gs, st) = _pair_analysis(s, t)
+        gene = _extract_all_cores(s, keep=keep, convention=convention, allow_nonfinite=allow_nonfinite,
+                                  structure=source_analysis)
     p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth)
     label = gene.source if isinstance(source, Learngene) else str(getattr(source, "path", source))
     p.verdict = overlap_verdict(p, st, str(t.path), label or "the source")  # what transfer would refuse
     return p
+
+
+def _pair_analysis(s: OnnxModel, t: OnnxModel) -> tuple[tuple, tuple]:
+    """Source and target analyzed together: each side's stages are looked for in the other,
+    so a stage of one block on either side meets its counterpart of several."""
+    target_own = stage_blocks(analyze(t)[1].templates)
+    source_analysis = analyze(s, target_own)
+    return source_analysis, analyze(t, stage_blocks(source_analysis[1].templates))
+
+
+_extract_all_cores = _all_cores(extract_learngene)
 
 
 def _init_outputs(output: PathLike, report: PathLike | None) -> list[Path | None]:
@@ -198,8 +214,7 @@ def transfer(source: PathLike | OnnxModel, target: PathLike | OnnxModel, output:
     t = _model(target)
     s = _model(source)
     guard(_init_outputs(output, report), _files(t, s))
-    source_analysis = analyze(s)
-    analysis = analyze(t, stage_blocks(source_analysis[1].templates))
+    source_analysis, analysis = _pair_analysis(s, t)
     gene = extract_learngene(s, keep=keep, convention=convention, needed=needed_shapes(*analysis, depth),
                              allow_nonfinite=allow_nonfinite, structure=source_analysis)
     source_path = s.path

@@ -37,6 +37,11 @@ WEIGHT_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "LayerNormalization", "
 BIAS_ROLES = {"linear.bias", "conv.bias"}
 ABSENT_SUFFIX = "::absent_bias"
 _OPTIONAL_BIAS_OPS = {"Conv", "ConvTranspose", "Gemm"}  # their input 2 is an optional bias
+# normalizations, whole or decomposed (their mean or mean-square): a projection whose output
+# passes one is not an output layer
+_NORM_OPS = {"LayerNormalization", "BatchNormalization", "InstanceNormalization", "GroupNormalization",
+             "SimplifiedLayerNormalization", "RMSNormalization", "SkipLayerNormalization",
+             "SkipSimplifiedLayerNormalization", "ReduceMean", "LpNormalization"}
 _GENERATED_NAME = re.compile(r"^(val_\d+|_val_\d+|onnx::.*|.*::.*|const_\d+|Constant_\d+.*)$")
 
 
@@ -282,8 +287,10 @@ class _Analyzer:
         return int(axes[0]), int(starts[0])
 
     def feeds_output(self, node_idx: int) -> bool:
-        """True when the node's output reaches a graph output without another weight layer:
-        its output axis then indexes classes or vocabulary."""
+        """True when the node's output reaches a graph output without another weight layer,
+        a residual Add or a normalization: its output axis then indexes classes or
+        vocabulary. (A block's last projection reaches an output too, e.g. an encoder's
+        hidden states, but through the residual stream and a norm: that axis is the width.)"""
         seen: set[int] = set()
         queue = deque([node_idx])
         while queue:
@@ -298,6 +305,10 @@ class _Analyzer:
                     n = self.g.node[ci]
                     if n.op_type in WEIGHT_OPS and any(self.is_weight(x) for x in n.input):
                         continue
+                    if n.op_type in _NORM_OPS:
+                        continue
+                    if n.op_type in ("Add", "Sub") and not any(self.init_behind(x) is not None for x in n.input):
+                        continue  # a residual: two activations meet
                     queue.append(ci)
         return False
 
