@@ -31,7 +31,6 @@ folded bias is reported as unnamed.
 """
 from __future__ import annotations
 
-import ast
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,14 +45,12 @@ from front_onnx.analysis.slots import (
     is_generated_name,
     scope_module,
 )
+from front_onnx.analysis.provenance import FOLDED_KEY, FX_KEY, KIND_KEY, literal_list, props
 from front_onnx.onnxio import OnnxModel, load_model
 
 NAMES = ("torch", "onnx")
 
-_KIND_KEY = "pkg.torch.export.graph_signature.InputSpec.kind"
-_FOLDED_KEY = "pkg.onnxscript.optimizer.folded_from"
 _SCOPES_KEY = "pkg.torch.onnx.name_scopes"
-_FX_KEY = "pkg.torch.onnx.fx_node"
 _DEFAULT_BN_EPS = 1e-5
 
 # role -> the torch attribute a slot of that role is stored under
@@ -95,18 +92,6 @@ class NamedWeights:
 
 
 # ----------------------------------------------------------------------------- evidence
-def _props(entries) -> dict[str, str]:
-    return {p.key: p.value for p in entries}
-
-
-def _literal_list(value: str) -> list[str]:
-    try:
-        v = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return []
-    return [str(x) for x in v] if isinstance(v, (list, tuple)) else []
-
-
 @dataclass
 class _Fx:
     """What dynamo's ``pkg.torch.onnx.fx_node`` says about a node."""
@@ -117,7 +102,7 @@ class _Fx:
 
 
 def _fx(node: onnx.NodeProto) -> _Fx | None:
-    text = _props(node.metadata_props).get(_FX_KEY)
+    text = props(node.metadata_props).get(FX_KEY)
     if not text:
         return None
     m = re.search(r"target=([\w.]+)\]\(args = \((.*)\), kwargs", text, re.S)
@@ -141,17 +126,17 @@ class _Evidence:
         self.kind: dict[str, str] = {}
         self.folded: dict[str, list[str]] = {}
         for vi in g.value_info:
-            p = _props(vi.metadata_props)
-            if _KIND_KEY in p:
-                self.kind[vi.name] = p[_KIND_KEY]
-            if _FOLDED_KEY in p:
-                self.folded[vi.name] = _literal_list(p[_FOLDED_KEY])
+            p = props(vi.metadata_props)
+            if KIND_KEY in p:
+                self.kind[vi.name] = p[KIND_KEY]
+            if FOLDED_KEY in p:
+                self.folded[vi.name] = literal_list(p[FOLDED_KEY])
         for t in g.initializer:
-            p = _props(t.metadata_props)
-            if _FOLDED_KEY in p:
-                self.folded.setdefault(t.name, _literal_list(p[_FOLDED_KEY]))
+            p = props(t.metadata_props)
+            if FOLDED_KEY in p:
+                self.folded.setdefault(t.name, literal_list(p[FOLDED_KEY]))
         # dynamo graphs carry scope metadata; legacy graphs (and other exporters) do not
-        self.dynamo = any(_SCOPES_KEY in _props(n.metadata_props) for n in g.node)
+        self.dynamo = any(_SCOPES_KEY in props(n.metadata_props) for n in g.node)
         self._fx: dict[int, _Fx | None] = {}
         self.nodes = g.node
 
