@@ -1,0 +1,88 @@
+"""Matching that tolerates what exporters and model sizes vary: stages of one block meet
+stages of several, depthwise convolutions match whatever their width, and a block's last
+projection is not taken for an output layer because its stream reaches a graph output."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import front_onnx
+from front_onnx.analysis.slots import FEATURE, INDEX, analyze_slots
+from tests.graphs import mlp_stack
+
+
+def _save(m: onnx.ModelProto, path) -> str:
+    onnx.save(m, path)
+    return str(path)
+
+
+def test_a_one_block_target_meets_the_source_stage(tmp_path):
+    src = _save(mlp_stack(16, 4, seed=0), tmp_path / "s.onnx")
+    tgt = _save(mlp_stack(8, 1, seed=1), tmp_path / "t.onnx")
+    r = front_onnx.transfer(src, tgt, tmp_path / "o.onnx", keep=1.0, depth="nearest")
+    stage = [s for s in r.plan.written if s.template.startswith("S")]
+    assert len(stage) == 6 and all(any(op.startswith("depth: nearest 4->1") for op in s.operations) for s in stage)
+    assert r.plan.summary()["written_fraction"] == 1.0
+    # the same from a learngene file: the target's side knows the learngene's stages
+    gene = tmp_path / "g.safetensors"
+    front_onnx.extract(src, keep=1.0, output=gene)
+    r2 = front_onnx.initialize(tgt, gene, tmp_path / "o2.onnx", depth="nearest")
+    assert r2.plan.summary() == r.plan.summary()
+
+
+def test_a_one_block_source_meets_the_target_stage_in_transfer(tmp_path):
+    src = _save(mlp_stack(16, 1, seed=0), tmp_path / "s.onnx")
+    tgt = _save(mlp_stack(8, 3, seed=1), tmp_path / "t.onnx")
+    r = front_onnx.transfer(src, tgt, tmp_path / "o.onnx", keep=1.0)
+    assert r.plan.summary()["written_fraction"] == 1.0
+    assert front_onnx.plan(src, tgt).summary() == r.plan.summary()
+
+
+def _depthwise(width: int, seed: int) -> onnx.ModelProto:
+    """x -> pointwise conv (3 -> width) -> depthwise 3x3 (group = width) -> pointwise -> y."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n) for n, s in
+             [("pw1", (width, 3, 1, 1)), ("dw", (width, 1, 3, 3)), ("dwb", (width,)), ("pw2", (4, width, 1, 1))]]
+    nodes = [helper.make_node("Conv", ["x", "pw1"], ["a"]),
+             helper.make_node("Conv", ["a", "dw", "dwb"], ["b"], group=width, pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["b"], ["c"]),
+             helper.make_node("Conv", ["c", "pw2"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    return m
+
+
+def test_depthwise_convolutions_match_whatever_their_width(tmp_path):
+    src = _save(_depthwise(8, 0), tmp_path / "s.onnx")
+    tgt = _save(_depthwise(12, 1), tmp_path / "t.onnx")
+    r = front_onnx.transfer(src, tgt, tmp_path / "o.onnx")
+    dw = [s for s in r.plan.slots if s.initializer in ("dw", "dwb")]
+    assert all(s.status == "written" for s in dw), [s.reason for s in dw]
+
+
+def _residual(with_norm: bool) -> onnx.ModelProto:
+    """x -> MatMul(w1) -> Add(x) [-> LayerNormalization] -> y: a block's last projection whose
+    stream is the graph output, and with_norm=False: the same without a residual."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w1"),
+             numpy_helper.from_array(np.ones(8, np.float32), "g"), numpy_helper.from_array(np.zeros(8, np.float32), "b")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Add", ["h", "x"], ["r"]),
+             helper.make_node("LayerNormalization", ["r", "g", "b"], ["y"], axis=-1)]
+    if not with_norm:
+        nodes = [helper.make_node("MatMul", ["x", "w1"], ["y"])]
+        inits = inits[:1]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    return m
+
+
+@pytest.mark.parametrize("residual,kind", [(True, FEATURE), (False, INDEX)], ids=["block-end", "head"])
+def test_an_output_layer_is_one_with_nothing_between_it_and_the_output(residual, kind):
+    w = next(s for s in analyze_slots(_residual(residual)).slots if s.initializer == "w1")
+    assert w.layout.kinds[0] == kind
