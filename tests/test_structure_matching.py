@@ -86,3 +86,19 @@ def _residual(with_norm: bool) -> onnx.ModelProto:
 def test_an_output_layer_is_one_with_nothing_between_it_and_the_output(residual, kind):
     w = next(s for s in analyze_slots(_residual(residual)).slots if s.initializer == "w1")
     assert w.layout.kinds[0] == kind
+
+
+def test_blocks_whose_bias_layouts_differ_are_not_stacked(samples, tmp_path):
+    """Fuzz finding: one integer attribute changed in a ViT makes one block's qkv
+    bias a 3-part tensor and the others' not. Biases are not part of a block's signature, so
+    the blocks still form a stage; the biases that differ must be left, not stacked along
+    depth (that was an internal error: 'could not broadcast (2,32) into (3,32)')."""
+    from front_onnx.cli import main
+
+    src = onnx.load(str(samples.get("vit", "base", "legacy", source=True)))
+    nodes = [n for n in src.graph.node if n.attribute]
+    nodes[271 % len(nodes)].attribute[0].i = 1
+    bad = _save(src, tmp_path / "s.onnx")
+    tgt = samples.get("vit", "narrow", "dynamo")
+    rc = main(["transfer", bad, str(tgt), "-o", str(tmp_path / "o.onnx"), "--no-validate", "-q"])
+    assert rc in (0, 3)

@@ -146,6 +146,13 @@ def _runs(units: list[_Unit], known: dict[str, int] | None = None) -> list[tuple
     return runs
 
 
+def _layout_of(gs: GraphSlots, i: int) -> tuple:
+    """A slot's axis kinds and canonical shape: what the blocks of a depth stack must share."""
+    s = gs.slots[i]
+    assert s.layout is not None
+    return s.layout.kinds, s.layout.canonical_shape(tuple(s.shape))
+
+
 def _by_role(gs: GraphSlots, unit: _Unit) -> dict[tuple[str, int], int]:
     """A unit's slots keyed by (role, occurrence of that role in the unit)."""
     out: dict[tuple[str, int], int] = {}
@@ -211,10 +218,12 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto, known_blocks: dict[st
             single = " (one block: a source's stage has this block)" if k == 1 else ""
             for (role, occ), slot in _by_role(gs, first).items():
                 key = f"{stage}/u{j}:{role}" + (f"#{occ}" if (role, 1) in per_block[0] else "")
-                if any((role, occ) not in blk for blk in per_block):
+                if any((role, occ) not in blk for blk in per_block) or \
+                        len({_layout_of(gs, blk[(role, occ)]) for blk in per_block}) > 1:
                     for blk in per_block:
                         if (role, occ) in blk:
-                            unplaced[blk[(role, occ)]] = "a bias only some blocks of its stage have"
+                            unplaced[blk[(role, occ)]] = ("a bias only some blocks of its stage have, or whose layout "
+                                                          "differs between them")
                     continue
                 blocks = [[blk[(role, occ)]] for blk in per_block]
                 templates[key] = Template(key, stage, role, blocks,
