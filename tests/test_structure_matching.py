@@ -89,8 +89,8 @@ def test_an_output_layer_is_one_with_nothing_between_it_and_the_output(residual,
 
 
 def test_blocks_whose_bias_layouts_differ_are_not_stacked(samples, tmp_path):
-    """Fuzz finding: one integer attribute changed in a ViT makes one block's qkv
-    bias a 3-part tensor and the others' not. Biases are not part of a block's signature, so
+    """Fuzz finding: one integer attribute changed in a ViT makes a bias's layout differ
+    between the blocks of a stage. Biases are not part of a block's signature, so
     the blocks still form a stage; the biases that differ must be left, not stacked along
     depth (that was an internal error: 'could not broadcast (2,32) into (3,32)')."""
     from front_onnx.cli import main
