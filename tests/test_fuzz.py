@@ -523,7 +523,8 @@ def test_finding_name_not_utf8(tmp_path):
     assert not (tmp_path / "o.onnx").exists()
 
 
-@pytest.mark.parametrize("key,value", [("structure", None), ("skipped", [1]), ("keep", 0), ("keep", float("nan"))])
+@pytest.mark.parametrize("key,value", [("structure", None), ("skipped", [1]), ("keep", 0), ("keep", float("nan")),
+                                       ("convention", None), ("convention", "fft"), ("structure", [{"sig": 1}])])
 def test_finding_learngene_metadata_types(corpus, tmp_path, key, value):
     """Fuzz finding: a learngene whose 'structure' was null crashed the loader (exit 1)."""
     gene = tmp_path / "g.safetensors"

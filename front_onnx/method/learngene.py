@@ -13,13 +13,27 @@ from typing import Any
 
 import numpy as np
 
+from front_onnx.analysis.slots import FEATURE, INDEX, PARTS, SPATIAL
 from front_onnx.errors import LearngeneError
+from front_onnx.numeric.spectral import CONVENTIONS
 from front_onnx.outputs import write_bytes
 
 FORMAT = "front-onnx.learngene"
 FORMAT_VERSION = 1
 
 
+
+
+AXIS_KINDS = {FEATURE, INDEX, SPATIAL, PARTS}
+
+
+def _segment(x: Any) -> dict[str, Any]:
+    """One entry of a learngene's ``structure`` (a source segment), checked field by field."""
+    if not isinstance(x, dict) or not isinstance(x.get("kind"), str) or not isinstance(x.get("sig"), str) \
+            or type(x.get("count")) is not int or not isinstance(x.get("roles"), list) \
+            or not all(isinstance(r, str) for r in x["roles"]):
+        raise ValueError("'structure' entries must be segments (kind, sig, count, roles)")
+    return {"kind": x["kind"], "sig": x["sig"], "count": x["count"], "roles": list(x["roles"])}
 
 
 def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
@@ -145,14 +159,18 @@ class Learngene:
                 if not (np.all(np.isfinite(coef)) and np.all(np.isfinite(means)) and np.all(np.isfinite(stds))):
                     raise ValueError(f"template {t.key!r}: non-finite values")
                 templates[t.key] = t
+                if not set(t.kinds) <= AXIS_KINDS:
+                    raise ValueError(f"template {t.key!r}: unknown axis kinds {sorted(set(t.kinds) - AXIS_KINDS)}")
             keep = float(meta["keep"])
-            convention = str(meta["convention"])
+            convention = meta["convention"]
             if not 0.0 < keep <= 1.0:
                 raise ValueError(f"keep {keep} is not in (0, 1]")
+            if convention not in CONVENTIONS:
+                raise ValueError(f"convention {convention!r} is not one of {', '.join(CONVENTIONS)}")
             skipped, structure = meta.get("skipped", {}), meta.get("structure", [])
-            if not isinstance(skipped, dict) or not isinstance(structure, list) \
-                    or not all(isinstance(s, dict) for s in structure):
+            if not isinstance(skipped, dict) or not isinstance(structure, list):
                 raise ValueError("'skipped' must be an object and 'structure' a list of objects")
+            structure = [_segment(x) for x in structure]
         except (KeyError, TypeError, ValueError) as e:
             raise LearngeneError(f"{path}: corrupted learngene ({e})") from None
         return cls(templates, keep, convention, str(meta.get("source", "")), str(meta.get("source_sha256", "")),
