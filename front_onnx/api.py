@@ -20,8 +20,8 @@ import scipy.fft
 from front_onnx.analysis import analyze
 from front_onnx.analysis.inspection import InspectReport, build_report
 from front_onnx.analysis.naming import NamedWeights, named_weights
-from front_onnx.analysis.slots import slot_dtype
-from front_onnx.analysis.structure import stage_blocks
+from front_onnx.analysis.slots import analyze_slots, slot_dtype
+from front_onnx.analysis.structure import find_structure, stage_blocks
 from front_onnx.datafiles import load_npz
 from front_onnx.errors import FrontError, ValidationFailed
 from front_onnx.method.extraction import extract_learngene
@@ -117,6 +117,7 @@ def extract(source: PathLike | OnnxModel, *, keep: float = DEFAULT_KEEP, convent
     return gene
 
 
+@_all_cores
 def plan(source: PathLike | OnnxModel | Learngene, target: PathLike | OnnxModel, *,
          keep: float = DEFAULT_KEEP, convention: str = DEFAULT_CONVENTION, depth: str = DEFAULT_DEPTH,
          allow_nonfinite: bool = False) -> Plan:
@@ -133,7 +134,7 @@ def plan(source: PathLike | OnnxModel | Learngene, target: PathLike | OnnxModel,
     else:  # as transfer does it: the pair analyzed together
         s = _model(source)
         source_analysis, (gs, st) = _pair_analysis(s, t)
-        gene = _extract_all_cores(s, keep=keep, convention=convention, allow_nonfinite=allow_nonfinite,
+        gene = extract_learngene(s, keep=keep, convention=convention, allow_nonfinite=allow_nonfinite,
                                   structure=source_analysis)
     p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth)
     label = gene.source if isinstance(source, Learngene) else str(getattr(source, "path", source))
@@ -144,12 +145,11 @@ def plan(source: PathLike | OnnxModel | Learngene, target: PathLike | OnnxModel,
 def _pair_analysis(s: OnnxModel, t: OnnxModel) -> tuple[tuple, tuple]:
     """Source and target analyzed together: each side's stages are looked for in the other,
     so a stage of one block on either side meets its counterpart of several."""
-    target_own = stage_blocks(analyze(t)[1].templates)
+    target_slots = analyze_slots(t.proto, t.array)  # the slot analysis once; structure per side
+    target_own = stage_blocks(find_structure(target_slots, t.proto).templates)
     source_analysis = analyze(s, target_own)
-    return source_analysis, analyze(t, stage_blocks(source_analysis[1].templates))
-
-
-_extract_all_cores = _all_cores(extract_learngene)
+    known = stage_blocks(source_analysis[1].templates)
+    return source_analysis, (target_slots, find_structure(target_slots, t.proto, known))
 
 
 def _init_outputs(output: PathLike, report: PathLike | None) -> list[Path | None]:

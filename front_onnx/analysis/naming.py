@@ -45,7 +45,7 @@ from front_onnx.analysis.slots import (
     is_generated_name,
     scope_module,
 )
-from front_onnx.analysis.provenance import FOLDED_KEY, FX_KEY, KIND_KEY, literal_list, props
+from front_onnx.analysis.provenance import FX_KEY, Marks, props
 from front_onnx.onnxio import OnnxModel, load_model
 
 NAMES = ("torch", "onnx")
@@ -123,18 +123,8 @@ class _Evidence:
 
     def __init__(self, proto: onnx.ModelProto) -> None:
         g = proto.graph
-        self.kind: dict[str, str] = {}
-        self.folded: dict[str, list[str]] = {}
-        for vi in g.value_info:
-            p = props(vi.metadata_props)
-            if KIND_KEY in p:
-                self.kind[vi.name] = p[KIND_KEY]
-            if FOLDED_KEY in p:
-                self.folded[vi.name] = literal_list(p[FOLDED_KEY])
-        for t in g.initializer:
-            p = props(t.metadata_props)
-            if FOLDED_KEY in p:
-                self.folded.setdefault(t.name, literal_list(p[FOLDED_KEY]))
+        marks = Marks(g)
+        self.kind, self.folded = marks.kind, marks.folded
         # dynamo graphs carry scope metadata; legacy graphs (and other exporters) do not
         self.dynamo = any(_SCOPES_KEY in props(n.metadata_props) for n in g.node)
         self._fx: dict[int, _Fx | None] = {}

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from front_onnx.analysis.provenance import Marks, classify
+from front_onnx.analysis.provenance import Marks, Provenance, classify
 from front_onnx.onnxio import constant_tensor, np_dtype
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
@@ -168,6 +168,7 @@ class _Analyzer:
         self.g = model.graph
         self.read = read
         self.marks = Marks(self.g)
+        self._classified: dict[tuple[str, str], Provenance] = {}
         self.inits = {t.name: t for t in self.g.initializer}
         # weights some exporters keep in Constant nodes: their outputs act as initializers
         for n in self.g.node:
@@ -177,6 +178,13 @@ class _Analyzer:
         self.prod = _producers(self.g)
         self.cons = _consumers(self.g)
         self.outputs = {o.name for o in self.g.output}
+
+    def _provenance(self, name: str, role: str):
+        """``provenance.classify`` once per (initializer, role): a shared tensor is read once."""
+        key = (name, role)
+        if key not in self._classified:
+            self._classified[key] = classify(name, role, is_generated_name(name), self.marks, self.read)
+        return self._classified[key]
 
     # -------------------------------------------------------------- small graph queries
     def init_behind(self, value: str) -> onnx.TensorProto | None:
@@ -427,7 +435,7 @@ class _Analyzer:
                 role, layout, reason, ev = self.role_of(ci, cj, vshape)
                 provenance = ""
                 if role is not None:
-                    prov = classify(x, role, is_generated_name(x), self.marks, self.read)
+                    prov = self._provenance(x, role)
                     provenance = prov.evidence
                     if not prov.parameter:
                         role, layout, reason = None, None, f"constant, not a parameter: {prov.evidence}"

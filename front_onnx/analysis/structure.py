@@ -126,8 +126,7 @@ def _runs(units: list[_Unit], known: dict[str, int] | None = None) -> list[tuple
         for h, p in blocks:
             if i + p <= n and _hash(tuple(sigs[i:i + p])) == h:
                 k = 1
-                while i + (k + 1) * p <= n and sigs[i + k * p:i + (k + 1) * p] == sigs[i:i + p] \
-                        and full[i + k * p:i + (k + 1) * p] == full[i:i + p]:
+                while i + (k + 1) * p <= n and full[i + k * p:i + (k + 1) * p] == full[i:i + p]:
                     k += 1
                 found = (i, p, k)
                 break

@@ -227,19 +227,18 @@ def _rewired(graph: onnx.GraphProto, rewire: Mapping[tuple[int, int], str], adde
     return node_inputs, {t.name for t in graph.initializer if t.name in before and t.name not in after}
 
 
-def _skeleton(src: onnx.ModelProto, rewire: Mapping[tuple[int, int], str], constants: Mapping[int, np.ndarray],
+def _skeleton(src: onnx.ModelProto, node_inputs: list[list[str]], constants: Mapping[int, np.ndarray],
               dropped: set[str], what: str) -> onnx.ModelProto:
-    """The output proto without initializers: everything else copied field by field."""
+    """The output proto without initializers, with the rewired ``node_inputs``: everything
+    else copied field by field."""
     out = onnx.ModelProto()
     _copy_fields(src, out, skip={"graph"})
     g_out = out.graph
     _copy_fields(src.graph, g_out, skip={"initializer"})
-    for (ni, ii), new_name in sorted(rewire.items()):
-        node = g_out.node[int(ni)]
-        if int(ii) == len(node.input):
-            node.input.append(new_name)
-        else:
-            node.input[int(ii)] = new_name
+    for node, inputs in zip(g_out.node, node_inputs):
+        if list(node.input) != inputs:
+            del node.input[:]
+            node.input.extend(inputs)
     for ni, value in constants.items():
         _set_constant(g_out.node[int(ni)], value, f"{what}: Constant node #{ni}")
     if dropped and any(i.name in dropped for i in g_out.input):
@@ -348,12 +347,12 @@ def save_model(
     _check_new_values(model, new_values)
     graph = model.proto.graph
     added = _added(graph, dict(add_initializers or {}))
-    _, dropped = _rewired(graph, rewire, {name for name, _, _ in added})
+    node_inputs, dropped = _rewired(graph, rewire, {name for name, _, _ in added})
     if external_data is None:
         total = sum(tensor_nbytes(t) for t in graph.initializer if t.name not in dropped)
         total += sum(_storage_nbytes(et, int(np.size(v))) for _, v, et in added)
         external_data = any(_uses_external(t) for t in _model_tensors(model.proto)) or total > AUTO_EXTERNAL_LIMIT
-    out = _skeleton(model.proto, rewire, constants or {}, dropped, str(model.path))
+    out = _skeleton(model.proto, node_inputs, constants or {}, dropped, str(model.path))
 
     with staged(out_path) as tmp:
         data_tmp = data_companion(tmp)
