@@ -155,6 +155,8 @@ class _Evidence:
 def _framework_perm(s: Slot) -> tuple[int, ...]:
     """Stored -> torch axis order for a slot: canonical (out, in, k...) is torch's layout
     for Linear, Conv and Embedding; torch's ConvTranspose keeps ONNX's [in, out, k...]."""
+    if s.view is not None:  # a view computed with constants: the stored tensor is the parameter
+        return tuple(range(len(s.view.stored_shape)))
     perm = s.layout.perm if s.layout is not None else tuple(range(len(s.shape)))
     if s.op == "ConvTranspose" and s.role == "conv.weight" and len(perm) >= 2:
         perm = (perm[1], perm[0]) + tuple(perm[2:])

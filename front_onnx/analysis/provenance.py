@@ -52,6 +52,7 @@ LAYER_ROLES = {"linear.weight", "linear.bias", "conv.weight", "conv.bias", "norm
 class Provenance:
     parameter: bool
     evidence: str
+    masked: bool = False      # a parameter's entries combined with a mask: the mask entries are constants
 
 
 def props(entries) -> dict[str, str]:
@@ -167,6 +168,10 @@ def classify(name: str, role: str | None, generated_name: bool, marks: Marks,
         except Exception:  # noqa: BLE001 - unreadable data is reported by the file checks, not here
             mask = False
         if mask:  # a mask, or a table the exporter combined with one: resampling would smear it
+            params = [x for x in marks.folded.get(name, []) if marks.source_kind(x) == "parameter"]
+            if len(params) == 1:
+                return Provenance(True, f"entries of the parameter {params[0]} combined with a mask (exporter: "
+                                        f"folded_from); the mask entries are kept as they are", masked=True)
             return Provenance(False, "mask-like values (inf, NaN or near the dtype's limit)")
     folded = _folded(marks, name, role)
     if folded is not None:

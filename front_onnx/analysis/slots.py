@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from front_onnx.analysis.folding import VIEW_OPS, Constants, View, mask_entries, trace
 from front_onnx.analysis.provenance import Marks, Provenance, classify
 from front_onnx.onnxio import constant_tensor, np_dtype
 
@@ -100,9 +101,13 @@ class Slot:
     provenance: str = ""      # why the initializer is taken for a parameter, or for a constant
     absent: bool = False      # a bias the layer has none of (zero): ``initializer`` is a made-up name
     restorable: bool = False  # absent, and the node has an optional input for it (Conv/Gemm input 2)
+    view: View | None = None  # ``shape`` is a view of the stored tensor computed with constants (``folding``)
 
     @property
     def size(self) -> int:
+        """Elements of the parameter this slot reads (of a view: the distinct stored ones)."""
+        if self.view is not None:
+            return self.view.covered
         return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
 
 
@@ -178,6 +183,8 @@ class _Analyzer:
         self.prod = _producers(self.g)
         self.cons = _consumers(self.g)
         self.outputs = {o.name for o in self.g.output}
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+        self.constants = Constants(self.g, read, self.inits, opset)
 
     def _provenance(self, name: str, role: str):
         """``provenance.classify`` once per (initializer, role): a shared tensor is read once."""
@@ -432,19 +439,29 @@ class _Analyzer:
                     ci, cj = nxt[0]
                     hops += 1
                 vshape = tuple(shape[k] for k in view)
+                if self.g.node[ci].op_type in VIEW_OPS - WEIGHT_PATH:
+                    folded = self._view_slots(ni, j, x, t, shape, ci, cj, vshape)
+                    if folded:
+                        slots.extend(folded)
+                        continue
                 role, layout, reason, ev = self.role_of(ci, cj, vshape)
                 provenance = ""
+                masked = None
                 if role is not None:
                     prov = self._provenance(x, role)
                     provenance = prov.evidence
                     if not prov.parameter:
                         role, layout, reason = None, None, f"constant, not a parameter: {prov.evidence}"
+                    elif prov.masked and self.read is not None:
+                        m = mask_entries(self.read(x))
+                        masked = View(["mask"], shape, None, None, m, covered=int((~m).sum()))
                 if layout is not None and view != list(range(len(shape))):
                     layout = Layout(tuple(view[k] for k in layout.perm), layout.kinds, layout.parts,
                                     f"{layout.name} through Transpose{tuple(view)}")
                     ev.append(f"reached through Transpose (stored axes {tuple(view)})")
                 slots.append(Slot(ni, j, x, shape, t.data_type, ci, cj, self.g.node[ci].op_type,
-                                  role, layout, reason=reason, evidence=ev, anchor=ci, provenance=provenance))
+                                  role, layout, reason=reason, evidence=ev, anchor=ci, provenance=provenance,
+                                  view=masked))
         shared: dict[str, list[int]] = defaultdict(list)
         for k, s in enumerate(slots):
             shared[s.initializer].append(k)
@@ -453,6 +470,34 @@ class _Analyzer:
         self._refine_layouts(slots)
         slots.extend(self._absent_biases(slots))
         return GraphSlots(slots)
+
+    def _view_slots(self, ni: int, j: int, x: str, t: onnx.TensorProto, shape: tuple[int, ...],
+                    ci: int, cj: int, vshape: tuple[int, ...]) -> list[Slot]:
+        """Slots of a parameter that reaches activations through view ops with constant
+        inputs (``folding``): one per consumer of the view, with the role and layout the
+        view has there, as an exporter that folds constants would store it. [] when there
+        is no such view, or the frontier gives it no role (then the first op's reading stands)."""
+        tr = trace(self.g, self.constants, self.cons, self.outputs, ni, j, shape)
+        if tr is None:
+            return []
+        first_role, _, _, _ = self.role_of(ci, cj, vshape)
+        masked = mask_entries(tr.offset) if tr.offset is not None else None
+        idx = tr.index if masked is None else tr.index[~masked]
+        out = []
+        for fi, fj in tr.frontier:
+            role, layout, reason, ev = self.role_of(fi, fj, tuple(tr.index.shape))
+            if role is None:
+                return []
+            prov = self._provenance(x, first_role or role)
+            if not prov.parameter:
+                role, layout, reason = None, None, f"constant, not a parameter: {prov.evidence}"
+            what = " -> ".join(tr.ops)
+            view = View(tr.ops, shape, tr.index, tr.offset, masked, covered=int(np.unique(idx).size))
+            ev = ev + [f"a view of the stored {list(shape)} through {what} (constant inputs)"]
+            out.append(Slot(ni, j, x, tuple(tr.index.shape), t.data_type, fi, fj, self.g.node[fi].op_type,
+                            role, layout, reason=reason, evidence=ev, anchor=fi, provenance=prov.evidence,
+                            view=view))
+        return out
 
     def _absent_biases(self, slots: list[Slot]) -> list[Slot]:
         """A slot for the zero bias of every projection or convolution that has none: the
@@ -561,9 +606,11 @@ def _broadcast_layout(shape: tuple[int, ...]) -> Layout:
 
 
 def slot_array(read: Callable[[str], np.ndarray], s: Slot) -> np.ndarray:
-    """A slot's stored values: zeros for an absent bias."""
+    """A slot's values, of ``s.shape``: zeros for an absent bias, a view's elements for a view."""
     if s.absent:
         return np.zeros(s.shape, np_dtype(s.dtype))
+    if s.view is not None:
+        return s.view.read(read(s.initializer))
     return read(s.initializer)
 
 

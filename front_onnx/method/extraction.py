@@ -9,7 +9,13 @@ import numpy as np
 
 from front_onnx._version import __version__
 from front_onnx.analysis import analyze
-from front_onnx.analysis.slots import FEATURE, SPATIAL, GraphSlots, slot_dtype
+from front_onnx.analysis.slots import (
+    FEATURE,
+    SPATIAL,
+    GraphSlots,
+    slot_array,
+    slot_dtype,
+)
 from front_onnx.analysis.structure import Structure, Template
 from front_onnx.errors import OnnxFileError
 from front_onnx.method.learngene import GeneTemplate, Learngene
@@ -154,6 +160,8 @@ def template_corner(model: OnnxModel, gs: GraphSlots, tpl: Template, lengths: tu
         if s.absent:  # a bias the exporter dropped: zero
             raw.fill(0)
             stored = raw.reshape(s.shape)
+        elif s.view is not None:  # a view computed with constants: its elements of the stored tensor
+            stored = slot_array(model.array, s)
         else:
             stored = model.read_into(s.initializer, raw)
         _copy_tiled(layer[0], s.layout.to_canonical(stored))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from front_onnx.analysis.folding import write_views
 from front_onnx.analysis.slots import ABSENT_SUFFIX, GraphSlots
 from front_onnx.analysis.structure import Structure, Template
 from front_onnx.method.extraction import transformed_axes
@@ -167,11 +168,29 @@ def _digest(a: np.ndarray) -> bytes:
     return hashlib.sha256(np.ascontiguousarray(a).reshape(-1).view(np.uint8)).digest()
 
 
+def _views_stored(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """Values written to views (``folding``) put back into their stored tensors: every view
+    slot of one initializer gets the same stored tensor, so the writer sees one value."""
+    views: dict[str, list[int]] = {}
+    for i in values:
+        if gs.slots[i].view is not None:
+            views.setdefault(gs.slots[i].initializer, []).append(i)
+    if not views:
+        return values
+    out = dict(values)
+    for name, idx in views.items():
+        stored = write_views(target.array(name), [(gs.slots[i].view, values[i]) for i in idx])  # type: ignore[misc]
+        for i in idx:
+            out[i] = stored
+    return out
+
+
 def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarray], output: Path,
                       external_data: bool | None = None) -> dict[str, int]:
     """Write the target with new values. An initializer whose uses get different values
     (exporters deduplicate identical tensors) is split into one initializer per value;
     nothing else in the graph changes. Returns {'split': n initializers split, 'added': n, 'renamed': {slot index: new initializer name}}."""
+    values = _views_stored(target, gs, values)
     by_init: dict[str, list[int]] = {}
     for i, s in enumerate(gs.slots):
         if not s.absent:

@@ -197,7 +197,7 @@ def refine_onnx(source: str | Path | OnnxModel, data: Any, labels: Any = None, *
     lays: dict[str, Layout] = {}
     trainable = set(module.param_names) - set(frozen)
     for s in gs.slots:
-        if s.layout is not None and s.initializer in trainable and s.initializer not in lays:
+        if s.layout is not None and s.view is None and s.initializer in trainable and s.initializer not in lays:
             lays[s.initializer] = s.layout
     penalized = lambda: {k: module.parameter(k) for k in lays}  # noqa: E731
     before = template_shares(model, keep)
