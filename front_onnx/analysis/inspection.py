@@ -26,7 +26,14 @@ import numpy as np
 import scipy.fft as sfft
 
 from front_onnx.analysis import analyze
-from front_onnx.analysis.slots import FEATURE, GraphSlots, slot_array, slot_dtype
+from front_onnx.analysis.dimflow import ChannelSpace, dimension_flow
+from front_onnx.analysis.slots import (
+    ABSENT_SUFFIX,
+    FEATURE,
+    GraphSlots,
+    slot_array,
+    slot_dtype,
+)
 from front_onnx.analysis.structure import Structure
 from front_onnx.errors import FrontError
 from front_onnx.numeric import spectral
@@ -112,6 +119,7 @@ class TemplateInfo:
     constant: list[bool]       # per block: a constant tensor (share 1.0 by definition)
     mean: dict[str, float | None]           # keep -> mean over non-constant blocks
     note: str = ""             # why energies are missing
+    spaces: list[str | None] = field(default_factory=list)  # channel space per canonical axis (block 0)
 
     @property
     def all_constant(self) -> bool:
@@ -144,11 +152,13 @@ class InspectReport:
     slots: list[SlotInfo]
     seconds: float = 0.0
     files: list[str] = field(default_factory=list)  # the files read (a plot may never overwrite them)
+    channel_spaces: list[ChannelSpace] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "keeps": self.keeps, "seconds": round(self.seconds, 4),
                 "summary": self.summary(),
                 "segments": [asdict(s) for s in self.segments], "stages": self.stages,
+                "channel_spaces": [asdict(c) for c in self.channel_spaces],
                 "templates": [asdict(t) for t in self.templates], "slots": [asdict(s) for s in self.slots]}
 
     def summary(self) -> dict[str, Any]:
@@ -236,6 +246,7 @@ def build_report(model: OnnxModel, keeps: Sequence[float] = KEEPS,
     for k in keeps:
         spectral.kept_length(1, k)  # validates
     gs, st = analysis or analyze(model)
+    flow = dimension_flow(model.proto, gs)
     segments, names = _labels(gs, st)
     kname = [f"{k:g}" for k in keeps]
     order = {seg.label: i for i, seg in enumerate(segments)}
@@ -262,7 +273,7 @@ def build_report(model: OnnxModel, keeps: Sequence[float] = KEEPS,
                     energy[k].append(None)
                 constant.append(False)
                 continue
-            ck = (s.initializer, s.layout.perm, s.layout.parts, tuple(axes))
+            ck = (s.initializer, s.layout.perm, s.layout.parts, tuple(axes), tuple(s.shape))
             if ck not in cache:
                 try:
                     cache[ck] = corner_shares(_canonical_f64(model, s), axes, keeps, overwrite=True)
@@ -289,7 +300,8 @@ def build_report(model: OnnxModel, keeps: Sequence[float] = KEEPS,
             module=_module_hint(first.module), layout=first.layout.name, kinds=list(kinds),
             shape=list(first.layout.canonical_shape(first.shape)), stored_shape=list(first.shape),
             dtype=str(slot_dtype(first)), depth=tpl.depth, initializers=inits, axes=axes,
-            energy=energy, constant=constant, mean=mean, note=note))
+            energy=energy, constant=constant, mean=mean, note=note,
+            spaces=list(flow.slot_axes.get(tpl.blocks[0][0], []))))
     # graph order: by segment, then as the structure lists them (unit order, then input order)
     rank = {key: n for n, key in enumerate(st.templates)}
     templates.sort(key=lambda t: (order.get(t.segment, len(order)), rank[t.key]))
@@ -300,8 +312,10 @@ def build_report(model: OnnxModel, keeps: Sequence[float] = KEEPS,
         slots.append(SlotInfo(s.initializer, node_names[s.node] or f"#{s.node}", s.input, s.op, s.role,
                               s.layout.name if s.layout else "", list(s.shape), str(slot_dtype(s)),
                               tkey, reason))
+    spaces = [ChannelSpace(c.id, c.size, [a for a in c.axes if not a[0].endswith(ABSENT_SUFFIX)], c.factors)
+              for c in flow.spaces]
     return InspectReport(str(model.path), keeps, segments, dict(st.stages), templates, slots,
-                         time.perf_counter() - t0, [str(p) for p in model_files(model)])
+                         time.perf_counter() - t0, [str(p) for p in model_files(model)], spaces)
 
 
 # --------------------------------------------------------------------------- table
@@ -333,22 +347,30 @@ def format_report(rep: InspectReport) -> str:
         else:
             lines.append(f"  {seg.label:<8} layer [{what}]")
     kname = [f"{k:g}" for k in rep.keeps]
-    head = ("template", "role", "module", "layout", "shape", "dtype", "depth") + tuple(f"@{k}" for k in kname)
+    head = ("template", "role", "module", "layout", "shape", "spaces", "dtype", "depth") + \
+        tuple(f"@{k}" for k in kname)
     rows = [head]
     for t in rep.templates:
-        rows.append((t.short, t.role, t.module or "-", t.layout, _dims(t.stored_shape), t.dtype, str(t.depth))
+        rows.append((t.short, t.role, t.module or "-", t.layout, _dims(t.shape),
+                     " ".join(x or "-" for x in t.spaces) or "-", t.dtype, str(t.depth))
                     + tuple(_cell(t, k) for k in kname))
-    caps = (24, 16, 22, 22, 14, 9, 5) + (6,) * len(kname)
+    caps = (24, 16, 22, 22, 14, 14, 9, 5) + (6,) * len(kname)
     widths = [min(max(len(r[c]) for r in rows), caps[c]) for c in range(len(head))]
     lines.append("")
     for n, r in enumerate(rows):
         cells = []
         for c, v in enumerate(r):
             v = v if len(v) <= widths[c] else v[:widths[c] - 1] + "~"
-            cells.append(v.rjust(widths[c]) if c >= 6 else v.ljust(widths[c]))
+            cells.append(v.rjust(widths[c]) if c >= 7 else v.ljust(widths[c]))
         lines.append("  ".join(cells).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
+    if rep.channel_spaces:
+        lines.append("")
+        lines.append("channel spaces (weight axes that index the same channels, from the graph's dimension flow):")
+        for c in rep.channel_spaces:
+            split = "".join(f" = {' x '.join(map(str, f))}" for f in c.factors)
+            lines.append(f"  {c.id:<5} {c.size:>6}{split}: {len(c.axes)} weight axes")
     other = [s for s in rep.slots if s.template is None]
     if other:
         why: dict[str, int] = {}
@@ -359,7 +381,9 @@ def format_report(rep: InspectReport) -> str:
     lines.append("")
     lines.append("@k: share of a block's standardized DCT energy inside the low-frequency corner that keep k "
                  "keeps on each feature axis (mean over blocks); white noise gives about k^(feature axes). "
-                 "const: constant tensor; n/a: no feature axis. --json gives per-block values.")
+                 "const: constant tensor; n/a: no feature axis. shape: canonical (out, in, ...); spaces: the "
+                 "channel space of each canonical axis (-: its own, or a parts or kernel axis). --json gives "
+                 "per-block values and each space's members.")
     return "\n".join(lines)
 
 

@@ -1,0 +1,356 @@
+"""Channel spaces: which weight axes index the same channels, from the graph's dimension flow.
+
+Every axis of every activation is followed through the ops that keep it (elementwise and
+broadcasting ops, normalizations, Transpose, Reshape, Squeeze/Unsqueeze, Concat, Slice,
+Split, Gather, Expand, MatMul's batch axes); axes that the flow shows to be the same are
+one *channel space*. A weight axis joins the space of the activation axis it reads or
+writes: a projection's in axis the space of its input's last axis, its out axis that of its
+output's; a normalization's scale the axes it normalizes; a bias or broadcast parameter the
+output axes it lines up with. So the residual width of a transformer is one space holding
+every block's norms, out-projection outputs and in-projection inputs; each block's MLP
+hidden width is a space of its own; a class or vocabulary axis is a space no other layer
+reads.
+
+A Reshape that splits an axis into several (heads x head_dim, parts x heads x head_dim)
+records the split: the space is *factored*, and the factors are spaces in turn.
+
+Shapes come from onnx's shape inference (run on a copy without the weights' bytes); an
+axis whose length is unknown is not followed. Nothing here changes how a transfer
+resamples: the spaces are reported (``front-onnx inspect``) for the work that builds on
+them (aligning neurons, head-consistent resampling).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+from onnx import TensorProto
+
+from front_onnx.analysis.slots import GraphSlots, Slot
+
+_SAME = {"Relu", "Gelu", "Erf", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Cast", "Identity", "Dropout",
+         "Sqrt", "Neg", "Exp", "Log", "Abs", "Reciprocal", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu",
+         "Selu", "Softplus", "Softsign", "Clip", "Mish", "FastGelu", "BiasGelu", "QuickGelu", "Not", "IsNaN",
+         "Floor", "Ceil", "Round", "Sin", "Cos", "SiLU", "Celu", "ThresholdedRelu", "PRelu"}
+_BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less", "Greater", "And",
+              "Or", "Mod", "LessOrEqual", "GreaterOrEqual", "BitwiseAnd", "Expand"}
+_NORMS = {"LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization", "BatchNormalization",
+          "InstanceNormalization", "GroupNormalization", "LpNormalization", "MeanVarianceNormalization"}
+
+
+@dataclass
+class ChannelSpace:
+    """One channel space: its length, the weight axes that index it, and its factors."""
+
+    id: str
+    size: int
+    axes: list[tuple[str, int]]                      # (initializer, canonical axis)
+    factors: list[list[int]] = field(default_factory=list)  # splits seen: lengths of the parts
+
+
+@dataclass
+class DimensionFlow:
+    spaces: list[ChannelSpace]
+    slot_axes: dict[int, list[str | None]]          # slot index -> space id per canonical axis
+
+
+class _UF:
+    def __init__(self) -> None:
+        self.parent: dict[tuple, tuple] = {}
+
+    def find(self, a: tuple) -> tuple:
+        self.parent.setdefault(a, a)
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a: tuple, b: tuple) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Static shapes of every value onnx's shape inference finds (weights' bytes left out)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    keep = []
+    for t in m.graph.initializer:
+        if t.data_type in (TensorProto.INT64, TensorProto.INT32) and not t.external_data:
+            keep.append(t)
+            continue
+        vi = onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+        m.graph.input.append(vi)
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep)
+    try:
+        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    except Exception:  # noqa: BLE001 - shape inference is best effort: unknown shapes are not followed
+        pass
+    out: dict[str, list[int | None]] = {}
+    for vi in [*m.graph.input, *m.graph.value_info, *m.graph.output]:
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    for t in model.graph.initializer:
+        out[t.name] = list(t.dims)
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    out[n.output[0]] = list(a.t.dims)
+    return out
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _groups(a: list[int], b: list[int]) -> list[tuple[list[int], list[int]]] | None:
+    """Reshape's axis groups: runs of input and output axes with equal products (axes of
+    length 1 stand alone), or None when the lengths do not line up."""
+    i = j = 0
+    out = []
+    while i < len(a) or j < len(b):
+        if i < len(a) and a[i] == 1:
+            i += 1
+            continue
+        if j < len(b) and b[j] == 1:
+            j += 1
+            continue
+        if i >= len(a) or j >= len(b):
+            return None
+        gi, gj, pa, pb = [i], [j], a[i], b[j]
+        i, j = i + 1, j + 1
+        while pa != pb:
+            if pa < pb and i < len(a):
+                pa *= a[i]
+                gi.append(i)
+                i += 1
+            elif pb < pa and j < len(b):
+                pb *= b[j]
+                gj.append(j)
+                j += 1
+            else:
+                return None
+        out.append((gi, gj))
+    return out
+
+
+class _Flow:
+    def __init__(self, model: onnx.ModelProto, gs: GraphSlots) -> None:
+        self.g = model.graph
+        self.gs = gs
+        self.shape = _shapes(model)
+        self.uf = _UF()
+        self.factors: dict[tuple, list[tuple]] = {}
+
+    def dim(self, v: str, k: int) -> int | None:
+        s = self.shape.get(v)
+        if s is None or not -len(s) <= k < len(s):
+            return None
+        return s[k]
+
+    def rank(self, v: str) -> int | None:
+        s = self.shape.get(v)
+        return None if s is None else len(s)
+
+    def same(self, a: tuple, b: tuple) -> None:
+        """Join two axes when both lengths are known, equal and above 1."""
+        da, db = self.size(a), self.size(b)
+        if da is not None and da == db and da > 1:
+            self.uf.union(a, b)
+
+    def size(self, key: tuple) -> int | None:
+        if key[0] == "v":
+            return self.dim(key[1], key[2])
+        return key[3]
+
+    def ax(self, v: str, k: int) -> tuple:
+        r = self.rank(v) or 0
+        return ("v", v, k % r if r else k)
+
+    def right_aligned(self, x: str, out: str) -> None:
+        rx, ro = self.rank(x), self.rank(out)
+        if rx is None or ro is None:
+            return
+        for k in range(1, min(rx, ro) + 1):
+            self.same(self.ax(x, -k), self.ax(out, -k))
+
+    def node(self, n: onnx.NodeProto) -> None:
+        op, ins, outs = n.op_type, list(n.input), list(n.output)
+        if not outs or not outs[0]:
+            return
+        y = outs[0]
+        if op in _SAME or op in _NORMS:
+            if ins and self.rank(ins[0]) == self.rank(y):
+                for k in range(self.rank(y) or 0):
+                    self.same(self.ax(ins[0], k), self.ax(y, k))
+        elif op in _BROADCAST:
+            for x in ins:
+                if x:
+                    self.right_aligned(x, y)
+        elif op == "Transpose":
+            r = self.rank(y) or 0
+            perm = _attr(n, "perm") or list(reversed(range(r)))
+            for k, p in enumerate(perm):
+                self.same(self.ax(ins[0], p), self.ax(y, k))
+        elif op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+            self.reshape(ins[0], y)
+        elif op == "MatMul":
+            ra, rb, ry = self.rank(ins[0]), self.rank(ins[1]), self.rank(y)
+            if None in (ra, rb, ry):
+                return
+            if ra >= 2:
+                self.same(self.ax(ins[0], -2), self.ax(y, -2))
+            if rb >= 2:
+                self.same(self.ax(ins[1], -1), self.ax(y, -1))
+                self.same(self.ax(ins[0], -1), self.ax(ins[1], -2))
+            for k in range(3, min(ra, ry) + 1):
+                self.same(self.ax(ins[0], -k), self.ax(y, -k))
+            for k in range(3, min(rb, ry) + 1):
+                self.same(self.ax(ins[1], -k), self.ax(y, -k))
+        elif op == "Gemm":
+            self.same(self.ax(ins[0], 1 if _attr(n, "transA", 0) else 0), self.ax(y, 0))
+            self.same(self.ax(ins[1], 0 if _attr(n, "transB", 0) else 1), self.ax(y, 1))
+            self.same(self.ax(ins[0], 0 if _attr(n, "transA", 0) else 1), self.ax(ins[1], 1 if _attr(n, "transB", 0) else 0))
+        elif op in ("Conv", "ConvTranspose"):
+            self.same(self.ax(ins[0], 0), self.ax(y, 0))
+            if _attr(n, "group", 1) > 1 and self.dim(ins[0], 1) == self.dim(y, 1) == _attr(n, "group", 1):
+                self.same(self.ax(ins[0], 1), self.ax(y, 1))  # depthwise: channels stay channels
+        elif op == "Concat":
+            r = self.rank(y) or 0
+            axis = _attr(n, "axis", 0) % r if r else 0
+            for x in ins:
+                for k in range(r):
+                    if k != axis:
+                        self.same(self.ax(x, k), self.ax(y, k))
+        elif op in ("Slice", "Split"):
+            r = self.rank(y) or 0
+            for o in outs:
+                for k in range(r):
+                    self.same(self.ax(ins[0], k), self.ax(o, k))
+            if op == "Split" and len(outs) > 1:
+                axis = _attr(n, "axis", 0) % r if r else 0
+                parts = [self.dim(o, axis) for o in outs]
+                if None not in parts:
+                    self.factors.setdefault(self.ax(ins[0], axis), [])
+                    self.factors[self.ax(ins[0], axis)].append(("parts", tuple(parts)))
+        elif op == "Gather":
+            rd, ri, ry = self.rank(ins[0]), self.rank(ins[1]), self.rank(y)
+            if None in (rd, ri, ry):
+                return
+            axis = _attr(n, "axis", 0) % rd
+            for k in range(axis):
+                self.same(self.ax(ins[0], k), self.ax(y, k))
+            for k in range(axis + 1, rd):
+                self.same(self.ax(ins[0], k), self.ax(y, k - 1 + ri))
+        elif op.startswith("Reduce") and ins:
+            if _attr(n, "keepdims", 1) and self.rank(ins[0]) == self.rank(y):
+                for k in range(self.rank(y) or 0):
+                    self.same(self.ax(ins[0], k), self.ax(y, k))
+
+    def reshape(self, x: str, y: str) -> None:
+        a, b = self.shape.get(x), self.shape.get(y)
+        if a is None or b is None or None in a or None in b:
+            return
+        groups = _groups(list(a), list(b))
+        if groups is None:
+            return
+        for gi, gj in groups:
+            if len(gi) == 1 and len(gj) == 1:
+                self.same(self.ax(x, gi[0]), self.ax(y, gj[0]))
+            elif len(gi) == 1:   # one axis split into several: a factored space
+                self.factors.setdefault(self.ax(x, gi[0]), []).append(("split", tuple(b[k] for k in gj)))
+            elif len(gj) == 1:   # several merged into one
+                self.factors.setdefault(self.ax(y, gj[0]), []).append(("split", tuple(a[k] for k in gi)))
+
+    # ---------------------------------------------------------------- weights
+    def weight_axes(self, i: int, s: Slot) -> list[tuple | None]:
+        """The value axis each canonical axis of a slot's tensor lines up with (None: its own)."""
+        assert s.layout is not None
+        n = self.g.node[s.consumer]
+        canon = s.layout.canonical_shape(tuple(s.shape))
+        y = n.output[0] if n.output else ""
+        if s.role in ("linear.weight", "linear.bias", "conv.weight", "conv.bias"):
+            anchor = self.g.node[s.anchor]
+            out_v = anchor.output[0]
+            conv = anchor.op_type in ("Conv", "ConvTranspose")
+            out_ax = self.ax(out_v, 1 if conv else -1) if anchor.op_type != "Gemm" else self.ax(out_v, 1)
+            x = anchor.input[0]
+            in_ax = self.ax(x, 1 if conv else -1) if anchor.op_type != "Gemm" else \
+                self.ax(x, 0 if _attr(anchor, "transA", 0) else 1)
+            lead: list[tuple | None] = []
+            if s.layout.parts > 1:  # a fused projection: each part's out axis is a space of its own
+                lead, out_ax = [None], None
+            rest: list[tuple | None]
+            if s.role.endswith(".bias"):
+                rest = [out_ax]
+            else:
+                depthwise = conv and len(canon) > 1 and canon[1] == 1
+                rest = [out_ax, None if depthwise else in_ax] + [None] * (len(canon) - len(lead) - 2)
+            return (lead + rest)[:len(canon)]
+        if s.role in ("norm.scale", "norm.bias", "norm.mean", "norm.var"):
+            x = n.input[0]
+            if n.op_type in ("BatchNormalization", "InstanceNormalization", "GroupNormalization"):
+                return [self.ax(x, 1)] + [None] * (len(canon) - 1)
+            return self._aligned(y or x, canon)
+        if s.role == "embedding":
+            return [None, self.ax(y, -1)]
+        return self._aligned(y, canon) if y else [None] * len(canon)
+
+    def _aligned(self, v: str, canon: tuple[int, ...]) -> list[tuple | None]:
+        r = self.rank(v)
+        out: list[tuple | None] = []
+        for k in range(len(canon)):
+            off = len(canon) - k
+            out.append(self.ax(v, -off) if r is not None and off <= r and canon[k] > 1 else None)
+        return out
+
+
+def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
+    """The channel spaces of a model's weight axes (see the module docstring)."""
+    f = _Flow(model, gs)
+    for n in model.graph.node:
+        f.node(n)
+    links: dict[int, list[tuple | None]] = {}
+    for i, s in enumerate(gs.slots):
+        if s.role is None or s.layout is None:
+            continue
+        canon = s.layout.canonical_shape(tuple(s.shape))
+        axes = f.weight_axes(i, s)
+        links[i] = axes
+        for k, a in enumerate(axes):
+            if a is not None and canon[k] > 1 and f.size(a) == canon[k]:
+                f.uf.union(("w", i, k, canon[k]), a)
+            else:
+                axes[k] = None
+    members: dict[tuple, list[tuple[int, int]]] = {}
+    for i, axes in links.items():
+        for k, a in enumerate(axes):
+            if a is not None:
+                members.setdefault(f.uf.find(a), []).append((i, k))
+    order = sorted(members, key=lambda r: min(members[r]))
+    ids = {r: f"C{n}" for n, r in enumerate(order)}
+    factors: dict[tuple, set] = {}
+    for key, fs in f.factors.items():
+        r = f.uf.find(key)
+        if r in ids:
+            factors.setdefault(r, set()).update(x[1] for x in fs)
+    spaces = []
+    for r in order:
+        first = members[r][0]
+        s = gs.slots[first[0]]
+        size = int(s.layout.canonical_shape(tuple(s.shape))[first[1]])  # type: ignore[union-attr]
+        seen = []
+        for i, k in members[r]:
+            e = (gs.slots[i].initializer, k)
+            if e not in seen:
+                seen.append(e)
+        spaces.append(ChannelSpace(ids[r], size, seen, [list(x) for x in sorted(factors.get(r, ()))]))
+    slot_axes = {i: [ids[f.uf.find(a)] if a is not None else None for a in axes] for i, axes in links.items()}
+    return DimensionFlow(spaces, slot_axes)
