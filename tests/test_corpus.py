@@ -36,14 +36,8 @@ PAIRS = CORPUS.pairs()
 # (pair, criterion) -> the measured failure; (pair, "*"): the transfer raises (every criterion fails).
 # --- XFAIL begin (written by `python -m tests.corpus.scoreboard --write-xfail`) ---
 XFAIL: dict[tuple[str, str], str] = {
-    ('convnext-identity-legacy', 'reproduces'): 'relative error 5.71e-05 (tolerance 1e-05)',
-    ('convnext-cross-dynamo-legacy', '*'): "refused: FrontError: <target>: the structures share nothing with <source>: none of the target's repeated stages has a source counterpart; first divergence: target segment 2 (a stage of 1 blocks of [conv.bias, conv.weight, norm.bias, norm.scale, linear.bias, li",
-    ('convnext-cross-legacy-dynamo', '*'): "refused: FrontError: <target>: the structures share nothing with <source>: none of the target's repeated stages has a source counterpart; first divergence: target segment 2 (a stage of 1 blocks of [conv.bias, conv.weight, norm.bias, norm.scale, linear.bias, li",
     ('efficientnet-grow-dynamo', 'written'): '36.8% of 91736 parameter elements written (plan: 38.0%; needs 95%)',
     ('efficientnet-grow-legacy', 'written'): '37.1% of 92364 parameter elements written (plan: 37.3%; needs 95%)',
-    ('swin-identity-legacy', 'reproduces'): 'relative error 8.23e-04 (tolerance 1e-05)',
-    ('swin-cross-dynamo-legacy', 'reproduces'): 'relative error 1.74e+00 (tolerance 1e-05)',
-    ('swin-cross-legacy-dynamo', 'reproduces'): 'relative error 1.74e+00 (tolerance 1e-05)',
     ('t5-cross-dynamo-legacy', 'reproduces'): 'relative error 1.17e+00 (tolerance 1e-05)',
     ('t5-cross-legacy-dynamo', 'reproduces'): 'relative error 1.17e+00 (tolerance 1e-05)',
 }

@@ -21,14 +21,14 @@ def _meta(target, **kv):
 
 
 def _graph(width: int, seed: int, mask: np.ndarray | None = None, marks: bool = False,
-           add_name: str = "onnx::Add_7") -> onnx.ModelProto:
+           add_name: str = "onnx::Add_7", weight_name: str = "onnx::MatMul_3") -> onnx.ModelProto:
     """x[1,T,w] -> MatMul(W[w,w]) -> Add(A[1,T,w] or a mask) -> y: the shape of a projection
     followed by a folded table, the way exporters leave them."""
     rng = np.random.default_rng(seed)
     T = 4
     w = rng.standard_normal((width, width)).astype(np.float32)
     a = mask if mask is not None else rng.standard_normal((1, T, width)).astype(np.float32)
-    inits = [numpy_helper.from_array(w, "fc.weight" if marks else "onnx::MatMul_3"),
+    inits = [numpy_helper.from_array(w, "fc.weight" if marks else weight_name),
              numpy_helper.from_array(a, add_name)]
     nodes = [helper.make_node("MatMul", ["x", inits[0].name], ["h"]),
              helper.make_node("Add", ["h", add_name], ["y"])]
@@ -60,11 +60,25 @@ def test_mask_like_values_are_constants():
 
 
 def test_generated_name_without_marks_is_not_shown_to_be_a_parameter():
-    m = _graph(8, 0)
-    assert not _classify(m, "onnx::Add_7", "parameter").parameter
+    m = _graph(8, 0, add_name="val_7")
+    assert not _classify(m, "val_7", "parameter").parameter
+    assert not _classify(_graph(8, 0, add_name="const_7"), "const_7", "scale").parameter
     assert _classify(_graph(8, 0, add_name="pos_embed"), "pos_embed", "parameter").parameter
     # a layer's weight is a parameter whatever its name
     assert _classify(m, "onnx::MatMul_3", "linear.weight").parameter
+
+
+def test_legacy_torch_fold_is_a_parameter_unless_mask_like():
+    """``onnx::<Op>_<N>``: the legacy torch exporter's fold of the module's state (constants
+    stay Constant nodes); a mask among them is still told by its values."""
+    p = _classify(_graph(8, 0), "onnx::Add_7", "parameter")
+    assert p.parameter and "legacy torch exporter" in p.evidence
+    assert _classify(_graph(8, 0, add_name="onnx::Mul_9"), "onnx::Mul_9", "scale").parameter
+    mask = np.zeros((1, 4, 8), np.float32)
+    mask[..., 5:] = -np.inf
+    assert not _classify(_graph(8, 0, mask=mask), "onnx::Add_7", "parameter").parameter
+    # a name with '::' from elsewhere is not the legacy exporter's
+    assert not _classify(_graph(8, 0, add_name="pkg::table"), "pkg::table", "parameter").parameter
 
 
 @pytest.mark.parametrize("folded,role,parameter,says", [
@@ -120,8 +134,8 @@ def test_plan_gives_the_verdict_transfer_gives(tmp_path, capsys):
     """A target with nothing the source can write: transfer refuses, and plan shows its plan
     and exits 3 with the same line."""
     src, tgt = tmp_path / "s.onnx", tmp_path / "t.onnx"
-    onnx.save(_graph(8, 0), src)
-    m = _graph(8, 1)
+    onnx.save(_graph(8, 0, add_name="val_7", weight_name="val_3"), src)
+    m = _graph(8, 1, add_name="val_7", weight_name="val_3")
     m.graph.node[0].op_type = "Mul"  # no projection: only ambiguous tensors with generated names
     onnx.save(m, tgt)
     with pytest.raises(front_onnx.FrontError) as e:

@@ -14,8 +14,10 @@ required:
 - the values: a tensor holding +-inf, NaN or magnitudes near the dtype's limit is a mask;
 - the consuming op and input position (a MatMul/Gemm/Conv weight, a normalization's scale,
   an embedding table are parameters whatever their names);
-- names: a generated name (``onnx::Mul_12``, ``val_3``) does not show an ambiguous tensor
-  (one added, multiplied or concatenated) to be a parameter; a module path does.
+- names: a generated name (``val_3``, ``const_5``) does not show an ambiguous tensor
+  (one added, multiplied or concatenated) to be a parameter; a module path does. One kind
+  of generated name does: the legacy torch exporter's ``onnx::<Op>_<N>`` initializers
+  (below, ``_LEGACY_FOLD``) are what its constant folding made of the module's state.
 
 When the evidence does not make a tensor a parameter, it is a constant: leaving a
 parameter untouched costs a little transfer, rewriting a constant breaks the model.
@@ -43,6 +45,14 @@ _SLICE_OP = re.compile(r"^(arange|embedding|slice|select|index_select|index|gath
 _INDEXING = re.compile(r"^(embedding|slice|select|index_select|index|gather|narrow)(_\d+)?$")
 FX_KEY = "pkg.torch.onnx.fx_node"
 _BUFFER_NAME = re.compile(r"(_ids|_index|index|mask|inv_freq|running_mean|running_var|num_batches_tracked)$")
+# The legacy torch exporter (``torch.onnx.export(..., dynamo=False)``) names a tensor it
+# constant-folded ``onnx::<consumer op>_<N>``. Tracing bakes everything that depends neither
+# on the inputs nor on the module's state (literals, ``arange``, non-persistent buffers) into
+# ``Constant`` nodes (``/scope/Constant_N_output_0``); only what is computed from the state
+# dict, i.e. parameters (and persistent buffers), is left for folding into such initializers:
+# a layer scale ``gamma.reshape(1, -1, 1, 1)`` (ConvNeXt), a relative-position bias table
+# gathered at its constant index and permuted (Swin), a transposed Linear weight.
+_LEGACY_FOLD = re.compile(r"^onnx::[A-Za-z]\w*_\d+$")
 # roles the consuming op gives only to parameters (a framework's layer weights)
 LAYER_ROLES = {"linear.weight", "linear.bias", "conv.weight", "conv.bias", "norm.scale", "norm.bias", "norm.mean",
                "norm.var", "embedding"}
@@ -180,6 +190,12 @@ def classify(name: str, role: str | None, generated_name: bool, marks: Marks,
         return Provenance(True, f"a {role} of its consuming op")
     if marks.marks_parameters:
         return Provenance(False, "the exporter marks every parameter and not this tensor")
+    if _LEGACY_FOLD.match(name):
+        # the legacy exporter's fold of the module's state. A persistent float buffer folded
+        # the same way is taken for a parameter too, as one kept under its own name is below;
+        # masks among them were told by their values above
+        return Provenance(True, "folded by the legacy torch exporter from the module's state "
+                                "(an onnx::<Op>_<N> initializer; constants stay Constant nodes)")
     if generated_name:
         return Provenance(False, "a generated name and no exporter mark: not shown to be a parameter")
     return Provenance(True, "named like a parameter")
