@@ -10,7 +10,7 @@ import functools
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -32,6 +32,7 @@ from front_onnx.method.planning import (
     check_overlap,
     make_plan,
     overlap_verdict,
+    source_templates,
     summary_lines,
 )
 from front_onnx.onnxio import OnnxModel, check_tensors, load_model, model_files
@@ -215,7 +216,9 @@ def transfer(source: PathLike | OnnxModel, target: PathLike | OnnxModel, output:
     s = _model(source)
     guard(_init_outputs(output, report), _files(t, s))
     source_analysis, analysis = _pair_analysis(s, t)
-    gene = extract_learngene(s, keep=keep, convention=convention, needed=needed_shapes(*analysis, depth),
+    sources = source_templates([asdict(seg) for seg in source_analysis[1].segments], analysis[1].segments,
+                               analysis[1].templates)
+    gene = extract_learngene(s, keep=keep, convention=convention, needed=needed_shapes(*analysis, depth, sources),
                              allow_nonfinite=allow_nonfinite, structure=source_analysis)
     source_path = s.path
     del s  # an inline source's weights need not stay in memory while the target is written

@@ -102,3 +102,94 @@ def test_blocks_whose_bias_layouts_differ_are_not_stacked(samples, tmp_path):
     tgt = samples.get("vit", "narrow", "dynamo")
     rc = main(["transfer", bad, str(tgt), "-o", str(tmp_path / "o.onnx"), "--no-validate", "-q"])
     assert rc in (0, 3)
+
+
+def test_a_plain_conv_of_one_input_channel_has_a_feature_axis():
+    """A squeeze-excite expansion of a narrow model has one input channel: a feature axis of
+    width 1, as in a wider model (else the unit's signature depends on the width)."""
+    m = _depthwise(8, 0)
+    m.graph.initializer.append(numpy_helper.from_array(np.ones((8, 1, 1, 1), np.float32), "se"))
+    m.graph.node.append(helper.make_node("Conv", ["y", "se"], ["z"]))  # not wired to an output: analysis only
+    gs = analyze_slots(m, lambda n: numpy_helper.to_array(next(i for i in m.graph.initializer if i.name == n)))
+    kinds = {s.initializer: s.layout.kinds for s in gs.slots if s.layout is not None}
+    assert kinds["se"][:2] == (FEATURE, FEATURE)
+    assert kinds["dw"][:2] == (FEATURE, INDEX)  # a depthwise conv's one channel per group indexes nothing
+
+
+def _cnn(stages: list[tuple[int, int]], seed: int, layer_scale: bool = False) -> onnx.ModelProto:
+    """A stem, then per (channels, blocks) stage: a strided first block with no residual
+    (pointwise -> depthwise 3x3 stride 2 -> pointwise) and its repeats with stride 1 and a
+    residual Add, as an inverted-residual CNN; ``layer_scale`` multiplies each block's
+    output by a per-channel tensor (ConvNeXt's gamma, a parameter to one exporter only)."""
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+
+    def conv(x: str, shape: tuple, **attrs) -> str:
+        name = f"w{len(inits)}"
+        inits.append(numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name))
+        nodes.append(helper.make_node("Conv", [x, name], [name + "_y"], **attrs))
+        return name + "_y"
+
+    x, c_prev, size = conv("x", (stages[0][0], 3, 3, 3), pads=[1, 1, 1, 1]), stages[0][0], 16
+    for c, n in stages:
+        for b in range(n):
+            stride = 2 if b == 0 else 1
+            h = conv(x, (2 * c, c_prev, 1, 1))
+            h = conv(h, (2 * c, 1, 3, 3), group=2 * c, pads=[1, 1, 1, 1], strides=[stride, stride])
+            h = conv(h, (c, 2 * c, 1, 1))
+            if layer_scale:
+                name = f"gamma{len(inits)}"
+                inits.append(numpy_helper.from_array(rng.standard_normal((1, c, 1, 1)).astype(np.float32), name))
+                nodes.append(helper.make_node("Mul", [h, name], [name + "_y"]))
+                h = name + "_y"
+            if b:
+                nodes.append(helper.make_node("Add", [h, x], [h + "_res"]))
+                h = h + "_res"
+            x, c_prev, size = h, c, size // stride
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, c_prev, size, size])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    return m
+
+
+def test_a_stage_grown_from_its_first_block_draws_on_that_block(tmp_path):
+    """EfficientNet's compound scaling: a stage of one (strided) block becomes a stage of two.
+    The new block, which differs from the first by its strides, draws on the source's first
+    block of that stage, unit by unit; the other stages keep their own counterparts."""
+    src = _save(_cnn([(8, 1), (12, 1), (16, 2)], 0), tmp_path / "s.onnx")
+    tgt = _save(_cnn([(10, 2), (14, 2), (20, 2)], 1), tmp_path / "t.onnx")
+    r = front_onnx.transfer(src, tgt, tmp_path / "o.onnx", keep=1.0)
+    assert r.plan.summary()["written_fraction"] == 1.0
+    assert front_onnx.plan(src, tgt).summary() == r.plan.summary()
+    fed = {s.initializer: r.plan.sources[s.template] for s in r.plan.written}
+    src_of = {s.template: s.initializer for s in front_onnx.plan(src, src).written}  # source template -> weight
+    # target weights w1..w3: stage 1's first block, w4..w6: its second; source w1..w3: stage 1's one block
+    assert [src_of[fed[f"w{k}"]] for k in (1, 2, 3, 4, 5, 6)] == ["w1", "w2", "w3", "w1", "w2", "w3"]
+    # stage 2's first block (target w7..w9) from the source's stage 2 (w4..w6), not stage 1
+    assert [src_of[fed[f"w{k}"]] for k in (7, 8, 9)] == ["w4", "w5", "w6"]
+
+
+def test_identity_of_a_cnn_with_irregular_first_blocks_is_exact(tmp_path):
+    src = _save(_cnn([(8, 1), (12, 3)], 0), tmp_path / "s.onnx")
+    tgt = _save(_cnn([(8, 1), (12, 3)], 1), tmp_path / "t.onnx")
+    r = front_onnx.transfer(src, tgt, tmp_path / "o.onnx", keep=1.0)
+    out, ref = onnx.load(tmp_path / "o.onnx"), onnx.load(src)
+    got = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}
+    for i in ref.graph.initializer:
+        np.testing.assert_allclose(got[i.name], numpy_helper.to_array(i), rtol=1e-5, atol=1e-6)
+    assert all(r.plan.sources[t] == t for t in r.plan.sources)
+
+
+def test_blocks_that_differ_by_one_layer_still_match(tmp_path):
+    """One side's blocks have a layer the other's lack (ConvNeXt's layer scale is a parameter
+    to the dynamo exporter and a constant to the legacy one): the stages still meet, layer by
+    layer, instead of sharing nothing."""
+    for a, b in ((True, False), (False, True)):
+        src = _save(_cnn([(8, 1), (12, 3)], 0, layer_scale=a), tmp_path / "s.onnx")
+        tgt = _save(_cnn([(8, 1), (12, 3)], 1, layer_scale=b), tmp_path / "t.onnx")
+        r = front_onnx.transfer(src, tgt, tmp_path / "o.onnx", keep=1.0)
+        assert any(s.template.startswith("S") for s in r.plan.written)
+        left = {s.initializer for s in r.plan.left}
+        assert left == ({i.name for i in onnx.load(tgt).graph.initializer if i.name.startswith("gamma")})
+        assert all("aligns" in s.reason for s in r.plan.left)

@@ -387,10 +387,13 @@ class _Analyzer:
         if op == "Gemm" and cj == 2 and rank == 1:
             return "linear.bias", Layout((0,), (FEATURE,), name="[out]"), "", ev
         if op == "Conv" and cj == 1 and rank >= 3:
-            kinds = (FEATURE, INDEX if shape[1] == 1 else FEATURE) + (SPATIAL,) * (rank - 2)
+            # one input channel per group (depthwise) indexes nothing; a plain conv of one input
+            # channel (a squeeze-excite expansion of a narrow model) is a feature axis of width 1
+            depthwise = shape[1] == 1 and _attr(n, "group", 1) > 1
+            kinds = (FEATURE, INDEX if depthwise else FEATURE) + (SPATIAL,) * (rank - 2)
             return "conv.weight", Layout(tuple(range(rank)), kinds, name="[out, in/groups, k...]"), "", ev
         if op == "ConvTranspose" and cj == 1 and rank >= 3:
-            kinds = (FEATURE, INDEX if shape[0] == 1 else FEATURE) + (SPATIAL,) * (rank - 2)
+            kinds = (FEATURE, INDEX if shape[0] == 1 and _attr(n, "group", 1) > 1 else FEATURE) + (SPATIAL,) * (rank - 2)
             return "conv.weight", Layout((1, 0) + tuple(range(2, rank)), kinds, name="[in, out/groups, k...]"), "", ev
         if op in ("Conv", "ConvTranspose") and cj == 2 and rank == 1:
             return "conv.bias", Layout((0,), (FEATURE,), name="[out]"), "", ev

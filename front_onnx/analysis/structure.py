@@ -51,6 +51,10 @@ class Segment:
     sig: str                         # 'S<hash>' / 'U<hash>': equal for the same structure
     count: int                       # blocks in a stage, 1 for a layer
     roles: list[str]                 # the roles of one block, in order
+    key: str = ""                    # the prefix of its template keys ('S<hash>#<occurrence>', 'U<hash>#<occurrence>')
+    units: list[str] = field(default_factory=list)   # per unit of one block: its signature hash
+    coarse: list[str] = field(default_factory=list)  # ... the same without strides and dilations
+    starts: list[bool] = field(default_factory=list)  # ... whether a residual block starts at that unit
 
     def describe(self) -> str:
         what = ", ".join(self.roles[:6]) + (", ..." if len(self.roles) > 6 else "")
@@ -73,6 +77,16 @@ class _Unit:
     slots: list[int]
     sig: tuple                       # no names, no widths
     shapes: tuple
+
+    @property
+    def coarse(self) -> tuple:
+        """The signature without a convolution's strides and dilations: the first block of a
+        CNN stage (strided) and the blocks that repeat it (not) have the same coarse units."""
+        parts, conv = self.sig
+        if not conv:
+            return self.sig
+        kernel, attrs = conv
+        return parts, (kernel, tuple(a for a in attrs if a[0] not in ("strides", "dilations")))
 
 
 def _hash(obj: object) -> str:
@@ -110,6 +124,23 @@ def _units(gs: GraphSlots, model: onnx.ModelProto) -> list[_Unit]:
         units.append(_Unit(anchor, idx, (tuple(parts), conv),
                            tuple(gs.slots[i].shape for i in idx if gs.slots[i].role not in BIAS_ROLES)))
     return units
+
+
+def _block_starts(units: list[_Unit], model: onnx.ModelProto) -> set[int]:
+    """Units at which a residual block starts: for each Add of two computed values, the first
+    unit after the node that made the earlier one (the skip). Where a model repeats a block
+    with no residual in it, these say where its copies begin."""
+    made = {o: k for k, n in enumerate(model.graph.node) for o in n.output}
+    anchors = [u.anchor for u in units]
+    out: set[int] = set()
+    for k, n in enumerate(model.graph.node):
+        if n.op_type != "Add" or len(n.input) != 2 or not all(x in made for x in n.input):
+            continue
+        skip = min(made[x] for x in n.input)
+        first = next((i for i, a in enumerate(anchors) if a > skip), None)
+        if first is not None and anchors[first] < k:
+            out.add(first)
+    return out
 
 
 def _runs(units: list[_Unit], known: dict[str, int] | None = None) -> list[tuple[int, int, int]]:
@@ -194,17 +225,20 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto, known_blocks: dict[st
     runs = _runs(units, known)
     run_at = {start: (p, k) for start, p, k in runs}
     segments: list[Segment] = []
+    starts = _block_starts(units, model)
+    occurrences: dict[str, int] = defaultdict(int)
     u = 0
     while u < len(units):
-        if u in run_at:
-            p, k = run_at[u]
-            segments.append(Segment("stage", "S" + _hash(tuple(x.sig for x in units[u:u + p])), k,
-                                    [gs.slots[i].role or "" for x in units[u:u + p] for i in x.slots]))
-            u += p * k
-        else:
-            segments.append(Segment("layer", "U" + _hash(units[u].sig), 1,
-                                    [gs.slots[i].role or "" for i in units[u].slots]))
-            u += 1
+        p, k = run_at.get(u, (1, 1))
+        block = units[u:u + p]
+        sig = ("S" + _hash(tuple(x.sig for x in block))) if u in run_at else ("U" + _hash(units[u].sig))
+        segments.append(Segment("stage" if u in run_at else "layer", sig, k,
+                                [gs.slots[i].role or "" for x in block for i in x.slots],
+                                f"{sig}#{occurrences[sig]}", [_hash(x.sig) for x in block],
+                                [_hash(x.coarse) for x in block],
+                                [u + j in starts or (u in run_at and j == 0) for j in range(p)]))
+        occurrences[sig] += 1
+        u += p * k
     for n_stage, (start, p, k) in enumerate(runs):
         block_sig = tuple(u.sig for u in units[start:start + p])
         h = _hash(block_sig)

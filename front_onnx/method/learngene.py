@@ -33,7 +33,17 @@ def _segment(x: Any) -> dict[str, Any]:
             or type(x.get("count")) is not int or not isinstance(x.get("roles"), list) \
             or not all(isinstance(r, str) for r in x["roles"]):
         raise ValueError("'structure' entries must be segments (kind, sig, count, roles)")
-    return {"kind": x["kind"], "sig": x["sig"], "count": x["count"], "roles": list(x["roles"])}
+    out = {"kind": x["kind"], "sig": x["sig"], "count": x["count"], "roles": list(x["roles"])}
+    # what aligns a target's units with the source's (optional: older learngenes match by key)
+    if not isinstance(x.get("key", ""), str):
+        raise TypeError("a 'structure' entry's key must be a string")
+    out["key"] = x.get("key", "")
+    for name, kind in (("units", str), ("coarse", str), ("starts", bool)):
+        v = x.get(name, [])
+        if not isinstance(v, list) or not all(type(e) is kind for e in v):
+            raise ValueError(f"a 'structure' entry's {name} must be a list of {kind.__name__}")
+        out[name] = list(v)
+    return out
 
 
 def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:

@@ -66,14 +66,22 @@ def target_shapes(gs: GraphSlots, st: Structure) -> dict[str, tuple[int, ...]]:
 _ALL = 1 << 62  # "every coefficient" along an axis of a ``needed`` shape
 
 
-def needed_shapes(gs: GraphSlots, st: Structure, depth_mode: str) -> dict[str, tuple[int, ...]]:
+def needed_shapes(gs: GraphSlots, st: Structure, depth_mode: str,
+                  sources: dict[str, str] | None = None) -> dict[str, tuple[int, ...]]:
     """What a transfer into this target needs to extract of each source template: the
     target's shapes (the same bytes as the full learngene, less work and memory), with
     every kept layer when depth is resampled in the layer domain (it inverts at the
-    source's depth)."""
-    needed = target_shapes(gs, st)
-    if depth_mode != "spectral":
-        needed = {k: (_ALL,) + v[1:] for k, v in needed.items()}
+    source's depth). ``sources`` (target key -> source key, ``planning.source_templates``)
+    keys them by source template: one that feeds several is needed at the largest."""
+    needed: dict[str, tuple[int, ...]] = {}
+    for key, shape in target_shapes(gs, st).items():
+        skey = key if sources is None else sources.get(key)
+        if skey is None:
+            continue
+        if depth_mode != "spectral":
+            shape = (_ALL,) + shape[1:]
+        have = needed.get(skey)
+        needed[skey] = shape if have is None or len(have) != len(shape) else tuple(map(max, have, shape))
     return needed
 
 
@@ -139,14 +147,15 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
     (``_streamed``). ``release`` drops each template from ``gene`` once its values exist (``transfer``'s private learngene: its coefficients are about the
     target's size, and the values replace them instead of adding to them)."""
     out: dict[int, np.ndarray] = {}
-    for key, verdict in plan.templates.items():
-        if verdict != "ok":
-            continue
+    fed = [key for key, verdict in plan.templates.items() if verdict == "ok"]
+    last = {plan.sources.get(key, key): n for n, key in enumerate(fed)}  # a source template may feed several
+    for n, key in enumerate(fed):
+        skey = plan.sources.get(key, key)
         tpl: Template = st.templates[key]
         first = gs.slots[tpl.blocks[0][0]]
         assert first.layout is not None
         shape = first.layout.canonical_shape(first.shape)
-        gt = gene.templates[key]
+        gt = gene.templates[skey]
         done = _streamed(gt, tpl, gs, shape, gene.convention, dtypes, depth_mode)
         if done is not None:
             out.update(done)
@@ -159,8 +168,8 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
                                                   dtype=dtypes[s.initializer])
             del stack
         del gt
-        if release:
-            del gene.templates[key]
+        if release and last[skey] == n:
+            del gene.templates[skey]
     return out
 
 

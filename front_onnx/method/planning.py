@@ -45,6 +45,7 @@ class Plan:
     divergence: list[str] = field(default_factory=list)  # where source and target structures differ
     depth: str = "spectral"          # how the layer axis is resampled (spectral.DEPTH_MODES)
     verdict: str = ""                # why nothing useful can be written (transfer refuses), '' when it can
+    sources: dict[str, str] = field(default_factory=dict)  # target template key -> the source template feeding it
 
     def left_by_reason(self) -> list[tuple[str, int, int]]:
         """(reason, slots, elements) of the slots left, most elements first; a constant's
@@ -80,7 +81,7 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         return {"keep": self.keep, "convention": self.convention, "depth": self.depth, "summary": self.summary(),
-                "verdict": self.verdict, "divergence": self.divergence,
+                "verdict": self.verdict, "divergence": self.divergence, "sources": self.sources,
                 "left_by_reason": [{"reason": r, "slots": n, "elements": e} for r, n, e in self.left_by_reason()],
                 "templates": self.templates,
                 "slots": [asdict(s) for s in self.listed]}
@@ -122,27 +123,161 @@ def check_template(gene: GeneTemplate, role: str, kinds: tuple[str, ...], shape:
     return ""
 
 
+def _unit_prefix(key: str) -> str:
+    """The unit a template key belongs to: ``S<h>#<o>/u<j>`` or ``U<h>#<o>``."""
+    return key.split(":", 1)[0]
+
+
+def _flat_units(segments: list[dict]) -> list[tuple[str, str, str, bool]]:
+    """(unit prefix, signature hash, coarse hash, starts a block) of each unit of one block
+    per segment, in graph order: a stage counts once, whatever its number of blocks."""
+    out = []
+    for seg in segments:
+        stage = seg["kind"] == "stage"
+        for j, (h, c, start) in enumerate(zip(seg["units"], seg["coarse"], seg["starts"])):
+            out.append((f"{seg['key']}/u{j}" if stage else seg["key"], h, c, start))
+    return out
+
+
+_EXACT, _COARSE, _GAP, _OPEN = 4.0, 2.0, 1.0, 1.0
+_MAX_CELLS = 4_000_000  # beyond this many unit pairs, templates match by key alone
+
+
+def _align(src: list[tuple], tgt: list[tuple]) -> dict[int, int]:
+    """Target unit -> source unit: a global alignment of the two unit sequences (equal
+    signatures score most, equal coarse signatures less; a run of unmatched units costs its
+    length, and more when it does not begin where a residual block begins, so that a block
+    one side has and the other lacks is cut at its own boundaries)."""
+    n, m = len(src), len(tgt)
+    neg = float("-inf")
+
+    def sim(i: int, j: int) -> float:
+        return _EXACT if src[i][1] == tgt[j][1] else (_COARSE if src[i][2] == tgt[j][2] else neg)
+
+    def opening(seq: list[tuple], k: int) -> float:
+        return _GAP + (0.0 if seq[k][3] else _OPEN)
+
+    # three states: 0 matched, 1 source unit unmatched, 2 target unit unmatched
+    score = [[[neg] * 3 for _ in range(m + 1)] for _ in range(n + 1)]
+    back: list[list[list[int]]] = [[[-1] * 3 for _ in range(m + 1)] for _ in range(n + 1)]
+    score[0][0][0] = 0.0
+    for i in range(n + 1):
+        for j in range(m + 1):
+            if i and j:
+                s = sim(i - 1, j - 1)
+                if s > neg:
+                    prev = score[i - 1][j - 1]
+                    k = max(range(3), key=lambda x: prev[x])
+                    score[i][j][0], back[i][j][0] = prev[k] + s, k
+            if i:
+                prev = score[i - 1][j]
+                cands = [prev[0] - opening(src, i - 1), prev[1] - _GAP, prev[2] - opening(src, i - 1)]
+                k = max(range(3), key=lambda x: cands[x])
+                score[i][j][1], back[i][j][1] = cands[k], k
+            if j:
+                prev = score[i][j - 1]
+                cands = [prev[0] - opening(tgt, j - 1), prev[1] - opening(tgt, j - 1), prev[2] - _GAP]
+                k = max(range(3), key=lambda x: cands[x])
+                score[i][j][2], back[i][j][2] = cands[k], k
+    out: dict[int, int] = {}
+    i, j = n, m
+    state = max(range(3), key=lambda x: score[n][m][x])
+    while i or j:
+        prev = back[i][j][state]
+        if state == 0:
+            out[j - 1] = i - 1
+            i, j = i - 1, j - 1
+        elif state == 1:
+            i -= 1
+        else:
+            j -= 1
+        state = prev
+    return out
+
+
+def _fill(tgt: list[tuple], matched: dict[int, int]) -> dict[int, tuple[int, int]]:
+    """Target units no source unit aligns with, drawn on the source unit of the target unit
+    they repeat: a run of blocks the source lacks (a stage grown from one block to several,
+    whose first block differs from the others by its strides) repeats the block before it
+    (or after it). Returns target unit -> (source unit, the target unit repeated)."""
+    out: dict[int, tuple[int, int]] = {}
+    j = 0
+    while j < len(tgt):
+        if j in matched:
+            j += 1
+            continue
+        end = j
+        while end < len(tgt) and end not in matched:
+            end += 1
+        length = end - j
+        for period in range(length, 0, -1):
+            for step in (-period, period):
+                order = range(j, end) if step < 0 else range(end - 1, j - 1, -1)
+                got: dict[int, tuple[int, int]] = {}
+                for k in order:
+                    r = k + step
+                    src = matched.get(r, got.get(r, (None, None))[0]) if 0 <= r < len(tgt) else None
+                    if src is None or tgt[r][2] != tgt[k][2]:
+                        break
+                    got[k] = (src, r)
+                else:
+                    out.update(got)
+                    break
+            else:
+                continue
+            break
+        j = end
+    return out
+
+
+def source_templates(source: list[dict], target: list[Segment], keys) -> dict[str, str]:
+    """Target template key -> the source template key that feeds it, from aligning the units
+    of the two structures (``_align``, ``_fill``). Without the source's unit signatures (an
+    older learngene) or for very long sequences, templates match by key alone."""
+    keys = list(keys)
+    if not source or any(not s.get("units") for s in source) or any(not t.units for t in target):
+        return {k: k for k in keys}
+    src = _flat_units(source)
+    tgt = _flat_units([asdict(t) for t in target])
+    if len(src) * len(tgt) > _MAX_CELLS:
+        return {k: k for k in keys}
+    matched = _align(src, tgt)
+    units = {tgt[j][0]: src[i][0] for j, i in matched.items()}
+    units.update({tgt[j][0]: src[i][0] for j, (i, _) in _fill(tgt, matched).items()})
+    out = {}
+    for k in keys:
+        prefix = _unit_prefix(k)
+        if prefix in units:
+            out[k] = units[prefix] + k[len(prefix):]
+    return out
+
+
 def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[str],
               depth_mode: str = "spectral") -> Plan:
-    """Match every target slot to a learngene template by its key."""
-    by_slot: dict[int, tuple[Template, str, list[str]]] = {}
+    """Match every target slot to a learngene template: the one of the source unit its unit
+    aligns with (``source_templates``), with the same role."""
+    by_slot: dict[int, tuple[Template, str, list[str], str | None]] = {}
     verdicts: dict[str, str] = {}
+    sources = source_templates(gene.structure, st.segments, st.templates)
     for key in sorted(st.templates):
         tpl = st.templates[key]
         first = gs.slots[tpl.blocks[0][0]]
         assert first.layout is not None
         kinds = first.layout.kinds
         shape = first.layout.canonical_shape(first.shape)
-        src = gene.templates.get(key)
-        if src is None:
-            why = gene.skipped.get(key) or "no source template with this key (structures differ here)"
+        skey = sources.get(key)
+        src = gene.templates.get(skey) if skey is not None else None
+        if skey is None:
+            why = "no source unit aligns with this one (structures differ here)"
+        elif src is None:
+            why = gene.skipped.get(skey) or "no source template with this key (structures differ here)"
         else:
             why = check_template(src, tpl.role, kinds, shape)
         verdicts[key] = why or "ok"
         ops = _axis_ops(src, kinds, shape, tpl.depth, depth_mode) if src is not None and not why else []
         for block in tpl.blocks:
             for i in block:
-                by_slot[i] = (tpl, why, ops)
+                by_slot[i] = (tpl, why, ops, skey)
     plans: list[SlotPlan] = []
     for i, s in enumerate(gs.slots):
         base = dict(initializer=s.initializer, node=node_names[s.node] or f"#{s.node}", input=s.input,
@@ -150,10 +285,12 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
                     elements=s.size, evidence=list(s.evidence) + ([f"module {s.module} ({s.module_evidence})"]
                                                                  if s.module else []))
         if i in by_slot:
-            tpl, why, ops = by_slot[i]
+            tpl, why, ops, skey = by_slot[i]
             base["evidence"].insert(0, tpl.evidence)
+            if skey is not None and skey != tpl.key and not why:
+                base["evidence"].insert(1, f"fed by the source template {skey} (its unit aligns with this one)")
             if s.absent:
-                plans.append(_absent_plan(base, tpl, why, ops, gene.templates.get(tpl.key), s.restorable))
+                plans.append(_absent_plan(base, tpl, why, ops, gene.templates.get(skey or ""), s.restorable))
                 continue
             plans.append(SlotPlan(**base, template=tpl.key, status="left" if why else "written",
                                   operations=ops, reason=why))
@@ -162,7 +299,8 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
             plans.append(SlotPlan(**base, template=None, status="left", reason=reason))
     if depth_mode not in DEPTH_MODES:
         raise ValueError(f"unknown depth mode {depth_mode!r}; use one of {', '.join(DEPTH_MODES)}")
-    return Plan(plans, verdicts, gene.keep, gene.convention, divergence(gene.structure, st.segments), depth_mode)
+    return Plan(plans, verdicts, gene.keep, gene.convention, divergence(gene.structure, st.segments), depth_mode,
+                sources={k: v for k, v in sources.items() if verdicts.get(k) == "ok"})
 
 
 def _absent_plan(base: dict, tpl: Template, why: str, ops: list[str], src: GeneTemplate | None,
