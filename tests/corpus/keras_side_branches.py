@@ -29,7 +29,9 @@ Models (input 1x32x32x3, NHWC as Keras has it; tf2onnx at its defaults):
 The code is the same for all three, yet tf2onnx emits the side branches in another order:
 in the source (convolutions with a bias) last to first, after the backbone; in the fresh
 targets (no bias) each right after its stage. ``manifest.json`` records the order found
-in each file (``side_order``).
+in each file (``side_order``). A rebuild gives the same weights and graphs, but tf2onnx
+numbers some generated constants (``new_shape__64``) differently from run to run, so the
+files' hashes change.
 """
 from __future__ import annotations
 
@@ -43,11 +45,11 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf2onnx  # noqa: E402
-from tensorflow import keras  # noqa: E402
+import numpy as np
+import onnx
+import tensorflow as tf
+import tf2onnx
+from tensorflow import keras
 
 OUT = Path(__file__).resolve().parent / "keras"
 STAGES = (2, 2, 3)            # convolutions per stage
