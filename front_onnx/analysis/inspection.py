@@ -85,7 +85,7 @@ def corner_shares(x: np.ndarray, axes: Sequence[int], keeps: Sequence[float] = K
 
 @dataclass
 class SegmentInfo:
-    """One stage or loose layer, in graph order."""
+    """One stage or loose layer, in dataflow order (as ``Structure.segments``)."""
 
     label: str                 # 'stage0', 'layer3': what the table and the plot call it
     kind: str                  # 'stage' or 'layer'
@@ -190,15 +190,15 @@ def _module_hint(module: str | None) -> str:
 def _labels(gs: GraphSlots, st: Structure) -> tuple[list[SegmentInfo], dict[str, tuple[str, str]]]:
     """Segments with labels, and template key -> (short key, segment label).
 
-    Stages are numbered in graph order as ``Structure.stages`` labels their blocks
-    (``stage0``); loose layers are numbered in graph order (``layer0``), their units found
-    by anchor node. If the two views disagree, the full keys are used."""
+    Stages are numbered in dataflow order as ``Structure.stages`` labels their blocks
+    (``stage0``); loose layers are numbered in dataflow order (``layer0``), the order of
+    ``Structure.segments``, their units found by anchor node. If the two views disagree, the full keys are used."""
     stage_ids = list(st.stages)
     loose_anchor: dict[str, int] = {}
     for key, tpl in st.templates.items():
         if not tpl.stage:
             loose_anchor[key] = gs.slots[tpl.blocks[0][0]].anchor
-    anchors = sorted(set(loose_anchor.values()))
+    anchors = list(dict.fromkeys(loose_anchor.values()))  # in dataflow order, as the segments
     n_stage_seg = sum(1 for s in st.segments if s.kind == "stage")
     n_layer_seg = len(st.segments) - n_stage_seg
     consistent = n_stage_seg == len(stage_ids) and n_layer_seg == len(anchors)
@@ -339,7 +339,7 @@ def format_report(rep: InspectReport) -> str:
     lines = [f"{rep.model}: {sm['templates']} templates in {sm['stages']} stage(s) of {sm['blocks']} blocks "
              f"and {sum(1 for s in rep.segments if s.kind == 'layer')} loose layer(s); "
              f"{sm['weight_slots']} weight slots, {sm['weight_elements']:,} weight elements"]
-    lines.append("segments (graph order):")
+    lines.append("segments (dataflow order):")
     for seg in rep.segments:
         what = ", ".join(seg.roles[:6]) + (", ..." if len(seg.roles) > 6 else "")
         if seg.kind == "stage":

@@ -376,8 +376,9 @@ class _Analyzer:
         n = self.g.node[ci]
         op, rank = n.op_type, len(shape)
         ev = [f"{op} input {cj}"]
-        if int(np.prod(shape, dtype=np.int64)) <= 1:
-            return None, None, "scalar constant, not a weight", ev
+        size = int(np.prod(shape, dtype=np.int64))
+        if size == 0 or (size == 1 and not (op in ("Conv", "ConvTranspose") and cj == 2)):
+            return None, None, "scalar constant, not a weight", ev  # (a conv's B is per channel: one channel)
         if op == "MatMul" and cj == 1 and rank == 2:
             return "linear.weight", Layout((1, 0), (FEATURE, FEATURE), name="[in, out]"), "", ev
         if op == "Gemm" and cj == 1 and rank == 2:

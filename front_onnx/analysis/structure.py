@@ -16,6 +16,20 @@ Templates are keyed by signatures and occurrence counts, never by names:
 ``U<unit signature hash>#<occurrence>:<role>`` for loose units. So a source and a target of
 one family, exported by different tools and with different widths and depths, get the
 same keys. Names and scopes are kept as evidence only (``graph.Slot.module``).
+
+Occurrences count by *place in the dataflow*, not by position in the node list: exporters
+keep the node list topological but not stable. tf2onnx, for one, emits the side branches of
+a CNN (a 1x1 conv reading the end of each stage, each a graph output) after the whole
+backbone when the convs have a bias and each right after its stage when they have none, so
+a trained source and a fresh target of one design list them in different orders. So
+occurrences count apart for each set of graph outputs a unit reaches: a side branch, an
+encoder beside a decoder, a second head each count on their own, tagged with the
+positions of those outputs (``U<hash>@0,3#<occurrence>``; no tag for units that reach
+every output, as in a plain chain). Within one such group the order is the longest chain
+of weighted units from the graph inputs (depth), then the longest chain down to an output,
+then, for what ties (units side by side feeding the same things, as q, k and v), the
+node list. Widths do not enter, and a stage of another depth moves every later unit of
+its group alike. Stages are numbered, and segments listed, the same way (``_places``).
 """
 from __future__ import annotations
 
@@ -45,7 +59,7 @@ class Template:
 
 @dataclass
 class Segment:
-    """One stage or loose layer, in graph order: what two structures are aligned by."""
+    """One stage or loose layer, in dataflow order (module docstring): what two structures are aligned by."""
 
     kind: str                        # 'stage' or 'layer'
     sig: str                         # 'S<hash>' / 'U<hash>': equal for the same structure
@@ -143,6 +157,47 @@ def _block_starts(units: list[_Unit], model: onnx.ModelProto) -> set[int]:
     return out
 
 
+def _places(units: list[_Unit], model: onnx.ModelProto) -> list[tuple[tuple[int, ...], int, int, int]]:
+    """Per unit, its place in the dataflow (module docstring): (positions of the graph
+    outputs it reaches; weighted units on the longest path from the graph inputs to it,
+    itself included; the same on the longest path from it to a graph output; its node)."""
+    nodes = model.graph.node
+    anchors = {u.anchor for u in units}
+    producer: dict[str, int] = {}
+    consumers: dict[str, list[int]] = defaultdict(list)
+    for i, n in enumerate(nodes):
+        for x in n.input:
+            if x:
+                consumers[x].append(i)
+        for y in n.output:
+            if y:
+                producer[y] = i
+    depth = [0] * len(nodes)
+    for i, n in enumerate(nodes):  # the node list is topological (ONNX requires it)
+        up = [depth[producer[x]] for x in n.input if x in producer and producer[x] < i]
+        depth[i] = max(up, default=0) + (i in anchors)
+    outputs = {o.name: k for k, o in enumerate(model.graph.output)}
+    reach = [0] * len(nodes)   # bit k: graph output k is reached
+    height = [0] * len(nodes)
+    for i in range(len(nodes) - 1, -1, -1):
+        r, h = 0, 0
+        for y in nodes[i].output:
+            if y in outputs:
+                r |= 1 << outputs[y]
+            for c in consumers.get(y, ()):
+                if c > i:
+                    r |= reach[c]
+                    h = max(h, height[c])
+        reach[i], height[i] = r, h + (i in anchors)
+    return [(tuple(k for k in range(len(outputs)) if reach[u.anchor] >> k & 1), depth[u.anchor],
+             height[u.anchor], u.anchor) for u in units]
+
+
+def _dataflow_order(place: list[tuple]) -> list[int]:
+    """Unit indices by depth, then outputs reached, height and node: the order of segments."""
+    return sorted(range(len(place)), key=lambda u: (place[u][1], place[u][0], place[u][2], place[u][3]))
+
+
 def _runs(units: list[_Unit], known: dict[str, int] | None = None) -> list[tuple[int, int, int]]:
     """(start, period, count) of each repeated run, scanning left to right. At each unit a
     ``known`` block (block signature hash -> units; of this model's stages or a source's,
@@ -196,11 +251,11 @@ def _by_role(gs: GraphSlots, unit: _Unit) -> dict[tuple[str, int], int]:
 
 def stage_blocks(keys) -> dict[str, int]:
     """Block signature hash -> units per block, for the stages among template keys
-    (``S<hash>#<occurrence>/u<unit>:<role>``): what a learngene's stages look like."""
+    (``S<hash>[@<outputs>]#<occurrence>/u<unit>:<role>``): what a learngene's stages look like."""
     out: dict[str, int] = {}
     for key in keys:
         if key.startswith("S") and "/u" in key:
-            h = key[1:key.index("#")]
+            h = key[1:key.index("#")].split("@")[0]
             unit = int(key[key.index("/u") + 2:key.index(":")])
             out[h] = max(out.get(h, 0), unit + 1)
     return out
@@ -222,26 +277,39 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto, known_blocks: dict[st
     # architecture agree) and no shorter period inside it (q, k, v) takes its place
     known = {_hash(tuple(u.sig for u in units[start:start + p])): p for start, p, _ in runs}
     known.update(known_blocks or {})
-    runs = _runs(units, known)
+    # runs are found along the node list; stages, segments and occurrences are then taken by
+    # their place in the dataflow (module docstring)
+    place = _places(units, model)
+    rank = {u: n for n, u in enumerate(_dataflow_order(place))}
+    full = tuple(sorted({k for p in place for k in p[0]}))  # the outputs weights reach
+
+    def group(u: int) -> str:
+        return "" if place[u][0] == full else "@" + ",".join(map(str, place[u][0]))
+
+    runs = sorted(_runs(units, known), key=lambda r: rank[r[0]])
     run_at = {start: (p, k) for start, p, k in runs}
+    firsts: list[int] = []
+    u = 0
+    while u < len(units):
+        firsts.append(u)
+        u += run_at[u][0] * run_at[u][1] if u in run_at else 1
     segments: list[Segment] = []
     starts = _block_starts(units, model)
     occurrences: dict[str, int] = defaultdict(int)
-    u = 0
-    while u < len(units):
+    for u in sorted(firsts, key=rank.__getitem__):
         p, k = run_at.get(u, (1, 1))
         block = units[u:u + p]
         sig = ("S" + _hash(tuple(x.sig for x in block))) if u in run_at else ("U" + _hash(units[u].sig))
+        tagged = sig + group(u)  # the prefix of its template keys, counted as they are below
         segments.append(Segment("stage" if u in run_at else "layer", sig, k,
                                 [gs.slots[i].role or "" for x in block for i in x.slots],
-                                f"{sig}#{occurrences[sig]}", [_hash(x.sig) for x in block],
+                                f"{tagged}#{occurrences[tagged]}", [_hash(x.sig) for x in block],
                                 [_hash(x.coarse) for x in block],
                                 [u + j in starts or (u in run_at and j == 0) for j in range(p)]))
-        occurrences[sig] += 1
-        u += p * k
+        occurrences[tagged] += 1
     for n_stage, (start, p, k) in enumerate(runs):
         block_sig = tuple(u.sig for u in units[start:start + p])
-        h = _hash(block_sig)
+        h = _hash(block_sig) + group(start)
         stage = f"S{h}#{seen_stage[h]}"
         seen_stage[h] += 1
         stages[stage] = [f"stage{n_stage}.block{b}" for b in range(k)]  # labels for people
@@ -263,14 +331,16 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto, known_blocks: dict[st
                                           f"topology: unit {j} of a {p}-unit block repeated {k}x{single}")
         in_run.update(range(start, start + p * k))
     seen_unit: dict[str, int] = defaultdict(int)
-    for u_idx, u in enumerate(units):
+    for u_idx in sorted(range(len(units)), key=rank.__getitem__):
         if u_idx in in_run:
             continue
-        h = _hash(u.sig)
+        h = _hash(units[u_idx].sig) + group(u_idx)
         occ = seen_unit[h]
         seen_unit[h] += 1
-        roles = _by_role(gs, u)
+        roles = _by_role(gs, units[u_idx])
         for (role, n), slot in roles.items():
             key = f"U{h}#{occ}:{role}" + (f"#{n}" if (role, 1) in roles else "")
-            templates[key] = Template(key, "", role, [[slot]], f"topology: loose layer, occurrence {occ} of its kind")
+            templates[key] = Template(key, "", role, [[slot]],
+                                      f"topology: loose layer, occurrence {occ} of its kind in the dataflow"
+                                      + (f" to graph outputs {group(u_idx)[1:]}" if group(u_idx) else ""))
     return Structure(templates, unplaced, stages, segments)
