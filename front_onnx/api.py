@@ -17,10 +17,10 @@ from typing import Any, Mapping
 import numpy as np
 import scipy.fft
 
-from front_onnx.analysis import analyze
+from front_onnx.analysis import analyze, weight_slots
 from front_onnx.analysis.inspection import InspectReport, build_report
 from front_onnx.analysis.naming import NamedWeights, named_weights
-from front_onnx.analysis.slots import analyze_slots, slot_dtype
+from front_onnx.analysis.slots import slot_dtype
 from front_onnx.analysis.structure import find_structure, stage_blocks
 from front_onnx.datafiles import load_npz
 from front_onnx.errors import FrontError, ValidationFailed
@@ -146,7 +146,7 @@ def plan(source: PathLike | OnnxModel | Learngene, target: PathLike | OnnxModel,
 def _pair_analysis(s: OnnxModel, t: OnnxModel) -> tuple[tuple, tuple]:
     """Source and target analyzed together: each side's stages are looked for in the other,
     so a stage of one block on either side meets its counterpart of several."""
-    target_slots = analyze_slots(t.proto, t.array)  # the slot analysis once; structure per side
+    target_slots = weight_slots(t)  # the slot analysis once; structure per side
     target_own = stage_blocks(find_structure(target_slots, t.proto).templates)
     source_analysis = analyze(s, target_own)
     known = stage_blocks(source_analysis[1].templates)

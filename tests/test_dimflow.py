@@ -33,17 +33,60 @@ def test_llama_spaces(exporter):
     # the residual width: every norm, the in axis of q/k/v/gate/up and the out axis of o/down, in every layer
     for layer in range(3):
         assert _space(gs, flow, f"layers.{layer}.post_attention_layernorm", "norm.scale", 0) == resid
-        assert _space(gs, flow, f"layers.{layer}.self_attn.k_proj", "linear.weight", 1) == resid
+        assert _space(gs, flow, f"layers.{layer}.self_attn.k_proj", "linear.weight", 2) == resid  # (heads, head_dim, in)
         assert _space(gs, flow, f"layers.{layer}.mlp.down_proj", "linear.weight", 0) == resid
     # the MLP hidden width: gate and up outputs and down's input, one space per layer, not the residual
     hidden = _space(gs, flow, "layers.0.mlp.gate_proj", "linear.weight", 0)
     assert hidden != resid and _space(gs, flow, "layers.0.mlp.up_proj", "linear.weight", 0) == hidden
     assert _space(gs, flow, "layers.0.mlp.down_proj", "linear.weight", 1) == hidden
     assert _space(gs, flow, "layers.1.mlp.gate_proj", "linear.weight", 0) != hidden
-    # heads: q is 4 heads of 8, grouped-query k and v are 2 heads of 8
-    assert [4, 8] in by_id[_space(gs, flow, "layers.0.self_attn.q_proj", "linear.weight", 0)].factors
-    assert [2, 8] in by_id[_space(gs, flow, "layers.0.self_attn.k_proj", "linear.weight", 0)].factors
-    assert [2, 8] in by_id[_space(gs, flow, "layers.0.self_attn.v_proj", "linear.weight", 0)].factors
+    # heads: q is 4 heads of 8, grouped-query k and v are 2 heads of 8; the projections' out
+    # axes are split by heads (their canonical axes 0 and 1 are one space's heads and head_dim)
+    for proj, split in (("q_proj", [4, 8]), ("k_proj", [2, 8]), ("v_proj", [2, 8])):
+        h = _space(gs, flow, f"layers.0.self_attn.{proj}", "linear.weight", 0)
+        d = _space(gs, flow, f"layers.0.self_attn.{proj}", "linear.weight", 1)
+        assert h.endswith("/h") and d == h[:-2] + "/d"
+        assert split in by_id[h[:-2]].factors
+    # o_proj's in axis merges the heads back: (out, heads, head_dim)
+    assert _space(gs, flow, "layers.0.self_attn.o_proj", "linear.weight", 1).endswith("/h")
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_grouped_query_projections_keep_whole_heads(exporter):
+    """Shrinking Llama from 2 k/v heads to 1 (head_dim 8 on both sides) resamples the number
+    of heads and copies head_dim: no target head is made of parts of several source heads'
+    dimensions (a flat out axis would take rows 2i and 2i+1 of the source)."""
+    import front_onnx
+
+    root = MODELS / "llama" / exporter
+    plan = front_onnx.plan(root / "source.onnx", root / "shrink.onnx", keep=1.0)
+    k = [s for s in plan.written if s.role == "linear.weight" and "k_proj" in " ".join(s.evidence)]
+    assert k, "no k_proj written"
+    for s in k:
+        assert s.shape and s.operations[1:3] == ["feature0: truncate 2->1", "feature1: copy 8"], s.operations
+
+
+def test_layout_heads_round_trip():
+    """A layout split by heads reads a stored tensor into canonical order and writes it back
+    to the same bytes, for parts and transposes alike."""
+    import numpy as np
+
+    from front_onnx.analysis.slots import FEATURE, PARTS, Layout
+
+    rng = np.random.default_rng(0)
+    cases = [(Layout((1, 0), (FEATURE,) * 3, heads=(4, 0)), (16, 32), (4, 8, 16)),
+             (Layout((1, 0), (FEATURE,) * 3, heads=(0, 4)), (32, 16), (16, 4, 8)),
+             (Layout((1, 0), (PARTS,) + (FEATURE,) * 3, 3, heads=(2, 0)), (16, 48), (3, 2, 8, 16)),
+             (Layout((0,), (FEATURE,) * 2, heads=(1,)), (8,), (1, 8))]
+    for lay, stored, canon in cases:
+        a = rng.normal(size=stored)
+        c = lay.to_canonical(a)
+        assert c.shape == canon == lay.canonical_shape(stored)
+        np.testing.assert_array_equal(lay.from_canonical(c), a)
+    # heads split the out axis head by head: canonical [h, d] is stored column h * D + d
+    lay = Layout((1, 0), (FEATURE,) * 3, heads=(4, 0))
+    a = rng.normal(size=(16, 32))
+    np.testing.assert_array_equal(lay.to_canonical(a)[2, 5], a[:, 2 * 8 + 5])
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])

@@ -66,8 +66,10 @@ def test_vit_structure_roles_and_energies(vit):
     in_stage = [t for t in rep.templates if t.stage]
     assert in_stage and all(t.depth == 4 and len(t.initializers) == 4 for t in in_stage)
     qkv = next(t for t in in_stage if t.module == "attn.qkv" and t.role == "linear.weight")
-    assert qkv.kinds == ["parts", "feature", "feature"] and qkv.shape == [3, 64, 64] and qkv.stored_shape == [64, 192]
-    assert qkv.axes == [1, 2] and qkv.dtype == "float32" and qkv.layout == "[in, out]"
+    # fused q|k|v, each part split by heads (the dimension flow finds the Reshape into heads)
+    assert qkv.kinds == ["parts", "feature", "feature", "feature"] and qkv.stored_shape == [64, 192]
+    assert qkv.shape[0] == 3 and qkv.shape[1] * qkv.shape[2] == 64 and qkv.shape[1] > 1 and qkv.shape[3] == 64
+    assert qkv.axes == [1, 2, 3] and qkv.dtype == "float32" and qkv.layout == "[in, out] by heads"
     measured = 0
     for t in rep.templates:
         per_keep = [t.energy[f"{k:g}"] for k in KEEPS]

@@ -7,15 +7,23 @@ Nothing here knows about learngenes or writes models.
 """
 from __future__ import annotations
 
+from front_onnx.analysis.dimflow import dimension_flow, with_heads
 from front_onnx.analysis.slots import GraphSlots, analyze_slots
 from front_onnx.analysis.structure import Structure, find_structure
 from front_onnx.onnxio import OnnxModel
 
-__all__ = ["analyze", "GraphSlots", "Structure"]
+__all__ = ["analyze", "weight_slots", "GraphSlots", "Structure"]
+
+
+def weight_slots(model: OnnxModel) -> GraphSlots:
+    """The slots of a model, attention projections split by heads (``dimflow``)."""
+    gs = analyze_slots(model.proto, model.array)
+    with_heads(gs, dimension_flow(model.proto, gs).heads)
+    return gs
 
 
 def analyze(model: OnnxModel, known_blocks: dict[str, int] | None = None) -> tuple[GraphSlots, Structure]:
     """Slots and structure of a model; ``known_blocks`` (a source's stages, see
     ``structure.stage_blocks``) lets a target's one-block stages meet them."""
-    gs = analyze_slots(model.proto, model.array)
+    gs = weight_slots(model)
     return gs, find_structure(gs, model.proto, known_blocks)

@@ -21,12 +21,12 @@ them (aligning neurons, head-consistent resampling).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import onnx
 from onnx import TensorProto
 
-from front_onnx.analysis.slots import GraphSlots, Slot
+from front_onnx.analysis.slots import INDEX, GraphSlots, Layout, Slot
 
 _SAME = {"Relu", "Gelu", "Erf", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Cast", "Identity", "Dropout",
          "Sqrt", "Neg", "Exp", "Log", "Abs", "Reciprocal", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu",
@@ -52,6 +52,7 @@ class ChannelSpace:
 class DimensionFlow:
     spaces: list[ChannelSpace]
     slot_axes: dict[int, list[str | None]]          # slot index -> space id per canonical axis
+    heads: dict[int, tuple[int, ...]] = field(default_factory=dict)  # slot -> Layout.heads of its projection
 
 
 class _UF:
@@ -103,6 +104,19 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     return out
 
 
+def _ints_of(g: onnx.GraphProto, name: str) -> list[int] | None:
+    """The values of an int64 initializer (Squeeze's axes), or None."""
+    for t in g.initializer:
+        if t.name == name and t.data_type == TensorProto.INT64 and not t.external_data:
+            return [int(v) for v in onnx.numpy_helper.to_array(t).reshape(-1)]
+    for n in g.node:
+        if n.op_type == "Constant" and n.output and n.output[0] == name:
+            v = _attr(n, "value")
+            if isinstance(v, onnx.TensorProto) and v.data_type == TensorProto.INT64:
+                return [int(x) for x in onnx.numpy_helper.to_array(v).reshape(-1)]
+    return None
+
+
 def _attr(node: onnx.NodeProto, name: str, default=None):
     for a in node.attribute:
         if a.name == name:
@@ -110,9 +124,45 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
-def _groups(a: list[int], b: list[int]) -> list[tuple[list[int], list[int]]] | None:
+def _groups(a: list[int | None], b: list[int | None]) -> list[tuple[list[int], list[int]]] | None:
     """Reshape's axis groups: runs of input and output axes with equal products (axes of
-    length 1 stand alone), or None when the lengths do not line up."""
+    length 1 stand alone), or None when the lengths do not line up. Lengths unknown to shape
+    inference (a batch of windows) end the groups: those are taken from the last axes back,
+    as far as the lengths are known, which is where channels and heads are."""
+    if None in a or None in b:
+        ra, rb = list(reversed(a)), list(reversed(b))
+        ka = ra.index(None) if None in ra else len(ra)
+        kb = rb.index(None) if None in rb else len(rb)
+        part = _groups_prefix(ra[:ka], rb[:kb])
+        return [([len(a) - 1 - i for i in reversed(gi)], [len(b) - 1 - j for j in reversed(gj)])
+                for gi, gj in reversed(part)]
+    return _groups_prefix(list(a), list(b), whole=True)  # type: ignore[arg-type]
+
+
+def _solve_unknown(a: list[int | None], b: list[int | None]) -> tuple[list[int | None], list[int | None]]:
+    """A Reshape's one unknown length (its -1, a window batch) found from the others: after
+    the leading axes both sides share (unknown ones taken as equal), the element counts of the
+    rest must agree."""
+    k = 0
+    while k < min(len(a), len(b)) and a[k] == b[k]:
+        k += 1
+    ra, rb = a[k:], b[k:]
+    for x, y in ((ra, rb), (rb, ra)):
+        if None not in x and y.count(None) == 1:
+            known = 1
+            for d in y:
+                known *= d if d is not None else 1
+            total = 1
+            for d in x:
+                total *= d  # type: ignore[operator]
+            if known and total % known == 0:
+                y[y.index(None)] = total // known
+    return a[:k] + ra, b[:k] + rb
+
+
+def _groups_prefix(a: list[int], b: list[int], whole: bool = False) -> list[tuple[list[int], list[int]]] | None:
+    """The groups of ``_groups`` from the first axes on; with ``whole`` every axis must be
+    placed, else the groups stop where the two run out of step."""
     i = j = 0
     out = []
     while i < len(a) or j < len(b):
@@ -123,7 +173,7 @@ def _groups(a: list[int], b: list[int]) -> list[tuple[list[int], list[int]]] | N
             j += 1
             continue
         if i >= len(a) or j >= len(b):
-            return None
+            return None if whole else out
         gi, gj, pa, pb = [i], [j], a[i], b[j]
         i, j = i + 1, j + 1
         while pa != pb:
@@ -136,7 +186,7 @@ def _groups(a: list[int], b: list[int]) -> list[tuple[list[int], list[int]]] | N
                 gj.append(j)
                 j += 1
             else:
-                return None
+                return None if whole else out
         out.append((gi, gj))
     return out
 
@@ -148,6 +198,17 @@ class _Flow:
         self.shape = _shapes(model)
         self.uf = _UF()
         self.factors: dict[tuple, list[tuple]] = {}
+        self.heads: dict[tuple, set[tuple[int, ...]]] = {}   # value axis -> (heads, head_dim) splits
+        self.prod = {o: i for i, n in enumerate(self.g.node) for o in n.output if o}
+        self.cons: dict[str, list[int]] = {}
+        for i, n in enumerate(self.g.node):
+            for x in n.input:
+                if x:
+                    self.cons.setdefault(x, []).append(i)
+        self.const: set[str] = {t.name for t in self.g.initializer}
+        for n in self.g.node:
+            if all(x == "" or x in self.const for x in n.input):
+                self.const.update(o for o in n.output if o)
 
     def dim(self, v: str, k: int) -> int | None:
         s = self.shape.get(v)
@@ -160,7 +221,12 @@ class _Flow:
         return None if s is None else len(s)
 
     def same(self, a: tuple, b: tuple) -> None:
-        """Join two axes when both lengths are known, equal and above 1."""
+        """Join two axes of activations when both lengths are known, equal and above 1. A
+        constant's axes never join: one initializer shared by several layers (identical
+        tensors deduplicated by the exporter) says nothing about their channels; weights
+        join through their slots (``weight_axes``)."""
+        if (a[0] == "v" and a[1] in self.const) or (b[0] == "v" and b[1] in self.const):
+            return
         da, db = self.size(a), self.size(b)
         if da is not None and da == db and da > 1:
             self.uf.union(a, b)
@@ -181,10 +247,49 @@ class _Flow:
         for k in range(1, min(rx, ro) + 1):
             self.same(self.ax(x, -k), self.ax(out, -k))
 
+    def fill(self, n: onnx.NodeProto) -> None:
+        """Lengths shape inference left unknown, taken from the inputs (after a Reshape whose
+        -1 ``_solve_unknown`` found): a Transpose, a Split, an elementwise op or a MatMul of
+        known inputs has known outputs."""
+        op, ins, outs = n.op_type, list(n.input), list(n.output)
+        first = self.shape.get(ins[0]) if ins and ins[0] else None
+        for k, y in enumerate(outs):
+            out = self.shape.get(y)
+            if out is None or None not in out or first is None:
+                continue
+            want: list[int | None] | None = None
+            if (op in _SAME or op in _NORMS) and len(first) == len(out):
+                want = list(first)
+            elif op == "Transpose" and len(first) == len(out):
+                perm = _attr(n, "perm") or list(reversed(range(len(out))))
+                want = [first[p] for p in perm]
+            elif op == "Split" and len(first) == len(out):
+                axis = _attr(n, "axis", 0) % len(out)
+                want = [d if i != axis else None for i, d in enumerate(first)]
+            elif op == "Squeeze":
+                axes = _attr(n, "axes") or (_ints_of(self.g, ins[1]) if len(ins) > 1 else None)
+                if axes is not None:
+                    drop = {x % len(first) for x in axes}
+                    want = [d for i, d in enumerate(first) if i not in drop]
+            elif op in _BROADCAST and op != "Expand":
+                shapes = [self.shape.get(x) for x in ins if x]
+                if all(sh is not None for sh in shapes):
+                    want = []
+                    for i in range(1, len(out) + 1):
+                        ds = {sh[-i] for sh in shapes if len(sh) >= i and sh[-i] not in (None, 1)}  # type: ignore[index]
+                        want.insert(0, ds.pop() if len(ds) == 1 else None)
+            elif op == "MatMul" and len(ins) == 2 and self.shape.get(ins[1]) is not None:
+                b = self.shape[ins[1]]
+                if len(first) == len(out) and len(b) >= 2:
+                    want = list(first[:-1]) + [b[-1]]
+            if want is not None and len(want) == len(out):
+                self.shape[y] = [o if o is not None else w for o, w in zip(out, want)]
+
     def node(self, n: onnx.NodeProto) -> None:
         op, ins, outs = n.op_type, list(n.input), list(n.output)
         if not outs or not outs[0]:
             return
+        self.fill(n)
         y = outs[0]
         if op in _SAME or op in _NORMS:
             if ins and self.rank(ins[0]) == self.rank(y):
@@ -256,18 +361,55 @@ class _Flow:
 
     def reshape(self, x: str, y: str) -> None:
         a, b = self.shape.get(x), self.shape.get(y)
-        if a is None or b is None or None in a or None in b:
+        if a is None or b is None:
             return
-        groups = _groups(list(a), list(b))
-        if groups is None:
+        a, b = _solve_unknown(list(a), list(b))
+        self.shape[y] = b
+        groups = _groups(a, b)
+        if not groups:
             return
         for gi, gj in groups:
             if len(gi) == 1 and len(gj) == 1:
                 self.same(self.ax(x, gi[0]), self.ax(y, gj[0]))
+                # one head: [..., d] -> [..., 1, d] before attention, or back after it
+                if (gi, gj) == groups[-1] and gj[0] > 0 and b[gj[0] - 1] == 1 and \
+                        (gi[0] == 0 or a[gi[0] - 1] != 1) and self._attention_near(y, forward=True, steps=12):
+                    self.heads.setdefault(self.ax(x, gi[0]), set()).add((1, b[gj[0]]))
+                if (gi, gj) == groups[-1] and gi[0] > 0 and a[gi[0] - 1] == 1 and \
+                        (gj[0] == 0 or b[gj[0] - 1] != 1) and self._attention_near(x, forward=False, steps=3):
+                    self.heads.setdefault(self.ax(y, gj[0]), set()).add((1, a[gi[0]]))
             elif len(gi) == 1:   # one axis split into several: a factored space
-                self.factors.setdefault(self.ax(x, gi[0]), []).append(("split", tuple(b[k] for k in gj)))
+                f = tuple(b[k] for k in gj)
+                self.factors.setdefault(self.ax(x, gi[0]), []).append(("split", f))
+                if len(f) in (2, 3) and self._attention_near(y, forward=True, steps=12):
+                    self.heads.setdefault(self.ax(x, gi[0]), set()).add(f)
             elif len(gj) == 1:   # several merged into one
-                self.factors.setdefault(self.ax(y, gj[0]), []).append(("split", tuple(a[k] for k in gi)))
+                f = tuple(a[k] for k in gi)
+                self.factors.setdefault(self.ax(y, gj[0]), []).append(("split", f))
+                if len(f) == 2 and self._attention_near(x, forward=False, steps=3):
+                    self.heads.setdefault(self.ax(y, gj[0]), set()).add(f)
+
+    def _attention_near(self, value: str, forward: bool, steps: int) -> bool:
+        """Whether an attention product (a MatMul of two activations) is within ``steps`` ops
+        of ``value``, following consumers (or producers), stopping at weight layers: a
+        Reshape there splits (or merges) heads."""
+        frontier, seen = [value], set()
+        for _ in range(steps):
+            nxt = []
+            for v in frontier:
+                nodes = self.cons.get(v, []) if forward else ([self.prod[v]] if v in self.prod else [])
+                for i in nodes:
+                    if i in seen:
+                        continue
+                    seen.add(i)
+                    n = self.g.node[i]
+                    if n.op_type == "MatMul" and not any(x in self.const for x in n.input):
+                        return True
+                    if n.op_type in ("MatMul", "Gemm", "Conv", "ConvTranspose"):
+                        continue
+                    nxt.extend([o for o in n.output if o] if forward else [x for x in n.input if x not in self.const])
+            frontier = nxt
+        return False
 
     # ---------------------------------------------------------------- weights
     def weight_axes(self, i: int, s: Slot) -> list[tuple | None]:
@@ -321,7 +463,8 @@ def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
     for i, s in enumerate(gs.slots):
         if s.role is None or s.layout is None:
             continue
-        canon = s.layout.canonical_shape(tuple(s.shape))
+        s = _unsplit(s)
+        canon = s.layout.canonical_shape(tuple(s.shape))  # type: ignore[union-attr]
         axes = f.weight_axes(i, s)
         links[i] = axes
         for k, a in enumerate(axes):
@@ -344,7 +487,7 @@ def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
     spaces = []
     for r in order:
         first = members[r][0]
-        s = gs.slots[first[0]]
+        s = _unsplit(gs.slots[first[0]])
         size = int(s.layout.canonical_shape(tuple(s.shape))[first[1]])  # type: ignore[union-attr]
         seen = []
         for i, k in members[r]:
@@ -352,5 +495,83 @@ def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
             if e not in seen:
                 seen.append(e)
         spaces.append(ChannelSpace(ids[r], size, seen, [list(x) for x in sorted(factors.get(r, ()))]))
-    slot_axes = {i: [ids[f.uf.find(a)] if a is not None else None for a in axes] for i, axes in links.items()}
-    return DimensionFlow(spaces, slot_axes)
+    slot_axes = {}
+    for i, axes in links.items():
+        names = [ids[f.uf.find(a)] if a is not None else None for a in axes]
+        lay = gs.slots[i].layout
+        assert lay is not None
+        off = 1 if lay.parts > 1 else 0
+        split = names[:off]
+        for k, name in enumerate(names[off:]):   # an axis split by heads: (space/h, space/d)
+            h = lay.heads[k] if k < len(lay.heads) else 0
+            split += [name and name + "/h", name and name + "/d"] if h else [name]
+        slot_axes[i] = split
+    return DimensionFlow(spaces, slot_axes, _projection_heads(f, gs))
+
+
+def _unsplit(s: Slot) -> Slot:
+    """The slot with its layout's heads merged back (the flow works on whole axes)."""
+    if s.layout is None or not s.layout.heads:
+        return s
+    lay = s.layout
+    off = 1 if lay.parts > 1 else 0
+    kinds, i = list(lay.kinds[:off]), off
+    for k in range(len(lay.heads) + len(lay.kinds)):
+        if i >= len(lay.kinds):
+            break
+        h = lay.heads[k] if k < len(lay.heads) else 0
+        kinds.append(lay.kinds[i])
+        i += 2 if h else 1
+    return replace(s, layout=Layout(lay.perm, tuple(kinds), lay.parts, lay.name))
+
+
+def _projection_heads(f: _Flow, gs: GraphSlots) -> dict[int, tuple[int, ...]]:
+    """``Layout.heads`` for the slots of attention projections: the out axis of a projection
+    whose output is split into (heads, head_dim) before attention ((parts, heads, head_dim)
+    for a fused one), the in axis of one whose input merges them after attention."""
+    splits: dict[tuple, set[tuple[int, ...]]] = {}
+    for key, fs in f.heads.items():
+        splits.setdefault(f.uf.find(key), set()).update(fs)
+    out: dict[int, tuple[int, ...]] = {}
+    for i, s in enumerate(gs.slots):
+        if s.role not in ("linear.weight", "linear.bias") or s.layout is None or INDEX in s.layout.kinds:
+            continue
+        node = f.g.node[s.anchor]
+        if node.op_type not in ("MatMul", "Gemm") or not node.output:
+            continue
+        gemm = node.op_type == "Gemm"
+        canon = s.layout.canonical_shape(tuple(s.shape))
+        parts = s.layout.parts
+        n_out = canon[0] * canon[1] if parts > 1 else canon[0]
+        h_out = 0
+        for fs in splits.get(f.uf.find(f.ax(node.output[0], 1 if gemm else -1)), ()):
+            if parts == 1 and len(fs) == 2 and fs[0] * fs[1] == n_out:
+                h_out = fs[0]
+            elif parts > 1 and len(fs) == 3 and fs[0] == parts and fs[0] * fs[1] * fs[2] == n_out:
+                h_out = fs[1]
+        h_in = 0
+        if s.role == "linear.weight":
+            n_in = canon[-1]
+            x = f.ax(node.input[0], (0 if _attr(node, "transA", 0) else 1) if gemm else -1)
+            for fs in splits.get(f.uf.find(x), ()):
+                if len(fs) == 2 and fs[0] * fs[1] == n_in:
+                    h_in = fs[0]
+        if h_out or h_in:
+            out[i] = (h_out, h_in) if s.role == "linear.weight" else (h_out,)
+    return out
+
+
+def with_heads(gs: GraphSlots, heads: dict[int, tuple[int, ...]]) -> None:
+    """Give the projections' layouts their heads (``Layout.heads``): each split axis becomes
+    (heads, head_dim), both of the axis's kind."""
+    for i, h in heads.items():
+        s = gs.slots[i]
+        lay = s.layout
+        assert lay is not None
+        off = 1 if lay.parts > 1 else 0
+        kinds = list(lay.kinds[:off])
+        for k, kind in enumerate(lay.kinds[off:]):
+            kinds += [kind, kind] if k < len(h) and h[k] else [kind]
+        s.layout = Layout(lay.perm, tuple(kinds), lay.parts, lay.name + " by heads", heads=h)
+        s.evidence.append("heads: " + " and ".join(f"{'out' if k == 0 else 'in'} axis {n} heads"
+                                                    for k, n in enumerate(h) if n) + " (dimension flow)")

@@ -51,32 +51,64 @@ class Layout:
     """How a stored tensor maps to canonical order (out, in, spatial...) and axis kinds.
 
     ``perm`` transposes the stored tensor into canonical order; then canonical axis 0 is
-    split into ``parts`` equal parts (a fused projection), giving axes whose kinds are
-    ``kinds`` (with a leading ``parts`` axis when parts > 1).
+    split into ``parts`` equal parts (a fused projection), and each axis with ``heads[k] > 0``
+    (k counting the axes after the parts axis) into (heads, head_dim), giving axes whose
+    kinds are ``kinds`` (with a leading ``parts`` axis when parts > 1). Heads make a
+    projection's out axis (and an output projection's in axis) resampled head by head:
+    head_dim within each head, the number of heads across them.
     """
 
     perm: tuple[int, ...]
     kinds: tuple[str, ...]
     parts: int = 1
     name: str = ""
+    heads: tuple[int, ...] = ()
+
+    def _split(self, s: tuple[int, ...]) -> tuple[int, ...]:
+        """The canonical shape from the permuted one (parts and heads split)."""
+        if self.parts > 1:
+            s = (self.parts, s[0] // self.parts) + tuple(s[1:])
+        if not any(self.heads):
+            return tuple(s)
+        off = 1 if self.parts > 1 else 0
+        out = list(s[:off])
+        for k, n in enumerate(s[off:]):
+            h = self.heads[k] if k < len(self.heads) else 0
+            out += [h, n // h] if h else [n]
+        return tuple(out)
+
+    def _merged(self, c: tuple[int, ...]) -> tuple[int, ...]:
+        """The permuted shape from a canonical one (heads and parts merged)."""
+        off = 1 if self.parts > 1 else 0
+        out, i = list(c[:off]), off
+        k = 0
+        while i < len(c):
+            h = self.heads[k] if k < len(self.heads) else 0
+            if h:
+                out.append(c[i] * c[i + 1])
+                i += 2
+            else:
+                out.append(c[i])
+                i += 1
+            k += 1
+        if self.parts > 1:
+            out = [out[0] * out[1]] + out[2:]
+        return tuple(out)
 
     def to_canonical(self, a: np.ndarray) -> np.ndarray:
         c = np.transpose(a, self.perm) if self.perm != tuple(range(a.ndim)) else a
-        if self.parts > 1:
-            c = c.reshape((self.parts, c.shape[0] // self.parts) + c.shape[1:])
-        return c
+        split = self._split(c.shape)
+        return c.reshape(split) if split != c.shape else c
 
     def from_canonical(self, c: np.ndarray) -> np.ndarray:
-        if self.parts > 1:
-            c = c.reshape((c.shape[0] * c.shape[1],) + c.shape[2:])
+        merged = self._merged(c.shape)
+        if merged != c.shape:
+            c = c.reshape(merged)
         inv = tuple(int(i) for i in np.argsort(self.perm))
         return np.transpose(c, inv) if inv != tuple(range(c.ndim)) else c
 
     def canonical_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        s = tuple(shape[p] for p in self.perm)
-        if self.parts > 1:
-            s = (self.parts, s[0] // self.parts) + s[1:]
-        return s
+        return self._split(tuple(shape[p] for p in self.perm))
 
 
 @dataclass

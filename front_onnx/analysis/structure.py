@@ -123,7 +123,7 @@ def _units(gs: GraphSlots, model: onnx.ModelProto) -> list[_Unit]:
             s = gs.slots[i]
             assert s.layout is not None
             if s.role not in BIAS_ROLES:  # a bias may be absent (zero, dropped by the exporter): not structure
-                parts.append((s.role, s.layout.kinds, len(s.shape)))
+                parts.append((s.role, s.layout.kinds, len(s.shape), tuple(bool(h) for h in s.layout.heads)))
         conv = ()
         if node.op_type in ("Conv", "ConvTranspose"):
             w = next((gs.slots[i] for i in idx if gs.slots[i].role == "conv.weight"), None)

@@ -165,7 +165,9 @@ def _canonical(x: torch.Tensor, lay: Layout, name: str) -> torch.Tensor:
         if ndim == 0 or c.shape[0] % lay.parts:
             raise ValueError(f"layout of {name!r}: canonical axis 0 of {tuple(c.shape)} "
                              f"does not split into {lay.parts} parts")
-        c = c.reshape((lay.parts, c.shape[0] // lay.parts) + tuple(c.shape[1:]))
+    split = lay.canonical_shape(tuple(x.shape))
+    if tuple(c.shape) != split:
+        c = c.reshape(split)
     if len(lay.kinds) != c.dim():
         raise ValueError(f"layout of {name!r}: {len(lay.kinds)} kinds {lay.kinds} for canonical shape "
                          f"{tuple(c.shape)} (with parts > 1 the kinds start with the parts axis)")
