@@ -15,7 +15,9 @@ required:
 - the consuming op and input position (a MatMul/Gemm/Conv weight, a normalization's scale,
   an embedding table are parameters whatever their names);
 - names: a generated name (``onnx::Mul_12``, ``val_3``) does not show an ambiguous tensor
-  (one added, multiplied or concatenated) to be a parameter; a module path does.
+  (one added, multiplied or concatenated) to be a parameter; a module path does. A name
+  that is neither (a token of letters and digits mixed, as a name scrambler or an
+  obfuscator writes) shows nothing either.
 
 When the evidence does not make a tensor a parameter, it is a constant: leaving a
 parameter untouched costs a little transfer, rewriting a constant breaks the model.
@@ -43,6 +45,19 @@ _SLICE_OP = re.compile(r"^(arange|embedding|slice|select|index_select|index|gath
 _INDEXING = re.compile(r"^(embedding|slice|select|index_select|index|gather|narrow)(_\d+)?$")
 FX_KEY = "pkg.torch.onnx.fx_node"
 _BUFFER_NAME = re.compile(r"(_ids|_index|index|mask|inv_freq|running_mean|running_var|num_batches_tracked)$")
+# a name that reads as a module path or a parameter's name: words joined by '.', '/', ':', '_' or
+# '-' (``blocks.0.attn.relative_position_bias_table``, ``cls_token``, ``dense/kernel:0``), each word an
+# index or letters with at most one short run of digits inside (``fc2``, ``conv2d``, ``res2a``). A
+# token whose letters and digits alternate (``nfd7dee6ffa``, a scrambler's or obfuscator's hash) is none.
+_NAME_WORD = re.compile(r"^(\d+|[A-Za-z]+(\d{1,3}[A-Za-z]*)?)$")
+
+
+def reads_as_words(name: str) -> bool:
+    """Whether a name is made of words (a module path, a parameter's name), not a token."""
+    parts = [p for p in re.split(r"[./:_\-]+", name) if p]
+    return bool(parts) and all(_NAME_WORD.match(p) for p in parts)
+
+
 # roles the consuming op gives only to parameters (a framework's layer weights)
 LAYER_ROLES = {"linear.weight", "linear.bias", "conv.weight", "conv.bias", "norm.scale", "norm.bias", "norm.mean",
                "norm.var", "embedding"}
@@ -177,4 +192,7 @@ def classify(name: str, role: str | None, generated_name: bool, marks: Marks,
         return Provenance(False, "the exporter marks every parameter and not this tensor")
     if generated_name:
         return Provenance(False, "a generated name and no exporter mark: not shown to be a parameter")
+    if not reads_as_words(name):
+        return Provenance(False, "no exporter mark and a name that is no module path (a token): "
+                                 "not shown to be a parameter")
     return Provenance(True, "named like a parameter")
