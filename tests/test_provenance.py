@@ -69,7 +69,7 @@ def test_generated_name_without_marks_is_not_shown_to_be_a_parameter():
 
 @pytest.mark.parametrize("name,words", [
     ("pos_embed", True), ("blocks.0.attn.relative_position_bias_table", True), ("conv2d_1", True),
-    ("res2a_branch2a", True), ("functional_1/block0_fc1_1/MatMul", True),
+    ("res2a_branch2a", True), ("functional_1/block0_fc1_1/MatMul", True), ("s1b0_c1_bn_scale_12", True),
     ("nfd7dee6ffa", False), ("ne098a16799", False), ("na271939112", False),
 ])
 def test_a_token_name_is_no_evidence_of_a_parameter(name, words):

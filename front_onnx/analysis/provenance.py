@@ -45,17 +45,21 @@ _SLICE_OP = re.compile(r"^(arange|embedding|slice|select|index_select|index|gath
 _INDEXING = re.compile(r"^(embedding|slice|select|index_select|index|gather|narrow)(_\d+)?$")
 FX_KEY = "pkg.torch.onnx.fx_node"
 _BUFFER_NAME = re.compile(r"(_ids|_index|index|mask|inv_freq|running_mean|running_var|num_batches_tracked)$")
-# a name that reads as a module path or a parameter's name: words joined by '.', '/', ':', '_' or
-# '-' (``blocks.0.attn.relative_position_bias_table``, ``cls_token``, ``dense/kernel:0``), each word an
-# index or letters with at most one short run of digits inside (``fc2``, ``conv2d``, ``res2a``). A
-# token whose letters and digits alternate (``nfd7dee6ffa``, a scrambler's or obfuscator's hash) is none.
-_NAME_WORD = re.compile(r"^(\d+|[A-Za-z]+(\d{1,3}[A-Za-z]*)?)$")
+# a name that reads as a module path or a parameter's name: parts joined by '.', '/', ':', '_' or '-'
+# (``blocks.0.attn.relative_position_bias_table``, ``cls_token``, ``s1b0_c1_bn_scale``). A long part
+# whose letters and digits alternate again and again, or end in a long digit run (``nfd7dee6ffa``,
+# ``na271939112``: a scrambler's or obfuscator's hash) is a token, not a word.
+def _token_part(part: str) -> bool:
+    runs = re.findall(r"[A-Za-z]+|\d+", part)
+    if len(part) < 8 or "".join(runs) != part:
+        return False
+    return len(runs) >= 4 or any(r.isdigit() and len(r) >= 4 for r in runs[1:])
 
 
 def reads_as_words(name: str) -> bool:
     """Whether a name is made of words (a module path, a parameter's name), not a token."""
     parts = [p for p in re.split(r"[./:_\-]+", name) if p]
-    return bool(parts) and all(_NAME_WORD.match(p) for p in parts)
+    return bool(parts) and not any(_token_part(p) for p in parts)
 
 
 # roles the consuming op gives only to parameters (a framework's layer weights)
