@@ -9,6 +9,12 @@ import onnx
 
 
 def scramble(model: onnx.ModelProto, salt: str = "x") -> onnx.ModelProto:
+    return scramble_with_names(model, salt)[0]
+
+
+def scramble_with_names(model: onnx.ModelProto, salt: str = "x") -> tuple[onnx.ModelProto, dict[str, str]]:
+    """The scrambled model and the name map: old initializer / value name -> new name
+    (node names are keyed ``node:<index>:<old name>``). The map is deterministic."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
@@ -42,10 +48,14 @@ def scramble(model: onnx.ModelProto, salt: str = "x") -> onnx.ModelProto:
     del g.metadata_props[:]
     g.name = "g"
     g.ClearField("doc_string")
-    return m
+    return m, dict(names)
 
 
-def scramble_file(src: Path, dst: Path) -> Path:
-    """Scramble a model file (with its external data) into ``dst``, weights inline."""
-    onnx.save(scramble(onnx.load(str(src))), str(dst))
+def scramble_file(src: Path, dst: Path, names: dict[str, str] | None = None) -> Path:
+    """Scramble a model file (with its external data) into ``dst``, weights inline; the name
+    map (old -> new) goes into ``names`` when one is given."""
+    m, mapping = scramble_with_names(onnx.load(str(src)))
+    if names is not None:
+        names.update(mapping)
+    onnx.save(m, str(dst))
     return dst

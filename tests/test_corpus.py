@@ -28,7 +28,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from tests.corpus.build import MODELS  # noqa: E402
-from tests.corpus.scoreboard import CRITERIA, Corpus, evaluate, rel_error, run  # noqa: E402
+from tests.corpus.scoreboard import Corpus, criteria, evaluate, rel_error, run  # noqa: E402
 
 CORPUS = Corpus(MODELS)
 PAIRS = CORPUS.pairs()
@@ -44,7 +44,7 @@ XFAIL: dict[tuple[str, str], str] = {
 
 def _cases():
     for pair in PAIRS:
-        for criterion in CRITERIA[pair.kind]:
+        for criterion in criteria(pair):
             reason = XFAIL.get((pair.id, criterion)) or XFAIL.get((pair.id, "*"))
             marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
             yield pytest.param(pair, criterion, id=f"{pair.id}-{criterion}", marks=marks)
@@ -74,7 +74,7 @@ def test_pair(corpus_result, pair, criterion):
 
 def test_xfail_table_names_existing_cases():
     """A stale entry (a renamed pair or criterion) would silently stop marking anything."""
-    known = {(p.id, c) for p in PAIRS for c in CRITERIA[p.kind]} | {(p.id, "*") for p in PAIRS}
+    known = {(p.id, c) for p in PAIRS for c in criteria(p)} | {(p.id, "*") for p in PAIRS}
     assert sorted(set(XFAIL) - known) == []
 
 

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import front_onnx
-from front_onnx.analysis.provenance import KIND_KEY, FOLDED_KEY, Marks, classify
+from front_onnx.analysis.provenance import FOLDED_KEY, KIND_KEY, Marks, classify, reads_as_words
 from front_onnx.analysis.slots import analyze_slots
 from front_onnx.cli import main
 
@@ -79,6 +79,23 @@ def test_legacy_torch_fold_is_a_parameter_unless_mask_like():
     assert not _classify(_graph(8, 0, mask=mask), "onnx::Add_7", "parameter").parameter
     # a name with '::' from elsewhere is not the legacy exporter's
     assert not _classify(_graph(8, 0, add_name="pkg::table"), "pkg::table", "parameter").parameter
+
+
+@pytest.mark.parametrize("name,words", [
+    ("pos_embed", True), ("blocks.0.attn.relative_position_bias_table", True), ("conv2d_1", True),
+    ("res2a_branch2a", True), ("functional_1/block0_fc1_1/MatMul", True), ("s1b0_c1_bn_scale_12", True),
+    ("nfd7dee6ffa", False), ("ne098a16799", False), ("na271939112", False),
+])
+def test_a_token_name_is_no_evidence_of_a_parameter(name, words):
+    """A scrambler's or obfuscator's token (letters and digits alternating) is not a module
+    path: an ambiguous tensor so named, with no mark, is left."""
+    assert reads_as_words(name) is words
+    prov = _classify(_graph(8, 0, add_name=name), name, "parameter")
+    assert prov.parameter is words
+    if not words:
+        assert "a name that is no module path (a token)" in prov.evidence
+    # the consuming op still decides for a layer's weight
+    assert _classify(_graph(8, 0, add_name=name), "onnx::MatMul_3", "linear.weight").parameter
 
 
 @pytest.mark.parametrize("folded,role,parameter,says", [

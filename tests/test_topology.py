@@ -8,6 +8,7 @@ import onnx
 import pytest
 
 import front_onnx
+from front_onnx.analysis import analyze
 from front_onnx.onnxio import load_model
 from tests.scramble import scramble, scramble_file
 
@@ -37,14 +38,19 @@ def test_scrambled_names_give_identical_weights(samples, tmp_path, family, expor
     r1 = front_onnx.transfer(src, tgt, named)
     r2 = front_onnx.transfer(scramble_file(src, tmp_path / "s.onnx"), scramble_file(tgt, tmp_path / "t.onnx"), blind)
     # Structure and roles do not depend on names. What scrambling takes away is the exporter's
-    # metadata, the evidence that shows a folded tensor to be a constant: without it such a
-    # tensor can only be judged by its role, so those slots (and only those) may differ.
+    # metadata and the names, the evidence that shows a folded tensor to be a constant or an
+    # ambiguous one (added, multiplied, concatenated) to be a parameter: without it such a
+    # tensor can only be judged by its role and values, so those slots (and only those) may
+    # differ; without evidence the tensor is left (a constant), never rewritten.
     by_marks = [i for i, s in enumerate(r1.plan.slots) if "(folded_from)" in s.reason or "exporter marks" in s.reason]
     assert all(r1.plan.slots[i].role is None for i in by_marks)
-    same = [i for i in range(len(r1.plan.slots)) if i not in by_marks]
+    blind_slots = analyze(load_model(tmp_path / "t.onnx"))[0].slots
+    by_names = [i for i, s in enumerate(blind_slots) if "not shown to be a parameter" in s.provenance]
+    assert all(r2.plan.slots[i].role is None for i in by_names)
+    same = [i for i in range(len(r1.plan.slots)) if i not in by_marks and i not in by_names]
     assert [r1.plan.slots[i].role for i in same] == [r2.plan.slots[i].role for i in same]
     assert [r1.plan.slots[i].operations for i in same] == [r2.plan.slots[i].operations for i in same]
-    if not by_marks:
+    if not by_marks and not by_names:
         assert r1.plan.summary() == r2.plan.summary()
         assert _weights(named) == _weights(blind)
 

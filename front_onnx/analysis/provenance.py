@@ -17,7 +17,9 @@ required:
 - names: a generated name (``val_3``, ``const_5``) does not show an ambiguous tensor
   (one added, multiplied or concatenated) to be a parameter; a module path does. One kind
   of generated name does: the legacy torch exporter's ``onnx::<Op>_<N>`` initializers
-  (below, ``_LEGACY_FOLD``) are what its constant folding made of the module's state.
+  (below, ``_LEGACY_FOLD``) are what its constant folding made of the module's state. A name that is neither a
+  module path nor generated (a token of letters and digits mixed, as a name scrambler or
+  an obfuscator writes) shows nothing either.
 
 When the evidence does not make a tensor a parameter, it is a constant: leaving a
 parameter untouched costs a little transfer, rewriting a constant breaks the model.
@@ -53,6 +55,23 @@ _BUFFER_NAME = re.compile(r"(_ids|_index|index|mask|inv_freq|running_mean|runnin
 # a layer scale ``gamma.reshape(1, -1, 1, 1)`` (ConvNeXt), a relative-position bias table
 # gathered at its constant index and permuted (Swin), a transposed Linear weight.
 _LEGACY_FOLD = re.compile(r"^onnx::[A-Za-z]\w*_\d+$")
+# a name that reads as a module path or a parameter's name: parts joined by '.', '/', ':', '_' or '-'
+# (``blocks.0.attn.relative_position_bias_table``, ``cls_token``, ``s1b0_c1_bn_scale``). A long part
+# whose letters and digits alternate again and again, or end in a long digit run (``nfd7dee6ffa``,
+# ``na271939112``: a scrambler's or obfuscator's hash) is a token, not a word.
+def _token_part(part: str) -> bool:
+    runs = re.findall(r"[A-Za-z]+|\d+", part)
+    if len(part) < 8 or "".join(runs) != part:
+        return False
+    return len(runs) >= 4 or any(r.isdigit() and len(r) >= 4 for r in runs[1:])
+
+
+def reads_as_words(name: str) -> bool:
+    """Whether a name is made of words (a module path, a parameter's name), not a token."""
+    parts = [p for p in re.split(r"[./:_\-]+", name) if p]
+    return bool(parts) and not any(_token_part(p) for p in parts)
+
+
 # roles the consuming op gives only to parameters (a framework's layer weights)
 LAYER_ROLES = {"linear.weight", "linear.bias", "conv.weight", "conv.bias", "norm.scale", "norm.bias", "norm.mean",
                "norm.var", "embedding"}
@@ -198,4 +217,7 @@ def classify(name: str, role: str | None, generated_name: bool, marks: Marks,
                                 "(an onnx::<Op>_<N> initializer; constants stay Constant nodes)")
     if generated_name:
         return Provenance(False, "a generated name and no exporter mark: not shown to be a parameter")
+    if not reads_as_words(name):
+        return Provenance(False, "no exporter mark and a name that is no module path (a token): "
+                                 "not shown to be a parameter")
     return Provenance(True, "named like a parameter")

@@ -23,16 +23,25 @@ Criteria (a failed transfer fails every criterion of its pair):
 - ``plan_agrees`` (all): ``front_onnx.plan(src, tgt).summary()['written_fraction']`` equals the
   transfer's ``result.plan.summary()['written_fraction']``.
 
+Scrambled pairs (``--scrambled``; ``tests/test_corpus_scrambled.py``): the identity and shrink
+pairs of each exporter with source and target passed through ``tests/scramble.py`` first, so
+every name and metadata entry is gone and only the topology and the values are left. The
+manifest's classification is mapped onto the scrambled names (the scrambler returns its name
+map). Criteria: those above without ``written`` (a lower written share is allowed there; the
+scoreboard reports it beside the unscrambled pair's, column ``unscr.``).
+
     python -m tests.corpus.scoreboard                 # the table and the summary
     python -m tests.corpus.scoreboard vit resnet      # some families only
     python -m tests.corpus.scoreboard --json out.json # also every number, as JSON
     python -m tests.corpus.scoreboard --xfail-table   # print the XFAIL dict of tests/test_corpus.py
     python -m tests.corpus.scoreboard --write-xfail   # ... and write it into tests/test_corpus.py
+    python -m tests.corpus.scoreboard --scrambled     # the scrambled pairs (--write-xfail: tests/test_corpus_scrambled.py)
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import sys
 import tempfile
@@ -55,6 +64,14 @@ CRITERIA = {
     "shrink": ("checker", "finite", "nodes_unchanged", "written", "constants_kept", "plan_agrees"),
     "grow": ("checker", "finite", "nodes_unchanged", "written", "constants_kept", "plan_agrees"),
 }
+# names and metadata scrambled: no ``written`` threshold (the share is reported instead)
+SCRAMBLED_KINDS = ("identity", "shrink")
+CRITERIA_SCRAMBLED = {k: tuple(c for c in CRITERIA[k] if c != "written") for k in SCRAMBLED_KINDS}
+
+
+def criteria(pair: Pair) -> tuple[str, ...]:
+    """The criteria a pair is measured against."""
+    return (CRITERIA_SCRAMBLED if pair.scrambled else CRITERIA)[pair.kind]
 
 
 # ----------------------------------------------------------------------------- the corpus
@@ -81,8 +98,16 @@ class Corpus:
         files = self.manifest["families"][family]["inputs"]
         return {n: np.load(self.root / files[n]) for n in names}
 
-    def pairs(self, families: list[str] | None = None) -> list["Pair"]:
+    def pairs(self, families: list[str] | None = None, scrambled: bool = False) -> list["Pair"]:
         out = []
+        if scrambled:
+            for fam in families or self.families:
+                for kind in SCRAMBLED_KINDS:
+                    for exp in EXPORTERS:
+                        tgt = self.entry(fam, exp, "same" if kind == "identity" else kind)
+                        out.append(Pair(f"{fam}-scrambled-{kind}-{exp}", fam, kind, self.entry(fam, exp, "source"),
+                                        tgt, scrambled=True))
+            return out
         for fam in families or self.families:
             for exp in EXPORTERS:
                 src = self.entry(fam, exp, "source")
@@ -104,6 +129,7 @@ class Pair:
     kind: str            # identity, cross, shrink, grow
     source: dict         # manifest entries
     target: dict
+    scrambled: bool = False   # source and target pass through tests/scramble.py first
 
     @property
     def exporters(self) -> str:
@@ -144,10 +170,33 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def run(corpus: Corpus, family: str, path: Path) -> list[np.ndarray]:
+def run(corpus: Corpus, family: str, path: Path, original: dict[str, str] | None = None) -> list[np.ndarray]:
+    """The model's outputs on its family's example inputs; ``original`` maps a scrambled
+    input name back to the name the inputs are filed under."""
     sess = _session(path)
     names = [i.name for i in sess.get_inputs()]
-    return sess.run(None, corpus.feeds(family, names))
+    original = original or {}
+    feeds = corpus.feeds(family, [original.get(n, n) for n in names])
+    return sess.run(None, {n: feeds[original.get(n, n)] for n in names})
+
+
+_SCRAMBLED: dict[tuple[Path, Path], tuple[Path, dict[str, str]]] = {}
+
+
+def scrambled(corpus: Corpus, entry: dict, workdir: Path) -> tuple[Path, dict[str, str]]:
+    """A model of the corpus with every name and metadata entry scrambled (once per workdir),
+    and the name map (old -> new)."""
+    from tests.scramble import scramble_file
+
+    src = corpus.path(entry)
+    key = (Path(workdir), src)
+    if key not in _SCRAMBLED:
+        dst = Path(workdir) / "scrambled" / entry["path"]
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        names: dict[str, str] = {}
+        scramble_file(src, dst, names)
+        _SCRAMBLED[key] = (dst, names)
+    return _SCRAMBLED[key]
 
 
 def rel_error(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
@@ -282,8 +331,9 @@ def _short(e: BaseException, names: dict[Path, str]) -> str:
     return f"{type(e).__name__}: {msg}"[:300]
 
 
-def evaluate(corpus: Corpus, pair: Pair, workdir: Path) -> PairResult:
-    """Transfer and measure one pair."""
+def evaluate(corpus: Corpus, pair: Pair, workdir: Path, compare: bool = False) -> PairResult:
+    """Transfer and measure one pair; ``compare``: a scrambled pair also plans its unscrambled
+    pair too, to report what scrambling costs (``written_bytes_unscrambled``, ``rel_error_unscrambled``)."""
     import onnx
 
     import front_onnx
@@ -291,10 +341,16 @@ def evaluate(corpus: Corpus, pair: Pair, workdir: Path) -> PairResult:
     t0 = time.perf_counter()
     res = PairResult(pair.id, pair.family, pair.kind, pair.exporters)
     src, tgt = corpus.path(pair.source), corpus.path(pair.target)
+    rename = {}            # target name in the manifest -> its name in the files used
+    original = {}          # input name in the files used -> the name the inputs are filed under
+    if pair.scrambled:
+        src, s_names = scrambled(corpus, pair.source, workdir)
+        tgt, rename = scrambled(corpus, pair.target, workdir)
+        original = {new: old for old, new in {**s_names, **rename}.items()}
     out_dir = Path(workdir) / pair.id
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / "output.onnx"
-    criteria = CRITERIA[pair.kind]
+    wanted = criteria(pair)
     names = {out: "<output>", src: "<source>", tgt: "<target>", out_dir: "<workdir>", corpus.root: "<corpus>"}
     try:
         result = front_onnx.transfer(src, tgt, out, keep=1.0)
@@ -304,7 +360,7 @@ def evaluate(corpus: Corpus, pair: Pair, workdir: Path) -> PairResult:
         res.status, res.error = "internal error", "internal error: " + _short(e, names)
         res.numbers["traceback"] = traceback.format_exc(limit=-3)
     if res.error:
-        res.criteria = {c: [False, res.error] for c in criteria}
+        res.criteria = {c: [False, res.error] for c in wanted}
         res.seconds = time.perf_counter() - t0
         return res
 
@@ -312,32 +368,32 @@ def evaluate(corpus: Corpus, pair: Pair, workdir: Path) -> PairResult:
     crit = res.criteria
     tm, om = _load(tgt), _load(out)
     t_inits, o_inits = _inits(tm), _inits(om)
-    classes = {n: v["class"] for n, v in pair.target["initializers"].items()}
+    classes = {rename.get(n, n): v["class"] for n, v in pair.target["initializers"].items()}
     constants = [n for n, c in classes.items() if c == "constant" and n in t_inits]
     params = [n for n, c in classes.items() if c == "parameter" and n in t_inits]
     derived = [n for n, c in classes.items() if c == "derived" and n in t_inits]
 
-    if "reproduces" in criteria:
+    if "reproduces" in wanted:
         try:
-            err = rel_error(run(corpus, pair.family, src), run(corpus, pair.family, out))
+            err = rel_error(run(corpus, pair.family, src, original), run(corpus, pair.family, out, original))
             num["rel_error"] = err
             crit["reproduces"] = [err <= IDENTITY_TOL, f"relative error {err:.2e} (tolerance {IDENTITY_TOL:.0e})"]
         except Exception as e:  # noqa: BLE001
             crit["reproduces"] = [False, "onnxruntime: " + _short(e, names)]
-    if "checker" in criteria:
+    if "checker" in wanted:
         try:
             onnx.checker.check_model(str(out), full_check=True)
             crit["checker"] = [True, ""]
         except Exception as e:  # noqa: BLE001
             crit["checker"] = [False, _short(e, names)]
-    if "finite" in criteria:
+    if "finite" in wanted:
         try:
-            outs = run(corpus, pair.family, out)
+            outs = run(corpus, pair.family, out, original)
             bad = sum(int((~np.isfinite(o)).sum()) for o in outs if o.dtype.kind == "f")
             crit["finite"] = [bad == 0, f"{bad} non-finite output values" if bad else ""]
         except Exception as e:  # noqa: BLE001
             crit["finite"] = [False, "onnxruntime: " + _short(e, names)]
-    if "nodes_unchanged" in criteria:
+    if "nodes_unchanged" in wanted:
         diffs, restored = _node_diffs(tm, om, t_inits, o_inits)
         num["restored_biases"] = restored
         crit["nodes_unchanged"] = [not diffs, f"{len(diffs)} node differences, first: {diffs[0]}" if diffs else ""]
@@ -354,7 +410,7 @@ def evaluate(corpus: Corpus, pair: Pair, workdir: Path) -> PairResult:
     num["parameter_elements"] = total
     num["written_bytes"] = done / total if total else 0.0
     num["written_plan"] = result.plan.summary()["written_fraction"]
-    if "written" in criteria:
+    if "written" in wanted:
         ok = num["written_bytes"] >= WRITTEN_MIN
         crit["written"] = [ok, f"{num['written_bytes']:.1%} of {total} parameter elements written "
                                f"(plan: {num['written_plan']:.1%}; needs {WRITTEN_MIN:.0%})"]
@@ -365,6 +421,11 @@ def evaluate(corpus: Corpus, pair: Pair, workdir: Path) -> PairResult:
                                f"plan() {planned:.4f} vs transfer {num['written_plan']:.4f}"]
     except Exception as e:  # noqa: BLE001
         crit["plan_agrees"] = [False, "plan() failed: " + _short(e, names)]
+    if pair.scrambled and compare:
+        plain = evaluate(corpus, dataclasses.replace(pair, id=pair.id + "-plain", scrambled=False), workdir)
+        for k in ("written_bytes", "rel_error"):
+            if k in plain.numbers:
+                num[k + "_unscrambled"] = plain.numbers[k]
 
     res.status = "right" if all(ok for ok, _ in crit.values()) else "wrong"
     res.seconds = time.perf_counter() - t0
@@ -374,13 +435,15 @@ def evaluate(corpus: Corpus, pair: Pair, workdir: Path) -> PairResult:
 # ----------------------------------------------------------------------------- reporting
 
 def table(results: list[PairResult]) -> str:
-    rows = [("pair", "kind", "exporters", "status", "rel.err", "written", "plan", "const.chg", "first reason")]
+    rows = [("pair", "kind", "exporters", "status", "rel.err", "written", "plan", "unscr.", "const.chg",
+             "first reason")]
     for r in results:
         n = r.numbers
         rows.append((r.id, r.kind, r.exporters, r.status,
                      f"{n['rel_error']:.1e}" if "rel_error" in n else "",
                      f"{n['written_bytes']:.0%}" if "written_bytes" in n else "",
                      f"{n['written_plan']:.0%}" if "written_plan" in n else "",
+                     f"{n['written_bytes_unscrambled']:.0%}" if "written_bytes_unscrambled" in n else "",
                      f"{n['constants_changed']}/{n['constants']}" if "constants" in n else "",
                      r.reason[:110]))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -432,6 +495,7 @@ def xfail_table(results: list[PairResult]) -> str:
 XFAIL_BEGIN = "# --- XFAIL begin"
 XFAIL_END = "# --- XFAIL end ---"
 TEST_MODULE = Path(__file__).resolve().parents[1] / "test_corpus.py"
+SCRAMBLED_MODULE = Path(__file__).resolve().parents[1] / "test_corpus_scrambled.py"
 
 
 def write_xfail(results: list[PairResult], path: Path = TEST_MODULE) -> None:
@@ -444,10 +508,10 @@ def write_xfail(results: list[PairResult], path: Path = TEST_MODULE) -> None:
     path.write_text(text[:a] + table + "\n" + text[b:])
 
 
-def evaluate_all(corpus: Corpus, pairs: list[Pair], workdir: Path, log=None) -> list[PairResult]:
+def evaluate_all(corpus: Corpus, pairs: list[Pair], workdir: Path, log=None, compare: bool = False) -> list[PairResult]:
     results = []
     for p in pairs:
-        r = evaluate(corpus, p, workdir)
+        r = evaluate(corpus, p, workdir, compare)
         if log:
             log(f"{r.id:40s} {r.status:15s} {r.seconds:5.1f} s  {r.reason[:90]}")
         results.append(r)
@@ -462,13 +526,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write-xfail", action="store_true",
                    help="rewrite the XFAIL dict in tests/test_corpus.py from this measurement (all families only)")
     p.add_argument("--verbose", "-v", action="store_true", help="one line per pair while running")
+    p.add_argument("--scrambled", action="store_true",
+                   help="the scrambled pairs: every name and metadata entry removed (tests/scramble.py)")
     p.add_argument("--root", type=Path, default=MODELS, help="the corpus folder (default: %(default)s)")
     args = p.parse_args(argv)
     corpus = Corpus(args.root)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="front-corpus-") as tmp:
-        results = evaluate_all(corpus, corpus.pairs(args.families or None), Path(tmp),
-                               log=(lambda s: print(s, file=sys.stderr)) if args.verbose else None)
+        results = evaluate_all(corpus, corpus.pairs(args.families or None, scrambled=args.scrambled), Path(tmp),
+                               log=(lambda s: print(s, file=sys.stderr)) if args.verbose else None,
+                               compare=args.scrambled)
     if args.json:
         text = json.dumps([asdict(r) for r in results], indent=1, default=float)
         if args.json == "-":
@@ -478,8 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_xfail:
         if args.families:
             p.error("--write-xfail measures every pair: give no families")
-        write_xfail(results)
-        print(f"{TEST_MODULE}: XFAIL rewritten ({sum(bool(r.failed()) for r in results)} failing pairs)")
+        module = SCRAMBLED_MODULE if args.scrambled else TEST_MODULE
+        write_xfail(results, module)
+        print(f"{module}: XFAIL rewritten ({sum(bool(r.failed()) for r in results)} failing pairs)")
         return 0
     if args.xfail_table:
         print(xfail_table(results))

@@ -1,0 +1,105 @@
+"""The corpus with every name and metadata entry removed (``tests/scramble.py``).
+
+Acceptance: without names and exporter metadata, no constant is rewritten and identity still
+reproduces the source; a lower written share is allowed, and reported
+(``python -m tests.corpus.scoreboard --scrambled`` prints it beside the unscrambled pair's).
+
+Per family and exporter, the identity pair (source -> ``same``) and the shrink pair, both
+files scrambled; the criteria are the scoreboard's (tests/corpus/scoreboard.py) without the
+95% ``written`` threshold. The manifest's parameter/constant classification is mapped onto
+the scrambled names through the scrambler's name map.
+
+Each (pair, criterion) is one test. What fails is listed in XFAIL with the measured reason
+(strict). Rewrite the table with ``python -m tests.corpus.scoreboard --scrambled --write-xfail``.
+"""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from tests.corpus.build import MODELS
+from tests.corpus.scoreboard import Corpus, criteria, evaluate
+
+CORPUS = Corpus(MODELS)
+PAIRS = CORPUS.pairs(scrambled=True)
+
+# What the failures are (measured): without names and marks, a tensor whose role is ambiguous (added,
+# multiplied or concatenated, not a layer weight) has no evidence of being a parameter, so it is left
+# with the reason "no exporter mark and a name that is no module path (a token)"; no constant is
+# rewritten (before this rule, hash tokens counted as parameter names and Llama/Qwen2 rotary tables,
+# Swin's window mask and a T5 Constant node were rewritten). Left, by family: vit/deit/hf_vit the
+# class (and distillation) token and the position table (identity 1.7e+00 / 1.3e+00 / 2.3e+00;
+# 96-98% of parameter elements written against 100%); bert/gpt2 dynamo the folded position rows;
+# convnext the layer-scale gammas (5.7e-05); swin the gathered relative-position biases (8.2e-04,
+# as the unscrambled legacy pair); t5 dynamo the relative-position biases (6.2e-02, 3.8e-02 unscrambled).
+# (pair, criterion) -> the measured failure; (pair, "*"): the transfer raises (every criterion fails).
+# --- XFAIL begin (written by `python -m tests.corpus.scoreboard --scrambled --write-xfail`) ---
+XFAIL: dict[tuple[str, str], str] = {
+    ('bert-scrambled-identity-dynamo', 'reproduces'): 'relative error 1.46e+00 (tolerance 1e-05)',
+    ('convnext-scrambled-identity-dynamo', 'reproduces'): 'relative error 5.71e-05 (tolerance 1e-05)',
+    ('convnext-scrambled-identity-legacy', 'reproduces'): 'relative error 5.71e-05 (tolerance 1e-05)',
+    ('deit-scrambled-identity-dynamo', 'reproduces'): 'relative error 1.34e+00 (tolerance 1e-05)',
+    ('deit-scrambled-identity-legacy', 'reproduces'): 'relative error 1.34e+00 (tolerance 1e-05)',
+    ('gpt2-scrambled-identity-dynamo', 'reproduces'): 'relative error 8.85e-01 (tolerance 1e-05)',
+    ('hf_vit-scrambled-identity-dynamo', 'reproduces'): 'relative error 2.26e+00 (tolerance 1e-05)',
+    ('hf_vit-scrambled-identity-legacy', 'reproduces'): 'relative error 2.26e+00 (tolerance 1e-05)',
+    ('swin-scrambled-identity-dynamo', 'reproduces'): 'relative error 8.23e-04 (tolerance 1e-05)',
+    ('swin-scrambled-identity-legacy', 'reproduces'): 'relative error 8.23e-04 (tolerance 1e-05)',
+    ('t5-scrambled-identity-dynamo', 'reproduces'): 'relative error 6.15e-02 (tolerance 1e-05)',
+    ('vit-scrambled-identity-dynamo', 'reproduces'): 'relative error 1.67e+00 (tolerance 1e-05)',
+    ('vit-scrambled-identity-legacy', 'reproduces'): 'relative error 1.67e+00 (tolerance 1e-05)',
+}
+# --- XFAIL end ---
+
+
+def _cases():
+    for pair in PAIRS:
+        for criterion in criteria(pair):
+            reason = XFAIL.get((pair.id, criterion)) or XFAIL.get((pair.id, "*"))
+            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+            yield pytest.param(pair, criterion, id=f"{pair.id}-{criterion}", marks=marks)
+
+
+@pytest.fixture(scope="module")
+def scrambled_result(tmp_path_factory):
+    """The scoreboard's result of a scrambled pair, measured once per session."""
+    root = tmp_path_factory.mktemp("corpus-scrambled")
+    done: dict = {}
+
+    def get(pair):
+        if pair.id not in done:
+            done[pair.id] = evaluate(CORPUS, pair, root)
+        return done[pair.id]
+    return get
+
+
+@pytest.mark.parametrize("pair,criterion", list(_cases()))
+def test_scrambled_pair(scrambled_result, pair, criterion):
+    result = scrambled_result(pair)
+    ok, detail = result.criteria[criterion]
+    assert ok, f"{pair.id}: {criterion}: {detail}"
+
+
+def test_xfail_table_names_existing_cases():
+    known = {(p.id, c) for p in PAIRS for c in criteria(p)} | {(p.id, "*") for p in PAIRS}
+    assert sorted(set(XFAIL) - known) == []
+
+
+def test_scrambled_files_carry_no_names(tmp_path):
+    """The scrambled models keep no initializer name and no metadata of the originals, and the
+    name map covers every initializer."""
+    import onnx
+
+    from tests.corpus.scoreboard import scrambled
+
+    for exp in ("dynamo", "legacy"):
+        entry = CORPUS.entry("llama", exp, "source")
+        path, names = scrambled(CORPUS, entry, tmp_path)
+        m = onnx.load(str(path))
+        original = onnx.load(str(CORPUS.path(entry)))
+        old = {t.name for t in original.graph.initializer}
+        assert {t.name for t in m.graph.initializer} == {names[n] for n in old}
+        assert not old & {t.name for t in m.graph.initializer}
+        text = str(m)
+        assert "pkg.torch" not in text and "pkg.onnxscript" not in text and "layers" not in text
