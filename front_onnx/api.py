@@ -20,6 +20,7 @@ import scipy.fft
 from front_onnx.analysis import analyze, weight_slots
 from front_onnx.analysis.inspection import InspectReport, build_report
 from front_onnx.analysis.naming import NamedWeights, named_weights
+from front_onnx.analysis.pairing import one_structure, promote_differing
 from front_onnx.analysis.slots import slot_dtype
 from front_onnx.analysis.structure import find_structure, stage_blocks
 from front_onnx.datafiles import load_npz
@@ -147,8 +148,11 @@ def _pair_analysis(s: OnnxModel, t: OnnxModel) -> tuple[tuple, tuple]:
     """Source and target analyzed together: each side's stages are looked for in the other,
     so a stage of one block on either side meets its counterpart of several."""
     target_slots = weight_slots(t)  # the slot analysis once; structure per side
+    source_slots = weight_slots(s)
+    if one_structure(find_structure(source_slots, s.proto), find_structure(target_slots, t.proto)):
+        promote_differing(source_slots, s.array, target_slots, t.array)  # evidence only such a pair has
     target_own = stage_blocks(find_structure(target_slots, t.proto).templates)
-    source_analysis = analyze(s, target_own)
+    source_analysis = (source_slots, find_structure(source_slots, s.proto, target_own))
     known = stage_blocks(source_analysis[1].templates)
     return source_analysis, (target_slots, find_structure(target_slots, t.proto, known))
 

@@ -36,19 +36,6 @@ PAIRS = CORPUS.pairs(scrambled=True)
 # (pair, criterion) -> the measured failure; (pair, "*"): the transfer raises (every criterion fails).
 # --- XFAIL begin (written by `python -m tests.corpus.scoreboard --scrambled --write-xfail`) ---
 XFAIL: dict[tuple[str, str], str] = {
-    ('bert-scrambled-identity-dynamo', 'reproduces'): 'relative error 1.46e+00 (tolerance 1e-05)',
-    ('convnext-scrambled-identity-dynamo', 'reproduces'): 'relative error 5.71e-05 (tolerance 1e-05)',
-    ('convnext-scrambled-identity-legacy', 'reproduces'): 'relative error 5.71e-05 (tolerance 1e-05)',
-    ('deit-scrambled-identity-dynamo', 'reproduces'): 'relative error 1.34e+00 (tolerance 1e-05)',
-    ('deit-scrambled-identity-legacy', 'reproduces'): 'relative error 1.34e+00 (tolerance 1e-05)',
-    ('gpt2-scrambled-identity-dynamo', 'reproduces'): 'relative error 8.85e-01 (tolerance 1e-05)',
-    ('hf_vit-scrambled-identity-dynamo', 'reproduces'): 'relative error 2.26e+00 (tolerance 1e-05)',
-    ('hf_vit-scrambled-identity-legacy', 'reproduces'): 'relative error 2.26e+00 (tolerance 1e-05)',
-    ('swin-scrambled-identity-dynamo', 'reproduces'): 'relative error 8.23e-04 (tolerance 1e-05)',
-    ('swin-scrambled-identity-legacy', 'reproduces'): 'relative error 8.23e-04 (tolerance 1e-05)',
-    ('t5-scrambled-identity-dynamo', 'reproduces'): 'relative error 6.15e-02 (tolerance 1e-05)',
-    ('vit-scrambled-identity-dynamo', 'reproduces'): 'relative error 1.67e+00 (tolerance 1e-05)',
-    ('vit-scrambled-identity-legacy', 'reproduces'): 'relative error 1.67e+00 (tolerance 1e-05)',
 }
 # --- XFAIL end ---
 

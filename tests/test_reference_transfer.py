@@ -219,34 +219,37 @@ _STORED_IN_OUT = {"[in, out]": True, "[out, in]": False, "[out]": False, "[out, 
 
 
 def _layout_in_out(layout: str) -> bool:
+    layout = layout.removesuffix(" by heads")  # an attention projection split by heads (user guide)
     if layout in _STORED_IN_OUT:
         return _STORED_IN_OUT[layout]
     assert re.fullmatch(r"\[(1|d)(, (1|d))*\]", layout), f"layout {layout!r} not covered by this test"
     return False  # parameter tensors (norms, tables, tokens) keep their order
 
 
-def _axes(operations: list[str]) -> tuple[tuple[str, ...], int]:
-    """(axis kinds of one block's canonical tensor, parts) from the plan's per-axis operations
-    (``depth: ...``, then ``<kind><axis>: <verb> <lengths>``)."""
-    kinds, parts = [], 1
+def _axes(operations: list[str]) -> tuple[tuple[str, ...], int, tuple[int, ...]]:
+    """(axis kinds of one block's canonical tensor, parts, its canonical shape) from the plan's
+    per-axis operations (``depth: ...``, then ``<kind><axis>: <verb> [<source>->]<target>``)."""
+    kinds, parts, shape = [], 1, []
     for op in operations[1:]:
-        m = re.match(r"([a-z]+)\d+: \w+ (\d+)", op)
+        m = re.match(r"([a-z]+)\d+: \w+ (?:\d+->)?(\d+)", op)
         kinds.append(m.group(1))
+        shape.append(int(m.group(2)))
         if m.group(1) == "parts":
             parts = int(m.group(2))
-    return tuple(kinds), parts
+    return tuple(kinds), parts, tuple(shape)
 
 
-def _canonical(a: np.ndarray, in_out: bool, parts: int) -> np.ndarray:
-    """Stored -> canonical (out, in, ...); a fused projection's out axis becomes
-    [parts, out/parts] (consecutive equal parts, as the projection's output is split)."""
+def _canonical(a: np.ndarray, in_out: bool, shape: tuple[int, ...]) -> np.ndarray:
+    """Stored -> canonical (out, in, ...): a fused projection's out axis becomes [parts,
+    out/parts] (consecutive equal parts, as the projection's output is split), an axis split
+    by attention heads [heads, head_dim] (consecutive heads, as the graph reshapes it): both
+    a plain reshape of the (out, in) matrix into the canonical shape."""
     c = a.T if in_out else a
-    return c.reshape((parts, c.shape[0] // parts) + c.shape[1:]) if parts > 1 else c
+    return c.reshape(shape)
 
 
-def _stored(c: np.ndarray, in_out: bool, parts: int) -> np.ndarray:
-    if parts > 1:
-        c = c.reshape((c.shape[0] * c.shape[1],) + c.shape[2:])
+def _stored(c: np.ndarray, in_out: bool, stored: tuple[int, ...]) -> np.ndarray:
+    c = c.reshape(stored[::-1] if in_out else stored)
     return c.T if in_out else c
 
 
@@ -312,22 +315,22 @@ def test_vit_sample_matches_reference(samples, tmp_path, case):
     for key, tslots in tgt_stacks.items():
         sslots = src_stacks[key]
         first = tslots[0]
-        kinds, parts = _axes(first["operations"])
-        assert (kinds, parts) == _axes(sslots[0]["operations"]), key
+        kinds, parts, shape = _axes(first["operations"])
+        src_kinds, src_parts, src_shape = _axes(sslots[0]["operations"])
+        assert (kinds, parts) == (src_kinds, src_parts), key
         in_out = _layout_in_out(first["layout"])
         assert in_out == _layout_in_out(sslots[0]["layout"]), key
-        shape = _canonical(np.empty(first["shape"]), in_out, parts).shape
-        stack = reference_stack([_canonical(s_t[s["initializer"]], in_out, parts) for s in sslots],
+        stack = reference_stack([_canonical(s_t[s["initializer"]], in_out, src_shape) for s in sslots],
                                 kinds, shape, len(tslots))
         for j, s in enumerate(tslots):
             name = s["written_as"] or s["initializer"]
-            assert_matches(f"{key}[{j}] {name}", o_t[name], _stored(stack[j], in_out, parts),
+            assert_matches(f"{key}[{j}] {name}", o_t[name], _stored(stack[j], in_out, tuple(first["shape"])),
                            t_t[s["initializer"]].dtype)
             written_names.add(name)
-        roles.add(first["role"] + ("/parts" if parts > 1 else ""))
+        roles.add(first["role"] + ("/parts" if parts > 1 else "") + ("/heads" if "by heads" in first["layout"] else ""))
     # what the test covered: every role of the ViT, and the fused qkv's parts axis
     assert {"conv.weight", "conv.bias", "token", "parameter", "norm.scale", "norm.bias", "linear.weight",
-            "linear.bias", "linear.weight/parts", "linear.bias/parts"} <= roles
+            "linear.bias", "linear.weight/parts/heads", "linear.bias/parts/heads", "linear.weight/heads"} <= roles
     assert result.split > 0  # fresh LayerNorm tensors are shared in the target and were split
     # every initializer of the output is either a written tensor or the target's, unchanged
     check_left_unchanged(result, t_t, o_t)

@@ -82,6 +82,7 @@ class Provenance:
     parameter: bool
     evidence: str
     masked: bool = False      # a parameter's entries combined with a mask: the mask entries are constants
+    unproven: bool = False    # a constant only for want of evidence (no mark, no name): ``pairing`` may decide
 
 
 def props(entries) -> dict[str, str]:
@@ -201,7 +202,9 @@ def classify(name: str, role: str | None, generated_name: bool, marks: Marks,
             if len(params) == 1:
                 return Provenance(True, f"entries of the parameter {params[0]} combined with a mask (exporter: "
                                         f"folded_from); the mask entries are kept as they are", masked=True)
-            return Provenance(False, "mask-like values (inf, NaN or near the dtype's limit)")
+            # a mask, or (only a pair of models can tell, ``pairing``) a parameter combined with one
+            return Provenance(False, "mask-like values (inf, NaN or near the dtype's limit)", masked=True,
+                              unproven=True)
     folded = _folded(marks, name, role)
     if folded is not None:
         return folded
@@ -216,8 +219,8 @@ def classify(name: str, role: str | None, generated_name: bool, marks: Marks,
         return Provenance(True, "folded by the legacy torch exporter from the module's state "
                                 "(an onnx::<Op>_<N> initializer; constants stay Constant nodes)")
     if generated_name:
-        return Provenance(False, "a generated name and no exporter mark: not shown to be a parameter")
+        return Provenance(False, "a generated name and no exporter mark: not shown to be a parameter", unproven=True)
     if not reads_as_words(name):
         return Provenance(False, "no exporter mark and a name that is no module path (a token): "
-                                 "not shown to be a parameter")
+                                 "not shown to be a parameter", unproven=True)
     return Provenance(True, "named like a parameter")

@@ -134,6 +134,7 @@ class Slot:
     absent: bool = False      # a bias the layer has none of (zero): ``initializer`` is a made-up name
     restorable: bool = False  # absent, and the node has an optional input for it (Conv/Gemm input 2)
     view: View | None = None  # ``shape`` is a view of the stored tensor computed with constants (``folding``)
+    candidate: tuple[str, Layout, bool] | None = None  # role, layout, mask-like: if ``pairing`` shows it a parameter
 
     @property
     def size(self) -> int:
@@ -483,10 +484,13 @@ class _Analyzer:
                 role, layout, reason, ev = self.role_of(ci, cj, vshape)
                 provenance = ""
                 masked = None
+                candidate = None
                 if role is not None:
                     prov = self._provenance(x, role)
                     provenance = prov.evidence
                     if not prov.parameter:
+                        if prov.unproven and layout is not None:
+                            candidate = (role, layout, prov.masked)
                         role, layout, reason = None, None, f"constant, not a parameter: {prov.evidence}"
                     elif prov.masked and self.read is not None:
                         m = mask_entries(self.read(x))
@@ -497,7 +501,7 @@ class _Analyzer:
                     ev.append(f"reached through Transpose (stored axes {tuple(view)})")
                 slots.append(Slot(ni, j, x, shape, t.data_type, ci, cj, self.g.node[ci].op_type,
                                   role, layout, reason=reason, evidence=ev, anchor=ci, provenance=provenance,
-                                  view=masked))
+                                  view=masked, candidate=candidate))
         shared: dict[str, list[int]] = defaultdict(list)
         for k, s in enumerate(slots):
             shared[s.initializer].append(k)
@@ -525,14 +529,17 @@ class _Analyzer:
             if role is None:
                 return []
             prov = self._provenance(x, first_role or role)
+            candidate = None
             if not prov.parameter:
+                if prov.unproven and layout is not None and not prov.masked:
+                    candidate = (role, layout, False)
                 role, layout, reason = None, None, f"constant, not a parameter: {prov.evidence}"
             what = " -> ".join(tr.ops)
             view = View(tr.ops, shape, tr.index, tr.offset, masked, covered=int(np.unique(idx).size))
             ev = ev + [f"a view of the stored {list(shape)} through {what} (constant inputs)"]
             out.append(Slot(ni, j, x, tuple(tr.index.shape), t.data_type, fi, fj, self.g.node[fi].op_type,
                             role, layout, reason=reason, evidence=ev, anchor=fi, provenance=prov.evidence,
-                            view=view))
+                            view=view, candidate=candidate))
         return out
 
     def _absent_biases(self, slots: list[Slot]) -> list[Slot]:

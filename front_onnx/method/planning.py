@@ -282,8 +282,9 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
     for i, s in enumerate(gs.slots):
         base = dict(initializer=s.initializer, node=node_names[s.node] or f"#{s.node}", input=s.input,
                     role=s.role, layout=s.layout.name if s.layout else "", shape=list(s.shape),
-                    elements=s.size, evidence=list(s.evidence) + ([f"module {s.module} ({s.module_evidence})"]
-                                                                 if s.module else []))
+                    elements=s.size, evidence=list(s.evidence)
+                    + ([f"parameter: {s.provenance}"] if s.role is not None and s.provenance else [])
+                    + ([f"module {s.module} ({s.module_evidence})"] if s.module else []))
         if i in by_slot:
             tpl, why, ops, skey = by_slot[i]
             base["evidence"].insert(0, tpl.evidence)
