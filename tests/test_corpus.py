@@ -28,7 +28,14 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from tests.corpus.build import MODELS  # noqa: E402
-from tests.corpus.scoreboard import Corpus, criteria, evaluate, rel_error, run  # noqa: E402
+from tests.corpus.scoreboard import (  # noqa: E402
+    Corpus,
+    criteria,
+    measured_once,
+    rel_error,
+    run,
+    xfail_cases,
+)
 
 CORPUS = Corpus(MODELS)
 PAIRS = CORPUS.pairs()
@@ -42,28 +49,13 @@ XFAIL: dict[tuple[str, str], str] = {
 # --- XFAIL end ---
 
 
-def _cases():
-    for pair in PAIRS:
-        for criterion in criteria(pair):
-            reason = XFAIL.get((pair.id, criterion)) or XFAIL.get((pair.id, "*"))
-            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-            yield pytest.param(pair, criterion, id=f"{pair.id}-{criterion}", marks=marks)
-
-
 @pytest.fixture(scope="module")
 def corpus_result(tmp_path_factory):
     """The scoreboard's result of a pair, measured once per session."""
-    root = tmp_path_factory.mktemp("corpus-out")
-    done: dict = {}
-
-    def get(pair):
-        if pair.id not in done:
-            done[pair.id] = evaluate(CORPUS, pair, root)
-        return done[pair.id]
-    return get
+    return measured_once(CORPUS, tmp_path_factory.mktemp("corpus-out"))
 
 
-@pytest.mark.parametrize("pair,criterion", list(_cases()))
+@pytest.mark.parametrize("pair,criterion", list(xfail_cases(PAIRS, XFAIL)))
 def test_pair(corpus_result, pair, criterion):
     result = corpus_result(pair)
     ok, detail = result.criteria[criterion]

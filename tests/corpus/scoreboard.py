@@ -432,6 +432,31 @@ def evaluate(corpus: Corpus, pair: Pair, workdir: Path, compare: bool = False) -
     return res
 
 
+# ----------------------------------------------------------------------------- for the tests
+
+def xfail_cases(pairs: list["Pair"], xfail: dict[tuple[str, str], str]):
+    """One pytest case per (pair, criterion); those in ``xfail`` (the measured failures of
+    tests/test_corpus*.py; (pair, '*'): the transfer raises) are strict expected failures."""
+    import pytest
+
+    for pair in pairs:
+        for criterion in criteria(pair):
+            reason = xfail.get((pair.id, criterion)) or xfail.get((pair.id, "*"))
+            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+            yield pytest.param(pair, criterion, id=f"{pair.id}-{criterion}", marks=marks)
+
+
+def measured_once(corpus: "Corpus", root: Path):
+    """``get(pair)``: the pair's result, evaluated the first time it is asked for."""
+    done: dict[str, PairResult] = {}
+
+    def get(pair: "Pair") -> PairResult:
+        if pair.id not in done:
+            done[pair.id] = evaluate(corpus, pair, root)
+        return done[pair.id]
+    return get
+
+
 # ----------------------------------------------------------------------------- reporting
 
 def table(results: list[PairResult]) -> str:
