@@ -98,3 +98,21 @@ def test_resnet_conv_channels_follow_the_residual(exporter):
     spaces = [flow.slot_axes[i][0] for i, s in convs]
     assert len(set(spaces)) < len(spaces)
     assert all(len(flow.slot_axes[i]) == len(s.layout.canonical_shape(s.shape)) for i, s in convs)
+
+
+def test_a_node_that_contradicts_its_shapes_is_not_followed():
+    """A damaged attribute (a Transpose perm out of range, found by fuzzing) makes the flow
+    skip that node, not fail: the flow reads evidence, and such a node is evidence of nothing."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from front_onnx.analysis.slots import analyze_slots
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]),
+                           helper.make_node("Transpose", ["h"], ["y"], perm=[0, 4])],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 2])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    flow = dimension_flow(m, analyze_slots(m))
+    assert flow.slot_axes  # the weight's own axes are still reported

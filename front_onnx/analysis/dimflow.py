@@ -38,6 +38,11 @@ _NORMS = {"LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalizatio
           "InstanceNormalization", "GroupNormalization", "LpNormalization", "MeanVarianceNormalization"}
 
 
+# what reading a damaged graph's attributes against its shapes raises: the flow is a reading
+# of the graph's evidence, and a node that contradicts itself is evidence of nothing
+_DAMAGED = (IndexError, ValueError, TypeError, KeyError, ZeroDivisionError)
+
+
 @dataclass
 class ChannelSpace:
     """One channel space: its length, the weight axes that index it, and its factors."""
@@ -458,14 +463,20 @@ def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
     """The channel spaces of a model's weight axes (see the module docstring)."""
     f = _Flow(model, gs)
     for n in model.graph.node:
-        f.node(n)
+        try:
+            f.node(n)
+        except _DAMAGED:  # a node whose attributes do not fit its shapes (a damaged graph): not followed
+            continue
     links: dict[int, list[tuple | None]] = {}
     for i, s in enumerate(gs.slots):
         if s.role is None or s.layout is None:
             continue
         s = _unsplit(s)
         canon = s.layout.canonical_shape(tuple(s.shape))  # type: ignore[union-attr]
-        axes = f.weight_axes(i, s)
+        try:
+            axes = f.weight_axes(i, s)
+        except _DAMAGED:
+            axes = [None] * len(canon)
         links[i] = axes
         for k, a in enumerate(axes):
             if a is not None and canon[k] > 1 and f.size(a) == canon[k]:

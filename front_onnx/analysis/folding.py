@@ -255,7 +255,10 @@ def trace(graph: onnx.GraphProto, c: Constants, cons: dict[str, list[tuple[int, 
             k = c.value(n.input[1 - j])
             if k is None or k.dtype.kind != "f" or not mask_entries(k).any():
                 break  # only a mask is taken for a constant offset: another tensor may be a parameter
-            out_shape = np.broadcast_shapes(index.shape, k.shape)
+            try:
+                out_shape = np.broadcast_shapes(index.shape, k.shape)
+            except ValueError:  # shapes that do not broadcast (a damaged graph): no view
+                return None
             index = np.broadcast_to(index, out_shape).copy()
             base = np.zeros(out_shape) if offset is None else np.broadcast_to(offset, out_shape)
             offset = np.array(base + k.astype(np.float64))
