@@ -171,3 +171,21 @@ def test_demo_writes_what_the_readme_names():
     assert 'OUT / "source.onnx"' in demo and argv[2] == "demo-out/source.onnx"
     assert 'OUT / "targets" / f"{t.name}.onnx"' in demo and 'Target("narrow"' in demo
     assert argv[3] == "demo-out/targets/narrow.onnx" and 'ROOT / "demo-out"' in demo
+
+
+def test_refine_json(pair, tmp_path, capsys):
+    pytest.importorskip("torch")
+    import numpy as np
+    import onnx
+
+    src, _ = pair
+    inp = onnx.load(str(src)).graph.input[0]
+    shape = [d.dim_value or 8 for d in inp.type.tensor_type.shape.dim]
+    shape[0] = 16
+    np.savez(tmp_path / "d.npz", **{inp.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)})
+    out = tmp_path / "r.onnx"
+    assert main(["refine", str(src), "--data", str(tmp_path / "d.npz"), "--steps", "2", "-o", str(out), "--json"]) == 0
+    data, err = _doc(capsys)
+    assert data["command"] == "refine" and data["ok"] is True and Path(data["output"]) == out
+    assert data["steps"] == 2 and data["report"] is None
+    _no_bar(err)
