@@ -69,6 +69,8 @@ class InitResult:
     seconds: float
     split: int                 # shared target initializers split into one per value
     validation: ValidationReport | None = None
+    validation_seconds: float | None = None
+    report: Path | None = None  # where the full plan was written (--report)
 
     def summary_line(self) -> str:
         sm = self.plan.summary()
@@ -79,6 +81,27 @@ class InitResult:
     def detail_lines(self) -> list[str]:
         """Where the structures diverge and what was left, grouped by reason."""
         return summary_lines(self.plan)
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as data (``--json``): counts and written fraction, what was left by
+        reason, where the structures diverge, the files written, timings and the validation
+        report (null when not run). The full per-slot plan is ``write_report``'s."""
+        companion = data_companion(self.output)
+        return {
+            "ok": self.validation.ok if self.validation is not None else True,
+            "output": str(self.output),
+            "data_file": str(companion) if companion.exists() else None,
+            "report": str(self.report) if self.report is not None else None,
+            "summary": self.plan.summary(),
+            "split": self.split,
+            "left_by_reason": [{"reason": r, "slots": n, "elements": e} for r, n, e in self.plan.left_by_reason()],
+            "divergence": self.plan.divergence,
+            "keep": self.plan.keep, "convention": self.plan.convention, "depth": self.plan.depth,
+            "timings": {"write_s": round(self.seconds, 4),
+                        "validation_s": round(self.validation_seconds, 4) if self.validation_seconds is not None
+                        else None},
+            "validation": self.validation.to_json() if self.validation is not None else None,
+        }
 
 
 def _model(m: PathLike | OnnxModel) -> OnnxModel:
@@ -182,8 +205,7 @@ def initialize(target: PathLike | OnnxModel, learngene: PathLike | Learngene, ou
     label = str(learngene) if not isinstance(learngene, Learngene) else (gene.source or "the learngene")
     result = _initialize(t, gene, Path(output), t0, report, external_data, analyze(t, stage_blocks(gene.templates)),
                          depth, label=label)
-    if validate:
-        _validate_output(result, t, None, device, strict, keep_invalid, compare=False)
+    _finish(result, validate, t, None, device, strict, keep_invalid, compare=False)
     return result
 
 
@@ -199,10 +221,8 @@ def _initialize(t: OnnxModel, gene: Learngene, output: Path, t0: float, report: 
     info = write_initialized(t, gs, values, output, external_data=external_data)
     for i, name in info["renamed"].items():
         p.slots[i].written_as = name
-    result = InitResult(output, p, time.perf_counter() - t0, info["split"])
-    if report is not None:
-        write_report(result, Path(report))
-    return result
+    return InitResult(output, p, time.perf_counter() - t0, info["split"],
+                      report=Path(report) if report is not None else None)
 
 
 @_all_cores
@@ -228,16 +248,33 @@ def transfer(source: PathLike | OnnxModel, target: PathLike | OnnxModel, output:
     del s  # an inline source's weights need not stay in memory while the target is written
     result = _initialize(t, gene, Path(output), t0, report, external_data, analysis, depth, release=True,
                          label=str(source_path))
-    if validate:
-        _validate_output(result, t, source_path, device, strict, keep_invalid, compare=None if keep == 1.0 else False)
+    _finish(result, validate, t, source_path, device, strict, keep_invalid,
+            compare=None if keep == 1.0 else False)
     return result
+
+
+def _finish(result: InitResult, validate: bool, target: OnnxModel, source: Path | None, device: str,
+            strict: bool, keep_invalid: bool, compare: bool | None) -> None:
+    """Validate the output when asked, then write the report (with the validation result,
+    also when validation fails: the report says which check)."""
+    try:
+        if validate:
+            _validate_output(result, target, source, device, strict, keep_invalid, compare)
+    except FrontError:  # a failed check, a device that cannot be used: the report says so
+        if result.report is not None:
+            write_report(result, result.report)
+        raise
+    if result.report is not None:
+        write_report(result, result.report)
 
 
 def _validate_output(result: InitResult, target: OnnxModel, source: Path | None, device: str, strict: bool,
                      keep_invalid: bool, compare: bool | None) -> None:
+    t0 = time.perf_counter()
     rep = _validate(result.output, reference=target, source=source, device=device, strict=strict,
                     compare_outputs=compare)
     result.validation = rep
+    result.validation_seconds = time.perf_counter() - t0
     if rep.ok:
         return
     if not keep_invalid:
@@ -245,7 +282,9 @@ def _validate_output(result: InitResult, target: OnnxModel, source: Path | None,
             f.unlink(missing_ok=True)
     what = "; ".join(f"{c.name}: {c.detail or c.figure}" for c in rep.failed)
     kept = "kept as asked" if keep_invalid else "removed"
-    raise ValidationFailed(f"{result.output}: validation failed ({what}); output {kept}", rep)
+    err = ValidationFailed(f"{result.output}: validation failed ({what}); output {kept}", rep)
+    err.result = result  # type: ignore[attr-defined]  # the summary, for `--json`
+    raise err
 
 
 @_all_cores
@@ -321,7 +360,11 @@ def _torch_part(name: str):
 
 
 def write_report(result: InitResult, path: PathLike) -> None:
-    """The full plan as JSON, written atomically."""
+    """The full plan as JSON, with the validation result (null when not run), written atomically."""
+    v = result.validation
     data = {"output": str(result.output), "seconds": round(result.seconds, 4), "split": result.split,
+            "validation_seconds": round(result.validation_seconds, 4) if result.validation_seconds is not None
+            else None,
+            "validation": v.to_json() if v is not None else None,
             **result.plan.to_json()}
     write_text(path, json.dumps(data, indent=2) + "\n")

@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
-from front_onnx import api
+from front_onnx import api, progress
 from front_onnx._version import __version__
 from front_onnx.errors import DeviceError, FrontError, ValidationFailed
 from front_onnx.method.planning import format_plan
@@ -56,6 +57,7 @@ def _add_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("--external-data", choices=("auto", "yes", "no"), default="auto",
                    help="write weights to OUTPUT.data: auto = when the target used external data or is over 2 GB")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    _add_json(p)
     p.add_argument("--no-validate", action="store_true", help="skip validating the output with onnxruntime")
     p.add_argument("--keep-invalid", action="store_true", help="keep the output even when validation fails")
     _add_validation(p)
@@ -65,6 +67,13 @@ def _add_validation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="onnxruntime provider: auto = CUDA when it really works, else CPU (default auto)")
     p.add_argument("--strict", action="store_true", help="activation-scale warnings fail validation")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also say why CUDA was not used when --device auto ran on CPU")
+
+
+def _add_json(p: argparse.ArgumentParser, what: str = "the summary") -> None:
+    p.add_argument("--json", action="store_true",
+                   help=f"print {what} as one JSON document on stdout (nothing else there; no progress bar)")
 
 
 def _add_nonfinite(p: argparse.ArgumentParser) -> None:
@@ -99,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path, help="learngene file (.safetensors)")
     _add_spectral(p)
     _add_nonfinite(p)
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    _add_json(p)
 
     p = sub.add_parser("init", help="initialize a target from a learngene file")
     p.add_argument("target", type=Path)
@@ -139,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch: parameter names and layout for load_state_dict; onnx: initializer names, as stored "
                         "(default torch)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success (unnamed weights still go to stderr)")
+    _add_json(p)
 
     p = sub.add_parser("refine", help="FRONT+: fine-tune a source briefly with a spectral penalty (needs torch)")
     p.add_argument("source", type=Path, help="trained source ONNX model")
@@ -158,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path, help="refined ONNX file (never an input)")
     p.add_argument("--report", type=Path, help="write the report as JSON to this file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, print nothing on success")
+    _add_json(p, "the report")
     return parser
 
 
@@ -186,13 +198,18 @@ def _run(args: argparse.Namespace) -> int:
         r = api.transfer(args.source, args.target, args.output, keep=args.keep, convention=args.convention,
                          report=args.report, external_data=_external(args.external_data),
                          allow_nonfinite=args.allow_nonfinite, **_vargs(args))
-        if not args.quiet:
-            _print_result(r)
+        _print_result(r, args)
     elif args.command == "extract":
+        t0 = time.perf_counter()
         gene = api.extract(args.source, keep=args.keep, convention=args.convention,
                            allow_nonfinite=args.allow_nonfinite, output=args.output)
-        if not args.quiet:
-            n = sum(t.coefficients.size for t in gene.templates.values())
+        n = sum(t.coefficients.size for t in gene.templates.values())
+        if args.json:
+            _print_json({"command": "extract", "ok": True, "output": str(args.output), "source": str(args.source),
+                         "templates": len(gene.templates), "coefficients": int(n), "keep": gene.keep,
+                         "convention": gene.convention, "skipped": dict(sorted(gene.skipped.items())),
+                         "timings": {"extract_s": round(time.perf_counter() - t0, 4)}})
+        elif not args.quiet:
             print(f"{args.output}: {len(gene.templates)} templates, {n} coefficients "
                   f"(keep {gene.keep}, convention {gene.convention})"
                   + (f"; {len(gene.skipped)} skipped" if gene.skipped else ""))
@@ -201,8 +218,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "init":
         r = api.initialize(args.target, args.learngene, args.output, report=args.report,
                            external_data=_external(args.external_data), **_vargs(args))
-        if not args.quiet:
-            _print_result(r)
+        _print_result(r, args)
     elif args.command == "plan":
         p = api.plan(args.source, args.target, keep=args.keep, convention=args.convention, depth=args.depth,
                      allow_nonfinite=args.allow_nonfinite)
@@ -217,7 +233,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "validate":
         rep = api.validate(args.model, reference=args.reference, source=args.source, device=args.device,
                            inputs=args.inputs, dims=dict(args.dim), strict=args.strict)
-        print(json.dumps(rep.to_json(), indent=2) if args.json else rep.table())
+        print(json.dumps(rep.to_json(), indent=2) if args.json else rep.table(verbose=args.verbose))
         return EXIT_OK if rep.ok else EXIT_INVALID
     elif args.command == "inspect":
         rep = api.inspect(args.model, plot=args.plot)
@@ -232,18 +248,28 @@ def _run(args: argparse.Namespace) -> int:
             if args.plot is not None:
                 print(f"plot: {args.plot}")
     elif args.command == "weights":
+        t0 = time.perf_counter()
         nw = api.weights(args.model, args.output, names=args.names)
         for init, why in nw.unnamed:
             print(f"unnamed: {init}: {why}", file=sys.stderr)
-        if not args.quiet:
+        if args.json:
+            _print_json({"command": "weights", "ok": True, "output": str(args.output), "names": args.names,
+                         "tensors": len(nw.tensors), "summary": nw.summary_line(),
+                         "unnamed": [{"initializer": i, "reason": why} for i, why in nw.unnamed],
+                         "notes": list(nw.notes),
+                         "timings": {"weights_s": round(time.perf_counter() - t0, 4)}})
+        elif not args.quiet:
             for note in nw.notes:
                 print(f"note: {note}")
             print(f"{args.output}: {nw.summary_line()}")
     elif args.command == "refine":
         rep = api.refine(args.source, args.data, args.labels, steps=args.steps, lam=args.lam, keep=args.keep,
                          lr=args.lr, batch_size=args.batch_size, output=args.output, report=args.report,
-                         progress=not args.quiet, seed=args.seed, weighting=args.weighting)
-        if not args.quiet:
+                         progress=progress.enabled(), seed=args.seed, weighting=args.weighting)
+        if args.json:
+            _print_json({"command": "refine", "ok": True, "output": str(args.output),
+                         "report": str(args.report) if args.report is not None else None, **rep.to_json()})
+        elif not args.quiet:
             print(rep.table())
     return EXIT_OK
 
@@ -253,32 +279,66 @@ def _vargs(args: argparse.Namespace) -> dict:
             "keep_invalid": args.keep_invalid, "depth": args.depth}
 
 
-def _print_result(r: api.InitResult) -> None:
+def _print_json(data: dict) -> None:
+    json.dump(data, sys.stdout, indent=2)
+    print()
+
+
+def _print_result(r: api.InitResult, args: argparse.Namespace) -> None:
+    """The summary of transfer / init: lines, or one JSON document with ``--json`` (then any
+    activation-scale warning also goes to stderr, so that stdout is only the document)."""
+    v = r.validation
+    if args.json:
+        _print_json({"command": args.command, **r.to_json()})
+        if v is not None and not args.quiet:
+            for line in v.warning_lines():
+                print(f"WARNING: {line}", file=sys.stderr)
+        return
+    if args.quiet:
+        return
     print(r.summary_line())
     for line in r.detail_lines():
         print(line)
-    v = r.validation
     if v is not None:
         lat = f", {v.latency_ms:.2f} ms" if v.latency_ms is not None else ""
-        print(f"validation: valid; {v.provider_line()}{lat}")
+        print(f"validation: valid; {v.provider_line(args.verbose)}{lat}")
         for line in v.warning_lines():
             print(f"WARNING: {line}")
+
+
+def _progress_shown(args: argparse.Namespace) -> bool:
+    """Progress bars only for a person: stderr is a terminal, and neither -q nor --json."""
+    try:
+        tty = sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stderr
+        tty = False
+    return tty and not getattr(args, "quiet", False) and not getattr(args, "json", False)
+
+
+def _fail(args: argparse.Namespace, code: int, message: str, extra: dict | None = None) -> int:
+    """An error: its line on stderr; with ``--json`` also one JSON document on stdout, so that
+    a pipeline always has a document to parse."""
+    print(f"front-onnx: error: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        _print_json({"command": args.command, "ok": False, "exit_code": code, "error": message, **(extra or {})})
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _run(args)
+        with progress.shown(_progress_shown(args)):
+            return _run(args)
     except ValidationFailed as e:
-        print(e.report.table(), file=sys.stderr)
-        print(f"front-onnx: error: {e}", file=sys.stderr)
-        return EXIT_INVALID
+        print(e.report.table(verbose=getattr(args, "verbose", False)), file=sys.stderr)
+        result = getattr(e, "result", None)
+        extra = result.to_json() if result is not None else {"validation": e.report.to_json()}
+        extra.pop("ok", None)
+        return _fail(args, EXIT_INVALID, str(e), extra)
     except DeviceError as e:
-        print(f"front-onnx: error: {e}", file=sys.stderr)
-        return EXIT_DEVICE
+        return _fail(args, EXIT_DEVICE, str(e))
     except FrontError as e:
-        print(f"front-onnx: error: {e}", file=sys.stderr)
-        return EXIT_INPUT
+        return _fail(args, EXIT_INPUT, str(e))
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stderr.close()
         return EXIT_OK

@@ -16,7 +16,8 @@ PKG = Path(front_onnx.__file__).parent
 
 # Bottom to top, as docs/architecture.md draws them. A module may import its own layer or below.
 LAYERS = [
-    ("front_onnx._version", "front_onnx.errors", "front_onnx.outputs", "front_onnx.datafiles"),
+    ("front_onnx._version", "front_onnx.errors", "front_onnx.outputs", "front_onnx.datafiles",
+     "front_onnx.progress"),
     ("front_onnx.numeric",),
     ("front_onnx.onnxio",),
     ("front_onnx.analysis",),

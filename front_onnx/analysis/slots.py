@@ -22,7 +22,7 @@ from front_onnx.onnxio import constant_tensor, np_dtype
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 
-# Axis kinds (see DESIGN.md): feature axes are resampled by the DCT, index axes must match
+# Axis kinds (docs/user-guide.md, 'Axis kinds'): feature axes are resampled by the DCT, index axes must match
 # (or are copied by index), spatial axes are kernel taps, parts split a fused projection.
 FEATURE, INDEX, SPATIAL, PARTS = "feature", "index", "spatial", "parts"
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from front_onnx import progress
 from front_onnx._version import __version__
 from front_onnx.analysis import analyze
 from front_onnx.analysis.slots import (
@@ -83,9 +84,8 @@ def extract_learngene(model: OnnxModel, keep: float = 1.0, convention: str = "or
     templates: dict[str, GeneTemplate] = {}
     skipped: dict[str, str] = {}
     nonfinite: dict[str, list[str]] = {}  # template key -> initializers holding NaN/Inf
-    for key in sorted(st.templates):
-        if needed is not None and key not in needed:
-            continue
+    keys = [k for k in sorted(st.templates) if needed is None or k in needed]
+    for key in progress.track(keys, "extract", unit="template"):
         tpl = st.templates[key]
         first = gs.slots[tpl.blocks[0][0]]
         assert first.layout is not None

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from front_onnx import progress
 from front_onnx.analysis.folding import write_views
 from front_onnx.analysis.slots import ABSENT_SUFFIX, GraphSlots
 from front_onnx.analysis.structure import Structure, Template
@@ -149,7 +150,7 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
     out: dict[int, np.ndarray] = {}
     fed = [key for key, verdict in plan.templates.items() if verdict == "ok"]
     last = {plan.sources.get(key, key): n for n, key in enumerate(fed)}  # a source template may feed several
-    for n, key in enumerate(fed):
+    for n, key in enumerate(progress.track(fed, "materialize", unit="template")):
         skey = plan.sources.get(key, key)
         tpl: Template = st.templates[key]
         first = gs.slots[tpl.blocks[0][0]]

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from front_onnx import progress
 from front_onnx.errors import FrontError, OnnxFileError
 from front_onnx.onnxio.model import OnnxModel, external_data_files
 from front_onnx.onnxio.tensors import (
@@ -253,7 +254,7 @@ def _fill(out: onnx.ModelProto, model: OnnxModel, sink: _TensorSink, new_values:
     """Append the initializers (new values, kept bytes, added ones) and re-home external
     tensors outside the main initializer list (subgraphs, attributes, functions)."""
     g_out = out.graph
-    for t in model.proto.graph.initializer:
+    for t in progress.track(model.proto.graph.initializer, "write", unit="tensor"):
         if t.name in dropped:
             continue
         nt = g_out.initializer.add()

@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from front_onnx import progress
 from front_onnx.analysis import analyze
 from front_onnx.analysis.slots import PASS_THROUGH
 from front_onnx.errors import DeviceError, ModelFilesError, OnnxFileError
@@ -73,24 +74,29 @@ class ValidationReport:
         return [f"{c.name}: {c.figure} ({c.detail}) is outside [{lo:g}, {hi:g}]"
                 for c in self.checks if c.status == "warn"]
 
-    def provider_line(self) -> str:
+    def provider_line(self, verbose: bool = False) -> str:
+        """The provider that ran the model. Why CUDA was not used is said only when CUDA was
+        asked for (``device='cuda'``), or when ``auto`` fell back to CPU and ``verbose``: a
+        CPU machine is not told about CUDA on every run. ``provider_note`` always has it."""
         if self.provider.startswith("CUDA"):
             return f"provider: {self.provider}"
-        why = f" ({self.provider_note})" if self.provider_note else ""
-        return f"provider: {self.provider}; CUDA not used{why}" if self.device != "cpu" else f"provider: {self.provider}"
+        if self.device == "cuda" or (self.device == "auto" and verbose):
+            why = f" ({self.provider_note})" if self.provider_note else ""
+            return f"provider: {self.provider}; CUDA not used{why}"
+        return f"provider: {self.provider}"
 
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "ok": self.ok, "device": self.device, "provider": self.provider,
                 "provider_note": self.provider_note, "strict": self.strict, "latency_ms": self.latency_ms,
                 "inputs": self.inputs, "checks": [asdict(c) for c in self.checks]}
 
-    def table(self) -> str:
+    def table(self, verbose: bool = False) -> str:
         rows = [("check", "result", "figure", "detail")]
         for c in self.checks:
             status = c.status.upper() if c.status in ("fail", "warn") else c.status
             rows.append((c.name, status, c.figure, c.detail))
         w = [max(len(r[i]) for r in rows) for i in range(3)]
-        lines = [self.provider_line()]
+        lines = [self.provider_line(verbose)]
         lines += ["  ".join(r[i].ljust(w[i]) for i in range(3)) + "  " + r[3] for r in rows]
         verdict = "valid" if self.ok else "INVALID: " + "; ".join(f"{c.name}: {c.detail or c.figure}"
                                                                  for c in self.failed)
@@ -251,7 +257,7 @@ class _Run:
     session: Session
 
 
-def _run(model: OnnxModel, feeds_for, device: str, with_blocks: bool) -> _Run:
+def _run_session(model: OnnxModel, feeds_for, device: str, with_blocks: bool) -> _Run:
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
     names = [o.name for o in proto.graph.output]
@@ -293,6 +299,18 @@ def validate(model: str | Path | OnnxModel, *, reference: str | Path | OnnxModel
     OnnxFileError for a model, reference or source that cannot be read; for the model's
     own files (the ``files`` check failing) it is a ModelFilesError whose ``report`` holds
     the failing check."""
+    sessions = 1 + (reference is not None) + (source is not None)
+    with progress.bar(sessions, "validate", unit="session") as bar:
+        return _validate(model, reference, source, device, inputs, dims, strict, compare_outputs, runs, seed, bar)
+
+
+def _validate(model, reference, source, device, inputs, dims, strict, compare_outputs, runs, seed,
+              bar) -> ValidationReport:
+    def _run(*args, **kwargs) -> Any:  # one onnxruntime session: one step of the bar
+        out = _run_session(*args, **kwargs)
+        bar.update()
+        return out
+
     m = model if isinstance(model, OnnxModel) else load_model(model)
     rep = ValidationReport(str(m.path), device, "", "", strict=strict)
     files = files_check(m)
