@@ -205,11 +205,9 @@ def _train_loop(module: nn.Module, inputs: Sequence[torch.Tensor], labels: torch
 
 def _progress(steps: int, desc: str, enabled: bool):
     """A tqdm bar on stderr showing the loss, the task term and the mean out-of-band share
-    (the penalty, weighting "mean"); None when disabled or tqdm is missing."""
+    (the penalty, weighting "mean"); None when disabled."""
     if not enabled or steps == 0:
         return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm comes with the torch extra; without it, no bar
-        return None
+    from tqdm.auto import tqdm  # a core dependency (front_onnx.progress), imported when a bar is drawn
+
     return tqdm(total=steps, desc=desc, unit="step", leave=False, dynamic_ncols=True)
