@@ -176,3 +176,18 @@ def test_tied_parameter_under_every_name(exp):
     modules; it is written under both names."""
     nw = front_onnx.weights(CORPUS.path(CORPUS.entry("gpt2", exp, "source")))
     np.testing.assert_array_equal(nw.tensors["transformer.wte.weight"], nw.tensors["lm_head.weight"])
+
+
+def test_cli_exit_code_says_whether_the_file_is_complete(tmp_path, capsys):
+    """Exit 0: every state_dict key of the module is in the file; exit 6 (EXIT_PARTIAL) with
+    one stderr line per missing parameter otherwise; --allow-partial exits 0."""
+    from front_onnx.cli import EXIT_OK, EXIT_PARTIAL, main
+
+    out = tmp_path / "w.safetensors"
+    assert main(["weights", str(CORPUS.path(CORPUS.entry("llama", "dynamo", "source"))), "-o", str(out), "-q"]) == EXIT_OK
+    bert = str(CORPUS.path(CORPUS.entry("bert", "dynamo", "source")))
+    assert main(["weights", bert, "-o", str(out), "-q"]) == EXIT_PARTIAL
+    err = capsys.readouterr().err
+    assert "missing: bert.embeddings.position_embeddings.weight: only some of its rows" in err
+    assert main(["weights", bert, "-o", str(out), "-q", "--allow-partial"]) == EXIT_OK
+    assert out.is_file()
