@@ -5,7 +5,9 @@ package's error types; one line, a traceback with --debug); 2 bad command line; 
 input (``FrontError``: unreadable or invalid model / learngene, unsafe external data,
 NaN/Inf source weights, no float weights, source and target that share nothing, an output
 that would overwrite an input or another output; docs/cli.md lists them);
-4 validation failed; 5 the requested device (--device cuda) cannot be used.
+4 validation failed; 5 the requested device (--device cuda) cannot be used; 6 (``weights``)
+the weights file was written but is incomplete: weights without a name, parameters the
+graph names but cannot give, or tensors written on an assumption (``--allow-partial``: 0).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from front_onnx.numeric.spectral import CONVENTIONS, DEPTH_MODES
 from front_onnx.validation.runtime import DEVICES
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_INVALID, EXIT_DEVICE = 0, 1, 2, 3, 4, 5
+EXIT_PARTIAL = 6  # weights: the file is written, but not every parameter is in it
 
 
 def _keep(s: str) -> float:
@@ -148,7 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", choices=("torch", "onnx"), default="torch",
                    help="torch: parameter names and layout for load_state_dict; onnx: initializer names, as stored "
                         "(default torch)")
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success (unnamed weights still go to stderr)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help=f"exit 0 when the file is incomplete (unnamed weights, missing parameters); "
+                        f"default exit {EXIT_PARTIAL}")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print nothing on success (unnamed, missing and assumed weights still go to stderr)")
     _add_json(p)
 
     p = sub.add_parser("refine", help="FRONT+: fine-tune a source briefly with a spectral penalty (needs torch)")
@@ -252,16 +259,24 @@ def _run(args: argparse.Namespace) -> int:
         nw = api.weights(args.model, args.output, names=args.names)
         for init, why in nw.unnamed:
             print(f"unnamed: {init}: {why}", file=sys.stderr)
+        for name, why in nw.missing:
+            print(f"missing: {name}: {why}", file=sys.stderr)
+        for name, why in nw.assumed:
+            print(f"assumed: {name}: {why}", file=sys.stderr)
         if args.json:
             _print_json({"command": "weights", "ok": True, "output": str(args.output), "names": args.names,
-                         "tensors": len(nw.tensors), "summary": nw.summary_line(),
+                         "tensors": len(nw.tensors), "summary": nw.summary_line(), "complete": nw.complete,
                          "unnamed": [{"initializer": i, "reason": why} for i, why in nw.unnamed],
+                         "missing": [{"name": n, "reason": why} for n, why in nw.missing],
+                         "assumed": [{"name": n, "reason": why} for n, why in nw.assumed],
                          "notes": list(nw.notes),
                          "timings": {"weights_s": round(time.perf_counter() - t0, 4)}})
         elif not args.quiet:
             for note in nw.notes:
                 print(f"note: {note}")
             print(f"{args.output}: {nw.summary_line()}")
+        if not nw.complete and not args.allow_partial:
+            return EXIT_PARTIAL
     elif args.command == "refine":
         rep = api.refine(args.source, args.data, args.labels, steps=args.steps, lam=args.lam, keep=args.keep,
                          lr=args.lr, batch_size=args.batch_size, output=args.output, report=args.report,

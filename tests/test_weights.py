@@ -13,7 +13,7 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.torch import load_file
 
 import front_onnx
-from front_onnx.cli import EXIT_INPUT, EXIT_OK, EXIT_USAGE, main
+from front_onnx.cli import EXIT_INPUT, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, main
 from front_onnx.analysis.naming import named_weights
 from samples.models import build, example_input, perturb
 from tests.conftest import file_digests, run_onnx, sample_feeds
@@ -91,9 +91,10 @@ def test_resnet_legacy_reports_folded_batchnorms(samples, capsys, tmp_path):
     assert "layers.0.0.conv1.weight" in nw.tensors and "fc.weight" in nw.tensors
     with pytest.raises(RuntimeError, match="Missing key"):
         build("resnet").load_state_dict({k: torch.from_numpy(v) for k, v in nw.tensors.items()}, strict=True)
-    assert main(["weights", str(path), "-o", str(tmp_path / "w.safetensors"), "-q"]) == EXIT_OK
+    assert main(["weights", str(path), "-o", str(tmp_path / "w.safetensors"), "-q"]) == EXIT_PARTIAL
     err = capsys.readouterr().err
     assert err.count("unnamed: onnx::Conv_") == 15
+    assert main(["weights", str(path), "-o", str(tmp_path / "w.safetensors"), "-q", "--allow-partial"]) == EXIT_OK
 
 
 def _unnamed_graph(path) -> None:
@@ -114,10 +115,11 @@ def test_unnamed_weights_are_reported(tmp_path, capsys):
     nw = named_weights(path)
     assert [u[0] for u in nw.unnamed] == ["onnx::MatMul_1"]
     assert list(nw.tensors) == ["fc.bias"]
-    assert main(["weights", str(path), "-o", str(tmp_path / "w.safetensors")]) == EXIT_OK
+    assert main(["weights", str(path), "-o", str(tmp_path / "w.safetensors")]) == EXIT_PARTIAL
     captured = capsys.readouterr()
     assert "unnamed: onnx::MatMul_1:" in captured.err
     assert "1 weights unnamed" in captured.out
+    assert (tmp_path / "w.safetensors").is_file(), "an incomplete file is still written"
 
 
 def test_onnx_names_as_stored(samples, tmp_path):

@@ -45,7 +45,7 @@ from front_onnx.analysis.slots import (
     is_generated_name,
     scope_module,
 )
-from front_onnx.analysis.provenance import FX_KEY, Marks, props
+from front_onnx.analysis.provenance import FX_KEY, Marks, _folded, props
 from front_onnx.onnxio import OnnxModel, load_model
 
 NAMES = ("torch", "onnx")
@@ -69,19 +69,36 @@ class NamedWeights:
     ``unnamed``: (initializer, reason) for each weight without a name.
     ``sources``: name -> (initializer or '' when synthesized, evidence).
     ``notes``: assumptions made on the way (synthesized BatchNorm statistics, ...).
-    ``skipped``: float initializers that are not weights (scalar constants, ...) and why."""
+    ``skipped``: float initializers that are not weights (scalar constants, ...) and why.
+    ``missing``: (parameter or buffer name, reason) for each one the graph names (the dynamo
+    exporter's graph signature, ``folded_from``) whose values cannot be written: only some of
+    its rows or entries are in the graph, or no tensor of the graph is it.
+    ``assumed``: (name, reason) for each tensor written on an assumption the graph cannot
+    check (a position table the graph reads rows 0..T-1 of, taken for the whole table).
+    ``expected``: the module's ``state_dict`` keys when the graph lists them (dynamo's graph
+    signature: parameters and persistent buffers), else None."""
 
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
     unnamed: list[tuple[str, str]] = field(default_factory=list)
     sources: dict[str, tuple[str, str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    missing: list[tuple[str, str]] = field(default_factory=list)
+    assumed: list[tuple[str, str]] = field(default_factory=list)
+    expected: list[str] | None = None
     names: str = "torch"
+
+    @property
+    def complete(self) -> bool:
+        """Every weight of the graph is named, every parameter the graph names is written, and
+        nothing written rests on an assumption the graph cannot check."""
+        return not self.unnamed and not self.missing and not self.assumed
 
     def summary_line(self) -> str:
         n = sum(int(a.size) for a in self.tensors.values())
         return (f"{len(self.tensors)} tensors ({n} elements) named by {self.names} names; "
-                f"{len(self.unnamed)} weights unnamed")
+                f"{len(self.unnamed)} weights unnamed; {len(self.missing)} parameters missing; "
+                f"{len(self.assumed)} assumed")
 
     def safetensors(self) -> bytes:
         """The tensors as a safetensors file (``format`` metadata: 'pt' for torch names)."""
@@ -118,38 +135,81 @@ def _placeholder(name: str, kind: str = "p") -> str:
     return f"{kind}_{name.replace('.', '_')}"
 
 
+_SIGNATURE_KEY = "pkg.torch.export.ExportedProgram.graph_signature"
+_SIGNATURE_LINE = re.compile(r"^\s*(\w+): (PARAMETER|BUFFER) target='([^']+)'(?: persistent=(True|False))?", re.MULTILINE)
+
+
+def _signature(graph: onnx.GraphProto) -> list[str] | None:
+    """The module's state_dict keys as the dynamo exporter lists them in its graph signature:
+    every parameter (tied ones under each of their names) and persistent buffer, in order."""
+    text = props(graph.metadata_props).get(_SIGNATURE_KEY)
+    if not text:
+        return None
+    return [target for _, kind, target, persistent in _SIGNATURE_LINE.findall(text)
+            if kind == "PARAMETER" or persistent != "False"]
+
+
 class _Evidence:
-    """Per-graph name evidence: parameter names, folded_from, node scopes."""
+    """Per-graph name evidence: parameter names, folded_from, node scopes, the signature."""
 
     def __init__(self, proto: onnx.ModelProto) -> None:
         g = proto.graph
-        marks = Marks(g)
+        self.marks = marks = Marks(g)
         self.kind, self.folded = marks.kind, marks.folded
         # dynamo graphs carry scope metadata; legacy graphs (and other exporters) do not
         self.dynamo = any(_SCOPES_KEY in props(n.metadata_props) for n in g.node)
         self._fx: dict[int, _Fx | None] = {}
         self.nodes = g.node
+        self.expected = _signature(g)
+        self.expected_set = set(self.expected or ())
 
     def fx(self, i: int) -> _Fx | None:
         if i not in self._fx:
             self._fx[i] = _fx(self.nodes[i])
         return self._fx[i]
 
-    def explicit(self, init: str) -> tuple[str | None, str, bool]:
-        """A parameter name stated for the initializer itself: (name, evidence, exact).
-        ``exact`` is False when the tensor was computed from the parameter with other
-        values (e.g. an embedding gathered at constant positions)."""
-        if self.kind.get(init) in ("PARAMETER", "BUFFER"):
-            return init, f"initializer name (exporter marks it a {self.kind[init].lower()})", True
-        folded = self.folded.get(init)
-        if folded:
-            params = [f for f in folded if "." in f and _PARAM_NAME.match(f) and not is_generated_name(f)]
-            if len(params) == 1:
-                others = [f for f in folded if f != params[0]]
-                return params[0], f"folded_from {folded}", not others
+    def explicit(self, init: str, role: str | None) -> tuple[str | None, str, str]:
+        """A parameter name stated for the initializer itself: (name, evidence, how). ``how``:
+        'self' (the initializer is the parameter, in the parameter's own layout), 'view' (a
+        layout view the exporter computed from it: transposed, reshaped, expanded), 'entries'
+        (rows or entries of it taken at constant positions: the parameter itself is not in
+        the graph), 'computed' (computed from it and other parameters only), 'constant'
+        (computed with buffers or other values: not a parameter; the name is the evidence)."""
+        base = _SPLIT.sub("", init)   # a copy front-onnx made of a shared initializer reads as the original
+        if self.kind.get(base) in ("PARAMETER", "BUFFER"):
+            return base, f"initializer name (exporter marks it a {self.kind[base].lower()})", "self"
+        if base in self.folded:
+            init = base
+            prov = _folded(self.marks, init, role)
+            if prov is None or not prov.parameter:
+                return None, prov.evidence if prov is not None else "", "constant"
+            m = re.match(r"^(a layout view of|rows of|entries of|a [\w.]+ computed from) the parameters? (\S+?)[ ,]",
+                         prov.evidence + " ")
+            if not m or "," in prov.evidence.split("(exporter")[0].split("parameters ")[-1]:
+                return None, prov.evidence, "constant"  # several parameters: no one name
+            how = {"a layout view of": "view", "rows of": "rows", "entries of": "entries"}.get(m.group(1), "computed")
+            if self.expected is not None and m.group(2) not in self.expected_set:
+                return None, f"{prov.evidence}; {m.group(2)!r} is not in the exporter's graph signature", "constant"
+            return m.group(2), f"folded_from: {prov.evidence}", how
         if not self.dynamo and not is_generated_name(init) and _PARAM_NAME.match(init) and not _SPLIT.search(init):
-            return init, "initializer name (kept by the exporter)", True
-        return None, "", False
+            return init, "initializer name (kept by the exporter)", "self"
+        return None, "", ""
+
+
+def _undo_fold(a: np.ndarray, init: str) -> tuple[np.ndarray, str]:
+    """A parameter from the view of it the dynamo exporter folded into an initializer named
+    after the op (``expand``, ``view_3``): expanded copies collapsed (a token expanded over
+    the batch), unit axes a view added removed (a layer scale viewed as [1, C, 1, 1])."""
+    op = re.sub(r"_\d+$", "", _SPLIT.sub("", init))
+    if op == "expand" and a.ndim >= 2:
+        for ax in range(a.ndim - 1):   # the feature axis is never an expanded one
+            first = np.take(a, [0], axis=ax)
+            if a.shape[ax] > 1 and np.array_equal(np.broadcast_to(first, a.shape), a):
+                a = first
+        return a, f"{init}: equal copies along the expanded axes collapsed to one"
+    if op in ("view", "reshape", "_unsafe_view", "unsqueeze") and a.ndim >= 2 and 1 in a.shape:
+        return a.reshape([d for d in a.shape if d != 1]), f"{init}: the unit axes the view added removed"
+    return a, ""
 
 
 def _framework_perm(s: Slot) -> tuple[int, ...]:
@@ -202,7 +262,7 @@ def _onnx_names(m: OnnxModel) -> NamedWeights:
 def _torch_names(m: OnnxModel) -> NamedWeights:
     ev = _Evidence(m.proto)
     gs = analyze_slots(m.proto)
-    out = NamedWeights(names="torch")
+    out = NamedWeights(names="torch", expected=ev.expected)
     by_init: dict[str, list[Slot]] = {}
     for s in gs.slots:
         if not s.absent:  # a bias the graph does not have: nothing to name
@@ -225,29 +285,66 @@ def _torch_names(m: OnnxModel) -> NamedWeights:
         out.sources[name] = (init, why)
         return True
 
+    def miss(name: str, why: str) -> None:
+        if name not in out.tensors and all(k != name for k, _ in out.missing):
+            out.missing.append((name, why))
+
     folded_bn: dict[str, tuple[str, float | None, int]] = {}  # bn module -> (bias initializer, eps, channels)
     carries: list[str] = []  # Conv kernels with a folded BatchNorm whose module the graph does not name
+    extras: list[tuple[str, np.ndarray, str, str]] = []
     for init, slots in by_init.items():
         weights = [s for s in slots if s.role is not None]
-        explicit, exp_why, exact = ev.explicit(init)
+        role = weights[0].role if weights else None
+        explicit, exp_why, how = ev.explicit(init, role)
+        if how == "entries":
+            shape = "x".join(str(d) for d in slots[0].shape)
+            miss(explicit, f"only some of its rows or entries are in the graph: initializer {init!r} ({shape}) holds "
+                           f"them as the exporter gathered them ({exp_why}); the parameter itself cannot be recovered")
+            continue
+        if how == "rows":
+            a = value(init)
+            while a.ndim > 2 and a.shape[0] == 1:
+                a = a[0]
+            put(explicit, a, init, f"rows of the parameter, read as the whole table ({exp_why})")
+            why_rows = (f"the graph holds the {a.shape[0]} rows of it the model reads (initializer {init!r}); "
+                        "taken for the whole table, which cannot be told from the graph: a table with more rows "
+                        "fails a strict load on its shape")
+            out.assumed.append((explicit, why_rows))
+            continue
+        if how == "constant" and not weights:
+            out.skipped.append((init, f"constant, not a parameter: {exp_why}"))
+            continue
         if not weights and explicit is None:
             out.skipped.append((init, slots[0].reason or "not a weight"))
             continue
         for s in weights or slots:
-            name, why = _slot_name(ev, s, explicit, exp_why, len(weights) > 1, folded_bn)
-            if name is None:
-                if why:
-                    out.unnamed.append((init, why))
-                continue
-            if name == explicit and not exact:
-                out.notes.append(f"{name}: taken to be {init!r}, which the exporter computed from it "
-                                 f"({exp_why}); the shapes are not checked against the parameter")
-            if "folded BatchNorm" in why:
-                carries.append(name)
-            a = value(init)
-            perm = _framework_perm(s)
-            if perm != tuple(range(a.ndim)):
-                a = np.transpose(a, perm)
+            for k, (name, why) in enumerate(_slot_names(ev, s, explicit if how != "constant" else None, exp_why,
+                                                        len(weights) > 1, folded_bn, out)):
+                if how == "computed" and name == explicit:
+                    out.notes.append(f"{name}: taken to be {init!r}, which the exporter computed from it "
+                                     f"({exp_why}); the shapes are not checked against the parameter")
+                if "folded BatchNorm" in why:
+                    carries.append(name)
+                a = value(init)
+                if how == "self" or (name == init and not is_generated_name(init)):
+                    pass  # the parameter itself, stored in its own layout (a GPT-2 Conv1D weight stays [in, out])
+                else:
+                    perm = _framework_perm(s)
+                    if perm != tuple(range(a.ndim)):
+                        a = np.transpose(a, perm)
+                    if how == "view" and s.view is None:
+                        a, note = _undo_fold(a, init)
+                        if note:
+                            out.notes.append(f"{name}: {note}")
+                if k == 0:
+                    put(name, a, init, why)
+                else:
+                    extras.append((name, a, init, why))
+    # a tensor's own parameter name beside its module's (a tied parameter): only where no
+    # module claims that name itself (an exporter that merged equal tensors named the merged
+    # one after one of them: in a fresh model, all LayerNorm scales)
+    for name, a, init, why in extras:
+        if name not in out.tensors:
             put(name, a, init, why)
     used = set(by_init)
     for t in m.proto.graph.initializer:
@@ -271,7 +368,32 @@ def _torch_names(m: OnnxModel) -> NamedWeights:
     if folded_bn:
         out.notes.append(f"{len(folded_bn)} BatchNorm(s) folded into Convs by the exporter were written as identity "
                          "BatchNorms after the folded kernels: same eval outputs, not the original statistics")
+    if ev.expected is not None:
+        for k in ev.expected:
+            if k not in out.tensors:
+                miss(k, "listed in the exporter's graph signature, but no tensor of the graph is it: a parameter "
+                        "tied to another one (the exporter keeps one of the names), or one the forward pass "
+                        "does not use")
     return out
+
+
+def _slot_names(ev: _Evidence, s: Slot, explicit: str | None, exp_why: str, shared: bool,
+                folded_bn: dict, out: NamedWeights) -> list[tuple[str, str]]:
+    """Every framework name of one slot, with its evidence; what stands against a name goes
+    to ``out.unnamed``. A tied parameter has several: the name the exporter kept for the
+    tensor and the module each use is made by (GPT-2's lm_head.weight is transformer.wte's)."""
+    name, why = _slot_name(ev, s, explicit, exp_why, shared, folded_bn)
+    if name is None:
+        if why:
+            out.unnamed.append((s.initializer, why))
+        return []
+    names = [(name, why)]
+    if explicit and explicit != name and ev.expected_set and explicit in ev.expected_set and \
+            "folded" not in why:
+        names.append((explicit, exp_why))   # the tensor's own parameter name, beside its module's
+    elif explicit and explicit != name and not ev.dynamo and "folded" not in why:
+        names.append((explicit, exp_why))
+    return names
 
 
 def _slot_name(ev: _Evidence, s: Slot, explicit: str | None, exp_why: str, shared: bool,
@@ -299,10 +421,26 @@ def _slot_name(ev: _Evidence, s: Slot, explicit: str | None, exp_why: str, share
         _placeholder(scoped) in fx.placeholders or _placeholder(scoped, "b") in fx.placeholders)
     if verified:
         return scoped, f"module {module!r} from the node scope, checked against the fx node"
+    if scoped is not None and scoped in ev.expected_set:
+        return scoped, f"module {module!r} from the node scope, listed in the exporter's graph signature"
+    if explicit and module and "." in explicit and ev.expected_set:
+        owner, attribute = explicit.rsplit(".", 1)
+        mine = f"{module}.{attribute}"
+        if owner != module and mine in ev.expected_set:
+            # the exporter merged equal tensors (a fresh model's layer scales) or tied ones
+            # and kept one name: this use is in another module that has the same parameter
+            return mine, (f"module {module!r} from the node scope, listed in the exporter's graph signature; "
+                          f"the tensor is {explicit!r}'s, merged by the exporter ({exp_why})")
     if scoped and not ev.dynamo and s.op != "Conv":
         return scoped, f"module {module!r} from the node name"
     if explicit and not shared:
         return explicit, exp_why
+    if not ev.dynamo and s.op == "Conv" and s.role == "conv.bias" and len(node.input) > 1 and \
+            is_generated_name(node.input[1]) and not is_generated_name(s.initializer):
+        # legacy: the kernel was folded with a BatchNorm, so the bias is the folded one, merged
+        # by the exporter with an equal tensor of another name (zeros, in a fresh model)
+        return None, (f"Conv bias created by folding a BatchNorm into Conv {module!r} (stored as the equal tensor "
+                      f"{s.initializer!r}); the BatchNorm's module name is not in the graph (legacy exporter)")
     if not ev.dynamo and s.op == "Conv" and s.role in ("conv.weight", "conv.bias") and is_generated_name(s.initializer):
         # legacy: a Conv whose tensors got generated names was folded with a BatchNorm
         bias = len(node.input) > 2 and node.input[2] != ""
