@@ -126,7 +126,9 @@ def state_from_weights(module, nw: NamedWeights) -> tuple[dict[str, torch.Tensor
     """The full state dict for ``module.load_state_dict(strict=True)``: parameters from ``nw``,
     non-parameter buffers from ``nw`` when named there, else from ``module`` itself.
     Returns (state, buffers kept from the module, {name: alias it was filled from}).
-    FrontError names every parameter without a value and every weight name the module lacks."""
+    FrontError names every parameter without a value, every weight name the module lacks (a
+    non-persistent buffer, which no state_dict holds, is not counted), and every weight of
+    another shape than the module's."""
     own = module.state_dict()
     params = {n for n, _ in module.named_parameters(remove_duplicate=False)}
     found = dict(nw.tensors)
@@ -137,7 +139,9 @@ def state_from_weights(module, nw: NamedWeights) -> tuple[dict[str, torch.Tensor
             if n not in found and have:
                 found[n] = found[have[0]]
                 tied[n] = have[0]
-    unknown = sorted(set(found) - set(own))
+    # a non-persistent buffer (rotary inv_freq, Swin's attn_mask) is no state_dict entry: the module keeps its own
+    transient = {n for n, _ in module.named_buffers(remove_duplicate=False)} - set(own)
+    unknown = sorted(set(found) - set(own) - transient)
     missing = sorted(n for n in own if n in params and n not in found)
     if unknown or missing:
         why = []
@@ -152,12 +156,18 @@ def state_from_weights(module, nw: NamedWeights) -> tuple[dict[str, torch.Tensor
         raise FrontError("transfer_module: " + "; ".join(why))
     state: dict[str, torch.Tensor] = {}
     kept: list[str] = []
+    wrong = []
     for name, ref in own.items():
         if name in found:
             state[name] = torch.from_numpy(np.array(found[name], copy=True)).to(dtype=ref.dtype)  # own memory
+            if tuple(state[name].shape) != tuple(ref.shape):
+                wrong.append(f"{name} {tuple(state[name].shape)} for {tuple(ref.shape)}")
         else:
             state[name] = ref
             kept.append(name)
+    if wrong:
+        raise FrontError(f"transfer_module: {len(wrong)} weight(s) read from the graph have another shape than the "
+                         "target's: " + ", ".join(wrong[:10]) + (" ..." if len(wrong) > 10 else ""))
     return state, kept, tied
 
 
