@@ -10,11 +10,11 @@ The package in layers, bottom to top (docs/architecture.md): ``errors``/``output
 from front_onnx._version import __version__
 from front_onnx.analysis.inspection import InspectReport
 from front_onnx.api import (InitResult, extract, initialize, inspect, plan, refine, refine_module, transfer,
-                            validate, weights)
+                            transfer_module, validate, weights)
 from front_onnx.errors import FrontError, LearngeneError, OnnxFileError, OutputRefused, ValidationFailed
 from front_onnx.method.learngene import Learngene
 from front_onnx.validation.checks import ValidationReport
 
 __all__ = ["extract", "initialize", "plan", "transfer", "Learngene", "LearngeneError", "OnnxFileError",
            "FrontError", "OutputRefused", "InitResult", "validate", "ValidationReport", "ValidationFailed",
-           "inspect", "InspectReport", "weights", "refine", "refine_module", "__version__"]
+           "inspect", "InspectReport", "weights", "refine", "refine_module", "transfer_module", "__version__"]

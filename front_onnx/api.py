@@ -10,44 +10,39 @@ import functools
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import scipy.fft
 
-from front_onnx.analysis import analyze, weight_slots
+from front_onnx.analysis import analyze
 from front_onnx.analysis.inspection import InspectReport, build_report
 from front_onnx.analysis.naming import NamedWeights, named_weights
-from front_onnx.analysis.pairing import one_structure, promote_differing
-from front_onnx.analysis.slots import slot_dtype
-from front_onnx.analysis.structure import find_structure, stage_blocks
+from front_onnx.analysis.structure import stage_blocks
 from front_onnx.datafiles import load_npz
 from front_onnx.errors import FrontError, ValidationFailed
 from front_onnx.method.extraction import extract_learngene
 from front_onnx.method.learngene import Learngene
-from front_onnx.method.materialize import needed_shapes, slot_values, write_initialized
-from front_onnx.method.planning import (
-    Plan,
-    check_overlap,
-    make_plan,
-    overlap_verdict,
-    source_templates,
-    summary_lines,
+from front_onnx.method.pipeline import (
+    DEFAULT_CONVENTION,
+    DEFAULT_DEPTH,
+    DEFAULT_KEEP,
+    initialize_into,
+    pair_analysis,
+    pair_learngene,
 )
+from front_onnx.method.planning import Plan, make_plan, overlap_verdict, summary_lines
 from front_onnx.onnxio import OnnxModel, check_tensors, load_model, model_files
 from front_onnx.outputs import data_companion, guard, write_bytes, write_text
 from front_onnx.validation.checks import ValidationReport
 from front_onnx.validation.checks import validate as _validate
 
 __all__ = ["extract", "plan", "initialize", "transfer", "validate", "inspect", "weights", "refine",
-           "refine_module", "InitResult", "FrontError", "ValidationFailed", "DEFAULT_KEEP",
+           "refine_module", "transfer_module", "InitResult", "FrontError", "ValidationFailed", "DEFAULT_KEEP",
            "DEFAULT_CONVENTION", "DEFAULT_DEPTH", "LEARNGENE_SUFFIX"]
 
-DEFAULT_KEEP = 1.0          # the defaults are the convergence benchmark's best (docs/results.md)
-DEFAULT_CONVENTION = "ortho"
-DEFAULT_DEPTH = "nearest"     # measured best (docs/results.md)
 LEARNGENE_SUFFIX = ".safetensors"  # a source path with this suffix is a learngene, not a model
 
 PathLike = str | Path
@@ -158,26 +153,13 @@ def plan(source: PathLike | OnnxModel | Learngene, target: PathLike | OnnxModel,
         gs, st = analyze(t, stage_blocks(gene.templates))
     else:  # as transfer does it: the pair analyzed together
         s = _model(source)
-        source_analysis, (gs, st) = _pair_analysis(s, t)
+        source_analysis, (gs, st) = pair_analysis(s, t)
         gene = extract_learngene(s, keep=keep, convention=convention, allow_nonfinite=allow_nonfinite,
                                   structure=source_analysis)
     p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth)
     label = gene.source if isinstance(source, Learngene) else str(getattr(source, "path", source))
     p.verdict = overlap_verdict(p, st, str(t.path), label or "the source")  # what transfer would refuse
     return p
-
-
-def _pair_analysis(s: OnnxModel, t: OnnxModel) -> tuple[tuple, tuple]:
-    """Source and target analyzed together: each side's stages are looked for in the other,
-    so a stage of one block on either side meets its counterpart of several."""
-    target_slots = weight_slots(t)  # the slot analysis once; structure per side
-    source_slots = weight_slots(s)
-    if one_structure(find_structure(source_slots, s.proto), find_structure(target_slots, t.proto)):
-        promote_differing(source_slots, s.array, target_slots, t.array)  # evidence only such a pair has
-    target_own = stage_blocks(find_structure(target_slots, t.proto).templates)
-    source_analysis = (source_slots, find_structure(source_slots, s.proto, target_own))
-    known = stage_blocks(source_analysis[1].templates)
-    return source_analysis, (target_slots, find_structure(target_slots, t.proto, known))
 
 
 def _init_outputs(output: PathLike, report: PathLike | None) -> list[Path | None]:
@@ -212,16 +194,9 @@ def initialize(target: PathLike | OnnxModel, learngene: PathLike | Learngene, ou
 def _initialize(t: OnnxModel, gene: Learngene, output: Path, t0: float, report: PathLike | None,
                 external_data: bool | None, analysis, depth: str, release: bool = False,
                 label: str = "") -> InitResult:
-    gs, st = analysis
-    p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth)
-    check_overlap(p, st, str(t.path), label or gene.source or "the source")
-    dtypes = {s.initializer: slot_dtype(s) for s in gs.slots}
-    values = slot_values(gene, gs, st, p, dtypes, depth, release=release)  # release: gene is transfer's own
-    values = {i: v for i, v in values.items() if p.slots[i].status == "written"}  # absent biases may be left
-    info = write_initialized(t, gs, values, output, external_data=external_data)
-    for i, name in info["renamed"].items():
-        p.slots[i].written_as = name
-    return InitResult(output, p, time.perf_counter() - t0, info["split"],
+    p, split = initialize_into(t, gene, output, analysis, depth, external_data=external_data, release=release,
+                               label=label)
+    return InitResult(output, p, time.perf_counter() - t0, split,
                       report=Path(report) if report is not None else None)
 
 
@@ -239,11 +214,9 @@ def transfer(source: PathLike | OnnxModel, target: PathLike | OnnxModel, output:
     t = _model(target)
     s = _model(source)
     guard(_init_outputs(output, report), _files(t, s))
-    source_analysis, analysis = _pair_analysis(s, t)
-    sources = source_templates([asdict(seg) for seg in source_analysis[1].segments], analysis[1].segments,
-                               analysis[1].templates)
-    gene = extract_learngene(s, keep=keep, convention=convention, needed=needed_shapes(*analysis, depth, sources),
-                             allow_nonfinite=allow_nonfinite, structure=source_analysis)
+    source_analysis, analysis = pair_analysis(s, t)
+    gene = pair_learngene(s, source_analysis, analysis, keep=keep, convention=convention, depth=depth,
+                          allow_nonfinite=allow_nonfinite)
     source_path = s.path
     del s  # an inline source's weights need not stay in memory while the target is written
     result = _initialize(t, gene, Path(output), t0, report, external_data, analysis, depth, release=True,
@@ -349,6 +322,18 @@ def refine_module(module, data, labels=None, **kwargs):
     onnxruntime against torch; returns a ``RefineResult`` (``.onnx_path``, ``.report``,
     path-like). Options as ``front_onnx.torch.refine.refine_module``."""
     return _torch_part("refine_module")(module, data, labels, **kwargs)
+
+
+def transfer_module(source, target, example_inputs, **kwargs):
+    """FRONT between two PyTorch modules: export both to ONNX in a temporary folder, transfer,
+    and load the result into ``target`` with ``load_state_dict(strict=True)``; returns a
+    ``ModuleTransfer`` (unpacks as ``module, plan``). Options as
+    ``front_onnx.torch.modules.transfer_module``."""
+    try:
+        from front_onnx.torch import modules as _modules
+    except ImportError as e:
+        raise FrontError(f"transfer_module needs torch (pip install 'front-onnx[torch]'): {e}") from None
+    return _modules.transfer_module(source, target, example_inputs, **kwargs)
 
 
 def _torch_part(name: str):

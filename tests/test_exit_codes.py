@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from front_onnx import api, cli
+from front_onnx import cli
 from front_onnx.cli import EXIT_INPUT, EXIT_INTERNAL
+from front_onnx.method import pipeline  # the transfer steps api.transfer runs
 
 
 def _transfer(pair, out, *extra):
@@ -18,7 +19,7 @@ def test_internal_value_error_is_an_internal_error(pair, tmp_path, monkeypatch, 
     def boom(*a, **k):
         raise ValueError("injected bug")
 
-    monkeypatch.setattr(api, where, boom)
+    monkeypatch.setattr(pipeline, where, boom)
     out = tmp_path / "out.onnx"
     assert _transfer(pair, out) == EXIT_INTERNAL
     err = capsys.readouterr().err.strip().splitlines()
@@ -30,7 +31,7 @@ def test_debug_prints_the_traceback(pair, tmp_path, monkeypatch, capsys):
     def boom(*a, **k):
         raise KeyError("injected")
 
-    monkeypatch.setattr(api, "slot_values", boom)
+    monkeypatch.setattr(pipeline, "slot_values", boom)
     assert _transfer(pair, tmp_path / "out.onnx", "--debug") == EXIT_INTERNAL
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "internal error: KeyError" in err

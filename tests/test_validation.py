@@ -237,9 +237,9 @@ def test_transfer_validates_by_default_and_removes_invalid_output(samples, tmp_p
     assert "validation: valid" in capsys.readouterr().out
 
     # values with a NaN: the output fails the finiteness check and is removed
-    import front_onnx.api as api_module
+    from front_onnx.method import pipeline  # the transfer steps api.transfer runs
 
-    real = api_module.slot_values
+    real = pipeline.slot_values
 
     def poisoned(*a, **k):
         values = real(*a, **k)
@@ -247,7 +247,7 @@ def test_transfer_validates_by_default_and_removes_invalid_output(samples, tmp_p
         first.reshape(-1)[0] = np.nan
         return values
 
-    monkeypatch.setattr(api_module, "slot_values", poisoned)
+    monkeypatch.setattr(pipeline, "slot_values", poisoned)
     before = file_digests(src, tgt)
     bad = tmp_path / "bad.onnx"
     assert main(["transfer", str(src), str(tgt), "-o", str(bad)]) == EXIT_INVALID

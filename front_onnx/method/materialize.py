@@ -195,6 +195,14 @@ def _views_stored(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarra
     return out
 
 
+_SHAPE_ONLY = {"Shape", "Size"}
+
+
+def _reads_shape_only(target: OnnxModel, s) -> bool:
+    """The node reading this use of an initializer reads its shape, not its values."""
+    return 0 <= s.node < len(target.proto.graph.node) and target.proto.graph.node[s.node].op_type in _SHAPE_ONLY
+
+
 def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarray], output: Path,
                       external_data: bool | None = None) -> dict[str, int]:
     """Write the target with new values. An initializer whose uses get different values
@@ -234,10 +242,16 @@ def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.nd
             new_values[name] = values[idx[0]]
             continue
         # group the uses by value, in first-use order; uses left alone keep the original
-        # bytes (group None) and then keep the name, else the first group keeps it
+        # bytes (group None) and then keep the name, else the first group keeps it. A use
+        # that reads only the shape (Shape, Size: the dynamo exporter without its optimizer
+        # takes Shape of a Conv kernel) takes whatever value the others get: it splits nothing
         groups: dict[bytes | None, list[int]] = {}
         for i in idx:
+            if i not in values and _reads_shape_only(target, gs.slots[i]):
+                continue
             groups.setdefault(_digest(values[i]) if i in values else None, []).append(i)
+        if not groups:
+            continue
         order = sorted(groups, key=lambda d: d is not None)  # stable: None first, if present
         if order[0] is not None:
             new_values[name] = values[groups[order[0]][0]]

@@ -1,0 +1,62 @@
+"""The steps of ``transfer`` on loaded models, shared by ``front_onnx.transfer`` (files, guards,
+validation: ``api.py``) and ``front_onnx.torch.transfer_module`` (torch modules exported into a
+temporary folder), so that both compute the same plan and write the same bytes."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from front_onnx.analysis import weight_slots
+from front_onnx.analysis.pairing import one_structure, promote_differing
+from front_onnx.analysis.slots import slot_dtype
+from front_onnx.analysis.structure import find_structure, stage_blocks
+from front_onnx.method.extraction import extract_learngene
+from front_onnx.method.learngene import Learngene
+from front_onnx.method.materialize import needed_shapes, slot_values, write_initialized
+from front_onnx.method.planning import Plan, check_overlap, make_plan, source_templates
+from front_onnx.onnxio import OnnxModel
+
+DEFAULT_KEEP = 1.0          # the defaults are the convergence benchmark's best (docs/results.md)
+DEFAULT_CONVENTION = "ortho"
+DEFAULT_DEPTH = "nearest"     # measured best (docs/results.md)
+
+__all__ = ["DEFAULT_CONVENTION", "DEFAULT_DEPTH", "DEFAULT_KEEP", "initialize_into", "pair_analysis",
+           "pair_learngene"]
+
+
+def pair_analysis(s: OnnxModel, t: OnnxModel) -> tuple[tuple, tuple]:
+    """Source and target analyzed together: each side's stages are looked for in the other,
+    so a stage of one block on either side meets its counterpart of several."""
+    target_slots = weight_slots(t)  # the slot analysis once; structure per side
+    source_slots = weight_slots(s)
+    if one_structure(find_structure(source_slots, s.proto), find_structure(target_slots, t.proto)):
+        promote_differing(source_slots, s.array, target_slots, t.array)  # evidence only such a pair has
+    target_own = stage_blocks(find_structure(target_slots, t.proto).templates)
+    source_analysis = (source_slots, find_structure(source_slots, s.proto, target_own))
+    known = stage_blocks(source_analysis[1].templates)
+    return source_analysis, (target_slots, find_structure(target_slots, t.proto, known))
+
+
+def pair_learngene(s: OnnxModel, source_analysis, analysis, *, keep: float, convention: str, depth: str,
+                   allow_nonfinite: bool) -> Learngene:
+    """The source's learngene, holding only what the target's plan needs."""
+    sources = source_templates([asdict(seg) for seg in source_analysis[1].segments], analysis[1].segments,
+                               analysis[1].templates)
+    return extract_learngene(s, keep=keep, convention=convention, needed=needed_shapes(*analysis, depth, sources),
+                             allow_nonfinite=allow_nonfinite, structure=source_analysis)
+
+
+def initialize_into(t: OnnxModel, gene: Learngene, output: Path, analysis, depth: str, *,
+                    external_data: bool | None = None, release: bool = False, label: str = "") -> tuple[Plan, int]:
+    """Plan ``t`` from ``gene``, refuse a plan without overlap (FrontError), and write the
+    initialized model to ``output``; returns the plan and the number of shared initializers split."""
+    gs, st = analysis
+    p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth)
+    check_overlap(p, st, str(t.path), label or gene.source or "the source")
+    dtypes = {s.initializer: slot_dtype(s) for s in gs.slots}
+    values = slot_values(gene, gs, st, p, dtypes, depth, release=release)  # release: gene is transfer's own
+    values = {i: v for i, v in values.items() if p.slots[i].status == "written"}  # absent biases may be left
+    info = write_initialized(t, gs, values, output, external_data=external_data)
+    for i, name in info["renamed"].items():
+        p.slots[i].written_as = name
+    return p, info["split"]
