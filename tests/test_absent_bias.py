@@ -131,3 +131,35 @@ def test_a_source_without_biases_gives_zeros(tmp_path):
     assert len(biases) == 3
     got = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
     assert all(not np.any(got[s.written_as or s.initializer]) for s in biases)
+
+
+def test_a_block_without_bias_on_both_sides_is_nothing_to_write(tmp_path):
+    """A stage whose first block's projection has no bias and whose second has one (Swin's
+    bias-free patch-merging reduction beside an MLP projection): the first block's absent
+    bias gets zeros from the source's first block, so it is absent, not left with a reason
+    about an exporter that removed an Add."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import front_onnx
+
+    def model(seed):
+        r = np.random.default_rng(seed)
+        inits = [numpy_helper.from_array(r.normal(size=(4, 4)).astype(np.float32), f"w{i}") for i in range(3)]
+        inits += [numpy_helper.from_array(r.normal(size=(4,)).astype(np.float32), f"b{i}") for i in (1, 2)]
+        nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"]), helper.make_node("Relu", ["h0"], ["r0"]),
+                 helper.make_node("MatMul", ["r0", "w1"], ["m1"]), helper.make_node("Add", ["m1", "b1"], ["h1"]),
+                 helper.make_node("Relu", ["h1"], ["r1"]),
+                 helper.make_node("MatMul", ["r1", "w2"], ["m2"]), helper.make_node("Add", ["m2", "b2"], ["y"])]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+    onnx.save(model(0), tmp_path / "s.onnx")
+    onnx.save(model(1), tmp_path / "t.onnx")
+    plan = front_onnx.plan(tmp_path / "s.onnx", tmp_path / "t.onnx", keep=1.0)
+    absent = [s for s in plan.slots if s.absent]
+    assert [s.template for s in absent] == [next(s.template for s in plan.slots if s.initializer == "b1")]
+    assert all(s.status == "absent" for s in absent), [(s.initializer, s.status, s.reason) for s in absent]
+    assert not plan.left

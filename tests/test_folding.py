@@ -114,3 +114,27 @@ def test_write_views_means_copies_and_keeps_masked_and_unread():
     assert view.read(stored).tolist() == [[0.0, 0.0], [0.0, 3.0]]
     out = write_views(stored, [(view, np.array([[4.0, 4.0], [7.0, 8.0]]))])
     assert out.tolist() == [4.0, 1.0, 7.0, 3.0, 4.0, 5.0]  # the offset is taken off, the masked entry skipped
+
+
+def _gathernd_model(seed: int) -> onnx.ModelProto:
+    """y = (x + table[idx]) @ W, the table read through GatherND at constant indices (torch's
+    ``table[index]`` under the dynamo exporter with optimize=False: Swin's relative-position
+    bias table)."""
+    r = np.random.default_rng(seed)
+    inits = {"table": r.normal(size=(P, D)).astype(np.float32),
+             "idx": np.array([[[3], [1], [4], [1], [5]]], np.int64),  # [1, T, 1]: rows 3, 1, 4, 1, 5
+             "w": r.normal(size=(D, D)).astype(np.float32)}
+    nodes = [helper.make_node("GatherND", ["table", "idx"], ["rows"]),
+             helper.make_node("Add", ["x", "rows"], ["h"]),
+             helper.make_node("MatMul", ["h", "w"], ["y"])]
+    return _model(nodes, inits)
+
+
+def test_a_table_read_through_gathernd_is_a_view(tmp_path):
+    onnx.save(_gathernd_model(1), tmp_path / "s.onnx")
+    onnx.save(_gathernd_model(2), tmp_path / "t.onnx")
+    res = front_onnx.transfer(tmp_path / "s.onnx", tmp_path / "t.onnx", tmp_path / "o.onnx", keep=1.0)
+    table = next(s for s in res.plan.slots if s.initializer == "table")
+    assert table.status == "written" and table.elements == 4 * D  # rows 1, 3, 4, 5: the rows the graph reads
+    x = np.random.default_rng(3).normal(size=(B, T, D)).astype(np.float32)
+    np.testing.assert_allclose(_run(tmp_path / "o.onnx", x), _run(tmp_path / "s.onnx", x), rtol=1e-5, atol=1e-5)

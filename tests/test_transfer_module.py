@@ -23,17 +23,10 @@ from tests.corpus.build import FAMILIES, build_module, example_inputs
 
 # Measured with this file: identity pairs that fail, with their reason. A pair that starts to
 # pass fails the suite (strict) until its entry is removed.
-XFAIL_IDENTITY = {
-    "gpt2": "front_onnx.weights returns HF Conv1D weights (c_attn, c_fc, c_proj: stored [in, out]) "
-            "transposed to [out, in]: FrontError, another shape than the target's",
-}
+XFAIL_IDENTITY: dict[str, str] = {}
 XFAIL_SHRINK = dict(XFAIL_IDENTITY)
 # the ONNX transfer itself (not the load) misses on these graphs; the exception is the assertion
-XFAIL_IDENTITY_WRONG = {
-    "swin": "the ONNX transfer of the optimize=False exports does not reproduce (onnxruntime: relative error "
-            "1.0e-3): the relative-position bias tables, read through Transpose and a Gather at "
-            "relative_position_index, are written with other values than the source's (max abs diff 0.065)",
-}
+XFAIL_IDENTITY_WRONG: dict[str, str] = {}
 SHRINK = ("bert", "llama", "resnet", "swin")
 
 

@@ -26,7 +26,7 @@ from onnx import numpy_helper
 
 # ops a view passes through: input 0 is the tensor, the others must be constant
 _LAYOUT = {"Identity", "Cast", "Transpose", "Reshape", "Unsqueeze", "Squeeze", "Flatten"}
-_SELECT = {"Gather", "Expand", "Tile", "Slice"}
+_SELECT = {"Gather", "GatherND", "Expand", "Tile", "Slice"}
 _OFFSET = {"Add"}
 VIEW_OPS = _LAYOUT | _SELECT | _OFFSET
 _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
@@ -201,6 +201,13 @@ def apply(node: onnx.NodeProto, a: np.ndarray, c: Constants) -> np.ndarray | Non
                 return None
             axis = _attr(node, "axis", 0) % a.ndim
             return np.take(a, np.where(idx < 0, idx + a.shape[axis], idx), axis=axis)
+        if op == "GatherND":
+            idx = c.value(node.input[1])
+            if idx is None or idx.dtype.kind not in "iu" or _attr(node, "batch_dims", 0) != 0 or idx.ndim < 1:
+                return None
+            k = idx.shape[-1]
+            idx = np.where(idx < 0, idx + np.array(a.shape[:k]), idx)
+            return a[tuple(np.moveaxis(idx, -1, 0))]
         if op == "Expand":
             shape = _ints(c, node.input[1])
             return None if shape is None else np.array(a * np.ones(shape, a.dtype))

@@ -12,6 +12,7 @@ from front_onnx.analysis.slots import INDEX, PARTS, GraphSlots
 from front_onnx.analysis.structure import Segment, Structure, Template
 from front_onnx.errors import FrontError
 from front_onnx.method.learngene import GeneTemplate, Learngene
+from front_onnx.numeric import spectral
 from front_onnx.numeric.spectral import DEPTH_MODES
 
 
@@ -275,9 +276,9 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
             why = check_template(src, tpl.role, kinds, shape)
         verdicts[key] = why or "ok"
         ops = _axis_ops(src, kinds, shape, tpl.depth, depth_mode) if src is not None and not why else []
-        for block in tpl.blocks:
+        for b, block in enumerate(tpl.blocks):
             for i in block:
-                by_slot[i] = (tpl, why, ops, skey)
+                by_slot[i] = (tpl, why, ops, skey, b)
     plans: list[SlotPlan] = []
     for i, s in enumerate(gs.slots):
         base = dict(initializer=s.initializer, node=node_names[s.node] or f"#{s.node}", input=s.input,
@@ -286,12 +287,13 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
                     + ([f"parameter: {s.provenance}"] if s.role is not None and s.provenance else [])
                     + ([f"module {s.module} ({s.module_evidence})"] if s.module else []))
         if i in by_slot:
-            tpl, why, ops, skey = by_slot[i]
+            tpl, why, ops, skey, b = by_slot[i]
             base["evidence"].insert(0, tpl.evidence)
             if skey is not None and skey != tpl.key and not why:
                 base["evidence"].insert(1, f"fed by the source template {skey} (its unit aligns with this one)")
             if s.absent:
-                plans.append(_absent_plan(base, tpl, why, ops, gene.templates.get(skey or ""), s.restorable))
+                plans.append(_absent_plan(base, tpl, why, ops, gene.templates.get(skey or ""), s.restorable,
+                                          _zero_block(gene.templates.get(skey or ""), b, tpl.depth, depth_mode)))
                 continue
             plans.append(SlotPlan(**base, template=tpl.key, status="left" if why else "written",
                                   operations=ops, reason=why))
@@ -304,19 +306,33 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
                 sources={k: v for k, v in sources.items() if verdicts.get(k) == "ok"})
 
 
+def _zero_block(src: GeneTemplate | None, block: int, depth: int, depth_mode: str) -> bool:
+    """Whether the values a target block of this template gets are all zero: its mean and
+    std, mapped over relative depth as ``materialize`` maps them, are both 0 (a block whose
+    source counterparts are biases the layers do not have)."""
+    if src is None:
+        return False
+    mode = "nearest" if depth_mode == "nearest" else "linear"
+    means = spectral.resample_layers(np.asarray(src.means, np.float64), depth, mode)
+    stds = spectral.resample_layers(np.asarray(src.stds, np.float64), depth, mode)
+    return bool(means[block] == 0.0 and stds[block] == 0.0)
+
+
 def _absent_plan(base: dict, tpl: Template, why: str, ops: list[str], src: GeneTemplate | None,
-                 restorable: bool) -> SlotPlan:
+                 restorable: bool, zero_block: bool = False) -> SlotPlan:
     """The plan of a bias the target's layer does not have: restored into the node's
     optional bias input when the source's is not zero, else left (and, when it is zero on
-    both sides, not counted: there is nothing to transfer)."""
+    both sides, for the whole template or for this block, not counted: there is nothing to
+    transfer)."""
     zero = src is not None and not np.any(src.coefficients) and not np.any(src.means)
-    if why or src is None or zero:
+    if why or src is None or zero or zero_block:
         return SlotPlan(**base, template=tpl.key, status="absent", absent=True, counted=False,
                         reason="absent in the target and zero (or absent) in the source: nothing to write")
     if not restorable:
         return SlotPlan(**base, template=tpl.key, status="left", absent=True,
-                        reason="the target has no bias here: its exporter removed the Add of a zero bias; export "
-                               "the target with torch.onnx.export(..., optimize=False) to keep it")
+                        reason="the target's layer has no bias input to take the source's bias (a MatMul with no "
+                               "Add after it: the layer has no bias, or its exporter removed the Add of a zero "
+                               "bias; torch.onnx.export(..., optimize=False) keeps it)")
     return SlotPlan(**base, template=tpl.key, status="written", absent=True,
                     operations=ops + ["restored: added as the node's optional bias input"])
 
