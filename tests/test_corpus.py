@@ -43,8 +43,6 @@ PAIRS = CORPUS.pairs()
 # (pair, criterion) -> the measured failure; (pair, "*"): the transfer raises (every criterion fails).
 # --- XFAIL begin (written by `python -m tests.corpus.scoreboard --write-xfail`) ---
 XFAIL: dict[tuple[str, str], str] = {
-    ('t5-cross-dynamo-legacy', 'reproduces'): 'relative error 3.81e-02 (tolerance 1e-05)',
-    ('t5-cross-legacy-dynamo', 'reproduces'): 'relative error 3.81e-02 (tolerance 1e-05)',
 }
 # --- XFAIL end ---
 

@@ -138,3 +138,31 @@ def test_a_table_read_through_gathernd_is_a_view(tmp_path):
     assert table.status == "written" and table.elements == 4 * D  # rows 1, 3, 4, 5: the rows the graph reads
     x = np.random.default_rng(3).normal(size=(B, T, D)).astype(np.float32)
     np.testing.assert_allclose(_run(tmp_path / "o.onnx", x), _run(tmp_path / "s.onnx", x), rtol=1e-5, atol=1e-5)
+
+
+def test_entries_unknown_in_the_source_keep_the_targets_values():
+    """NaN written to a view (an entry the source held only as a mask value) leaves the stored
+    element as it was: another copy of it, read where the source was not masked, decides."""
+    stored = np.arange(4, dtype=np.float32)
+    view = View(["Gather"], (4,), np.array([[0, 0, 1]]), None, None, covered=2)
+    out = write_views(stored, [(view, np.array([[5.0, np.nan, np.nan]]))])
+    assert out.tolist() == [5.0, 1.0, 2.0, 3.0]
+
+
+def test_a_learngene_keeps_the_sources_masked_entries(tmp_path):
+    """``GeneTemplate.masked`` survives save and load, and a file whose mask has another
+    shape than its template is refused."""
+    from front_onnx.method.learngene import GeneTemplate, Learngene
+
+    masked = np.zeros((1, 2, 3), bool)
+    masked[0, 1, 2] = True
+    t = GeneTemplate("U0#0:parameter", "", "parameter", "[d, d]", ("feature", "feature"), (2, 3), 1, "float32",
+                     np.ones((1, 2, 3), np.float32), np.zeros(1), np.ones(1), masked=masked)
+    gene = Learngene({t.key: t}, 1.0, "ortho")
+    gene.save(tmp_path / "g.safetensors")
+    back = Learngene.load(tmp_path / "g.safetensors")
+    np.testing.assert_array_equal(back.templates[t.key].masked, masked)
+    t.masked = np.zeros((1, 3, 2), bool)
+    Learngene({t.key: t}, 1.0, "ortho").save(tmp_path / "bad.safetensors")
+    with pytest.raises(front_onnx.LearngeneError, match="masked entries"):
+        Learngene.load(tmp_path / "bad.safetensors")

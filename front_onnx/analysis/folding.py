@@ -17,7 +17,7 @@ as zero and are never written.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -56,7 +56,7 @@ class View:
     offset: np.ndarray | None = None
     masked: np.ndarray | None = None
     covered: int = 0                  # distinct stored elements the view reads
-    extra: dict = field(default_factory=dict)
+    copies: int = 1                   # the stored tensor is this many copies of the view along axis 0
 
     def read(self, stored: np.ndarray) -> np.ndarray:
         flat = np.asarray(stored).reshape(-1)
@@ -84,11 +84,17 @@ def write_views(stored: np.ndarray, written: list[tuple[View, np.ndarray]]) -> n
         index = view.index if view.index is not None else np.arange(flat.size).reshape(x.shape)
         if view.offset is not None:
             x = x - view.offset
-        ok = np.ones(x.shape, bool) if view.masked is None else ~view.masked
+        ok = np.isfinite(x)  # NaN: unknown in the source (a mask there): the stored value stays
+        if view.masked is not None:
+            ok &= ~view.masked
         np.add.at(total, index[ok], x[ok])
         np.add.at(count, index[ok], 1)
     hit = count > 0
     flat[hit] = (total[hit] / count[hit]).astype(base.dtype)
+    copies = max(view.copies for view, _ in written)
+    if copies > 1:  # the other batch rows are copies of the first
+        rows = base.reshape(copies, -1)
+        rows[1:] = rows[:1]
     return base
 
 

@@ -216,6 +216,9 @@ class _Analyzer:
         self.prod = _producers(self.g)
         self.cons = _consumers(self.g)
         self.outputs = {o.name for o in self.g.output}
+        # the batch size the graph was exported for (its first input's first dimension), when static
+        self.batch = next((d.dim_value for i in self.g.input if i.name not in self.inits
+                           for d in i.type.tensor_type.shape.dim[:1] if d.HasField("dim_value")), 0)
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
         self.constants = Constants(self.g, read, self.inits, opset)
 
@@ -493,13 +496,21 @@ class _Analyzer:
                             candidate = (role, layout, prov.masked)
                         role, layout, reason = None, None, f"constant, not a parameter: {prov.evidence}"
                     elif prov.masked and self.read is not None:
-                        m = mask_entries(self.read(x))
+                        values = np.asarray(self.read(x))
+                        m = mask_entries(values)
                         masked = View(["mask"], shape, None, None, m, covered=int((~m).sum()))
+                        if _batch_copies(values, self.batch):  # one copy per batch row: one parameter view
+                            masked = View(["mask", "batch copies"], shape,
+                                          np.arange(int(np.prod(shape[1:]))).reshape((1,) + shape[1:]), None,
+                                          m[:1], covered=int((~m[:1]).sum()), copies=shape[0])
+                            layout = _broadcast_layout((1,) + shape[1:])
+                            ev.append(f"{shape[0]} identical copies along the batch axis: one parameter view")
                 if layout is not None and view != list(range(len(shape))):
                     layout = Layout(tuple(view[k] for k in layout.perm), layout.kinds, layout.parts,
                                     f"{layout.name} through Transpose{tuple(view)}")
                     ev.append(f"reached through Transpose (stored axes {tuple(view)})")
-                slots.append(Slot(ni, j, x, shape, t.data_type, ci, cj, self.g.node[ci].op_type,
+                slots.append(Slot(ni, j, x, tuple(masked.index.shape) if masked is not None and masked.index is not None
+                                  else shape, t.data_type, ci, cj, self.g.node[ci].op_type,
                                   role, layout, reason=reason, evidence=ev, anchor=ci, provenance=provenance,
                                   view=masked, candidate=candidate))
         shared: dict[str, list[int]] = defaultdict(list)
@@ -639,6 +650,15 @@ class _Analyzer:
             if p > 1 and out_features % p == 0:
                 s.layout = Layout(s.layout.perm, (PARTS,) + s.layout.kinds, p, s.layout.name)
                 s.evidence.append(f"fused projection of {p} parts ({why})")
+
+
+def _batch_copies(a: np.ndarray, batch: int) -> bool:
+    """Whether a tensor of rank >= 3 is ``batch`` > 1 identical copies along its first axis:
+    a parameter view an exporter expanded to the batch it traced (T5's position bias folded
+    with the causal mask), which another exporter leaves to broadcasting."""
+    return a.ndim >= 3 and batch > 1 and a.shape[0] == batch and \
+        bool(np.all(a.reshape(batch, -1).view(np.uint8 if a.dtype.itemsize == 1 else f"u{a.dtype.itemsize}")
+                    == a.reshape(batch, -1)[:1].view(np.uint8 if a.dtype.itemsize == 1 else f"u{a.dtype.itemsize}")))
 
 
 def _broadcast_layout(shape: tuple[int, ...]) -> Layout:

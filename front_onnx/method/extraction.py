@@ -107,7 +107,7 @@ def extract_learngene(model: OnnxModel, keep: float = 1.0, convention: str = "or
         templates[key] = GeneTemplate(
             key=key, stage=tpl.stage, role=tpl.role, layout=first.layout.name, kinds=kinds,
             shape=shape, depth=len(tpl.blocks), dtype=str(slot_dtype(first)), coefficients=coef,
-            means=means, stds=stds, kept=kept)
+            means=means, stds=stds, kept=kept, masked=_masked_entries(gs, tpl, shape))
     if nonfinite and not allow_nonfinite:
         names = sorted({n for v in nonfinite.values() for n in v})
         shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
@@ -119,6 +119,20 @@ def extract_learngene(model: OnnxModel, keep: float = 1.0, convention: str = "or
                      source_sha256="" if needed is not None else file_sha256(model.path),
                      tool_version=__version__, skipped=skipped,
                      partial=needed is not None, structure=[asdict(seg) for seg in st.segments])
+
+
+def _masked_entries(gs: GraphSlots, tpl: Template, shape: tuple[int, ...]) -> np.ndarray | None:
+    """[depth, *shape]: the entries each block holds only as mask values (a parameter folded
+    with a mask, ``folding.View.masked``), which say nothing of the parameter there; None
+    when no block has any."""
+    blocks = [gs.slots[b[0]] for b in tpl.blocks]
+    if not any(s.view is not None and s.view.masked is not None and s.view.masked.any() for s in blocks):
+        return None
+    out = np.zeros((len(blocks),) + tuple(shape), bool)
+    for k, s in enumerate(blocks):
+        if s.view is not None and s.view.masked is not None:
+            out[k] = s.layout.to_canonical(s.view.masked)  # type: ignore[union-attr]
+    return out
 
 
 def _nonfinite_initializers(model: OnnxModel, gs: GraphSlots, tpl: Template) -> list[str]:

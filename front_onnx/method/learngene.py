@@ -73,6 +73,7 @@ class GeneTemplate:
     means: np.ndarray              # [depth] per-block means (float64)
     stds: np.ndarray               # [depth] per-block standard deviations (float64)
     kept: tuple[int, ...] = ()     # the corner's shape; coefficients may hold less in a partial learngene
+    masked: np.ndarray | None = None  # [depth, *shape] bool: entries the source holds only as mask values
 
     def __post_init__(self) -> None:
         if not self.kept:
@@ -123,6 +124,8 @@ class Learngene:
             tensors[f"t{i}.coefficients"] = np.ascontiguousarray(t.coefficients)
             tensors[f"t{i}.means"] = np.ascontiguousarray(t.means, dtype=np.float64)
             tensors[f"t{i}.stds"] = np.ascontiguousarray(t.stds, dtype=np.float64)
+            if t.masked is not None:
+                tensors[f"t{i}.masked"] = np.ascontiguousarray(t.masked, dtype=np.uint8)
         meta = {**self.metadata(), "arrays_sha256": arrays_sha256(tensors)}
         data = save(tensors, metadata={"front_onnx": json.dumps(meta, sort_keys=True)})
         write_bytes(path, data)
@@ -166,6 +169,10 @@ class Learngene:
                 if (list(coef.shape) != list(tm["kept"]) or coef.ndim != len(t.kinds) + 1
                         or means.shape != (t.depth,) or stds.shape != (t.depth,)):
                     raise ValueError(f"template {t.key!r}: array shapes disagree with the metadata")
+                if f"t{i}.masked" in arrays:
+                    t.masked = arrays[f"t{i}.masked"].astype(bool)
+                    if t.masked.shape != (t.depth,) + t.shape:
+                        raise ValueError(f"template {t.key!r}: masked entries of another shape than the template's")
                 if not (np.all(np.isfinite(coef)) and np.all(np.isfinite(means)) and np.all(np.isfinite(stds))):
                     raise ValueError(f"template {t.key!r}: non-finite values")
                 templates[t.key] = t

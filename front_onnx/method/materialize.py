@@ -168,9 +168,42 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
                     out[i] = np.ascontiguousarray(s.layout.from_canonical(stack[b]),  # type: ignore[union-attr]
                                                   dtype=dtypes[s.initializer])
             del stack
+        _unknown_entries(gt, tpl, gs, out)
         del gt
         if release and last[skey] == n:
             del gene.templates[skey]
+    return out
+
+
+def _unknown_entries(gt: GeneTemplate, tpl: Template, gs: GraphSlots, out: dict[int, np.ndarray]) -> None:
+    """Entries the source held only as mask values (``GeneTemplate.masked``) carry nothing of
+    the parameter: where the target's blocks line up with the source's (same depth and
+    shape), they become NaN, which the writer reads as 'keep the target's own value'."""
+    if gt.masked is None or gt.depth != tpl.depth:
+        return
+    for b, block in enumerate(tpl.blocks):
+        if not gt.masked[b].any():
+            continue
+        for i in block:
+            s = gs.slots[i]
+            lay = s.layout
+            assert lay is not None
+            if lay.canonical_shape(tuple(s.shape)) != tuple(gt.shape) or out[i].dtype.kind != "f":
+                continue
+            c = np.array(lay.to_canonical(out[i]))
+            c[gt.masked[b]] = np.nan
+            out[i] = np.ascontiguousarray(lay.from_canonical(c))
+
+
+def _keep_unknown(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """NaN entries (unknown in the source, ``_unknown_entries``) of a plain slot keep the
+    target's stored values; views skip them (``folding.write_views``)."""
+    out = dict(values)
+    for i, v in values.items():
+        s = gs.slots[i]
+        if s.view is None and not s.absent and v.dtype.kind == "f" and np.isnan(v).any():
+            stored = np.asarray(target.array(s.initializer)).reshape(v.shape)
+            out[i] = np.where(np.isnan(v), stored, v).astype(v.dtype)
     return out
 
 
@@ -208,7 +241,7 @@ def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.nd
     """Write the target with new values. An initializer whose uses get different values
     (exporters deduplicate identical tensors) is split into one initializer per value;
     nothing else in the graph changes. Returns {'split': n initializers split, 'added': n, 'renamed': {slot index: new initializer name}}."""
-    values = _views_stored(target, gs, values)
+    values = _views_stored(target, gs, _keep_unknown(target, gs, values))
     by_init: dict[str, list[int]] = {}
     for i, s in enumerate(gs.slots):
         if not s.absent:
