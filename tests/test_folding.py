@@ -106,13 +106,13 @@ def test_write_views_means_copies_and_keeps_masked_and_unread():
     index = np.array([[0, 0], [1, 2]])
     masked = np.array([[False, False], [False, True]])
     view = View(["Gather"], (6,), index, None, masked, covered=2)
-    out = write_views(stored, [(view, np.array([[10.0, 20.0], [30.0, 99.0]]))])
+    out = write_views(stored, [(view, np.array([[10.0, 20.0], [30.0, 99.0]]), None)])
     assert out.tolist() == [15.0, 30.0, 2.0, 3.0, 4.0, 5.0]  # copies averaged, masked and unread kept
     assert stored.tolist() == [0, 1, 2, 3, 4, 5]  # the input is not modified
     offset = np.array([[0.0, 0.0], [-np.inf, 1.0]])
     view = View(["Gather", "Add(constant)"], (6,), index, offset, np.isinf(offset), covered=2)
     assert view.read(stored).tolist() == [[0.0, 0.0], [0.0, 3.0]]
-    out = write_views(stored, [(view, np.array([[4.0, 4.0], [7.0, 8.0]]))])
+    out = write_views(stored, [(view, np.array([[4.0, 4.0], [7.0, 8.0]]), None)])
     assert out.tolist() == [4.0, 1.0, 7.0, 3.0, 4.0, 5.0]  # the offset is taken off, the masked entry skipped
 
 
@@ -141,11 +141,12 @@ def test_a_table_read_through_gathernd_is_a_view(tmp_path):
 
 
 def test_entries_unknown_in_the_source_keep_the_targets_values():
-    """NaN written to a view (an entry the source held only as a mask value) leaves the stored
-    element as it was: another copy of it, read where the source was not masked, decides."""
+    """An entry written to a view that the source held only as a mask value (unknown) leaves
+    the stored element as it was: another copy of it, read where the source was not masked,
+    decides."""
     stored = np.arange(4, dtype=np.float32)
     view = View(["Gather"], (4,), np.array([[0, 0, 1]]), None, None, covered=2)
-    out = write_views(stored, [(view, np.array([[5.0, np.nan, np.nan]]))])
+    out = write_views(stored, [(view, np.array([[5.0, 0.0, 0.0]]), np.array([[False, True, True]]))])
     assert out.tolist() == [5.0, 1.0, 2.0, 3.0]
 
 

@@ -70,28 +70,29 @@ class View:
 
 
 
-def write_views(stored: np.ndarray, written: list[tuple[View, np.ndarray]]) -> np.ndarray:
+def write_views(stored: np.ndarray, written: list[tuple[View, np.ndarray, np.ndarray | None]]) -> np.ndarray:
     """``stored`` with the elements its views read replaced by the values written to them;
     an element read several times (broadcast copies, a table gathered at repeated
-    positions) gets the mean of its copies, which at keep 1.0 are equal. Masked entries
-    and elements no view reads keep the stored bytes."""
+    positions) gets the mean of its copies, which at keep 1.0 are equal. Masked entries,
+    entries marked ``unknown`` (the source held them only as mask values) and elements no
+    view reads keep the stored bytes."""
     base = np.array(stored, copy=True)
     flat = base.reshape(-1)
     total = np.zeros(flat.size, np.float64)
     count = np.zeros(flat.size, np.int64)
-    for view, v in written:
+    for view, v, unknown in written:
         x = np.asarray(v, np.float64)
         index = view.index if view.index is not None else np.arange(flat.size).reshape(x.shape)
         if view.offset is not None:
             x = x - view.offset
-        ok = np.isfinite(x)  # NaN: unknown in the source (a mask there): the stored value stays
+        ok = np.ones(x.shape, bool) if unknown is None else ~unknown  # unknown in the source (a mask there)
         if view.masked is not None:
             ok &= ~view.masked
         np.add.at(total, index[ok], x[ok])
         np.add.at(count, index[ok], 1)
     hit = count > 0
     flat[hit] = (total[hit] / count[hit]).astype(base.dtype)
-    copies = max(view.copies for view, _ in written)
+    copies = max(view.copies for view, _, _ in written)
     if copies > 1:  # the other batch rows are copies of the first
         rows = base.reshape(copies, -1)
         rows[1:] = rows[:1]

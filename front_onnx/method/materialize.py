@@ -140,9 +140,10 @@ def _streamed(gene: GeneTemplate, tpl: Template, gs: GraphSlots, shape: tuple[in
 
 def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
                 dtypes: dict[str, np.dtype], depth_mode: str = "spectral", *,
-                release: bool = False) -> dict[int, np.ndarray]:
+                release: bool = False, unknown: dict[int, np.ndarray] | None = None) -> dict[int, np.ndarray]:
     """Values for every written slot (slot index -> array in the slot's stored layout and
-    the dtype of its initializer, ``dtypes[name]``).
+    the dtype of its initializer, ``dtypes[name]``). ``unknown`` receives, per slot, the
+    entries the source held only as mask values (``_unknown_entries``), for the writer.
 
     Templates go one at a time; each is inverse-transformed straight into its output arrays
     (``_streamed``). ``release`` drops each template from ``gene`` once its values exist (``transfer``'s private learngene: its coefficients are about the
@@ -168,17 +169,20 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
                     out[i] = np.ascontiguousarray(s.layout.from_canonical(stack[b]),  # type: ignore[union-attr]
                                                   dtype=dtypes[s.initializer])
             del stack
-        _unknown_entries(gt, tpl, gs, out)
+        if unknown is not None:
+            _unknown_entries(gt, tpl, gs, out, unknown)
         del gt
         if release and last[skey] == n:
             del gene.templates[skey]
     return out
 
 
-def _unknown_entries(gt: GeneTemplate, tpl: Template, gs: GraphSlots, out: dict[int, np.ndarray]) -> None:
+def _unknown_entries(gt: GeneTemplate, tpl: Template, gs: GraphSlots, out: dict[int, np.ndarray],
+                     unknown: dict[int, np.ndarray]) -> None:
     """Entries the source held only as mask values (``GeneTemplate.masked``) carry nothing of
     the parameter: where the target's blocks line up with the source's (same depth and
-    shape), they become NaN, which the writer reads as 'keep the target's own value'."""
+    shape), they are marked unknown (slot -> bool array in the slot's stored layout), and
+    the writer keeps the target's own values there."""
     if gt.masked is None or gt.depth != tpl.depth:
         return
     for b, block in enumerate(tpl.blocks):
@@ -188,22 +192,20 @@ def _unknown_entries(gt: GeneTemplate, tpl: Template, gs: GraphSlots, out: dict[
             s = gs.slots[i]
             lay = s.layout
             assert lay is not None
-            if lay.canonical_shape(tuple(s.shape)) != tuple(gt.shape) or out[i].dtype.kind != "f":
-                continue
-            c = np.array(lay.to_canonical(out[i]))
-            c[gt.masked[b]] = np.nan
-            out[i] = np.ascontiguousarray(lay.from_canonical(c))
+            if i in out and lay.canonical_shape(tuple(s.shape)) == tuple(gt.shape):
+                unknown[i] = np.ascontiguousarray(lay.from_canonical(gt.masked[b]))
 
 
-def _keep_unknown(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
-    """NaN entries (unknown in the source, ``_unknown_entries``) of a plain slot keep the
-    target's stored values; views skip them (``folding.write_views``)."""
+def _keep_unknown(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarray],
+                  unknown: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """A plain slot's unknown entries (``_unknown_entries``) keep the target's stored values;
+    views skip them (``folding.write_views``)."""
     out = dict(values)
-    for i, v in values.items():
+    for i, m in unknown.items():
         s = gs.slots[i]
-        if s.view is None and not s.absent and v.dtype.kind == "f" and np.isnan(v).any():
-            stored = np.asarray(target.array(s.initializer)).reshape(v.shape)
-            out[i] = np.where(np.isnan(v), stored, v).astype(v.dtype)
+        if i in values and s.view is None and not s.absent:
+            stored = np.asarray(target.array(s.initializer)).reshape(values[i].shape)
+            out[i] = np.where(m, stored, values[i]).astype(values[i].dtype)
     return out
 
 
@@ -211,7 +213,8 @@ def _digest(a: np.ndarray) -> bytes:
     return hashlib.sha256(np.ascontiguousarray(a).reshape(-1).view(np.uint8)).digest()
 
 
-def _views_stored(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+def _views_stored(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarray],
+                  unknown: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
     """Values written to views (``folding``) put back into their stored tensors: every view
     slot of one initializer gets the same stored tensor, so the writer sees one value."""
     views: dict[str, list[int]] = {}
@@ -222,7 +225,8 @@ def _views_stored(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarra
         return values
     out = dict(values)
     for name, idx in views.items():
-        stored = write_views(target.array(name), [(gs.slots[i].view, values[i]) for i in idx])  # type: ignore[misc]
+        stored = write_views(target.array(name), [(gs.slots[i].view, values[i], unknown.get(i))  # type: ignore[misc]
+                                                  for i in idx])
         for i in idx:
             out[i] = stored
     return out
@@ -237,11 +241,13 @@ def _reads_shape_only(target: OnnxModel, s) -> bool:
 
 
 def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarray], output: Path,
-                      external_data: bool | None = None) -> dict[str, int]:
+                      external_data: bool | None = None,
+                      unknown: dict[int, np.ndarray] | None = None) -> dict[str, int]:
     """Write the target with new values. An initializer whose uses get different values
     (exporters deduplicate identical tensors) is split into one initializer per value;
     nothing else in the graph changes. Returns {'split': n initializers split, 'added': n, 'renamed': {slot index: new initializer name}}."""
-    values = _views_stored(target, gs, _keep_unknown(target, gs, values))
+    unknown = unknown or {}
+    values = _views_stored(target, gs, _keep_unknown(target, gs, values, unknown), unknown)
     by_init: dict[str, list[int]] = {}
     for i, s in enumerate(gs.slots):
         if not s.absent:

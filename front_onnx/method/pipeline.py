@@ -54,9 +54,11 @@ def initialize_into(t: OnnxModel, gene: Learngene, output: Path, analysis, depth
     p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth)
     check_overlap(p, st, str(t.path), label or gene.source or "the source")
     dtypes = {s.initializer: slot_dtype(s) for s in gs.slots}
-    values = slot_values(gene, gs, st, p, dtypes, depth, release=release)  # release: gene is transfer's own
+    unknown: dict = {}
+    values = slot_values(gene, gs, st, p, dtypes, depth, release=release,  # release: gene is transfer's own
+                         unknown=unknown)
     values = {i: v for i, v in values.items() if p.slots[i].status == "written"}  # absent biases may be left
-    info = write_initialized(t, gs, values, output, external_data=external_data)
+    info = write_initialized(t, gs, values, output, external_data=external_data, unknown=unknown)
     for i, name in info["renamed"].items():
         p.slots[i].written_as = name
     return p, info["split"]
