@@ -78,18 +78,25 @@ class _UF:
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """Static shapes of every value onnx's shape inference finds (weights' bytes left out)."""
+    """Static shapes of every value onnx's shape inference finds. It runs on a copy of the
+    graph without the weights' bytes (each float initializer becomes an input of its shape;
+    integer ones, shape and index tensors, stay), so a model with inline weights is not held
+    twice."""
     m = onnx.ModelProto()
-    m.CopyFrom(model)
-    keep = []
-    for t in m.graph.initializer:
+    m.ir_version = model.ir_version
+    m.opset_import.extend(model.opset_import)
+    m.functions.extend(model.functions)
+    g = m.graph
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    g.value_info.extend(model.graph.value_info)
+    listed = {i.name for i in g.input}
+    for t in model.graph.initializer:
         if t.data_type in (TensorProto.INT64, TensorProto.INT32) and not t.external_data:
-            keep.append(t)
-            continue
-        vi = onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-        m.graph.input.append(vi)
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(keep)
+            g.initializer.append(t)
+        elif t.name not in listed:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     try:
         m = onnx.shape_inference.infer_shapes(m, data_prop=True)
     except Exception:  # noqa: BLE001 - shape inference is best effort: unknown shapes are not followed
