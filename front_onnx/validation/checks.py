@@ -105,13 +105,16 @@ class ValidationReport:
 
 
 # ---------------------------------------------------------------------------- inputs
-def _dims_of(vi: onnx.ValueInfoProto, dims: Mapping[str, int], position: int) -> list[int]:
+def _dims_of(vi: onnx.ValueInfoProto, dims: Mapping[str, int], position: int,
+             tied: Mapping[int, int] | None = None) -> list[int]:
     out = []
     for k, d in enumerate(vi.type.tensor_type.shape.dim):
         if d.HasField("dim_value") and d.dim_value > 0:
             out.append(int(d.dim_value))
         elif d.dim_param and d.dim_param in dims:
             out.append(int(dims[d.dim_param]))
+        elif tied and k in tied:  # a weight's shape says the length (a Conv's input channels)
+            out.append(int(tied[k]))
         else:
             name = d.dim_param.lower()
             if "batch" in name or (k == 0 and not name):
@@ -121,6 +124,43 @@ def _dims_of(vi: onnx.ValueInfoProto, dims: Mapping[str, int], position: int) ->
             else:
                 out.append(dims.get("sequence", DEFAULT_DIMS["sequence"]))
     return out
+
+
+_ELEMENTWISE = PASS_THROUGH | {"Sub", "Div", "Mul", "Add"}  # e.g. an image normalized before the first Conv
+
+
+def _weight_tied_dims(model: onnx.ModelProto, input_name: str) -> dict[int, int]:
+    """Axis -> length of a float input's axes that a weight's shape fixes: the channel axis
+    of an input read (through elementwise ops) by a Conv (its kernel's input channels times
+    the groups), the last axis of one read by a MatMul or Gemm with a weight."""
+    g = model.graph
+    dims = {t.name: list(t.dims) for t in g.initializer}
+    cons: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for n in g.node:
+        for j, x in enumerate(n.input):
+            cons.setdefault(x, []).append((n, j))
+    rank = len(next((i for i in g.input if i.name == input_name)).type.tensor_type.shape.dim)
+    frontier, seen = [input_name], {input_name}
+    for _ in range(8):
+        nxt = []
+        for v in frontier:
+            for n, j in cons.get(v, []):
+                w = dims.get(n.input[1]) if len(n.input) > 1 else None
+                group = next((a.i for a in n.attribute if a.name == "group"), 1)
+                if n.op_type == "Conv" and j == 0 and w is not None and len(w) >= 3 and rank >= 2:
+                    return {1: int(w[1]) * int(group)}
+                if n.op_type == "MatMul" and j == 0 and w is not None and len(w) == 2:
+                    return {rank - 1: int(w[0])}
+                if n.op_type == "Gemm" and j == 0 and w is not None and len(w) == 2:
+                    trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
+                    return {rank - 1: int(w[1] if trans_b else w[0])}
+                if n.op_type in _ELEMENTWISE:
+                    for o in n.output:
+                        if o not in seen:
+                            seen.add(o)
+                            nxt.append(o)
+        frontier = nxt
+    return {}
 
 
 def _table_rows(model: onnx.ModelProto, input_name: str) -> int | None:
@@ -164,7 +204,8 @@ def _table_rows(model: onnx.ModelProto, input_name: str) -> int | None:
 def synthesize_inputs(model: onnx.ModelProto, dims: Mapping[str, int] | None = None, seed: int = 0,
                       given: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Deterministic inputs from the graph's input types: floats N(0, 1); integers that index
-    Gather tables inside the table; attention masks ones; position ids a range; other ints 0."""
+    Gather tables inside the table; attention masks ones; position ids a range; other ints 0.
+    A symbolic length a weight fixes (a Conv's input channels) takes the weight's."""
     dims = dict(dims or {})
     inits = {t.name for t in model.graph.initializer}
     feeds: dict[str, np.ndarray] = {}
@@ -173,7 +214,9 @@ def synthesize_inputs(model: onnx.ModelProto, dims: Mapping[str, int] | None = N
             feeds[vi.name] = np.asarray(given[vi.name])
             continue
         elem = vi.type.tensor_type.elem_type
-        shape = _dims_of(vi, dims, pos)
+        tied = _weight_tied_dims(model, vi.name) if elem in (TensorProto.FLOAT, TensorProto.FLOAT16,
+                                                             TensorProto.BFLOAT16, TensorProto.DOUBLE) else {}
+        shape = _dims_of(vi, dims, pos, tied)
         dtype = helper.tensor_dtype_to_np_dtype(elem)
         rng = np.random.default_rng([seed, zlib.crc32(vi.name.encode())])
         lname = vi.name.lower()

@@ -1,5 +1,7 @@
-"""A check the original target fails too (onnx.checker on an onnxruntime op in the default
-domain, as every onnxruntime-genai model has) is reported, not held against the output."""
+"""Validation that reads the graph's evidence: a check the original target fails too
+(onnx.checker on an onnxruntime op in the default domain, as every onnxruntime-genai model
+has) is reported, not held against the output; a symbolic input length a weight fixes takes
+the weight's."""
 from __future__ import annotations
 
 import numpy as np
@@ -40,3 +42,21 @@ def test_a_checker_failure_of_the_output_alone_still_fails(tmp_path):
     rep = front_onnx.validate(tmp_path / "m.onnx")
     checker = next(c for c in rep.checks if c.name == "checker")
     assert checker.status == "fail" and not rep.ok
+
+
+def test_a_symbolic_channel_dimension_takes_the_weights_length(tmp_path):
+    """An image input whose channel axis is symbolic (optimum's ViT: ``num_channels``) is
+    synthesized with the channels its first Conv's kernel reads, not a default length."""
+    r = np.random.default_rng(0)
+    w = numpy_helper.from_array(r.normal(size=(4, 3, 3, 3)).astype(np.float32), "conv.weight")
+    mean = numpy_helper.from_array(np.full((1, 3, 1, 1), 0.5, np.float32), "mean")
+    x = helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", "num_channels", 8, 8])
+    g = helper.make_graph([helper.make_node("Sub", ["pixel_values", "mean"], ["c"]),
+                           helper.make_node("Conv", ["c", "conv.weight"], ["y"])], "g", [x],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 6, 6])], [w, mean])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), tmp_path / "m.onnx")
+    from front_onnx.validation.checks import synthesize_inputs
+
+    assert synthesize_inputs(onnx.load(str(tmp_path / "m.onnx")))["pixel_values"].shape == (1, 3, 8, 8)
+    rep = front_onnx.validate(tmp_path / "m.onnx")
+    assert rep.ok, rep.table()
