@@ -26,7 +26,9 @@ from dataclasses import dataclass, field, replace
 import onnx
 from onnx import TensorProto
 
+from front_onnx.analysis.folding import Constants
 from front_onnx.analysis.slots import INDEX, GraphSlots, Layout, Slot
+from front_onnx.onnxio import attribute as _attr
 
 _SAME = {"Relu", "Gelu", "Erf", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Cast", "Identity", "Dropout",
          "Sqrt", "Neg", "Exp", "Log", "Abs", "Reciprocal", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu",
@@ -116,26 +118,6 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     return out
 
 
-def _ints_of(g: onnx.GraphProto, name: str) -> list[int] | None:
-    """The values of an int64 initializer (Squeeze's axes), or None."""
-    for t in g.initializer:
-        if t.name == name and t.data_type == TensorProto.INT64 and not t.external_data:
-            return [int(v) for v in onnx.numpy_helper.to_array(t).reshape(-1)]
-    for n in g.node:
-        if n.op_type == "Constant" and n.output and n.output[0] == name:
-            v = _attr(n, "value")
-            if isinstance(v, onnx.TensorProto) and v.data_type == TensorProto.INT64:
-                return [int(x) for x in onnx.numpy_helper.to_array(v).reshape(-1)]
-    return None
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
 def _groups(a: list[int | None], b: list[int | None]) -> list[tuple[list[int], list[int]]] | None:
     """Reshape's axis groups: runs of input and output axes with equal products (axes of
     length 1 stand alone), or None when the lengths do not line up. Lengths unknown to shape
@@ -217,10 +199,9 @@ class _Flow:
             for x in n.input:
                 if x:
                     self.cons.setdefault(x, []).append(i)
-        self.const: set[str] = {t.name for t in self.g.initializer}
-        for n in self.g.node:
-            if all(x == "" or x in self.const for x in n.input):
-                self.const.update(o for o in n.output if o)
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+        self.constants = Constants(self.g, None, {t.name: t for t in self.g.initializer}, opset)
+        self.const = self.constants.constant  # values computed from initializers and Constant nodes only
 
     def dim(self, v: str, k: int) -> int | None:
         s = self.shape.get(v)
@@ -279,7 +260,10 @@ class _Flow:
                 axis = _attr(n, "axis", 0) % len(out)
                 want = [d if i != axis else None for i, d in enumerate(first)]
             elif op == "Squeeze":
-                axes = _attr(n, "axes") or (_ints_of(self.g, ins[1]) if len(ins) > 1 else None)
+                axes = _attr(n, "axes")
+                if axes is None and len(ins) > 1 and ins[1]:
+                    v = self.constants.value(ins[1])
+                    axes = None if v is None else [int(x) for x in v.reshape(-1)]
                 if axes is not None:
                     drop = {x % len(first) for x in axes}
                     want = [d for i, d in enumerate(first) if i not in drop]

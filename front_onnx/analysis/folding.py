@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from front_onnx.onnxio import attribute as _attr
+
 # ops a view passes through: input 0 is the tensor, the others must be constant
 _LAYOUT = {"Identity", "Cast", "Transpose", "Reshape", "Unsqueeze", "Squeeze", "Flatten"}
 _SELECT = {"Gather", "GatherND", "Expand", "Tile", "Slice"}
@@ -165,13 +167,6 @@ def _ints(c: Constants, name: str) -> list[int] | None:
     if v is None or v.dtype.kind not in "iu":
         return None
     return [int(x) for x in v.reshape(-1)]
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
 
 
 def apply(node: onnx.NodeProto, a: np.ndarray, c: Constants) -> np.ndarray | None:

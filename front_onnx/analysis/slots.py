@@ -18,6 +18,7 @@ from onnx import TensorProto, numpy_helper
 
 from front_onnx.analysis.folding import VIEW_OPS, Constants, View, mask_entries, trace
 from front_onnx.analysis.provenance import Marks, Provenance, classify
+from front_onnx.onnxio import attribute as _attr
 from front_onnx.onnxio import constant_tensor, np_dtype
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
@@ -192,13 +193,6 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[tuple[int, int]]]:
             if x:
                 cons[x].append((i, j))
     return cons
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
 
 
 class _Analyzer:

@@ -29,8 +29,8 @@ not supported.
 from front_onnx.errors import OnnxFileError
 from front_onnx.onnxio.model import OnnxModel, check_tensors, external_data_files, load_model, model_files
 from front_onnx.onnxio.tensors import AUTO_EXTERNAL_LIMIT, MAX_TENSOR_BYTES, np_dtype, tensor_nbytes
-from front_onnx.onnxio.walk import constant_tensor
+from front_onnx.onnxio.walk import attribute, constant_tensor
 from front_onnx.onnxio.writer import save_model
 
 __all__ = ["OnnxFileError", "OnnxModel", "load_model", "save_model", "tensor_nbytes", "external_data_files",
-           "check_tensors", "model_files", "np_dtype", "constant_tensor", "AUTO_EXTERNAL_LIMIT", "MAX_TENSOR_BYTES"]
+           "check_tensors", "model_files", "np_dtype", "attribute", "constant_tensor", "AUTO_EXTERNAL_LIMIT", "MAX_TENSOR_BYTES"]

@@ -98,3 +98,11 @@ def constant_tensor(node: onnx.NodeProto) -> TensorProto | None:
         if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
             return a.t
     return None
+
+
+def attribute(node: onnx.NodeProto, name: str, default=None):
+    """A node attribute's value (``onnx.helper.get_attribute_value``), or ``default``."""
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
