@@ -36,9 +36,24 @@ def test_a_checker_complaint_the_target_shares_is_a_warning(tmp_path):
     assert res.validation.ok and (tmp_path / "o.onnx").exists()
 
 
-def test_a_checker_failure_of_the_output_alone_still_fails(tmp_path):
-    """Without a reference that fails it too, the complaint is held against the model."""
+def test_an_op_onnx_does_not_know_is_a_warning_when_the_model_runs(tmp_path):
+    """onnx.checker rejects an onnxruntime op in the default domain (every onnxruntime-genai
+    model has one); the model runs, so ``validate`` passes an untouched export and says why."""
     onnx.save(_model(0), tmp_path / "m.onnx")
+    rep = front_onnx.validate(tmp_path / "m.onnx")
+    checker = next(c for c in rep.checks if c.name == "checker")
+    assert checker.status == "warn" and "onnxruntime runs" in checker.detail and rep.ok
+
+
+def test_another_checker_failure_of_the_output_alone_still_fails(tmp_path):
+    """A complaint that is not about an unknown op, without a reference that fails it too,
+    is held against the model even though onnxruntime runs it."""
+    m = _model(0)
+    m.graph.value_info.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, [2, 5]))  # h is [2, 8]
+    m.graph.node[0].op_type = "LayerNormalization"
+    onnx.save(m, tmp_path / "m.onnx")
+    with pytest.raises(Exception):
+        onnx.checker.check_model(str(tmp_path / "m.onnx"), full_check=True)
     rep = front_onnx.validate(tmp_path / "m.onnx")
     checker = next(c for c in rep.checks if c.name == "checker")
     assert checker.status == "fail" and not rep.ok

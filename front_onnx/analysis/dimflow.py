@@ -570,6 +570,8 @@ def with_heads(gs: GraphSlots, heads: dict[int, tuple[int, ...]]) -> None:
         s = gs.slots[i]
         lay = s.layout
         assert lay is not None
+        if lay.heads:
+            continue  # split by its attention op already (a packed q|k|v part)
         off = 1 if lay.parts > 1 else 0
         kinds = list(lay.kinds[:off])
         for k, kind in enumerate(lay.kinds[off:]):

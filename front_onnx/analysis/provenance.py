@@ -179,6 +179,16 @@ def _mask_like(a: np.ndarray) -> bool:
     return bool(np.max(np.abs(x)) >= 0.1 * float(np.finfo(a.dtype).max))
 
 
+def _rotary_frequencies(a: np.ndarray) -> bool:
+    """Whether a tensor is a rotary embedding's ``inv_freq``: 1, r, r^2, ... with 0 < r < 1
+    (to float32 rounding). A trained tensor is never an exact geometric sequence."""
+    x = np.asarray(a, np.float64).reshape(-1)
+    if x.size < 2 or not np.all(np.isfinite(x)) or abs(x[0] - 1.0) > 1e-6 or np.any(x <= 0):
+        return False
+    r = x[1:] / x[:-1]
+    return bool(r[0] < 1.0 and np.all(np.abs(r - r[0]) <= 1e-5 * r[0]))
+
+
 def classify(name: str, role: str | None, generated_name: bool, marks: Marks,
              read: Callable[[str], np.ndarray] | None) -> Provenance:
     """Whether the float initializer ``name``, used in a slot of ``role`` (the consuming
@@ -205,6 +215,13 @@ def classify(name: str, role: str | None, generated_name: bool, marks: Marks,
             # a mask, or (only a pair of models can tell, ``pairing``) a parameter combined with one
             return Provenance(False, "mask-like values (inf, NaN or near the dtype's limit)", masked=True,
                               unproven=True)
+        try:
+            rotary = _rotary_frequencies(read(name))
+        except Exception:  # noqa: BLE001 - as above
+            rotary = False
+        if rotary:
+            return Provenance(False, "rotary frequencies (a geometric sequence from 1, base^(-2i/d)): "
+                                     "computed from the configuration, not trained")
     folded = _folded(marks, name, role)
     if folded is not None:
         return folded

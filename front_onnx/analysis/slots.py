@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -18,6 +18,7 @@ from onnx import TensorProto, numpy_helper
 
 from front_onnx.analysis.folding import VIEW_OPS, Constants, View, mask_entries, trace
 from front_onnx.analysis.provenance import Marks, Provenance, classify
+from front_onnx.numeric.quantization import BlockQuant, dequantize
 from front_onnx.onnxio import attribute as _attr
 from front_onnx.onnxio import constant_tensor, np_dtype
 
@@ -34,7 +35,15 @@ PASS_THROUGH = {"Identity", "Cast"}
 WEIGHT_PATH = PASS_THROUGH | {"Transpose"}
 # Ops whose float initializer inputs are weights of a layer; used to bound graph walks.
 WEIGHT_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "LayerNormalization", "BatchNormalization",
-              "InstanceNormalization", "GroupNormalization", "Gather"}
+              "InstanceNormalization", "GroupNormalization", "Gather", "MatMulNBits", "Attention",
+              "EmbedLayerNormalization"}
+# projections: a bias fused into a later op (SkipLayerNormalization, BiasGelu) belongs to the one feeding it
+LINEAR_OPS = {"MatMul", "Gemm", "MatMulNBits"}
+# onnxruntime's attention ops and their rotary caches (inputs computed from the configuration)
+_ROTARY_CACHES = {"GroupQueryAttention": (7, 8), "RotaryEmbedding": (2, 3), "SparseAttention": (8, 9)}
+# onnxruntime's fused ops that take the bias of the projection feeding input 0: (op, input)
+_FUSED_BIAS = {("SkipLayerNormalization", 4), ("SkipSimplifiedLayerNormalization", 3), ("BiasGelu", 1),
+               ("FastGelu", 1), ("BiasAdd", 1), ("BiasSplitGelu", 1)}
 # The bias roles: a layer without one has a zero bias (exporters drop zero biases).
 BIAS_ROLES = {"linear.bias", "conv.bias"}
 ABSENT_SUFFIX = "::absent_bias"
@@ -136,6 +145,7 @@ class Slot:
     restorable: bool = False  # absent, and the node has an optional input for it (Conv/Gemm input 2)
     view: View | None = None  # ``shape`` is a view of the stored tensor computed with constants (``folding``)
     candidate: tuple[str, Layout, bool] | None = None  # role, layout, mask-like: if ``pairing`` shows it a parameter
+    quant: "QuantRef | None" = None  # ``initializer`` holds the packed codes of a quantized weight (MatMulNBits)
 
     @property
     def size(self) -> int:
@@ -143,6 +153,20 @@ class Slot:
         if self.view is not None:
             return self.view.covered
         return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+
+@dataclass(frozen=True)
+class QuantRef:
+    """A ``MatMulNBits`` weight: the slot's initializer holds its packed codes, these its
+    scales and zero points; the slot's values are the dequantized [K, N] weight."""
+
+    scales: str
+    zero_points: str | None
+    spec: BlockQuant
+
+    def decode(self, read: Callable[[str], np.ndarray], packed: str) -> np.ndarray:
+        zp = read(self.zero_points) if self.zero_points else None
+        return dequantize(self.spec, read(packed), read(self.scales), zp)
 
 
 @dataclass
@@ -341,14 +365,14 @@ class _Analyzer:
         while queue:
             i = queue.popleft()
             for o in self.g.node[i].output:
-                if o in self.outputs:
+                if o in self.outputs and not self.is_cache(o):
                     return True
                 for ci, _ in self.cons.get(o, []):
                     if ci in seen:
                         continue
                     seen.add(ci)
                     n = self.g.node[ci]
-                    if n.op_type in WEIGHT_OPS and any(self.is_weight(x) for x in n.input):
+                    if n.op_type in WEIGHT_OPS and (n.op_type == "MatMulNBits" or any(self.is_weight(x) for x in n.input)):
                         continue
                     if n.op_type in _NORM_OPS:
                         continue
@@ -356,6 +380,19 @@ class _Analyzer:
                         continue  # a residual: two activations meet
                     queue.append(ci)
         return False
+
+    def is_cache(self, value: str) -> bool:
+        """A graph output that is a key/value cache (``present``): an attention op's cache
+        output, or a Concat of a graph input (the past) with the new keys or values. A
+        projection reaching one is not an output layer."""
+        i = self.prod.get(value)
+        if i is None:
+            return False
+        n = self.g.node[i]
+        if n.op_type in ("GroupQueryAttention", "MultiHeadAttention", "Attention", "SparseAttention"):
+            return value != n.output[0]
+        graph_inputs = {x.name for x in self.g.input} - set(self.inits)
+        return n.op_type == "Concat" and any(x in graph_inputs for x in n.input)
 
     def is_normalized(self, value: str, depth: int = 6) -> bool:
         """Whether a value is a normalized activation: produced (within a few ops) by
@@ -394,11 +431,13 @@ class _Analyzer:
     def linear_input_is_linear(self, add_idx: int, init_input: int) -> int | None:
         """For an Add with an initializer, the index of the MatMul/Gemm producing the other input."""
         n = self.g.node[add_idx]
+        if (n.op_type, init_input) in _FUSED_BIAS:
+            return self.linear_producer(n.input[0])
         for j, x in enumerate(n.input):
-            if j != init_input and x in self.prod:
-                p = self.g.node[self.prod[x]]
-                if p.op_type in ("MatMul", "Gemm") and any(self.is_weight(y) for y in p.input[1:2]):
-                    return self.prod[x]
+            if j != init_input:
+                lin = self.linear_producer(x)
+                if lin is not None:
+                    return lin
         return None
 
     # -------------------------------------------------------------- roles
@@ -428,6 +467,33 @@ class _Analyzer:
             return "conv.weight", Layout((1, 0) + tuple(range(2, rank)), kinds, name="[in, out/groups, k...]"), "", ev
         if op in ("Conv", "ConvTranspose") and cj == 2 and rank == 1:
             return "conv.bias", Layout((0,), (FEATURE,), name="[out]"), "", ev
+        if op in _ROTARY_CACHES and cj in _ROTARY_CACHES[op]:
+            return None, None, f"constant, not a parameter: a rotary cache ({op} input {cj})", ev
+        if (op, cj) in _FUSED_BIAS and rank == 1:
+            if self.linear_producer(n.input[0]) is not None:
+                return "linear.bias", Layout((0,), (FEATURE,), name="[out]"), "", ev + ["the bias of the projection feeding it"]
+            return "parameter", _broadcast_layout(shape), "", ev
+        if op in ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization") and cj in (2, 3):
+            return ("norm.scale" if cj == 2 else "norm.bias"), _broadcast_layout(shape), "", ev
+        if op == "EmbedLayerNormalization" and cj in (2, 3, 4) and rank == 2:
+            return "embedding", Layout((0, 1), (INDEX, FEATURE), name="[vocab, dim]"), "", ev
+        if op == "EmbedLayerNormalization" and cj in (5, 6):
+            return ("norm.scale" if cj == 5 else "norm.bias"), _broadcast_layout(shape), "", ev
+        if op in ("Attention", "MultiHeadAttention", "PackedAttention") and ((op == "Attention" and cj in (1, 2))
+                                                                         or (op == "MultiHeadAttention" and cj == 3)):
+            sizes = _attr(n, "qkv_hidden_sizes", None)
+            if sizes and len(set(sizes)) > 1:
+                return None, None, f"unsupported consumer {op} input {cj} (q, k and v of different widths)", ev
+            heads = int(_attr(n, "num_heads", 0))
+            weight = cj == 1 and op == "Attention"
+            if (rank, weight) not in ((2, True), (1, False)) or shape[-1] % 3 or (heads and (shape[-1] // 3) % heads):
+                return None, None, f"unsupported consumer {op} input {cj} (shape {list(shape)})", ev
+            perm, kinds = ((1, 0), (FEATURE, FEATURE)) if weight else ((0,), (FEATURE,))
+            h = (heads,) + (0,) * (len(perm) - 1) if heads else ()
+            kinds = (PARTS,) + ((FEATURE, FEATURE) if heads else (FEATURE,)) + kinds[1:]
+            ev = ev + [f"fused q, k and v of {heads} heads ({op})"]
+            return ("linear.weight" if weight else "linear.bias"), Layout(perm, kinds, 3, "[in, 3*out]" if weight
+                                                                          else "[3*out]", heads=h), "", ev
         if op in ("LayerNormalization", "BatchNormalization", "InstanceNormalization", "GroupNormalization",
                   "SimplifiedLayerNormalization", "RMSNormalization") and cj >= 1:
             names = {1: "norm.scale", 2: "norm.bias", 3: "norm.mean", 4: "norm.var"}
@@ -454,7 +520,10 @@ class _Analyzer:
     def analyze(self) -> GraphSlots:
         slots: list[Slot] = []
         for ni, node in enumerate(self.g.node):
+            quantized = node.op_type == "MatMulNBits" and self._quant_slot(ni, node, slots)
             for j, x in enumerate(node.input):
+                if quantized and 1 <= j <= 4:
+                    continue  # codes, scales, zero points and group index: the quantized weight's slot
                 t = self.inits.get(x)
                 if t is None or t.data_type not in FLOAT_TYPES:
                     continue  # integer, shape, axes and bool tensors are never touched
@@ -513,8 +582,95 @@ class _Analyzer:
         shared = {k: v for k, v in shared.items() if len(v) > 1}
         self._assign_modules(slots, shared)
         self._refine_layouts(slots)
+        slots = self._split_packed_attention(slots)
         slots.extend(self._absent_biases(slots))
         return GraphSlots(slots)
+
+    def _packed_heads(self, lin: int) -> tuple[int, int] | None:
+        """(query heads, key/value heads) when a projection's output is a ``GroupQueryAttention``'s
+        packed q|k|v input (its key and value inputs empty), else None."""
+        for ci, cj in self._follow(self.g.node[lin].output[0]):
+            n = self.g.node[ci]
+            ins = list(n.input) + ["", ""]
+            if n.op_type == "GroupQueryAttention" and cj == 0 and not ins[1] and not ins[2]:
+                h, kv = int(_attr(n, "num_heads", 0)), int(_attr(n, "kv_num_heads", 0))
+                return (h, kv) if h and kv else None
+        return None
+
+    def _split_packed_attention(self, slots: list[Slot]) -> list[Slot]:
+        """A projection packed as q|k|v for ``GroupQueryAttention`` (onnxruntime-genai) has
+        parts of different widths (heads*d, kv_heads*d, kv_heads*d): its weight and bias are
+        read as three views, one per part, each split by its heads, so that q, k and v are
+        resampled apart, as separate projections are."""
+        out: list[Slot] = []
+        cache: dict[int, tuple[int, int] | None] = {}
+        for s in slots:
+            lin = s.consumer if s.role == "linear.weight" else s.anchor if s.role == "linear.bias" else -1
+            if lin < 0 or s.layout is None or s.view is not None or s.layout.parts > 1:
+                out.append(s)
+                continue
+            if lin not in cache:
+                cache[lin] = self._packed_heads(lin)
+            heads = cache[lin]
+            weight = s.role == "linear.weight"
+            if heads is None or (weight and (len(s.shape) != 2 or s.layout.perm != (1, 0))) or \
+                    (not weight and len(s.shape) != 1):
+                out.append(s)
+                continue
+            h, kv = heads
+            width = s.shape[-1]
+            if width % (h + 2 * kv):
+                out.append(s)
+                continue
+            d = width // (h + 2 * kv)
+            index = np.arange(int(np.prod(s.shape))).reshape(s.shape)
+            start = 0
+            for part, n in (("q", h), ("k", kv), ("v", kv)):
+                cols = index[..., start:start + n * d]
+                start += n * d
+                view = View([f"{part} of packed q|k|v"], tuple(s.shape), cols, None, None, covered=int(cols.size))
+                lay = Layout(s.layout.perm, (FEATURE,) * (len(s.shape) + 1), name=f"{s.layout.name} {part} part by heads",
+                             heads=(n,) + (0,) * (len(s.shape) - 1))
+                out.append(replace(s, shape=tuple(cols.shape), layout=lay, view=view, evidence=s.evidence + [
+                    f"the {part} part of a q|k|v projection packed for GroupQueryAttention ({h} query heads, "
+                    f"{kv} key/value heads of {d})"]))
+        return out
+
+    def _quant_slot(self, ni: int, node: onnx.NodeProto, slots: list[Slot]) -> bool:
+        """The slot of a ``MatMulNBits`` weight (``QuantRef``): its values are the dequantized
+        [K, N] matrix, a projection weight like a MatMul's. False when its codes or scales
+        are not stored in the graph (or a group index reorders K: not supported)."""
+        ins = list(node.input) + [""] * 6
+        b, sc, zp, gidx = ins[1], ins[2], ins[3], ins[4]
+        tb, ts = self.inits.get(b), self.inits.get(sc)
+        if tb is None or ts is None or ts.data_type not in FLOAT_TYPES or gidx:
+            return False
+        if zp and (zp not in self.inits or self.inits[zp].data_type != TensorProto.UINT8):
+            return False  # float zero points: not supported, left
+        k, n = int(_attr(node, "K", 0)), int(_attr(node, "N", 0))
+        spec = BlockQuant(k, n, int(_attr(node, "bits", 4)), int(_attr(node, "block_size", 0)), bool(zp))
+        if not (k and n and spec.block_size and spec.bits in (2, 4, 8)) or tuple(tb.dims) not in (
+                spec.packed_shape(), (spec.n, spec.k_blocks * spec.blob_size), (spec.n * spec.k_blocks * spec.blob_size,)):
+            return False
+        ev = ["MatMulNBits input 1", f"{spec.bits}-bit codes in blocks of {spec.block_size} with scales"
+              + (" and zero points" if zp else "") + ": read dequantized, written requantized"]
+        slots.append(Slot(ni, 1, b, (k, n), ts.data_type, ni, 1, node.op_type, "linear.weight",
+                          Layout((1, 0), (FEATURE, FEATURE), name="[in, out] (dequantized)"), evidence=ev, anchor=ni,
+                          provenance="a quantized projection weight (MatMulNBits)",
+                          quant=QuantRef(sc, zp or None, spec)))
+        return True
+
+    def linear_producer(self, value: str) -> int | None:
+        """The projection (MatMul, Gemm, MatMulNBits with a weight) producing a value, if any."""
+        i = self.prod.get(value)
+        if i is None:
+            return None
+        p = self.g.node[i]
+        if p.op_type in ("MatMul", "Gemm") and len(p.input) > 1 and self.is_weight(p.input[1]):
+            return i
+        if p.op_type == "MatMulNBits" and len(p.input) > 1 and p.input[1] in self.inits:
+            return i
+        return None
 
     def _view_slots(self, ni: int, j: int, x: str, t: onnx.TensorProto, shape: tuple[int, ...],
                     ci: int, cj: int, vshape: tuple[int, ...]) -> list[Slot]:
@@ -604,7 +760,7 @@ class _Analyzer:
                 s.module, s.module_evidence = module, evidence
         # bias Adds inherit the projection's module when they have none of their own
         for s in slots:
-            if s.role == "linear.bias" and s.op in ("Add", "Sub") and not s.module:
+            if s.role == "linear.bias" and _bias_after(s) and not s.module:
                 lin = self.linear_input_is_linear(s.consumer, s.consumer_input)
                 if lin is not None and by_node.get(lin):
                     s.module = by_node[lin][0].module
@@ -624,7 +780,7 @@ class _Analyzer:
             if s.role not in ("linear.weight", "linear.bias") or s.layout is None:
                 continue
             lin = s.consumer
-            if s.role == "linear.bias" and s.op in ("Add", "Sub"):
+            if s.role == "linear.bias" and _bias_after(s):
                 found = self.linear_input_is_linear(s.consumer, s.consumer_input)
                 if found is None:
                     continue
@@ -638,12 +794,19 @@ class _Analyzer:
                 s.layout = Layout(s.layout.perm, kinds, 1, s.layout.name)
                 s.evidence.append("output layer: out axis indexes classes/vocabulary")
                 continue
+            if s.layout.parts > 1:
+                continue  # a fused op's own q, k, v parts (Attention)
             if lin not in parts_cache:
                 parts_cache[lin] = self.fused_parts(lin, out_features)
             p, why = parts_cache[lin]
             if p > 1 and out_features % p == 0:
                 s.layout = Layout(s.layout.perm, (PARTS,) + s.layout.kinds, p, s.layout.name)
                 s.evidence.append(f"fused projection of {p} parts ({why})")
+
+
+def _bias_after(s: Slot) -> bool:
+    """A bias that a later op adds to a projection's output (an Add, or a fused op's bias input)."""
+    return s.op in ("Add", "Sub") or (s.op, s.consumer_input) in _FUSED_BIAS
 
 
 def _batch_copies(a: np.ndarray, batch: int) -> bool:
@@ -666,9 +829,10 @@ def slot_array(read: Callable[[str], np.ndarray], s: Slot) -> np.ndarray:
     """A slot's values, of ``s.shape``: zeros for an absent bias, a view's elements for a view."""
     if s.absent:
         return np.zeros(s.shape, np_dtype(s.dtype))
+    stored = s.quant.decode(read, s.initializer) if s.quant is not None else read(s.initializer)
     if s.view is not None:
-        return s.view.read(read(s.initializer))
-    return read(s.initializer)
+        return s.view.read(stored)
+    return stored
 
 
 def slot_dtype(s: Slot) -> np.dtype:

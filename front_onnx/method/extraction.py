@@ -174,7 +174,7 @@ def template_corner(model: OnnxModel, gs: GraphSlots, tpl: Template, lengths: tu
         if s.absent:  # a bias the exporter dropped: zero
             raw.fill(0)
             stored = raw.reshape(s.shape)
-        elif s.view is not None:  # a view computed with constants: its elements of the stored tensor
+        elif s.view is not None or s.quant is not None:  # a view computed with constants, a quantized weight
             stored = slot_array(model.array, s)
         else:
             stored = model.read_into(s.initializer, raw)

@@ -8,12 +8,13 @@ import numpy as np
 
 from front_onnx import progress
 from front_onnx.analysis.folding import write_views
-from front_onnx.analysis.slots import ABSENT_SUFFIX, GraphSlots
+from front_onnx.analysis.slots import ABSENT_SUFFIX, GraphSlots, Slot
 from front_onnx.analysis.structure import Structure, Template
 from front_onnx.method.extraction import transformed_axes
 from front_onnx.method.learngene import GeneTemplate, Learngene
 from front_onnx.method.planning import Plan
 from front_onnx.numeric import spectral
+from front_onnx.numeric.quantization import dequantize, quantize
 from front_onnx.onnxio import OnnxModel, save_model
 
 
@@ -204,9 +205,35 @@ def _keep_unknown(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarra
     for i, m in unknown.items():
         s = gs.slots[i]
         if i in values and s.view is None and not s.absent:
-            stored = np.asarray(target.array(s.initializer)).reshape(values[i].shape)
+            stored = np.asarray(_decoded(target, s)).reshape(values[i].shape)
             out[i] = np.where(m, stored, values[i]).astype(values[i].dtype)
     return out
+
+
+def _decoded(target: OnnxModel, s: Slot) -> np.ndarray:
+    """The stored tensor a slot reads, as values: a quantized weight dequantized."""
+    return s.quant.decode(target.array, s.initializer) if s.quant is not None else target.array(s.initializer)
+
+
+def _requantized(target: OnnxModel, gs: GraphSlots, new_values: dict[str, np.ndarray]) -> dict[str, float]:
+    """Quantized weights (``QuantRef``) written as the target stores them: the float value
+    in ``new_values`` is replaced by its codes, scales and zero points in the target's own
+    bits and block size. Returns each one's relative L2 quantization error (the float
+    transfer against what the quantized target computes with)."""
+    errors: dict[str, float] = {}
+    for s in gs.slots:
+        if s.quant is None or s.initializer not in new_values or s.initializer in errors:
+            continue  # (the parts of a packed projection share their weight)
+        w = np.asarray(new_values.pop(s.initializer), np.float32)
+        scales_dtype = target.dtype(s.quant.scales)
+        packed, scales, zps = quantize(s.quant.spec, w, scales_dtype)
+        new_values[s.initializer] = packed.reshape(target.shape(s.initializer))
+        new_values[s.quant.scales] = scales.reshape(target.shape(s.quant.scales))
+        if s.quant.zero_points is not None and zps is not None:
+            new_values[s.quant.zero_points] = zps.reshape(target.shape(s.quant.zero_points))
+        back = dequantize(s.quant.spec, packed, scales, zps).astype(np.float64)
+        errors[s.initializer] = float(np.linalg.norm(back - w) / max(float(np.linalg.norm(w)), 1e-30))
+    return errors
 
 
 def _digest(a: np.ndarray) -> bytes:
@@ -225,7 +252,7 @@ def _views_stored(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarra
         return values
     out = dict(values)
     for name, idx in views.items():
-        stored = write_views(target.array(name), [(gs.slots[i].view, values[i], unknown.get(i))  # type: ignore[misc]
+        stored = write_views(_decoded(target, gs.slots[idx[0]]), [(gs.slots[i].view, values[i], unknown.get(i))  # type: ignore[misc]
                                                   for i in idx])
         for i in idx:
             out[i] = stored
@@ -300,10 +327,11 @@ def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.nd
             add[new_name] = (values[groups[digest][0]], dtype)
             for i in groups[digest]:
                 rewire[(gs.slots[i].node, gs.slots[i].input)] = new_name
+    quant_errors = _requantized(target, gs, new_values)
     # weights held in Constant nodes are written back into those nodes
     constants = {target.constant_node(n): v for n, v in new_values.items() if target.constant_node(n) is not None}
     new_values = {n: v for n, v in new_values.items() if target.constant_node(n) is None}
     save_model(target, output, new_values, external_data=external_data, add_initializers=add, rewire=rewire,
                constants=constants)
     renamed = {i: rewire[(s.node, s.input)] for i, s in enumerate(gs.slots) if (s.node, s.input) in rewire}
-    return {"split": split, "added": len(add), "renamed": renamed}
+    return {"split": split, "added": len(add), "renamed": renamed, "requantized": quant_errors}

@@ -61,4 +61,5 @@ def initialize_into(t: OnnxModel, gene: Learngene, output: Path, analysis, depth
     info = write_initialized(t, gs, values, output, external_data=external_data, unknown=unknown)
     for i, name in info["renamed"].items():
         p.slots[i].written_as = name
+    p.requantized = info["requantized"]
     return p, info["split"]

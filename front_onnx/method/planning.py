@@ -47,6 +47,7 @@ class Plan:
     depth: str = "spectral"          # how the layer axis is resampled (spectral.DEPTH_MODES)
     verdict: str = ""                # why nothing useful can be written (transfer refuses), '' when it can
     sources: dict[str, str] = field(default_factory=dict)  # target template key -> the source template feeding it
+    requantized: dict[str, float] = field(default_factory=dict)  # quantized weight -> relative error of requantizing it
 
     def left_by_reason(self) -> list[tuple[str, int, int]]:
         """(reason, slots, elements) of the slots left, most elements first; a constant's
@@ -83,6 +84,7 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         return {"keep": self.keep, "convention": self.convention, "depth": self.depth, "summary": self.summary(),
                 "verdict": self.verdict, "divergence": self.divergence, "sources": self.sources,
+                "requantized": self.requantized,
                 "left_by_reason": [{"reason": r, "slots": n, "elements": e} for r, n, e in self.left_by_reason()],
                 "templates": self.templates,
                 "slots": [asdict(s) for s in self.listed]}
@@ -413,5 +415,9 @@ def summary_lines(plan: Plan) -> list[str]:
         lines.append("structures diverge:" + "".join(f"\n  - {d}" for d in plan.divergence))
     for why, n, elements in plan.left_by_reason():
         lines.append(f"left: {n} slot{'s' if n > 1 else ''} ({elements} elements): {why}")
+    if plan.requantized:
+        errs = list(plan.requantized.values())
+        lines.append(f"requantized: {len(errs)} quantized weights written in the target's bits and block size; "
+                     f"relative error against the float transfer: mean {np.mean(errs):.2e}, max {max(errs):.2e}")
     return lines
 
