@@ -74,7 +74,9 @@ Run from the repository root (no network: every model comes from a config, HF_HU
     HF_HUB_OFFLINE=1 /tmp/env-genai/bin/python tests/corpus/deploy_build.py --env genai
     ... --env optimum optimum_vit            # some families of that environment only
 
-Run the two one after the other, not at once: each run replaces its families in ``tests/corpus/deploy/manifest.json`` (and records its
+The builds are deterministic: rebuilding both environments into another folder (``--root
+/tmp/check``) gave byte-identical models and inputs (same sha256 as the manifest). Run the
+two one after the other, not at once: each run replaces its families in ``tests/corpus/deploy/manifest.json`` (and records its
 environment's package versions under ``versions.<env>``). The manifest holds per model:
 family, role, tool, config, files with sha256, input specs, output names, op types (fused /
 contrib ops separately), the classification of every initializer, parameter element count,
