@@ -39,6 +39,9 @@ WEIGHT_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "LayerNormalization", "
               "EmbedLayerNormalization"}
 # projections: a bias fused into a later op (SkipLayerNormalization, BiasGelu) belongs to the one feeding it
 LINEAR_OPS = {"MatMul", "Gemm", "MatMulNBits"}
+# quantized ops whose integer inputs hold weights: (op -> weight inputs)
+_QUANTIZED_OPS = {"MatMulNBits": (1,), "DequantizeLinear": (0,), "MatMulInteger": (1,), "QLinearMatMul": (3,),
+                  "QLinearConv": (3,), "ConvInteger": (1,), "GatherBlockQuantized": (0,)}
 # onnxruntime's attention ops and their rotary caches (inputs computed from the configuration)
 _ROTARY_CACHES = {"GroupQueryAttention": (7, 8), "RotaryEmbedding": (2, 3), "SparseAttention": (8, 9)}
 # onnxruntime's fused ops that take the bias of the projection feeding input 0: (op, input)
@@ -146,6 +149,7 @@ class Slot:
     view: View | None = None  # ``shape`` is a view of the stored tensor computed with constants (``folding``)
     candidate: tuple[str, Layout, bool] | None = None  # role, layout, mask-like: if ``pairing`` shows it a parameter
     quant: "QuantRef | None" = None  # ``initializer`` holds the packed codes of a quantized weight (MatMulNBits)
+    unsupported: bool = False  # a parameter (by its provenance) that no supported op reads: counted, left
 
     @property
     def size(self) -> int:
@@ -551,6 +555,13 @@ class _Analyzer:
                 provenance = ""
                 masked = None
                 candidate = None
+                unsupported = False
+                if role is None and reason.startswith("unsupported consumer"):
+                    prov = self._provenance(x, "")
+                    if prov.parameter:  # a parameter all the same: counted, and left with the reason
+                        unsupported, provenance = True, prov.evidence
+                        reason = (f"a parameter read by {self.g.node[ci].op_type} (input {cj}), an op front-onnx "
+                                  "does not transfer: left as it is")
                 if role is not None:
                     prov = self._provenance(x, role)
                     provenance = prov.evidence
@@ -575,7 +586,9 @@ class _Analyzer:
                 slots.append(Slot(ni, j, x, tuple(masked.index.shape) if masked is not None and masked.index is not None
                                   else shape, t.data_type, ci, cj, self.g.node[ci].op_type,
                                   role, layout, reason=reason, evidence=ev, anchor=ci, provenance=provenance,
-                                  view=masked, candidate=candidate))
+                                  view=masked, candidate=candidate, unsupported=unsupported))
+            if node.op_type in _QUANTIZED_OPS and not quantized:
+                slots.extend(self._unsupported_quantized(ni, node))
         shared: dict[str, list[int]] = defaultdict(list)
         for k, s in enumerate(slots):
             shared[s.initializer].append(k)
@@ -659,6 +672,22 @@ class _Analyzer:
                           provenance="a quantized projection weight (MatMulNBits)",
                           quant=QuantRef(sc, zp or None, spec)))
         return True
+
+    def _unsupported_quantized(self, ni: int, node: onnx.NodeProto) -> list[Slot]:
+        """Slots for the integer weights of quantized ops the transfer does not read (a
+        DequantizeLinear's codes, a MatMulNBits with a group index): parameters, counted in
+        the totals and left with the reason."""
+        out = []
+        for j in _QUANTIZED_OPS[node.op_type]:
+            x = node.input[j] if j < len(node.input) else ""
+            t = self.inits.get(x)
+            if t is None or t.data_type in FLOAT_TYPES or int(np.prod(t.dims)) <= 1:
+                continue
+            out.append(Slot(ni, j, x, tuple(int(d) for d in t.dims), t.data_type, ni, j, node.op_type, None, None,
+                            reason=f"a quantized parameter read by {node.op_type} (input {j}), a form front-onnx "
+                                   "does not transfer: left as it is", evidence=[f"{node.op_type} input {j}"],
+                            anchor=ni, provenance="quantized weights are parameters", unsupported=True))
+        return out
 
     def linear_producer(self, value: str) -> int | None:
         """The projection (MatMul, Gemm, MatMulNBits with a weight) producing a value, if any."""

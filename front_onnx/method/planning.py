@@ -35,6 +35,7 @@ class SlotPlan:
     written_as: str = ""             # the output initializer, when a shared one was split
     absent: bool = False             # a bias the target's layer does not have (zero)
     counted: bool = True             # in the parameter totals (not an absent bias zero on both sides)
+    parameter: bool = False          # no role, but a parameter (behind an op the transfer does not support)
 
 
 @dataclass
@@ -72,7 +73,7 @@ class Plan:
         return [s for s in self.slots if s.status != "absent"]
 
     def summary(self) -> dict[str, Any]:
-        weights = [s for s in self.slots if s.role is not None and s.counted]
+        weights = [s for s in self.slots if (s.role is not None or s.parameter) and s.counted]
         total = sum(s.elements for s in weights)
         done = sum(s.elements for s in weights if s.status == "written")
         return {
@@ -301,7 +302,7 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
                                   operations=ops, reason=why))
         else:
             reason = st.unplaced.get(i, s.reason or "not placed")
-            plans.append(SlotPlan(**base, template=None, status="left", reason=reason))
+            plans.append(SlotPlan(**base, template=None, status="left", reason=reason, parameter=s.unsupported))
     if depth_mode not in DEPTH_MODES:
         raise ValueError(f"unknown depth mode {depth_mode!r}; use one of {', '.join(DEPTH_MODES)}")
     return Plan(plans, verdicts, gene.keep, gene.convention, divergence(gene.structure, st.segments), depth_mode,

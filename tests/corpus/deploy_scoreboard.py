@@ -3,7 +3,11 @@ optimizer and the onnxruntime-genai model builder (``tests/corpus/deploy``, buil
 ``tests/corpus/deploy_build.py``), measured as ``tests/corpus/scoreboard.py`` measures the torch
 corpus (its helpers and criteria; a failed transfer fails every criterion of its pair).
 
-Pairs per family (one tool per family, so no cross pairs):
+Pairs per family (one tool per family), and across the genai builder's precisions
+(``genai_llama_int4>genai_llama_fp32-*`` and back: a quantized source into a float target,
+which must reproduce the source computed in float, ``float_compute``; a float source into a
+quantized target, which must reproduce the builder's own int4 export of the same checkpoint:
+the requantized weights are the codes the builder's quantizer gives):
 
 - ``<family>-identity``: source -> ``same`` target, keep 1.0: ``reproduces`` (relative L2 error
   of the onnxruntime outputs <= 1e-5 against the source's own outputs; for the int4 family
@@ -48,6 +52,9 @@ IDENTITY = ("reproduces", "nodes_unchanged", "constants_kept", "plan_agrees")
 IDENTITY_INT4 = ("reproduces_int4", "nodes_unchanged", "constants_kept", "plan_agrees")
 RESIZE = ("finite", "nodes_unchanged", "written", "constants_kept", "plan_agrees")
 UNTOUCHED = ("validate_untouched", "validate_inputs")
+# a quantized source into a float target and back (one architecture, one builder)
+CROSS = (("genai_llama_int4", "genai_llama_fp32"), ("genai_llama_fp32", "genai_llama_int4"))
+
 TEST_MODULE = Path(__file__).resolve().parents[1] / "test_corpus_deploy.py"
 
 
@@ -83,7 +90,37 @@ class DeployCorpus(Corpus):
             for role in ROLES:
                 e = self.model(fam, role)
                 out.append(Pair(f"{fam}-untouched-{role}", fam, "untouched", e, e, criteria=UNTOUCHED))
+        fams = set(families or self.families)
+        for a, b in CROSS:
+            if a in fams and b in fams:
+                src = self.model(a, "source")
+                # int4 -> fp32: the source computed in float; fp32 -> int4: the builder's own int4
+                # export of the same weights (the two sources are one checkpoint)
+                builder = self.path(self.model(b, "source"))
+                ref = float_compute if int4(src) else (lambda _src, _work, m=builder: m)
+                out.append(Pair(f"{a}>{b}-identity", a, "identity", src, self.model(b, "same"),
+                                criteria=IDENTITY, reference=ref))
+                out.append(Pair(f"{a}>{b}-shrink", a, "shrink", src, self.model(b, "shrink"), criteria=RESIZE))
         return out
+
+
+def float_compute(model: Path, workdir: Path) -> Path:
+    """A copy of a quantized model that computes in float (``MatMulNBits`` accuracy_level 0:
+    the dequantized weights times float activations, where the builder's accuracy_level 4
+    quantizes the activations to int8): what a float model with its dequantized weights
+    must reproduce."""
+    import onnx
+
+    dst = Path(workdir) / "float-compute" / model.parent.name / model.name
+    if not dst.exists():
+        m = onnx.load(str(model))
+        for n in m.graph.node:
+            for a in n.attribute:
+                if n.op_type == "MatMulNBits" and a.name == "accuracy_level":
+                    a.i = 0
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(m, str(dst))
+    return dst
 
 
 def _validate(corpus: DeployCorpus, pair: Pair) -> PairResult:

@@ -49,7 +49,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -139,6 +139,7 @@ class Pair:
     target: dict
     scrambled: bool = False   # source and target pass through tests/scramble.py first
     criteria: tuple[str, ...] = ()   # the pair's own criteria (else by kind)
+    reference: Callable[[Path, Path], Path] | None = None  # (source, workdir) -> the model to reproduce, else the source
 
     @property
     def exporters(self) -> str:
@@ -386,7 +387,8 @@ def evaluate(corpus: Corpus, pair: Pair, workdir: Path, compare: bool = False) -
     for name in (c for c in wanted if c in TOLERANCE):
         tol = TOLERANCE[name]
         try:
-            err = rel_error(run(corpus, pair.family, src, original), run(corpus, pair.family, out, original))
+            ref = pair.reference(src, Path(workdir)) if pair.reference is not None else src
+            err = rel_error(run(corpus, pair.family, ref, original), run(corpus, pair.family, out, original))
             num["rel_error"] = err
             crit[name] = [err <= tol, f"relative error {err:.2e} (tolerance {tol:.0e})"]
         except Exception as e:  # noqa: BLE001
