@@ -70,10 +70,11 @@ class ValidationReport:
         return not self.failed
 
     def warning_lines(self) -> list[str]:
-        """One line per activation-scale warning, with the range it fell outside."""
+        """One line per warning: an activation scale with the range it fell outside, any
+        other check with what it found."""
         lo, hi = SCALE_RANGE
-        return [f"{c.name}: {c.figure} ({c.detail}) is outside [{lo:g}, {hi:g}]"
-                for c in self.checks if c.status == "warn"]
+        return [f"{c.name}: {c.figure} ({c.detail}) is outside [{lo:g}, {hi:g}]" if c.name.startswith("scale")
+                else f"{c.name}: {c.detail}" for c in self.checks if c.status == "warn"]
 
     def provider_line(self, verbose: bool = False) -> str:
         """The provider that ran the model. Why CUDA was not used is said only when CUDA was
