@@ -57,6 +57,10 @@ def test_packed_qkv_parts_and_heads_are_kept_apart(family, tmp_path):
         return (a - a.mean(1, keepdims=True)) / a.std(1, keepdims=True)
     corr = np.abs(z(got) @ z(src_in).T) / got.shape[1]
     best = corr.argmax(axis=1)
+    # the output projection reads the attention op's output: its in axis is split by the query heads
+    gs, _ = analyze(load_model(out))
+    o_proj = [x for x in gs.slots if x.role == "linear.weight" and "o_proj" in x.initializer]
+    assert o_proj and all(x.layout.heads == (0, 2) for x in o_proj), [x.layout.heads for x in o_proj]
     src_parts = {"q": range(0, 64), "k": range(64, 96), "v": range(96, 128)}
     tgt_parts = {"q": range(0, 32), "k": range(32, 48), "v": range(48, 64)}
     for part, rows in tgt_parts.items():

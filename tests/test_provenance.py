@@ -81,6 +81,24 @@ def test_legacy_torch_fold_is_a_parameter_unless_mask_like():
     assert not _classify(_graph(8, 0, add_name="pkg::table"), "pkg::table", "parameter").parameter
 
 
+def test_rotary_frequencies_are_constants_by_their_values():
+    """optimum's Llama keeps ``inv_freq`` as a legacy-exporter initializer (``onnx::Expand_N``,
+    [1, d/2, 1]): a geometric sequence from 1 is computed from the configuration. A tensor of
+    trained values, or a near-geometric one, is not taken for it."""
+    d = 16
+    inv_freq = (1.0 / 10000 ** (np.arange(0, d, 2) / d)).astype(np.float32).reshape(1, d // 2, 1)
+    m = _graph(8, 0)
+    arrays = {"onnx::Expand_108": inv_freq}
+    from front_onnx.analysis.provenance import classify as cl
+    p = cl("onnx::Expand_108", "token", True, Marks(m.graph), arrays.__getitem__)
+    assert not p.parameter and "rotary frequencies" in p.evidence
+    trained = inv_freq * (1 + 0.01 * np.random.default_rng(0).standard_normal(inv_freq.shape)).astype(np.float32)
+    p = cl("onnx::Expand_108", "token", True, Marks(m.graph), {"onnx::Expand_108": trained}.__getitem__)
+    assert p.parameter
+    ones = np.ones_like(inv_freq)  # ratio 1: not rotary frequencies (a fresh layer scale)
+    assert "rotary" not in cl("onnx::Mul_3", "scale", True, Marks(m.graph), {"onnx::Mul_3": ones}.__getitem__).evidence
+
+
 @pytest.mark.parametrize("name,words", [
     ("pos_embed", True), ("blocks.0.attn.relative_position_bias_table", True), ("conv2d_1", True),
     ("res2a_branch2a", True), ("functional_1/block0_fc1_1/MatMul", True), ("s1b0_c1_bn_scale_12", True),

@@ -39,6 +39,12 @@ WEIGHT_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "LayerNormalization", "
               "EmbedLayerNormalization"}
 # projections: a bias fused into a later op (SkipLayerNormalization, BiasGelu) belongs to the one feeding it
 LINEAR_OPS = {"MatMul", "Gemm", "MatMulNBits"}
+# op inputs that configure the op (sizes, bounds, exponents), never weights
+_CONFIG_INPUTS = {"Resize": (1, 2, 3), "Upsample": (1,), "Pad": (1, 2, 3), "Clip": (1, 2), "Range": (0, 1, 2),
+                  "Pow": (1,), "RoiAlign": (1, 2), "NonMaxSuppression": (2, 3, 4), "TopK": (1,), "Trilu": (1,),
+                  "CumSum": (1,), "QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2), "DynamicQuantizeLinear": (),
+                  "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,),
+                  "CenterCropPad": (1,), "GridSample": (1,), "LpPool": ()}
 # quantized ops whose integer inputs hold weights: (op -> weight inputs)
 _QUANTIZED_OPS = {"MatMulNBits": (1,), "DequantizeLinear": (0,), "MatMulInteger": (1,), "QLinearMatMul": (3,),
                   "QLinearConv": (3,), "ConvInteger": (1,), "GatherBlockQuantized": (0,)}
@@ -519,6 +525,10 @@ class _Analyzer:
             return "token", _broadcast_layout(shape), "", ev
         if op == "Where" and cj in (1, 2):  # a table chosen per position (masked relative-position biases)
             return "parameter", _broadcast_layout(shape), "", ev
+        if op in ("Shape", "Size"):
+            return None, None, f"only its shape is read ({op}), not its values", ev
+        if cj in _CONFIG_INPUTS.get(op, ()):
+            return None, None, f"a configuration input of {op} (input {cj}), not a weight", ev
         return None, None, f"unsupported consumer {op} input {cj}", ev
 
     def analyze(self) -> GraphSlots:
@@ -596,6 +606,11 @@ class _Analyzer:
         self._assign_modules(slots, shared)
         self._refine_layouts(slots)
         slots = self._split_packed_attention(slots)
+        weights = {s.initializer for s in slots if s.role is not None}
+        for s in slots:
+            if s.unsupported and s.initializer in weights:  # counted, and written, through its other use
+                s.unsupported = False
+                s.reason += "; the tensor is written through its other use"
         slots.extend(self._absent_biases(slots))
         return GraphSlots(slots)
 
@@ -608,6 +623,30 @@ class _Analyzer:
             if n.op_type == "GroupQueryAttention" and cj == 0 and not ins[1] and not ins[2]:
                 h, kv = int(_attr(n, "num_heads", 0)), int(_attr(n, "kv_num_heads", 0))
                 return (h, kv) if h and kv else None
+        return None
+
+    def _contrib_heads(self, s: Slot) -> tuple[int, ...] | None:
+        """Heads of a projection that an onnxruntime attention op splits itself (no Reshape
+        for the dimension flow to see): one feeding ``GroupQueryAttention``'s query (its
+        ``num_heads``) or key/value (``kv_num_heads``), or ``MultiHeadAttention``'s q/k/v, splits
+        its out axis; one reading such an op's output splits its in axis."""
+        node = self.g.node[s.anchor]
+        weight = s.role == "linear.weight"
+        for ci, cj in self._follow(node.output[0]):
+            n = self.g.node[ci]
+            if n.op_type == "GroupQueryAttention" and cj in (0, 1, 2) and n.input[1]:
+                h = int(_attr(n, "num_heads" if cj == 0 else "kv_num_heads", 0))
+                return ((h, 0) if weight else (h,)) if h else None
+            if n.op_type == "MultiHeadAttention" and cj in (0, 1, 2):
+                h = int(_attr(n, "num_heads", 0))
+                return ((h, 0) if weight else (h,)) if h else None
+        if weight and node.input:
+            p = self.prod.get(node.input[0])
+            a = self.g.node[p] if p is not None else None
+            if a is not None and a.op_type in ("GroupQueryAttention", "MultiHeadAttention", "Attention") \
+                    and node.input[0] == a.output[0]:
+                h = int(_attr(a, "num_heads", 0))
+                return (0, h) if h else None
         return None
 
     def _split_packed_attention(self, slots: list[Slot]) -> list[Slot]:
@@ -626,6 +665,14 @@ class _Analyzer:
                 cache[lin] = self._packed_heads(lin)
             heads = cache[lin]
             weight = s.role == "linear.weight"
+            if heads is None and not s.layout.heads and len(s.shape) == (2 if weight else 1) \
+                    and s.layout.perm == ((1, 0) if weight else (0,)):
+                h = self._contrib_heads(s)
+                if h is not None and all(not n or c % n == 0 for n, c in zip(h, s.layout.canonical_shape(s.shape))):
+                    kinds = tuple(k for n, kind in zip(h, s.layout.kinds) for k in ((kind, kind) if n else (kind,)))
+                    s.layout = Layout(s.layout.perm, kinds, 1, s.layout.name + " by heads", heads=h)
+                    s.evidence.append("heads: " + " and ".join(f"{'out' if k == 0 else 'in'} axis {n} heads"
+                                                              for k, n in enumerate(h) if n) + " (attention op)")
             if heads is None or (weight and (len(s.shape) != 2 or s.layout.perm != (1, 0))) or \
                     (not weight and len(s.shape) != 1):
                 out.append(s)
