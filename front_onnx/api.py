@@ -29,6 +29,8 @@ from front_onnx.method.pipeline import (
     DEFAULT_CONVENTION,
     DEFAULT_DEPTH,
     DEFAULT_KEEP,
+    DEFAULT_METHOD,
+    DEFAULT_SCALE,
     initialize_into,
     pair_analysis,
     pair_learngene,
@@ -41,7 +43,7 @@ from front_onnx.validation.checks import validate as _validate
 
 __all__ = ["extract", "plan", "initialize", "transfer", "validate", "inspect", "weights", "refine",
            "refine_module", "transfer_module", "InitResult", "FrontError", "ValidationFailed", "DEFAULT_KEEP",
-           "DEFAULT_CONVENTION", "DEFAULT_DEPTH", "LEARNGENE_SUFFIX"]
+           "DEFAULT_CONVENTION", "DEFAULT_DEPTH", "DEFAULT_METHOD", "DEFAULT_SCALE", "LEARNGENE_SUFFIX"]
 
 LEARNGENE_SUFFIX = ".safetensors"  # a source path with this suffix is a learngene, not a model
 
@@ -140,7 +142,7 @@ def extract(source: PathLike | OnnxModel, *, keep: float = DEFAULT_KEEP, convent
 @_all_cores
 def plan(source: PathLike | OnnxModel | Learngene, target: PathLike | OnnxModel, *,
          keep: float = DEFAULT_KEEP, convention: str = DEFAULT_CONVENTION, depth: str = DEFAULT_DEPTH,
-         allow_nonfinite: bool = False) -> Plan:
+         allow_nonfinite: bool = False, method: str = DEFAULT_METHOD) -> Plan:
     """What initializing ``target`` from ``source`` would do: the same plan ``transfer``
     computes, with ``verdict`` set to the reason ``transfer`` would refuse it ('' when it
     would not). ``source`` is a model, a Learngene, or a path: a learngene file when it
@@ -154,9 +156,9 @@ def plan(source: PathLike | OnnxModel | Learngene, target: PathLike | OnnxModel,
     else:  # as transfer does it: the pair analyzed together
         s = _model(source)
         source_analysis, (gs, st) = pair_analysis(s, t)
-        gene = extract_learngene(s, keep=keep, convention=convention, allow_nonfinite=allow_nonfinite,
-                                  structure=source_analysis)
-    p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth)
+        gene = extract_learngene(s, keep=1.0 if method == "select" else keep, convention=convention,
+                                  allow_nonfinite=allow_nonfinite, structure=source_analysis)
+    p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth, method)
     label = gene.source if isinstance(source, Learngene) else str(getattr(source, "path", source))
     p.verdict = overlap_verdict(p, st, str(t.path), label or "the source")  # what transfer would refuse
     return p
@@ -170,12 +172,15 @@ def _init_outputs(output: PathLike, report: PathLike | None) -> list[Path | None
 def initialize(target: PathLike | OnnxModel, learngene: PathLike | Learngene, output: PathLike, *,
                report: PathLike | None = None, external_data: bool | None = None,
                validate: bool = False, device: str = "auto", strict: bool = False,
-               keep_invalid: bool = False, depth: str = DEFAULT_DEPTH) -> InitResult:
+               keep_invalid: bool = False, depth: str = DEFAULT_DEPTH, method: str = DEFAULT_METHOD,
+               scale: str = DEFAULT_SCALE) -> InitResult:
     """Initialize ``target`` from a learngene and write the result to ``output``.
 
     ``depth`` says how a stage's blocks are resampled when the target has another number
     of them: 'spectral' (DCT along the layer axis, as the paper), 'nearest' or 'linear'
-    (by relative depth; see ``spectral.resample_layers``).
+    (by relative depth; see ``spectral.resample_layers``). ``method`` 'select' fills the target
+    by Weight Selection (``method.selection``; needs a learngene of keep 1.0), ``scale`` sets
+    the written weights' amplitude (``method.amplitude``).
 
     With ``validate`` the output is checked against the original target (see
     ``front_onnx.validate``); a failed hard check (or any warning with ``strict``) raises
@@ -186,16 +191,16 @@ def initialize(target: PathLike | OnnxModel, learngene: PathLike | Learngene, ou
     gene = _learngene(learngene)
     label = str(learngene) if not isinstance(learngene, Learngene) else (gene.source or "the learngene")
     result = _initialize(t, gene, Path(output), t0, report, external_data, analyze(t, stage_blocks(gene.templates)),
-                         depth, label=label)
+                         depth, label=label, method=method, scale=scale)
     _finish(result, validate, t, None, device, strict, keep_invalid, compare=False)
     return result
 
 
 def _initialize(t: OnnxModel, gene: Learngene, output: Path, t0: float, report: PathLike | None,
                 external_data: bool | None, analysis, depth: str, release: bool = False,
-                label: str = "") -> InitResult:
+                label: str = "", method: str = DEFAULT_METHOD, scale: str = DEFAULT_SCALE) -> InitResult:
     p, split = initialize_into(t, gene, output, analysis, depth, external_data=external_data, release=release,
-                               label=label)
+                               label=label, method=method, scale=scale)
     return InitResult(output, p, time.perf_counter() - t0, split,
                       report=Path(report) if report is not None else None)
 
@@ -205,9 +210,10 @@ def transfer(source: PathLike | OnnxModel, target: PathLike | OnnxModel, output:
              keep: float = DEFAULT_KEEP, convention: str = DEFAULT_CONVENTION, report: PathLike | None = None,
              external_data: bool | None = None, validate: bool = False, device: str = "auto",
              strict: bool = False, keep_invalid: bool = False, depth: str = DEFAULT_DEPTH,
-             allow_nonfinite: bool = False) -> InitResult:
+             allow_nonfinite: bool = False, method: str = DEFAULT_METHOD, scale: str = DEFAULT_SCALE) -> InitResult:
     """``extract`` + ``initialize`` in memory; byte-identical to running them one after the other.
-    ``allow_nonfinite`` as in ``extract``.
+    ``allow_nonfinite`` as in ``extract``; ``method`` and ``scale`` as in ``initialize`` (with
+    'select' the source is read whole, whatever ``keep``).
     ``validate`` as in ``initialize``, with activation scales compared with the source and,
     at keep 1 into an identical architecture, outputs that must reproduce the source's."""
     t0 = time.perf_counter()
@@ -216,11 +222,11 @@ def transfer(source: PathLike | OnnxModel, target: PathLike | OnnxModel, output:
     guard(_init_outputs(output, report), _files(t, s))
     source_analysis, analysis = pair_analysis(s, t)
     gene = pair_learngene(s, source_analysis, analysis, keep=keep, convention=convention, depth=depth,
-                          allow_nonfinite=allow_nonfinite)
+                          allow_nonfinite=allow_nonfinite, method=method)
     source_path = s.path
     del s  # an inline source's weights need not stay in memory while the target is written
     result = _initialize(t, gene, Path(output), t0, report, external_data, analysis, depth, release=True,
-                         label=str(source_path))
+                         label=str(source_path), method=method, scale=scale)
     _finish(result, validate, t, source_path, device, strict, keep_invalid,
             compare=None if keep == 1.0 else False)
     return result

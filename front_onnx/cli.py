@@ -22,6 +22,8 @@ from front_onnx import api, progress
 from front_onnx._version import __version__
 from front_onnx.errors import DeviceError, FrontError, ValidationFailed
 from front_onnx.method.planning import format_plan
+from front_onnx.method.amplitude import SCALES
+from front_onnx.method.selection import METHODS
 from front_onnx.numeric.spectral import CONVENTIONS, DEPTH_MODES
 from front_onnx.validation.runtime import DEVICES
 
@@ -52,6 +54,13 @@ def _add_depth(p: argparse.ArgumentParser) -> None:
                    help="how blocks are resampled when the target has more or fewer: 'spectral' (DCT along "
                         "the layer axis, as the paper), 'nearest' or 'linear' (by relative depth) "
                         f"(default {api.DEFAULT_DEPTH})")
+    p.add_argument("--method", choices=METHODS, default=api.DEFAULT_METHOD,
+                   help="'front' (the learngene's spectrum resized, the paper) or 'select' (Weight Selection: "
+                        "first blocks, evenly spaced units; shrinks only) (default %(default)s)")
+    p.add_argument("--scale", choices=SCALES, default=api.DEFAULT_SCALE,
+                   help="amplitude of the written weights: 'none' (as the convention leaves it), 'element' (each "
+                        "block's element std the source block's), 'fan-in' (element, then weights scaled by "
+                        "sqrt(source fan-in / target fan-in)) (default %(default)s)")
 
 
 def _add_output(p: argparse.ArgumentParser) -> None:
@@ -228,7 +237,7 @@ def _run(args: argparse.Namespace) -> int:
         _print_result(r, args)
     elif args.command == "plan":
         p = api.plan(args.source, args.target, keep=args.keep, convention=args.convention, depth=args.depth,
-                     allow_nonfinite=args.allow_nonfinite)
+                     allow_nonfinite=args.allow_nonfinite, method=args.method)
         if args.json:
             json.dump(p.to_json(), sys.stdout, indent=2)
             print()
@@ -291,7 +300,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _vargs(args: argparse.Namespace) -> dict:
     return {"validate": not args.no_validate, "device": args.device, "strict": args.strict,
-            "keep_invalid": args.keep_invalid, "depth": args.depth}
+            "keep_invalid": args.keep_invalid, "depth": args.depth, "method": args.method, "scale": args.scale}
 
 
 def _print_json(data: dict) -> None:

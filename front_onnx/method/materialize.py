@@ -12,7 +12,9 @@ from front_onnx.analysis.slots import ABSENT_SUFFIX, GraphSlots, Slot
 from front_onnx.analysis.structure import Structure, Template
 from front_onnx.method.extraction import transformed_axes
 from front_onnx.method.learngene import GeneTemplate, Learngene
+from front_onnx.method import amplitude
 from front_onnx.method.planning import Plan
+from front_onnx.method.selection import select
 from front_onnx.numeric import spectral
 from front_onnx.numeric.quantization import dequantize, quantize
 from front_onnx.onnxio import OnnxModel, save_model
@@ -141,14 +143,17 @@ def _streamed(gene: GeneTemplate, tpl: Template, gs: GraphSlots, shape: tuple[in
 
 def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
                 dtypes: dict[str, np.dtype], depth_mode: str = "spectral", *,
-                release: bool = False, unknown: dict[int, np.ndarray] | None = None) -> dict[int, np.ndarray]:
+                release: bool = False, unknown: dict[int, np.ndarray] | None = None,
+                method: str = "front", scale: str = "none") -> dict[int, np.ndarray]:
     """Values for every written slot (slot index -> array in the slot's stored layout and
     the dtype of its initializer, ``dtypes[name]``). ``unknown`` receives, per slot, the
     entries the source held only as mask values (``_unknown_entries``), for the writer.
 
     Templates go one at a time; each is inverse-transformed straight into its output arrays
-    (``_streamed``). ``release`` drops each template from ``gene`` once its values exist (``transfer``'s private learngene: its coefficients are about the
-    target's size, and the values replace them instead of adding to them)."""
+    (``_streamed``). ``release`` drops each template from ``gene`` once its values exist
+    (``transfer``'s private learngene: its coefficients are about the target's size, and the
+    values replace them instead of adding to them). ``method`` 'select' fills blocks by
+    Weight Selection instead (``selection``); ``scale`` sets the amplitude (``amplitude``)."""
     out: dict[int, np.ndarray] = {}
     fed = [key for key, verdict in plan.templates.items() if verdict == "ok"]
     last = {plan.sources.get(key, key): n for n, key in enumerate(fed)}  # a source template may feed several
@@ -159,23 +164,42 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
         assert first.layout is not None
         shape = first.layout.canonical_shape(first.shape)
         gt = gene.templates[skey]
-        done = _streamed(gt, tpl, gs, shape, gene.convention, dtypes, depth_mode)
+        done = _streamed(gt, tpl, gs, shape, gene.convention, dtypes, depth_mode) if method == "front" else None
         if done is not None:
             out.update(done)
         else:
-            stack = materialize(gt, tpl.depth, shape, gene.convention, depth_mode)
+            stack = materialize(gt, tpl.depth, shape, gene.convention, depth_mode) if method == "front" \
+                else select(gt, tpl.depth, shape, gene.convention)
             for b, block in enumerate(tpl.blocks):
                 for i in block:
                     s = gs.slots[i]
                     out[i] = np.ascontiguousarray(s.layout.from_canonical(stack[b]),  # type: ignore[union-attr]
                                                   dtype=dtypes[s.initializer])
             del stack
+        if scale != "none" and method == "front":
+            _rescaled(gt, tpl, gs, shape, out, depth_mode, scale)
         if unknown is not None:
             _unknown_entries(gt, tpl, gs, out, unknown)
         del gt
         if release and last[skey] == n:
             del gene.templates[skey]
     return out
+
+
+def _rescaled(gt: GeneTemplate, tpl: Template, gs: GraphSlots, shape: tuple[int, ...], out: dict[int, np.ndarray],
+              depth_mode: str, scale: str) -> None:
+    """A template's blocks brought to the amplitude ``scale`` asks for (``amplitude``): each
+    block's element std that of the source block it maps to, times the fan-in gain."""
+    _, stds, floor = _layer_stats(gt, tpl.depth, depth_mode)
+    if floor is not None:
+        return  # variances: their values are what they are
+    first = gs.slots[tpl.blocks[0][0]]
+    assert first.layout is not None
+    factor = amplitude.gain(gt.role, first.layout, tuple(gt.shape), tuple(shape), scale)
+    for b, block in enumerate(tpl.blocks):
+        arrays = [out[i] for i in block if i in out]
+        if arrays:
+            amplitude.rescale(arrays, float(stds[b]), factor)
 
 
 def _unknown_entries(gt: GeneTemplate, tpl: Template, gs: GraphSlots, out: dict[int, np.ndarray],

@@ -10,6 +10,7 @@ from front_onnx.analysis import weight_slots
 from front_onnx.analysis.pairing import one_structure, promote_differing
 from front_onnx.analysis.slots import slot_dtype
 from front_onnx.analysis.structure import find_structure, stage_blocks
+from front_onnx.method.amplitude import SCALES
 from front_onnx.method.extraction import extract_learngene
 from front_onnx.method.learngene import Learngene
 from front_onnx.method.materialize import needed_shapes, slot_values, write_initialized
@@ -19,8 +20,11 @@ from front_onnx.onnxio import OnnxModel
 DEFAULT_KEEP = 1.0          # the defaults are the convergence benchmark's best (docs/results.md)
 DEFAULT_CONVENTION = "ortho"
 DEFAULT_DEPTH = "nearest"     # measured best (docs/results.md)
+DEFAULT_METHOD = "front"
+DEFAULT_SCALE = "none"
 
-__all__ = ["DEFAULT_CONVENTION", "DEFAULT_DEPTH", "DEFAULT_KEEP", "initialize_into", "pair_analysis",
+__all__ = ["DEFAULT_CONVENTION", "DEFAULT_DEPTH", "DEFAULT_KEEP", "DEFAULT_METHOD", "DEFAULT_SCALE",
+           "initialize_into", "pair_analysis",
            "pair_learngene"]
 
 
@@ -38,8 +42,12 @@ def pair_analysis(s: OnnxModel, t: OnnxModel) -> tuple[tuple, tuple]:
 
 
 def pair_learngene(s: OnnxModel, source_analysis, analysis, *, keep: float, convention: str, depth: str,
-                   allow_nonfinite: bool) -> Learngene:
-    """The source's learngene, holding only what the target's plan needs."""
+                   allow_nonfinite: bool, method: str = "front") -> Learngene:
+    """The source's learngene, holding only what the target's plan needs (Weight Selection:
+    the whole source, keep 1.0)."""
+    if method == "select":
+        return extract_learngene(s, keep=1.0, convention=convention, allow_nonfinite=allow_nonfinite,
+                                 structure=source_analysis)
     sources = source_templates([asdict(seg) for seg in source_analysis[1].segments], analysis[1].segments,
                                analysis[1].templates)
     return extract_learngene(s, keep=keep, convention=convention, needed=needed_shapes(*analysis, depth, sources),
@@ -47,16 +55,19 @@ def pair_learngene(s: OnnxModel, source_analysis, analysis, *, keep: float, conv
 
 
 def initialize_into(t: OnnxModel, gene: Learngene, output: Path, analysis, depth: str, *,
-                    external_data: bool | None = None, release: bool = False, label: str = "") -> tuple[Plan, int]:
+                    external_data: bool | None = None, release: bool = False, label: str = "",
+                    method: str = "front", scale: str = "none") -> tuple[Plan, int]:
     """Plan ``t`` from ``gene``, refuse a plan without overlap (FrontError), and write the
     initialized model to ``output``; returns the plan and the number of shared initializers split."""
     gs, st = analysis
-    p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth)
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; use one of {', '.join(SCALES)}")
+    p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth, method)
     check_overlap(p, st, str(t.path), label or gene.source or "the source")
     dtypes = {s.initializer: slot_dtype(s) for s in gs.slots}
     unknown: dict = {}
     values = slot_values(gene, gs, st, p, dtypes, depth, release=release,  # release: gene is transfer's own
-                         unknown=unknown)
+                         unknown=unknown, method=method, scale=scale)
     values = {i: v for i, v in values.items() if p.slots[i].status == "written"}  # absent biases may be left
     info = write_initialized(t, gs, values, output, external_data=external_data, unknown=unknown)
     for i, name in info["renamed"].items():

@@ -12,6 +12,7 @@ from front_onnx.analysis.slots import INDEX, PARTS, GraphSlots
 from front_onnx.analysis.structure import Segment, Structure, Template
 from front_onnx.errors import FrontError
 from front_onnx.method.learngene import GeneTemplate, Learngene
+from front_onnx.method.selection import METHODS, cannot_select
 from front_onnx.numeric import spectral
 from front_onnx.numeric.spectral import DEPTH_MODES
 
@@ -111,6 +112,14 @@ def _axis_ops(gene: GeneTemplate, kinds: tuple[str, ...], shape: tuple[int, ...]
         label = f"{s}->{t}" if s != t else f"{t}"
         extra = f" (kept {k})" if k != s else ""
         ops.append(f"{name}: {verb} {label}{extra}")
+    return ops
+
+
+def _select_ops(gene: GeneTemplate, shape: tuple[int, ...], depth: int) -> list[str]:
+    """The operations of Weight Selection on one template, for the plan."""
+    ops = [f"layers: first {depth} of {gene.depth}" if depth != gene.depth else f"layers: {depth} (copy)"]
+    for k, (ns, nt) in enumerate(zip(gene.shape, shape)):
+        ops.append(f"axis {k}: select {nt} of {ns} (uniform)" if nt != ns else f"axis {k}: {nt} (copy)")
     return ops
 
 
@@ -257,9 +266,12 @@ def source_templates(source: list[dict], target: list[Segment], keys) -> dict[st
 
 
 def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[str],
-              depth_mode: str = "spectral") -> Plan:
+              depth_mode: str = "spectral", method: str = "front") -> Plan:
     """Match every target slot to a learngene template: the one of the source unit its unit
-    aligns with (``source_templates``), with the same role."""
+    aligns with (``source_templates``), with the same role. With ``method`` 'select' (Weight
+    Selection), a template the target holds more of than the source is left."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     by_slot: dict[int, tuple[Template, str, list[str], str | None]] = {}
     verdicts: dict[str, str] = {}
     sources = source_templates(gene.structure, st.segments, st.templates)
@@ -277,8 +289,11 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
             why = gene.skipped.get(skey) or "no source template with this key (structures differ here)"
         else:
             why = check_template(src, tpl.role, kinds, shape)
+            if method == "select" and not why:
+                why = cannot_select(src, tpl.depth, shape)
         verdicts[key] = why or "ok"
-        ops = _axis_ops(src, kinds, shape, tpl.depth, depth_mode) if src is not None and not why else []
+        ops = [] if src is None or why else _axis_ops(src, kinds, shape, tpl.depth, depth_mode) \
+            if method == "front" else _select_ops(src, shape, tpl.depth)
         for b, block in enumerate(tpl.blocks):
             for i in block:
                 by_slot[i] = (tpl, why, ops, skey, b)

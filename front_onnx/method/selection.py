@@ -1,0 +1,59 @@
+"""Weight Selection (Xu et al. 2023, "Initializing Models with Larger Ones") as a method of
+the tool: the same structure analysis and templates as FRONT, so it works on any pair of
+graphs the transfer works on and compares with FRONT like for like.
+
+A target block takes the source block of the same index ("first N" layer selection), and
+every canonical axis that is shorter in the target keeps evenly spaced source indices
+``floor(i * n_src / n_tgt)`` ("uniform" element selection). Canonical axes carry the parts of
+a fused projection and its heads, so the selection runs inside each part and keeps whole
+heads (of equal head size; across heads, every k-th head). The indices depend on the two
+lengths only, so a unit is selected alike in every tensor that indexes it. Weight Selection
+cannot grow: a template whose target is longer anywhere (or deeper) is left, with the reason.
+
+It needs the source's tensors themselves: a learngene of keep 1.0 holding the whole spectrum
+(``transfer`` extracts one for it), inverted at the source's shape.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from front_onnx.method.extraction import transformed_axes
+from front_onnx.method.learngene import GeneTemplate
+from front_onnx.numeric import spectral
+
+METHODS = ("front", "select")
+
+
+def uniform_indices(n_src: int, n_tgt: int) -> np.ndarray:
+    """Evenly spaced indices of ``n_tgt`` out of ``n_src``."""
+    return (np.arange(n_tgt) * n_src) // n_tgt
+
+
+def cannot_select(gene: GeneTemplate, depth: int, shape: tuple[int, ...]) -> str:
+    """Why a template cannot be filled by selection ('' when it can)."""
+    if depth > gene.depth:
+        return f"Weight Selection cannot add blocks ({gene.depth} in the source, {depth} in the target)"
+    longer = [k for k, (ns, nt) in enumerate(zip(gene.shape, shape)) if nt > ns]
+    if longer:
+        k = longer[0]
+        return f"Weight Selection cannot grow an axis (axis {k}: {gene.shape[k]} -> {shape[k]})"
+    if tuple(gene.coefficients.shape) != (gene.depth,) + tuple(gene.shape):
+        return "Weight Selection needs the whole source tensor (a learngene of keep 1.0)"
+    return ""
+
+
+def select(gene: GeneTemplate, depth: int, shape: tuple[int, ...], convention: str) -> np.ndarray:
+    """The target's depth stack [depth, *shape] (float64) selected from the source's blocks."""
+    why = cannot_select(gene, depth, shape)
+    if why:
+        raise ValueError(why)
+    full = (gene.depth,) + tuple(gene.shape)
+    z = spectral.spectrum_to_array(gene.coefficients.astype(np.float64), full, transformed_axes(gene.kinds),
+                                   convention)[:depth]
+    bshape = (depth,) + (1,) * len(shape)
+    z = z * np.asarray(gene.stds[:depth], np.float64).reshape(bshape) + \
+        np.asarray(gene.means[:depth], np.float64).reshape(bshape)
+    for axis, (ns, nt) in enumerate(zip(gene.shape, shape), start=1):
+        if nt < ns:
+            z = np.take(z, uniform_indices(ns, nt), axis=axis)
+    return np.ascontiguousarray(z)
