@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from front_onnx.onnxio import OnnxModel, check_tensors, load_model, model_files
 from front_onnx.outputs import data_companion, guard, write_bytes, write_text
 from front_onnx.validation.checks import ValidationReport
 from front_onnx.validation.checks import validate as _validate
+from front_onnx.validation.equivalence import aligned_source
 
 __all__ = ["extract", "plan", "initialize", "transfer", "validate", "inspect", "weights", "refine",
            "refine_module", "transfer_module", "InitResult", "FrontError", "ValidationFailed", "DEFAULT_KEEP",
@@ -210,10 +212,13 @@ def transfer(source: PathLike | OnnxModel, target: PathLike | OnnxModel, output:
              keep: float = DEFAULT_KEEP, convention: str = DEFAULT_CONVENTION, report: PathLike | None = None,
              external_data: bool | None = None, validate: bool = False, device: str = "auto",
              strict: bool = False, keep_invalid: bool = False, depth: str = DEFAULT_DEPTH,
-             allow_nonfinite: bool = False, method: str = DEFAULT_METHOD, scale: str = DEFAULT_SCALE) -> InitResult:
+             allow_nonfinite: bool = False, method: str = DEFAULT_METHOD, scale: str = DEFAULT_SCALE,
+             align: bool = False) -> InitResult:
     """``extract`` + ``initialize`` in memory; byte-identical to running them one after the other.
     ``allow_nonfinite`` as in ``extract``; ``method`` and ``scale`` as in ``initialize`` (with
-    'select' the source is read whole, whatever ``keep``).
+    'select' the source is read whole, whatever ``keep``). ``align`` permutes the source's
+    channel spaces into a smooth order first (``method.alignment``; checked to keep the
+    source's function, ``validation.equivalence``).
     ``validate`` as in ``initialize``, with activation scales compared with the source and,
     at keep 1 into an identical architecture, outputs that must reproduce the source's."""
     t0 = time.perf_counter()
@@ -221,12 +226,17 @@ def transfer(source: PathLike | OnnxModel, target: PathLike | OnnxModel, output:
     s = _model(source)
     guard(_init_outputs(output, report), _files(t, s))
     source_analysis, analysis = pair_analysis(s, t)
-    gene = pair_learngene(s, source_analysis, analysis, keep=keep, convention=convention, depth=depth,
-                          allow_nonfinite=allow_nonfinite, method=method)
+    with tempfile.TemporaryDirectory(prefix="front-onnx-align-") as tmp:
+        aligned, note = (aligned_source(s, source_analysis[0], Path(tmp)) if align else (s, None))
+        gene = pair_learngene(aligned, source_analysis, analysis, keep=keep, convention=convention, depth=depth,
+                              allow_nonfinite=allow_nonfinite, method=method)
+        del aligned
     source_path = s.path
     del s  # an inline source's weights need not stay in memory while the target is written
     result = _initialize(t, gene, Path(output), t0, report, external_data, analysis, depth, release=True,
                          label=str(source_path), method=method, scale=scale)
+    if note is not None:
+        result.plan.notes.append(note.describe())
     _finish(result, validate, t, source_path, device, strict, keep_invalid,
             compare=None if keep == 1.0 else False)
     return result

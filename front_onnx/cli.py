@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output(p)
     _add_depth(p)
     _add_nonfinite(p)
+    p.add_argument("--align", action="store_true",
+                   help="permute the source's channel spaces into a smooth order before the transform (checked to "
+                        "keep the source's function)")
 
     p = sub.add_parser("extract", help="write a source's learngene (safetensors + JSON metadata)")
     p.add_argument("source", type=Path)
@@ -213,7 +216,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "transfer":
         r = api.transfer(args.source, args.target, args.output, keep=args.keep, convention=args.convention,
                          report=args.report, external_data=_external(args.external_data),
-                         allow_nonfinite=args.allow_nonfinite, **_vargs(args))
+                         allow_nonfinite=args.allow_nonfinite, align=args.align, **_vargs(args))
         _print_result(r, args)
     elif args.command == "extract":
         t0 = time.perf_counter()

@@ -50,6 +50,7 @@ class Plan:
     verdict: str = ""                # why nothing useful can be written (transfer refuses), '' when it can
     sources: dict[str, str] = field(default_factory=dict)  # target template key -> the source template feeding it
     requantized: dict[str, float] = field(default_factory=dict)  # quantized weight -> relative error of requantizing it
+    notes: list[str] = field(default_factory=list)  # what was done besides the plan (an aligned source)
 
     def left_by_reason(self) -> list[tuple[str, int, int]]:
         """(reason, slots, elements) of the slots left, most elements first; a constant's
@@ -86,7 +87,7 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         return {"keep": self.keep, "convention": self.convention, "depth": self.depth, "summary": self.summary(),
                 "verdict": self.verdict, "divergence": self.divergence, "sources": self.sources,
-                "requantized": self.requantized,
+                "requantized": self.requantized, "notes": self.notes,
                 "left_by_reason": [{"reason": r, "slots": n, "elements": e} for r, n, e in self.left_by_reason()],
                 "templates": self.templates,
                 "slots": [asdict(s) for s in self.listed]}
@@ -431,6 +432,7 @@ def summary_lines(plan: Plan) -> list[str]:
         lines.append("structures diverge:" + "".join(f"\n  - {d}" for d in plan.divergence))
     for why, n, elements in plan.left_by_reason():
         lines.append(f"left: {n} slot{'s' if n > 1 else ''} ({elements} elements): {why}")
+    lines.extend(plan.notes)
     if plan.requantized:
         errs = list(plan.requantized.values())
         lines.append(f"requantized: {len(errs)} quantized weights written in the target's bits and block size; "

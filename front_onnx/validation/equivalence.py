@@ -1,0 +1,66 @@
+"""Does a rewritten source still compute the source's function? Used by alignment
+(``method.alignment``): a permutation of a channel space that some tensor outside the weights
+also indexes would change the outputs, and such a space is left in its order."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from front_onnx.analysis.slots import GraphSlots
+from front_onnx.method.alignment import Alignment, plan_alignment, write_aligned
+from front_onnx.onnxio import OnnxModel
+from front_onnx.validation.checks import synthesize_inputs
+from front_onnx.validation.runtime import open_session
+
+TOLERANCE = 1e-4  # relative to the largest output value: float32 sums in another order
+
+
+def _outputs(m: OnnxModel, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    sess = open_session(m.path, "cpu", model_dir=m.path.parent).session
+    return sess.run(None, feeds)  # type: ignore[attr-defined]
+
+
+def same_function(a: OnnxModel, b: OnnxModel, reference: list[np.ndarray] | None = None) -> bool:
+    """Whether ``b`` gives ``a``'s outputs on synthesized inputs (``reference``: ``a``'s, if known)."""
+    feeds = synthesize_inputs(a.proto, {"batch": 2})
+    want = reference if reference is not None else _outputs(a, feeds)
+    got = _outputs(b, feeds)
+    for x, y in zip(want, got):
+        x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        if x64.shape != y64.shape or not np.all(np.isfinite(y64)):
+            return False
+        if np.max(np.abs(x64 - y64)) > TOLERANCE * max(float(np.max(np.abs(x64))), 1e-30):
+            return False
+    return True
+
+
+def aligned_source(model: OnnxModel, gs: GraphSlots, folder: Path) -> tuple[OnnxModel, Alignment]:
+    """The source with every channel space that can be aligned permuted into a smooth order,
+    checked to compute the same function; a space whose permutation changes the outputs is
+    left (checked one by one when the whole alignment does not hold)."""
+    al = plan_alignment(model, gs)
+    if not al.spaces:
+        return model, al
+    feeds = synthesize_inputs(model.proto, {"batch": 2})
+    reference = _outputs(model, feeds)
+    whole = write_aligned(model, al, folder / "all")
+    if same_function(model, whole, reference):
+        return whole, al
+    kept = []
+    for sp in al.spaces:
+        one = write_aligned(model, al, folder / f"one-{sp.id}", {sp.id})
+        if same_function(model, one, reference):
+            kept.append(sp)
+        else:
+            al.skipped[sp.id] = "permuting it changes the source's outputs (something besides the weights indexes it)"
+    al.spaces = kept
+    if not kept:
+        return model, al
+    joint = write_aligned(model, al, folder / "kept")
+    if not same_function(model, joint, reference):  # spaces that hold alone but not together
+        for sp in kept:
+            al.skipped[sp.id] = "aligned alone, but not together with the other spaces"
+        al.spaces = []
+        return model, al
+    return joint, al
