@@ -97,9 +97,14 @@ class Init:
     keep: float = 1.0
     depth: str = "spectral"
     exporter: str = "dynamo"
+    method: str = "front"       # "select": Weight Selection inside the tool (front_onnx --method select)
+    scale: str = "none"         # front_onnx --scale
+    align: bool = False         # front_onnx --align
 
     def front_kwargs(self) -> dict:
-        return dict(convention=self.convention, keep=self.keep, depth=self.depth)
+        extra = {k: v for k, v in (("method", self.method), ("scale", self.scale), ("align", self.align))
+                 if v != Init.__dataclass_fields__[k].default}
+        return dict(convention=self.convention, keep=self.keep, depth=self.depth, **extra)
 
 
 RANDOM = Init("random", "random")
@@ -181,11 +186,32 @@ def gpt(dim: int, depth: int) -> GPTConfig:
     return GPTConfig(vocab=256, context=32, dim=dim, depth=depth, heads=4, mlp_ratio=4)
 
 
+VARIANTS_ENV = "FRONT_BENCH_VARIANTS"
+
+
+def variants(grow: bool) -> tuple[Init, ...]:
+    """``--variants``: the alignment x amplitude grid, Weight Selection in the tool and in torch
+    (docs/results.md, "Alignment, amplitude and Weight Selection"), all at the API's defaults
+    otherwise."""
+    d = front_default()
+    base = dict(convention=d.convention, keep=d.keep, depth=d.depth)
+    grid = (RANDOM, d,
+            Init("scale element", "front", scale="element", **base),
+            Init("scale fan-in", "front", scale="fan-in", **base),
+            Init("align", "front", align=True, **base),
+            Init("align + fan-in", "front", align=True, scale="fan-in", **base),
+            Init("align + paper", "front", align=True, **dict(base, convention="paper")))
+    return grid if grow else grid + (Init("select (in the tool)", "front", method="select", **base), WS)
+
+
 def settings(quick: bool, minilm: bool | None = None) -> list[Setting]:
     """The settings of the protocol; the MiniLM ones when its package is installed."""
     if minilm is None:
         minilm = minilm_available()
-    return _settings(quick) + (minilm_settings(quick) if minilm else [])
+    chosen = _settings(quick) + (minilm_settings(quick) if minilm else [])
+    if os.environ.get(VARIANTS_ENV):  # --variants (an environment variable, so that workers see it too)
+        chosen = [dataclasses.replace(x, inits=variants("grow" in x.name)) for x in chosen]
+    return chosen
 
 
 def _settings(quick: bool) -> list[Setting]:
@@ -916,7 +942,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--docs", action=argparse.BooleanOptionalAction, default=None,
                    help="write the tables into docs/results.md's generated section and the plots into docs/img/ "
                         "(default: on a full run of all parts; otherwise both go to --out)")
+    p.add_argument("--variants", action="store_true",
+                   help="run the alignment x amplitude grid and Weight Selection in the tool on the chosen parts "
+                        "(results to --out only)")
     a = p.parse_args(argv)
+    if a.variants:
+        os.environ[VARIANTS_ENV] = "1"
+        a.docs = False
     if a.only and set(a.only) - set(PARTS):
         p.error(f"unknown part(s) {sorted(set(a.only) - set(PARTS))}; choose from {PARTS}")
     run(a.quick, a.seeds, a.out, a.only, a.jobs, write_docs=a.docs)
