@@ -26,6 +26,9 @@ from front_onnx.numeric.seriation import roughness, smooth_order
 from front_onnx.onnxio import OnnxModel, load_model, save_model
 
 
+_UNIT_ROLES = {"linear.weight", "conv.weight"}
+
+
 @dataclass
 class SpaceOrder:
     """One channel space's permutation: where it applies and how smooth it made the space."""
@@ -82,6 +85,8 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots) -> Alignment:
             why = "fewer than 3 units"
         elif sp.id in heads_split:
             why = "split by attention heads"
+        elif not any(by_init.get(init) is not None and by_init[init].role in _UNIT_ROLES for init, _ in sp.axes):
+            why = "no projection or convolution indexes it (a position or token axis, not units)"
         for init, k in sp.axes:
             if why:
                 break

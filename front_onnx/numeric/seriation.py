@@ -3,30 +3,67 @@ similar units next to each other, so that a low-pass along the axis blends neigh
 resemble each other rather than unrelated ones.
 
 Spectral seriation (Atkins, Boman and Hendrickson 1998): the units sorted by the Fiedler
-vector of the graph whose edge weights are the absolute cosine similarities of the units'
-weight vectors. The Fiedler vector is the smooth function on that graph with the least
-variation across heavy edges, so sorting by it is the order with similar units adjacent.
+vector of the graph whose edge weights are the units' similarities. The Fiedler vector is the
+smooth function on that graph with the least variation across heavy edges, so sorting by it
+is the order with similar units adjacent.
+
+- up to ``DENSE_MAX`` units: similarities are the absolute cosines of the units' weight
+  vectors, and the Fiedler vector of the graph Laplacian is computed exactly;
+- more units (a transformer's MLP hidden width): similarities ``(1 + cos) / 2``, which keep the
+  graph a low-rank product of the weight vectors, so the Fiedler vector of the normalized
+  Laplacian comes from a few hundred products with them (Lanczos) instead of an n x n
+  eigendecomposition: 0.2 s instead of 11 s at 3072 units.
 """
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg
+import scipy.sparse.linalg
+
+DENSE_MAX = 1024
+MAX_COLUMNS = 16384  # evenly spaced columns of longer weight vectors: cosines barely move
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    x = np.asarray(vectors, np.float64)
+    if x.shape[1] > MAX_COLUMNS:
+        x = x[:, np.linspace(0, x.shape[1] - 1, MAX_COLUMNS).astype(np.int64)]
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms == 0, 1.0, norms)
+
+
+def _fiedler_dense(u: np.ndarray) -> np.ndarray:
+    s = np.abs(u @ u.T)
+    np.fill_diagonal(s, 0.0)
+    lap = np.diag(s.sum(axis=1)) - s
+    _, vecs = scipy.linalg.eigh(lap, subset_by_index=[1, 1], driver="evr")
+    return vecs[:, 0]
+
+
+def _fiedler_low_rank(u: np.ndarray) -> np.ndarray:
+    n = u.shape[0]
+
+    def sim(v: np.ndarray) -> np.ndarray:  # S v with S = (1 + U U^T) / 2, diagonal removed
+        return 0.5 * (v.sum(axis=0) + u @ (u.T @ v)) - v
+
+    deg = sim(np.ones((n, 1)))[:, 0]
+    inv = 1.0 / np.sqrt(np.maximum(deg, 1e-12))
+    a = scipy.sparse.linalg.LinearOperator((n, n), matvec=lambda v: inv * sim((inv * v.reshape(-1))[:, None])[:, 0],
+                                           dtype=np.float64)
+    v0 = np.sqrt(np.maximum(deg, 1e-12)) + np.linspace(-1e-3, 1e-3, n)   # deterministic start
+    _, vecs = scipy.sparse.linalg.eigsh(a, k=2, which="LA", v0=v0, tol=1e-8)
+    return inv * vecs[:, 0]  # eigenvalues ascending: [0] is the second largest, the Fiedler one
 
 
 def smooth_order(vectors: np.ndarray) -> np.ndarray:
     """A permutation of the rows of ``vectors`` [n, m] (one row per unit) putting similar rows
     next to each other; deterministic (the Fiedler vector's sign is fixed by putting the unit
     with the lowest index in the first half)."""
-    x = np.asarray(vectors, np.float64)
-    n = x.shape[0]
+    n = np.asarray(vectors).shape[0]
     if n < 3:
         return np.arange(n)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    u = x / np.where(norms == 0, 1.0, norms)
-    s = np.abs(u @ u.T)
-    np.fill_diagonal(s, 0.0)
-    lap = np.diag(s.sum(axis=1)) - s
-    _, vecs = np.linalg.eigh(lap)
-    f = vecs[:, 1]
+    u = _unit_rows(vectors)
+    f = _fiedler_dense(u) if n <= DENSE_MAX else _fiedler_low_rank(u)
     order = np.argsort(f, kind="stable")
     if np.where(order == 0)[0][0] >= n / 2:
         order = order[::-1].copy()
