@@ -22,7 +22,6 @@ Every pair is measured once per session (the ``deploy_result`` fixture).
 """
 from __future__ import annotations
 
-import hashlib
 
 import numpy as np
 import pytest
@@ -31,7 +30,7 @@ pytest.importorskip("onnxruntime")
 
 from tests.corpus.deploy_build import DEPLOY, ROLES  # noqa: E402
 from tests.corpus.deploy_scoreboard import DeployCorpus, measured_once  # noqa: E402
-from tests.corpus.scoreboard import criteria, run, xfail_cases  # noqa: E402
+from tests.corpus.scoreboard import criteria, files_not_as_manifest, run, xfail_cases  # noqa: E402
 
 CORPUS = DeployCorpus(DEPLOY)
 PAIRS = CORPUS.pairs()
@@ -67,18 +66,7 @@ def test_xfail_table_names_existing_cases():
 def test_files_match_the_manifest():
     """The committed files are the ones the manifest describes (sha256 of every model,
     external data and input file)."""
-    bad = []
-    for entry in CORPUS.manifest["models"]:
-        for rel, digest in entry["files"].items():
-            path = DEPLOY / rel
-            if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-                bad.append(rel)
-    for fam, info in CORPUS.manifest["families"].items():
-        for name, digest in info["input_sha256"].items():
-            path = DEPLOY / info["inputs"][name]
-            if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-                bad.append(str(path))
-    assert bad == []
+    assert files_not_as_manifest(CORPUS) == []
     assert {e["family"] for e in CORPUS.manifest["models"]} == set(CORPUS.families)
     assert len(CORPUS.manifest["models"]) == len(CORPUS.families) * len(ROLES)
 

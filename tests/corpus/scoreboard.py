@@ -447,6 +447,25 @@ def evaluate(corpus: Corpus, pair: Pair, workdir: Path, compare: bool = False) -
 
 # ----------------------------------------------------------------------------- for the tests
 
+def files_not_as_manifest(corpus: "Corpus") -> list[str]:
+    """The committed files (models, external data, example inputs) whose sha256 is not the
+    manifest's, or that are missing."""
+    import hashlib
+
+    bad = []
+    for entry in corpus.manifest["models"]:
+        for rel, digest in entry["files"].items():
+            path = corpus.root / rel
+            if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                bad.append(rel)
+    for info in corpus.manifest["families"].values():
+        for name, digest in info["input_sha256"].items():
+            path = corpus.root / info["inputs"][name]
+            if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                bad.append(str(path))
+    return bad
+
+
 def xfail_cases(pairs: list["Pair"], xfail: dict[tuple[str, str], str]):
     """One pytest case per (pair, criterion); those in ``xfail`` (the measured failures of
     tests/test_corpus*.py; (pair, '*'): the transfer raises) are strict expected failures."""
