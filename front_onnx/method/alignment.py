@@ -56,6 +56,17 @@ class Alignment:
                 f"{b:.3f} -> {a:.3f}); {len(self.skipped)} left as they are")
 
 
+def _produces(s: Slot | None, k: int) -> bool:
+    """Whether axis ``k`` (unsplit canonical) of a slot's tensor makes the space's values: a
+    projection's or convolution's out axis, or the width of a table added into it. A
+    permutation preserves the function only if what produces the space is permuted too."""
+    if s is None or s.layout is None:
+        return False
+    if s.role in _UNIT_ROLES:
+        return k == (1 if s.layout.parts > 1 else 0)
+    return s.role in ("embedding", "token", "parameter")
+
+
 def _stored_axis(s: Slot, k: int) -> int | None:
     """The stored axis of a slot's unsplit canonical axis ``k`` (None for a parts axis)."""
     lay = s.layout
@@ -87,6 +98,8 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots) -> Alignment:
             why = "split by attention heads"
         elif not any(by_init.get(init) is not None and by_init[init].role in _UNIT_ROLES for init, _ in sp.axes):
             why = "no projection or convolution indexes it (a position or token axis, not units)"
+        elif not any(_produces(by_init.get(init), k) for init, k in sp.axes):
+            why = "no layer produces it (a graph input's channels: the input's order is not ours to change)"
         for init, k in sp.axes:
             if why:
                 break

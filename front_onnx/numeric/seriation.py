@@ -72,8 +72,7 @@ def smooth_order(vectors: np.ndarray) -> np.ndarray:
 
 def roughness(vectors: np.ndarray) -> float:
     """Mean cosine distance between neighbouring rows: how far an order is from smooth."""
-    x = np.asarray(vectors, np.float64)
-    if x.shape[0] < 2:
+    if np.asarray(vectors).shape[0] < 2:
         return 0.0
-    u = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+    u = _unit_rows(vectors)
     return float(np.mean(1.0 - np.abs(np.sum(u[1:] * u[:-1], axis=1))))
