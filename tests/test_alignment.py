@@ -80,3 +80,20 @@ def test_seriation_restores_shuffled_neighbourhoods(n):
     assert roughness(units[perm][order]) < 0.1 * roughness(units[perm])
     steps = np.abs(np.diff(recovered))
     assert np.mean(steps <= 2) > 0.9, recovered
+
+
+def test_transfer_module_with_alignment_reproduces_the_source():
+    """The torch path aligns the same way: a GPT into a fresh copy of itself reproduces it."""
+    from front_onnx.torch import transfer_module
+    from samples.models import GPTConfig
+
+    cfg = dict(vocab=64, context=8, heads=4, mlp_ratio=4, dim=32, depth=2)
+    torch.manual_seed(0)
+    src = perturb(FAMILIES["gpt"][0](GPTConfig(**cfg)).eval(), seed=0)
+    torch.manual_seed(1)
+    tgt = FAMILIES["gpt"][0](GPTConfig(**cfg)).eval()
+    x = torch.randint(0, 64, (2, 8))
+    module, plan = transfer_module(src, tgt, (x,), align=True)
+    assert any(n.startswith("align: ") and "no channel space" not in n for n in plan.notes)
+    with torch.no_grad():
+        assert float((module(x) - src(x)).abs().max()) < 1e-5

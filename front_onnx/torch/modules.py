@@ -54,6 +54,7 @@ from front_onnx.method.pipeline import (
 )
 from front_onnx.method.planning import Plan
 from front_onnx.onnxio import check_tensors, load_model
+from front_onnx.validation.equivalence import aligned_source
 
 # The one set of export options (see the module's docstring and docs/hf-timm.md).
 EXPORT_OPTIONS = {"dynamo": True, "optimize": False}
@@ -176,7 +177,7 @@ def state_from_weights(module, nw: NamedWeights) -> tuple[dict[str, torch.Tensor
 def transfer_module(source, target, example_inputs, *, keep: float = DEFAULT_KEEP,
                     convention: str = DEFAULT_CONVENTION, depth: str = DEFAULT_DEPTH,
                     allow_nonfinite: bool = False, method: str = DEFAULT_METHOD,
-                    scale: str = DEFAULT_SCALE) -> ModuleTransfer:
+                    scale: str = DEFAULT_SCALE, align: bool = False) -> ModuleTransfer:
     """Initialize the torch module ``target`` from the trained torch module ``source`` with
     FRONT, in place, and return it with the plan (``ModuleTransfer``; unpacks as
     ``module, plan``).
@@ -184,8 +185,8 @@ def transfer_module(source, target, example_inputs, *, keep: float = DEFAULT_KEE
     ``example_inputs``: what both modules' ``forward`` takes, for the export: a tensor, a
     tuple of positional inputs, or a dict of keyword inputs (HF models:
     ``{"input_ids": ..., "attention_mask": ...}``). Shapes do not matter beyond the export.
-    ``keep``, ``convention``, ``depth``, ``allow_nonfinite``, ``method``, ``scale``: as in
-    ``front_onnx.transfer``.
+    ``keep``, ``convention``, ``depth``, ``allow_nonfinite``, ``method``, ``scale``, ``align``: as
+    in ``front_onnx.transfer``.
 
     Raises FrontError when an export fails, when the structures do not overlap, or when a
     parameter of the target gets no value (strict: see the module's docstring)."""
@@ -200,11 +201,14 @@ def transfer_module(source, target, example_inputs, *, keep: float = DEFAULT_KEE
         check_tensors(s)
         check_tensors(t)
         source_analysis, analysis = pair_analysis(s, t)
-        gene = pair_learngene(s, source_analysis, analysis, keep=keep, convention=convention, depth=depth,
+        aligned, note = aligned_source(s, source_analysis[0], folder / "align") if align else (s, None)
+        gene = pair_learngene(aligned, source_analysis, analysis, keep=keep, convention=convention, depth=depth,
                               allow_nonfinite=allow_nonfinite, method=method)
-        del s
+        del s, aligned
         plan, _ = initialize_into(t, gene, folder / "output.onnx", analysis, depth, release=True,
                                   label=type(source).__name__, method=method, scale=scale)
+        if note is not None:
+            plan.notes.append(note.describe())
         del t
         nw = named_weights(load_model(folder / "output.onnx"), "torch")
         state, kept, tied = state_from_weights(target, nw)  # copies, before the folder goes
