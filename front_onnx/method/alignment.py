@@ -22,7 +22,7 @@ import numpy as np
 
 from front_onnx.analysis.dimflow import dimension_flow
 from front_onnx.analysis.slots import INDEX, GraphSlots, Slot
-from front_onnx.numeric.seriation import roughness, smooth_order
+from front_onnx.numeric.seriation import MAX_COLUMNS, roughness, smooth_order
 from front_onnx.onnxio import OnnxModel, load_model, save_model
 
 
@@ -122,16 +122,32 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots) -> Alignment:
         if why or not members:
             out.skipped[sp.id] = why or "no member"
             continue
-        rows = []
-        for init, ax in members:
+        for init, _ in members:
             if init not in arrays:
-                arrays[init] = np.asarray(model.array(init), np.float64)
-            a = np.moveaxis(arrays[init], ax, 0).reshape(sp.size, -1)
-            rows.append(a / max(float(np.linalg.norm(a)), 1e-30))
-        vec = np.concatenate(rows, axis=1)
+                arrays[init] = np.asarray(model.array(init))
+        vec = _unit_vectors([(arrays[init], ax) for init, ax in members], sp.size)
         order = smooth_order(vec)
         out.spaces.append(SpaceOrder(sp.id, sp.size, members, order, roughness(vec), roughness(vec[order])))
     return out
+
+
+def _unit_vectors(members: list[tuple[np.ndarray, int]], n: int) -> np.ndarray:
+    """Each unit's weight vector [n, <= MAX_COLUMNS]: every member's entries for the unit
+    (evenly spaced columns of the larger ones, their share of the total), each member scaled
+    to unit norm so that a small tensor (a bias, a norm's scale) has a say beside a matrix."""
+    total = sum(a.size // n for a, _ in members)
+    rows = []
+    for a, ax in members:
+        m = a.size // n
+        k = max(1, min(m, MAX_COLUMNS * m // max(total, 1)))
+        norm = max(float(np.linalg.norm(a.reshape(-1).astype(np.float64))), 1e-30)
+        if a.ndim == 2 and k < m:  # sample the other axis first: no copy of the whole matrix
+            a = np.take(a, np.linspace(0, a.shape[1 - ax] - 1, k).astype(np.int64), axis=1 - ax)
+        b = np.moveaxis(a, ax, 0).reshape(n, -1)
+        if b.shape[1] > k:
+            b = b[:, np.linspace(0, b.shape[1] - 1, k).astype(np.int64)]
+        rows.append(np.asarray(b, np.float64) / norm)
+    return np.concatenate(rows, axis=1)
 
 
 def write_aligned(model: OnnxModel, alignment: Alignment, folder: Path, only: set[str] | None = None) -> OnnxModel:
