@@ -111,3 +111,21 @@ def test_parameters_behind_unsupported_ops_are_counted_and_left(tmp_path):
     oi = {x.name: numpy_helper.to_array(x) for x in o.graph.initializer}
     assert np.array_equal(ti["mix.weight"], oi["mix.weight"]) and np.array_equal(ti["q.weight"], oi["q.weight"])
     assert not np.array_equal(ti["fc.weight"], oi["fc.weight"])
+
+
+def test_weights_of_genai_models_are_float_in_the_modules_layout():
+    """``front_onnx.weights`` on the builder's exports: int4 weights come out dequantized
+    (float, [out, in] like torch's Linear, not the builder's [in, out] MatMul layout nor the
+    packed codes), the same names as the fp32 export of the same checkpoint, within the
+    quantization error; the rotary caches are constants and never named."""
+    nw = front_onnx.weights(CORPUS.path(CORPUS.model("genai_llama_int4", "source")))
+    nf = front_onnx.weights(CORPUS.path(CORPUS.model("genai_llama_fp32", "source")))
+    assert "cos_cache" not in nw.tensors and "cos_cache" not in nf.tensors
+    down = "model.layers.0.mlp.down_proj.weight"          # Linear(128 -> 64): torch stores [64, 128]
+    assert nf.tensors[down].shape == (64, 128) and nw.tensors[down].shape == (64, 128)
+    assert nw.tensors[down].dtype == np.float32
+    for name, a in nf.tensors.items():
+        if name in nw.tensors and a.ndim == 2 and "embed" not in name:
+            b = nw.tensors[name]
+            assert b.shape == a.shape, name
+            assert np.abs(b - a).max() <= 0.15 * np.abs(a).max(), name   # 4-bit blocks: within a step

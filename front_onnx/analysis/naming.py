@@ -268,10 +268,11 @@ def _torch_names(m: OnnxModel) -> NamedWeights:
         if not s.absent:  # a bias the graph does not have: nothing to name
             by_init.setdefault(s.initializer, []).append(s)
     arrays: dict[str, np.ndarray] = {}
+    quant = {s.initializer: s.quant for s in gs.slots if s.quant is not None}
 
     def value(init: str) -> np.ndarray:
-        if init not in arrays:
-            arrays[init] = m.array(init)
+        if init not in arrays:  # a quantized weight's codes are read as the weight they encode
+            arrays[init] = quant[init].decode(m.array, init) if init in quant else m.array(init)
         return arrays[init]
 
     def put(name: str, a: np.ndarray, init: str, why: str) -> bool:
@@ -314,6 +315,12 @@ def _torch_names(m: OnnxModel) -> NamedWeights:
         if how == "constant" and not weights:
             out.skipped.append((init, f"constant, not a parameter: {exp_why}"))
             continue
+        marked = exp_why.startswith("initializer name (exporter marks") or how in ("view", "rows", "entries", "computed")
+        if not weights and not marked and any(x.reason.startswith("constant, not a parameter") for x in slots):
+            # the analysis shows it a constant (a rotary cache read by GroupQueryAttention) and
+            # no exporter mark says otherwise: a name that reads like a parameter's is no evidence
+            out.skipped.append((init, next(x.reason for x in slots if x.reason.startswith("constant"))))
+            continue
         if not weights and explicit is None:
             out.skipped.append((init, slots[0].reason or "not a weight"))
             continue
@@ -326,8 +333,10 @@ def _torch_names(m: OnnxModel) -> NamedWeights:
                 if "folded BatchNorm" in why:
                     carries.append(name)
                 a = value(init)
-                if how == "self" or (name == init and not is_generated_name(init)):
+                if (how == "self" and (marked or name == explicit)) or (name == init and not is_generated_name(init)):
                     pass  # the parameter itself, stored in its own layout (a GPT-2 Conv1D weight stays [in, out])
+                # else: named after its module, so in the module's layout (onnxruntime-genai stores
+                # a Linear's weight ``...MatMul.weight`` as [in, out]; torch's is [out, in])
                 else:
                     perm = _framework_perm(s)
                     if perm != tuple(range(a.ndim)):
