@@ -201,7 +201,9 @@ def variants(grow: bool) -> tuple[Init, ...]:
             Init("align", "front", align=True, **base),
             Init("align + fan-in", "front", align=True, scale="fan-in", **base),
             Init("align + paper", "front", align=True, **dict(base, convention="paper")))
-    return grid if grow else grid + (Init("select (in the tool)", "front", method="select", **base), WS)
+    shrink = grid + (Init("select (in the tool)", "front", method="select", **base), WS,
+                     front_plus(), Init("FRONT+ aligned", "front+", align=True, **base))
+    return grid if grow else shrink
 
 
 def settings(quick: bool, minilm: bool | None = None) -> list[Setting]:
