@@ -37,6 +37,7 @@ from front_onnx.method.pipeline import (
     pair_learngene,
 )
 from front_onnx.method.planning import Plan, make_plan, overlap_verdict, summary_lines
+from front_onnx.method.selection import source_keep
 from front_onnx.onnxio import OnnxModel, check_tensors, load_model, model_files
 from front_onnx.outputs import data_companion, guard, write_bytes, write_text
 from front_onnx.validation.checks import ValidationReport
@@ -158,7 +159,7 @@ def plan(source: PathLike | OnnxModel | Learngene, target: PathLike | OnnxModel,
     else:  # as transfer does it: the pair analyzed together
         s = _model(source)
         source_analysis, (gs, st) = pair_analysis(s, t)
-        gene = extract_learngene(s, keep=1.0 if method == "select" else keep, convention=convention,
+        gene = extract_learngene(s, keep=source_keep(method, keep), convention=convention,
                                   allow_nonfinite=allow_nonfinite, structure=source_analysis)
     p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth, method)
     label = gene.source if isinstance(source, Learngene) else str(getattr(source, "path", source))

@@ -62,6 +62,9 @@ class DimensionFlow:
     heads: dict[int, tuple[int, ...]] = field(default_factory=dict)  # slot -> Layout.heads of its projection
 
 
+_ATTENTION_OPS = {"GroupQueryAttention", "MultiHeadAttention"}  # onnxruntime's, splitting heads by attribute
+
+
 class _UF:
     def __init__(self) -> None:
         self.parent: dict[tuple, tuple] = {}
@@ -281,10 +284,31 @@ class _Flow:
             if want is not None and len(want) == len(out):
                 self.shape[y] = [o if o is not None else w for o, w in zip(out, want)]
 
+    def attention_op(self, n: onnx.NodeProto) -> None:
+        """onnxruntime's attention ops split their inputs into heads themselves (no Reshape to
+        see): record the (heads, head_dim) split of the query, key and value inputs they read
+        whole, and of the output they merge (``num_heads``; ``kv_num_heads`` for
+        GroupQueryAttention's key and value; a packed q|k|v input is split by the slot analysis)."""
+        ins = list(n.input) + [""] * 3
+        h = int(_attr(n, "num_heads", 0))
+        kv = int(_attr(n, "kv_num_heads", 0)) or h
+        width = self.dim(ins[0], -1) if ins[0] else None
+        if not h or not width:
+            return
+        packed = n.op_type == "GroupQueryAttention" and not ins[1] and not ins[2]
+        d = width // (h + 2 * kv) if packed else width // h
+        if not packed:
+            for x, heads in ((ins[0], h), (ins[1], kv), (ins[2], kv)):
+                if x and self.rank(x) == 3 and self.dim(x, -1) == heads * d:
+                    self.heads.setdefault(self.ax(x, -1), set()).add((heads, d))
+        self.heads.setdefault(self.ax(n.output[0], -1), set()).add((h, d))
+
     def node(self, n: onnx.NodeProto) -> None:
         op, ins, outs = n.op_type, list(n.input), list(n.output)
         if not outs or not outs[0]:
             return
+        if op in _ATTENTION_OPS:
+            self.attention_op(n)
         self.fill(n)
         y = outs[0]
         if op in _SAME or op in _NORMS:
@@ -539,7 +563,7 @@ def _projection_heads(f: _Flow, gs: GraphSlots) -> dict[int, tuple[int, ...]]:
         if s.role not in ("linear.weight", "linear.bias") or s.layout is None or INDEX in s.layout.kinds:
             continue
         node = f.g.node[s.anchor]
-        if node.op_type not in ("MatMul", "Gemm") or not node.output:
+        if node.op_type not in ("MatMul", "Gemm", "MatMulNBits") or not node.output:
             continue
         gemm = node.op_type == "Gemm"
         canon = s.layout.canonical_shape(tuple(s.shape))

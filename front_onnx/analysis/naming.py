@@ -44,6 +44,7 @@ from front_onnx.analysis.slots import (
     analyze_slots,
     is_generated_name,
     scope_module,
+    stored_values,
 )
 from front_onnx.analysis.provenance import FX_KEY, Marks, _folded, props
 from front_onnx.onnxio import OnnxModel, load_model
@@ -268,11 +269,11 @@ def _torch_names(m: OnnxModel) -> NamedWeights:
         if not s.absent:  # a bias the graph does not have: nothing to name
             by_init.setdefault(s.initializer, []).append(s)
     arrays: dict[str, np.ndarray] = {}
-    quant = {s.initializer: s.quant for s in gs.slots if s.quant is not None}
+    quant = {s.initializer: s for s in gs.slots if s.quant is not None}
 
     def value(init: str) -> np.ndarray:
         if init not in arrays:  # a quantized weight's codes are read as the weight they encode
-            arrays[init] = quant[init].decode(m.array, init) if init in quant else m.array(init)
+            arrays[init] = stored_values(m.array, quant[init]) if init in quant else m.array(init)
         return arrays[init]
 
     def put(name: str, a: np.ndarray, init: str, why: str) -> bool:

@@ -244,6 +244,7 @@ class _Analyzer:
         self.prod = _producers(self.g)
         self.cons = _consumers(self.g)
         self.outputs = {o.name for o in self.g.output}
+        self.graph_inputs = {x.name for x in self.g.input} - set(self.inits)
         # the batch size the graph was exported for (its first input's first dimension), when static
         self.batch = next((d.dim_value for i in self.g.input if i.name not in self.inits
                            for d in i.type.tensor_type.shape.dim[:1] if d.HasField("dim_value")), 0)
@@ -401,8 +402,7 @@ class _Analyzer:
         n = self.g.node[i]
         if n.op_type in ("GroupQueryAttention", "MultiHeadAttention", "Attention", "SparseAttention"):
             return value != n.output[0]
-        graph_inputs = {x.name for x in self.g.input} - set(self.inits)
-        return n.op_type == "Concat" and any(x in graph_inputs for x in n.input)
+        return n.op_type == "Concat" and any(x in self.graph_inputs for x in n.input)
 
     def is_normalized(self, value: str, depth: int = 6) -> bool:
         """Whether a value is a normalized activation: produced (within a few ops) by
@@ -625,30 +625,6 @@ class _Analyzer:
                 return (h, kv) if h and kv else None
         return None
 
-    def _contrib_heads(self, s: Slot) -> tuple[int, ...] | None:
-        """Heads of a projection that an onnxruntime attention op splits itself (no Reshape
-        for the dimension flow to see): one feeding ``GroupQueryAttention``'s query (its
-        ``num_heads``) or key/value (``kv_num_heads``), or ``MultiHeadAttention``'s q/k/v, splits
-        its out axis; one reading such an op's output splits its in axis."""
-        node = self.g.node[s.anchor]
-        weight = s.role == "linear.weight"
-        for ci, cj in self._follow(node.output[0]):
-            n = self.g.node[ci]
-            if n.op_type == "GroupQueryAttention" and cj in (0, 1, 2) and n.input[1]:
-                h = int(_attr(n, "num_heads" if cj == 0 else "kv_num_heads", 0))
-                return ((h, 0) if weight else (h,)) if h else None
-            if n.op_type == "MultiHeadAttention" and cj in (0, 1, 2):
-                h = int(_attr(n, "num_heads", 0))
-                return ((h, 0) if weight else (h,)) if h else None
-        if weight and node.input:
-            p = self.prod.get(node.input[0])
-            a = self.g.node[p] if p is not None else None
-            if a is not None and a.op_type in ("GroupQueryAttention", "MultiHeadAttention", "Attention") \
-                    and node.input[0] == a.output[0]:
-                h = int(_attr(a, "num_heads", 0))
-                return (0, h) if h else None
-        return None
-
     def _split_packed_attention(self, slots: list[Slot]) -> list[Slot]:
         """A projection packed as q|k|v for ``GroupQueryAttention`` (onnxruntime-genai) has
         parts of different widths (heads*d, kv_heads*d, kv_heads*d): its weight and bias are
@@ -665,14 +641,6 @@ class _Analyzer:
                 cache[lin] = self._packed_heads(lin)
             heads = cache[lin]
             weight = s.role == "linear.weight"
-            if heads is None and not s.layout.heads and len(s.shape) == (2 if weight else 1) \
-                    and s.layout.perm == ((1, 0) if weight else (0,)):
-                h = self._contrib_heads(s)
-                if h is not None and all(not n or c % n == 0 for n, c in zip(h, s.layout.canonical_shape(s.shape))):
-                    kinds = tuple(k for n, kind in zip(h, s.layout.kinds) for k in ((kind, kind) if n else (kind,)))
-                    s.layout = Layout(s.layout.perm, kinds, 1, s.layout.name + " by heads", heads=h)
-                    s.evidence.append("heads: " + " and ".join(f"{'out' if k == 0 else 'in'} axis {n} heads"
-                                                              for k, n in enumerate(h) if n) + " (attention op)")
             if heads is None or (weight and (len(s.shape) != 2 or s.layout.perm != (1, 0))) or \
                     (not weight and len(s.shape) != 1):
                 out.append(s)
@@ -742,11 +710,10 @@ class _Analyzer:
         if i is None:
             return None
         p = self.g.node[i]
-        if p.op_type in ("MatMul", "Gemm") and len(p.input) > 1 and self.is_weight(p.input[1]):
-            return i
-        if p.op_type == "MatMulNBits" and len(p.input) > 1 and p.input[1] in self.inits:
-            return i
-        return None
+        if p.op_type not in LINEAR_OPS or len(p.input) < 2:
+            return None
+        weight = p.input[1] in self.inits if p.op_type == "MatMulNBits" else self.is_weight(p.input[1])
+        return i if weight else None
 
     def _view_slots(self, ni: int, j: int, x: str, t: onnx.TensorProto, shape: tuple[int, ...],
                     ci: int, cj: int, vshape: tuple[int, ...]) -> list[Slot]:
@@ -905,10 +872,16 @@ def slot_array(read: Callable[[str], np.ndarray], s: Slot) -> np.ndarray:
     """A slot's values, of ``s.shape``: zeros for an absent bias, a view's elements for a view."""
     if s.absent:
         return np.zeros(s.shape, np_dtype(s.dtype))
-    stored = s.quant.decode(read, s.initializer) if s.quant is not None else read(s.initializer)
+    stored = stored_values(read, s)
     if s.view is not None:
         return s.view.read(stored)
     return stored
+
+
+def stored_values(read: Callable[[str], np.ndarray], s: Slot) -> np.ndarray:
+    """The values of the tensor a slot's initializer stores: a quantized weight's codes
+    dequantized, anything else as read."""
+    return s.quant.decode(read, s.initializer) if s.quant is not None else read(s.initializer)
 
 
 def slot_dtype(s: Slot) -> np.dtype:

@@ -8,11 +8,11 @@ import numpy as np
 
 from front_onnx import progress
 from front_onnx.analysis.folding import write_views
-from front_onnx.analysis.slots import ABSENT_SUFFIX, GraphSlots, Slot
+from front_onnx.analysis.slots import ABSENT_SUFFIX, GraphSlots, stored_values
 from front_onnx.analysis.structure import Structure, Template
 from front_onnx.method.extraction import transformed_axes
-from front_onnx.method.learngene import GeneTemplate, Learngene
 from front_onnx.method import amplitude
+from front_onnx.method.learngene import GeneTemplate, Learngene
 from front_onnx.method.planning import Plan
 from front_onnx.method.selection import select
 from front_onnx.numeric import spectral
@@ -229,14 +229,9 @@ def _keep_unknown(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarra
     for i, m in unknown.items():
         s = gs.slots[i]
         if i in values and s.view is None and not s.absent:
-            stored = np.asarray(_decoded(target, s)).reshape(values[i].shape)
+            stored = np.asarray(stored_values(target.array, s)).reshape(values[i].shape)
             out[i] = np.where(m, stored, values[i]).astype(values[i].dtype)
     return out
-
-
-def _decoded(target: OnnxModel, s: Slot) -> np.ndarray:
-    """The stored tensor a slot reads, as values: a quantized weight dequantized."""
-    return s.quant.decode(target.array, s.initializer) if s.quant is not None else target.array(s.initializer)
 
 
 def _requantized(target: OnnxModel, gs: GraphSlots, new_values: dict[str, np.ndarray]) -> dict[str, float]:
@@ -276,7 +271,7 @@ def _views_stored(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarra
         return values
     out = dict(values)
     for name, idx in views.items():
-        stored = write_views(_decoded(target, gs.slots[idx[0]]), [(gs.slots[i].view, values[i], unknown.get(i))  # type: ignore[misc]
+        stored = write_views(stored_values(target.array, gs.slots[idx[0]]), [(gs.slots[i].view, values[i], unknown.get(i))  # type: ignore[misc]
                                                   for i in idx])
         for i in idx:
             out[i] = stored

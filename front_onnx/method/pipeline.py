@@ -15,6 +15,7 @@ from front_onnx.method.extraction import extract_learngene
 from front_onnx.method.learngene import Learngene
 from front_onnx.method.materialize import needed_shapes, slot_values, write_initialized
 from front_onnx.method.planning import Plan, check_overlap, make_plan, source_templates
+from front_onnx.method.selection import source_keep
 from front_onnx.onnxio import OnnxModel
 
 DEFAULT_KEEP = 1.0          # the defaults are the convergence benchmark's best (docs/results.md)
@@ -46,8 +47,8 @@ def pair_learngene(s: OnnxModel, source_analysis, analysis, *, keep: float, conv
     """The source's learngene, holding only what the target's plan needs (Weight Selection:
     the whole source, keep 1.0)."""
     if method == "select":
-        return extract_learngene(s, keep=1.0, convention=convention, allow_nonfinite=allow_nonfinite,
-                                 structure=source_analysis)
+        return extract_learngene(s, keep=source_keep(method, keep), convention=convention,
+                                 allow_nonfinite=allow_nonfinite, structure=source_analysis)
     sources = source_templates([asdict(seg) for seg in source_analysis[1].segments], analysis[1].segments,
                                analysis[1].templates)
     return extract_learngene(s, keep=keep, convention=convention, needed=needed_shapes(*analysis, depth, sources),

@@ -24,6 +24,11 @@ from front_onnx.numeric import spectral
 METHODS = ("front", "select")
 
 
+def source_keep(method: str, keep: float) -> float:
+    """The keep a source's learngene is extracted at: Weight Selection reads the whole source."""
+    return 1.0 if method == "select" else keep
+
+
 def uniform_indices(n_src: int, n_tgt: int) -> np.ndarray:
     """Evenly spaced indices of ``n_tgt`` out of ``n_src``."""
     return (np.arange(n_tgt) * n_src) // n_tgt
