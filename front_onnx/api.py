@@ -42,6 +42,7 @@ from front_onnx.onnxio import OnnxModel, check_tensors, load_model, model_files
 from front_onnx.outputs import data_companion, guard, write_bytes, write_text
 from front_onnx.validation.checks import ValidationReport
 from front_onnx.validation.checks import validate as _validate
+from front_onnx.validation.calibration import calibrate
 from front_onnx.validation.equivalence import aligned_source
 
 __all__ = ["extract", "plan", "initialize", "transfer", "validate", "inspect", "weights", "refine",
@@ -201,9 +202,13 @@ def initialize(target: PathLike | OnnxModel, learngene: PathLike | Learngene, ou
 
 def _initialize(t: OnnxModel, gene: Learngene, output: Path, t0: float, report: PathLike | None,
                 external_data: bool | None, analysis, depth: str, release: bool = False,
-                label: str = "", method: str = DEFAULT_METHOD, scale: str = DEFAULT_SCALE) -> InitResult:
+                label: str = "", method: str = DEFAULT_METHOD, scale: str = DEFAULT_SCALE,
+                calibrator=None) -> InitResult:
+    if scale == "calibrated" and calibrator is None:
+        raise FrontError(f"{label or 'the learngene'}: --scale calibrated measures the source model's layers; "
+                         "it needs the source model (transfer), not a learngene")
     p, split = initialize_into(t, gene, output, analysis, depth, external_data=external_data, release=release,
-                               label=label, method=method, scale=scale)
+                               label=label, method=method, scale=scale, calibrate=calibrator)
     return InitResult(output, p, time.perf_counter() - t0, split,
                       report=Path(report) if report is not None else None)
 
@@ -214,18 +219,22 @@ def transfer(source: PathLike | OnnxModel, target: PathLike | OnnxModel, output:
              external_data: bool | None = None, validate: bool = False, device: str = "auto",
              strict: bool = False, keep_invalid: bool = False, depth: str = DEFAULT_DEPTH,
              allow_nonfinite: bool = False, method: str = DEFAULT_METHOD, scale: str = DEFAULT_SCALE,
-             align: bool = False) -> InitResult:
+             align: bool = False, calibration_inputs: PathLike | Mapping[str, np.ndarray] | None = None) -> InitResult:
     """``extract`` + ``initialize`` in memory; byte-identical to running them one after the other.
     ``allow_nonfinite`` as in ``extract``; ``method`` and ``scale`` as in ``initialize`` (with
     'select' the source is read whole, whatever ``keep``). ``align`` permutes the source's
     channel spaces into a smooth order first (``method.alignment``; checked to keep the
-    source's function, ``validation.equivalence``).
+    source's function, ``validation.equivalence``). With ``scale='calibrated'`` each layer's
+    output scale is matched to the source's on ``calibration_inputs`` (arrays keyed by input
+    name or an ``.npz`` of them; else synthesized), ``validation.calibration``.
     ``validate`` as in ``initialize``, with activation scales compared with the source and,
     at keep 1 into an identical architecture, outputs that must reproduce the source's."""
     t0 = time.perf_counter()
     t = _model(target)
     s = _model(source)
-    guard(_init_outputs(output, report), _files(t, s))
+    guard(_init_outputs(output, report), _files(t, s, calibration_inputs))
+    if isinstance(calibration_inputs, (str, Path)):
+        calibration_inputs = load_npz(calibration_inputs)
     source_analysis, analysis = pair_analysis(s, t)
     with tempfile.TemporaryDirectory(prefix="front-onnx-align-") as tmp:
         aligned, note = (aligned_source(s, source_analysis[0], Path(tmp)) if align else (s, None))
@@ -233,9 +242,13 @@ def transfer(source: PathLike | OnnxModel, target: PathLike | OnnxModel, output:
                               allow_nonfinite=allow_nonfinite, method=method)
         del aligned
     source_path = s.path
+    calibrator = None
+    if scale == "calibrated":
+        def calibrator(written, plan_, src=s, feeds=calibration_inputs):
+            return calibrate(written, analysis, plan_, src, source_analysis, inputs=feeds)
     del s  # an inline source's weights need not stay in memory while the target is written
     result = _initialize(t, gene, Path(output), t0, report, external_data, analysis, depth, release=True,
-                         label=str(source_path), method=method, scale=scale)
+                         label=str(source_path), method=method, scale=scale, calibrator=calibrator)
     if note is not None:
         result.plan.notes.append(note.describe())
     _finish(result, validate, t, source_path, device, strict, keep_invalid,

@@ -60,7 +60,8 @@ def _add_depth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", choices=SCALES, default=api.DEFAULT_SCALE,
                    help="amplitude of the written weights: 'none' (as the convention leaves it), 'element' (each "
                         "block's element std the source block's), 'fan-in' (element, then weights scaled by "
-                        "sqrt(source fan-in / target fan-in)) (default %(default)s)")
+                        "sqrt(source fan-in / target fan-in)), 'calibrated' (each layer's output std matched to the source "
+                        "layer's, measured with onnxruntime; transfer only) (default %(default)s)")
 
 
 def _add_output(p: argparse.ArgumentParser) -> None:
@@ -117,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--align", action="store_true",
                    help="permute the source's channel spaces into a smooth order before the transform (checked to "
                         "keep the source's function)")
+    p.add_argument("--calibration-inputs", type=Path, metavar="FILE.npz",
+                   help="inputs for --scale calibrated, as .npz keyed by input name (else synthesized)")
 
     p = sub.add_parser("extract", help="write a source's learngene (safetensors + JSON metadata)")
     p.add_argument("source", type=Path)
@@ -216,7 +219,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "transfer":
         r = api.transfer(args.source, args.target, args.output, keep=args.keep, convention=args.convention,
                          report=args.report, external_data=_external(args.external_data),
-                         allow_nonfinite=args.allow_nonfinite, align=args.align, **_vargs(args))
+                         allow_nonfinite=args.allow_nonfinite, align=args.align,
+                         calibration_inputs=args.calibration_inputs, **_vargs(args))
         _print_result(r, args)
     elif args.command == "extract":
         t0 = time.perf_counter()

@@ -8,7 +8,10 @@ spectrum's energy, so truncating loses some and zero-padding a grown axis spread
   (its mean kept), whatever truncation or padding did;
 - ``fan-in``: ``element``, then a weight whose input width changes is scaled by
   ``sqrt(fan_in_source / fan_in_target)``, so a layer's output variance is the source's for
-  inputs of the source's scale (the variance argument behind He/Xavier initialization).
+  inputs of the source's scale (the variance argument behind He/Xavier initialization);
+- ``calibrated``: written as ``none``, then each projection/convolution weight multiplied so
+  that its layer's output has the source layer's standard deviation, measured with
+  onnxruntime (``validation.calibration``; needs the source model, not only a learngene).
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ import numpy as np
 
 from front_onnx.analysis.slots import Layout
 
-SCALES = ("none", "element", "fan-in")
+SCALES = ("none", "element", "fan-in", "calibrated")
+FORMULA_SCALES = ("element", "fan-in")  # applied while the values are computed
 _WEIGHT_ROLES = {"linear.weight", "conv.weight"}
 
 

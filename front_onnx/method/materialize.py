@@ -176,7 +176,7 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
                     out[i] = np.ascontiguousarray(s.layout.from_canonical(stack[b]),  # type: ignore[union-attr]
                                                   dtype=dtypes[s.initializer])
             del stack
-        if scale != "none" and method == "front":
+        if scale in amplitude.FORMULA_SCALES and method == "front":
             _rescaled(gt, tpl, gs, shape, out, depth_mode, scale)
         if unknown is not None:
             _unknown_entries(gt, tpl, gs, out, unknown)

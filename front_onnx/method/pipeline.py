@@ -3,8 +3,12 @@ validation: ``api.py``) and ``front_onnx.torch.transfer_module`` (torch modules 
 temporary folder), so that both compute the same plan and write the same bytes."""
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
+
+import numpy as np
 
 from front_onnx.analysis import weight_slots
 from front_onnx.analysis.pairing import one_structure, promote_differing
@@ -16,7 +20,11 @@ from front_onnx.method.learngene import Learngene
 from front_onnx.method.materialize import needed_shapes, slot_values, write_initialized
 from front_onnx.method.planning import Plan, check_overlap, make_plan, source_templates
 from front_onnx.method.selection import source_keep
-from front_onnx.onnxio import OnnxModel
+from front_onnx.onnxio import OnnxModel, load_model
+
+# ``scale='calibrated'``: (the target as first written, its plan) -> an object with ``factors``
+# (slot -> factor) and ``describe()``; ``validation.calibration`` measures them with onnxruntime.
+Calibrator = Callable[[OnnxModel, Plan], object]
 
 DEFAULT_KEEP = 1.0          # the defaults are the convergence benchmark's best (docs/results.md)
 DEFAULT_CONVENTION = "ortho"
@@ -57,12 +65,17 @@ def pair_learngene(s: OnnxModel, source_analysis, analysis, *, keep: float, conv
 
 def initialize_into(t: OnnxModel, gene: Learngene, output: Path, analysis, depth: str, *,
                     external_data: bool | None = None, release: bool = False, label: str = "",
-                    method: str = "front", scale: str = "none") -> tuple[Plan, int]:
+                    method: str = "front", scale: str = "none",
+                    calibrate: Calibrator | None = None) -> tuple[Plan, int]:
     """Plan ``t`` from ``gene``, refuse a plan without overlap (FrontError), and write the
-    initialized model to ``output``; returns the plan and the number of shared initializers split."""
+    initialized model to ``output``; returns the plan and the number of shared initializers split.
+    With ``scale='calibrated'`` the values are first written to a temporary folder, where
+    ``calibrate`` measures each layer's factor, and written again scaled."""
     gs, st = analysis
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; use one of {', '.join(SCALES)}")
+    if scale == "calibrated" and calibrate is None:
+        raise ValueError("scale 'calibrated' needs the source model to measure against (transfer, not a learngene)")
     p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth, method)
     check_overlap(p, st, str(t.path), label or gene.source or "the source")
     dtypes = {s.initializer: slot_dtype(s) for s in gs.slots}
@@ -70,6 +83,17 @@ def initialize_into(t: OnnxModel, gene: Learngene, output: Path, analysis, depth
     values = slot_values(gene, gs, st, p, dtypes, depth, release=release,  # release: gene is transfer's own
                          unknown=unknown, method=method, scale=scale)
     values = {i: v for i, v in values.items() if p.slots[i].status == "written"}  # absent biases may be left
+    if scale == "calibrated" and calibrate is not None:
+        with tempfile.TemporaryDirectory(prefix="front-onnx-calibrate-") as tmp:
+            first = Path(tmp) / "uncalibrated.onnx"
+            info = write_initialized(t, gs, values, first, external_data=external_data, unknown=dict(unknown))
+            for i, name in info["renamed"].items():
+                p.slots[i].written_as = name
+            cal = calibrate(load_model(first), p)
+        for i, f in cal.factors.items():  # type: ignore[attr-defined]
+            values[i] = (np.asarray(values[i], np.float64) * f).astype(values[i].dtype)
+            p.slots[i].operations.append(f"calibrated x{f:.4g}")
+        p.notes.append(cal.describe())  # type: ignore[attr-defined]
     info = write_initialized(t, gs, values, output, external_data=external_data, unknown=unknown)
     for i, name in info["renamed"].items():
         p.slots[i].written_as = name

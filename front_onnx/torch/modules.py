@@ -54,6 +54,7 @@ from front_onnx.method.pipeline import (
 )
 from front_onnx.method.planning import Plan
 from front_onnx.onnxio import check_tensors, load_model
+from front_onnx.validation.calibration import calibrate
 from front_onnx.validation.equivalence import aligned_source
 
 # The one set of export options (see the module's docstring and docs/hf-timm.md).
@@ -174,6 +175,19 @@ def state_from_weights(module, nw: NamedWeights) -> tuple[dict[str, torch.Tensor
     return state, kept, tied
 
 
+def _example_feeds(model, example_inputs) -> dict[str, np.ndarray]:
+    """The example inputs as onnxruntime feeds of the exported graph: a dict by name, else
+    positionally over the graph's inputs (the ones that do not match are synthesized)."""
+    inits = set(model.initializer_names())
+    names = [i.name for i in model.proto.graph.input if i.name not in inits]
+    if isinstance(example_inputs, dict):
+        pairs = [(k, v) for k, v in example_inputs.items() if k in names]
+    else:
+        items = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+        pairs = list(zip(names, items))
+    return {k: v.detach().cpu().numpy() for k, v in pairs if isinstance(v, torch.Tensor)}
+
+
 def transfer_module(source, target, example_inputs, *, keep: float = DEFAULT_KEEP,
                     convention: str = DEFAULT_CONVENTION, depth: str = DEFAULT_DEPTH,
                     allow_nonfinite: bool = False, method: str = DEFAULT_METHOD,
@@ -204,9 +218,14 @@ def transfer_module(source, target, example_inputs, *, keep: float = DEFAULT_KEE
         aligned, note = aligned_source(s, source_analysis[0], folder / "align") if align else (s, None)
         gene = pair_learngene(aligned, source_analysis, analysis, keep=keep, convention=convention, depth=depth,
                               allow_nonfinite=allow_nonfinite, method=method)
-        del s, aligned
+        del aligned
+        calibrator = None
+        if scale == "calibrated":  # layer scales measured on the example inputs
+            def calibrator(written, plan_, src=s, feeds=_example_feeds(s, example_inputs)):
+                return calibrate(written, analysis, plan_, src, source_analysis, inputs=feeds)
+        del s
         plan, _ = initialize_into(t, gene, folder / "output.onnx", analysis, depth, release=True,
-                                  label=type(source).__name__, method=method, scale=scale)
+                                  label=type(source).__name__, method=method, scale=scale, calibrate=calibrator)
         if note is not None:
             plan.notes.append(note.describe())
         del t
