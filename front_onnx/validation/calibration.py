@@ -61,7 +61,7 @@ def layer_pairs(sources: Mapping[str, str], target: tuple[GraphSlots, Structure]
                 source: tuple[GraphSlots, Structure]) -> dict[int, int]:
     """Target slot -> the source slot of the same role at the nearest relative depth, for the
     projection and convolution weights of templates the plan fed from the source."""
-    (tgs, tst), (sgs, sst) = target, source
+    tst, sst = target[1], source[1]
     out: dict[int, int] = {}
     for tkey, skey in sources.items():
         ttpl, stpl = tst.templates.get(tkey), sst.templates.get(skey)
