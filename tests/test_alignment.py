@@ -5,6 +5,8 @@ order is smoother than the trained one, and a seriation of shuffled similar unit
 their neighbourhoods."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ pytest.importorskip("onnxruntime")
 
 import front_onnx  # noqa: E402
 from front_onnx.analysis import weight_slots  # noqa: E402
+from front_onnx.analysis.dimflow import dimension_flow  # noqa: E402
 from front_onnx.numeric.seriation import roughness, smooth_order  # noqa: E402
 from front_onnx.onnxio import load_model  # noqa: E402
 from front_onnx.validation.equivalence import aligned_source, same_function  # noqa: E402
@@ -44,8 +47,8 @@ def test_the_aligned_source_computes_the_same_function_and_is_smoother(pair, tmp
     assert all(sp.after < sp.before for sp in al.spaces)
     assert all(not np.array_equal(sp.order, np.arange(sp.size)) for sp in al.spaces)
     assert same_function(m, aligned)
-    # heads are never split by a permutation: those spaces are left, with the reason
-    assert any("attention heads" in why for why in al.skipped.values())
+    # the attention output's space is produced by a part of the fused qkv projection: left, with that reason
+    assert any("one part of a fused projection" in why for why in al.skipped.values())
 
 
 def test_identity_with_alignment_reproduces_the_source(pair, tmp_path):
@@ -97,3 +100,48 @@ def test_transfer_module_with_alignment_reproduces_the_source():
     assert any(n.startswith("align: ") and "no channel space" not in n for n in plan.notes)
     with torch.no_grad():
         assert float((module(x) - src(x)).abs().max()) < 1e-5
+
+
+CORPUS = Path(__file__).parent / "corpus" / "models"
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_attention_spaces_are_aligned_head_by_head(exporter, tmp_path):
+    """HF BERT (separate query/key/value projections): the query's and key's projections index
+    one space, the value's and the output projection's input another (``dimflow``); each is
+    permuted within heads only, and the aligned source computes the source's function."""
+    m = load_model(CORPUS / "bert" / exporter / "source.onnx")
+    gs = weight_slots(m)
+    aligned, al = aligned_source(m, gs, tmp_path)
+    names = {s.initializer: (s.module or "") for s in gs.slots}
+    heads = 4  # the corpus BERT: width 32, 4 heads
+    attention = []
+    for sp in al.spaces:
+        modules = {names.get(init, "") for init, _ in sp.members}
+        if any(".attention." in x for x in modules) and not any("LayerNorm" in x for x in modules):  # not the residual
+            attention.append((sp, modules))
+    qk = [sp for sp, mods in attention if any("query" in x for x in mods) and any("key" in x for x in mods)]
+    vo = [sp for sp, mods in attention if any("value" in x for x in mods) and any("output.dense" in x for x in mods)]
+    assert len(qk) == 2 and len(vo) == 2, [(sp.id, mods) for sp, mods in attention]
+    d = 32 // heads
+    for sp in qk + vo:
+        for j in range(heads):
+            assert sorted(sp.order[j * d:(j + 1) * d]) == list(range(j * d, (j + 1) * d))  # heads stay whole
+        assert not np.array_equal(sp.order, np.arange(sp.size))
+    assert same_function(m, aligned)
+
+
+def test_rotary_attention_is_left_in_its_order(tmp_path):
+    """Llama's rotary embedding pairs units i and i + d/2 of each head: a permutation of the
+    query/key space changes the function, so the check leaves it, and says so."""
+    m = load_model(CORPUS / "llama" / "dynamo" / "source.onnx")
+    gs = weight_slots(m)
+    aligned, al = aligned_source(m, gs, tmp_path)
+    flow = dimension_flow(m.proto, gs)
+    by_heads = {name.rsplit("/", 1)[0] for axes in flow.slot_axes.values() for name in axes if name and "/" in name}
+    names = {s.initializer: (s.module or "") for s in gs.slots}
+    qk = [sp for sp in flow.spaces if sp.id in by_heads
+          and any("q_proj" in names.get(init, "") and k == 0 for init, k in sp.axes)]
+    assert qk and all("changes the source's outputs" in al.skipped.get(sp.id, "") for sp in qk), al.skipped
+    assert not any(sp.id in by_heads for sp in al.spaces)
+    assert same_function(m, aligned)

@@ -195,6 +195,7 @@ class _Flow:
         self.shape = _shapes(model)
         self.uf = _UF()
         self.factors: dict[tuple, list[tuple]] = {}
+        self.split_axes: dict[tuple, list[tuple[tuple, ...]]] = {}  # whole axis -> the value axes of its factors
         self.heads: dict[tuple, set[tuple[int, ...]]] = {}   # value axis -> (heads, head_dim) splits
         self.prod = {o: i for i, n in enumerate(self.g.node) for o in n.output if o}
         self.cons: dict[str, list[int]] = {}
@@ -401,13 +402,45 @@ class _Flow:
             elif len(gi) == 1:   # one axis split into several: a factored space
                 f = tuple(b[k] for k in gj)
                 self.factors.setdefault(self.ax(x, gi[0]), []).append(("split", f))
+                self.split_axes.setdefault(self.ax(x, gi[0]), []).append(tuple(self.ax(y, k) for k in gj))
                 if len(f) in (2, 3) and self._attention_near(y, forward=True, steps=12):
                     self.heads.setdefault(self.ax(x, gi[0]), set()).add(f)
             elif len(gj) == 1:   # several merged into one
                 f = tuple(a[k] for k in gi)
                 self.factors.setdefault(self.ax(y, gj[0]), []).append(("split", f))
+                self.split_axes.setdefault(self.ax(y, gj[0]), []).append(tuple(self.ax(x, k) for k in gi))
                 if len(f) == 2 and self._attention_near(x, forward=False, steps=3):
                     self.heads.setdefault(self.ax(y, gj[0]), set()).add(f)
+
+    def join_factored(self) -> None:
+        """Axes split into factors that the flow shows to be the same, factor by factor, are
+        one space: a query's and a key's (heads, head_dim) meet in their product, a value's
+        and the attention output's in the product with the attention weights, so each pair of
+        projections indexes one space, as a permutation that keeps attention's function must
+        treat them (head by head, ``method.alignment``). An axis merged from factors and split
+        again into factors of the same lengths (heads folded into the batch for a product, then
+        unfolded) has the same factors. Repeated to a fixed point: each join can enable more."""
+        find = self.uf.find
+        for _ in range(8):
+            before = len({find(k) for k in self.uf.parent})
+            same_whole: dict[tuple, list[tuple[tuple, ...]]] = {}
+            for whole, splits in self.split_axes.items():
+                for keys in splits:
+                    same_whole.setdefault((find(whole), tuple(self.size(k) for k in keys)), []).append(keys)
+            for lists in same_whole.values():
+                for keys in lists[1:]:
+                    for a, b in zip(lists[0], keys):
+                        self.same(a, b)
+            groups: dict[tuple, list[tuple]] = {}
+            for whole, splits in self.split_axes.items():
+                for keys in splits:
+                    if all((self.size(k) or 0) > 1 for k in keys):
+                        groups.setdefault(tuple(find(k) for k in keys), []).append(whole)
+            for wholes in groups.values():
+                for w in wholes[1:]:
+                    self.same(wholes[0], w)
+            if len({find(k) for k in self.uf.parent}) == before:
+                return
 
     def _attention_near(self, value: str, forward: bool, steps: int) -> bool:
         """Whether an attention product (a MatMul of two activations) is within ``steps`` ops
@@ -482,11 +515,12 @@ def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
             f.node(n)
         except _DAMAGED:  # a node whose attributes do not fit its shapes (a damaged graph): not followed
             continue
+    f.join_factored()
     links: dict[int, list[tuple | None]] = {}
     for i, s in enumerate(gs.slots):
         if s.role is None or s.layout is None:
             continue
-        s = _unsplit(s)
+        s = unsplit(s)
         canon = s.layout.canonical_shape(tuple(s.shape))  # type: ignore[union-attr]
         try:
             axes = f.weight_axes(i, s)
@@ -513,7 +547,7 @@ def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
     spaces = []
     for r in order:
         first = members[r][0]
-        s = _unsplit(gs.slots[first[0]])
+        s = unsplit(gs.slots[first[0]])
         size = int(s.layout.canonical_shape(tuple(s.shape))[first[1]])  # type: ignore[union-attr]
         seen = []
         for i, k in members[r]:
@@ -535,7 +569,7 @@ def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
     return DimensionFlow(spaces, slot_axes, _projection_heads(f, gs))
 
 
-def _unsplit(s: Slot) -> Slot:
+def unsplit(s: Slot) -> Slot:
     """The slot with its layout's heads merged back (the flow works on whole axes)."""
     if s.layout is None or not s.layout.heads:
         return s

@@ -5,9 +5,12 @@ source computes the same function and a low-pass along a neuron axis blends simi
 Spaces come from the dimension flow (``analysis.dimflow``): the residual width shared by all
 blocks gets one order, each block's hidden width its own. Orders are spectral seriation of the
 units' concatenated weight vectors (``numeric.seriation``), each member's rows scaled to unit
-norm so that every tensor of the space has a say. A space is not aligned when a member is not a
-plain stored tensor (a view, a quantized weight, an absent bias), when it is split by heads
-(a permutation must keep heads whole), or when it indexes classes or a vocabulary.
+norm so that every tensor of the space has a say. A space split by attention heads (a query's
+and key's projections, or a value's and the output projection's input: one space each,
+``dimflow``) is ordered head by head, each head's units among themselves, so that heads stay
+whole and a head-size resampling blends similar units. A space is not aligned when a member is
+not a plain stored tensor (a view, a quantized weight, an absent bias), when it is split in more
+than one way, or when it indexes classes or a vocabulary.
 
 The aligned source is written to a folder the caller owns; whether it still computes the
 source's function is for the caller to check (``api``: onnxruntime on synthesized inputs),
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from front_onnx.analysis.dimflow import dimension_flow
+from front_onnx.analysis.dimflow import ChannelSpace, dimension_flow, unsplit
 from front_onnx.analysis.slots import INDEX, GraphSlots, Slot
 from front_onnx.numeric.seriation import MAX_COLUMNS, roughness, smooth_order
 from front_onnx.onnxio import OnnxModel, load_model, save_model
@@ -85,6 +88,7 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots) -> Alignment:
     for s in gs.slots:
         if s.role is not None and not s.absent:
             by_init.setdefault(s.initializer, s)
+    absent = {s.initializer for s in gs.slots if s.absent}  # zero biases a layer lacks: nothing to permute
     heads_split = {name.rsplit("/", 1)[0] for axes in flow.slot_axes.values() for name in axes
                    if name and "/" in name}
     out = Alignment()
@@ -94,20 +98,25 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots) -> Alignment:
         members: list[tuple[str, int]] = []
         if sp.size < 3:
             why = "fewer than 3 units"
-        elif sp.id in heads_split:
-            why = "split by attention heads"
+        elif sp.id in heads_split and _heads(sp) is None:
+            why = "split by attention heads in more than one way"
         elif not any(by_init.get(init) is not None and by_init[init].role in _UNIT_ROLES for init, _ in sp.axes):
             why = "no projection or convolution indexes it (a position or token axis, not units)"
         elif not any(_produces(by_init.get(init), k) for init, k in sp.axes):
-            why = "no layer produces it (a graph input's channels: the input's order is not ours to change)"
+            why = ("none of its weights produces its values (a graph input's channels, or one part of a fused "
+                   "projection, which is not aligned)")
         for init, k in sp.axes:
             if why:
                 break
+            if init in absent:
+                continue
             s = by_init.get(init)
             if s is None or s.view is not None or s.quant is not None or s.layout is None \
                     or model.constant_node(init) is not None:
                 why = f"{init} is not a plain stored tensor"
                 break
+            s = unsplit(s)  # the flow's axes are whole (heads merged back)
+            assert s.layout is not None
             kinds = s.layout.kinds[1:] if s.layout.parts > 1 else s.layout.kinds
             kk = k - 1 if s.layout.parts > 1 else k
             if kk < len(kinds) and kinds[kk] == INDEX:
@@ -126,9 +135,23 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots) -> Alignment:
             if init not in arrays:
                 arrays[init] = np.asarray(model.array(init))
         vec = _unit_vectors([(arrays[init], ax) for init, ax in members], sp.size)
-        order = smooth_order(vec)
+        split = _heads(sp) if sp.id in heads_split else None
+        if split is None:
+            order = smooth_order(vec)
+        else:  # head by head: each head's units among themselves
+            h, d = split
+            order = np.concatenate([j * d + smooth_order(vec[j * d:(j + 1) * d]) for j in range(h)])
         out.spaces.append(SpaceOrder(sp.id, sp.size, members, order, roughness(vec), roughness(vec[order])))
     return out
+
+
+def _heads(sp: ChannelSpace) -> tuple[int, int] | None:
+    """(heads, head size) of a space split one way into heads of at least 3 units."""
+    splits = {tuple(f) for f in sp.factors if len(f) == 2}
+    if len(splits) != 1 or len(sp.factors) != 1:
+        return None
+    h, d = next(iter(splits))
+    return (h, d) if h * d == sp.size and d >= 3 else None
 
 
 def _unit_vectors(members: list[tuple[np.ndarray, int]], n: int) -> np.ndarray:
