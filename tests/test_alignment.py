@@ -47,8 +47,14 @@ def test_the_aligned_source_computes_the_same_function_and_is_smoother(pair, tmp
     assert all(sp.after < sp.before for sp in al.spaces)
     assert all(not np.array_equal(sp.order, np.arange(sp.size)) for sp in al.spaces)
     assert same_function(m, aligned)
-    # the attention output's space is produced by a part of the fused qkv projection: left, with that reason
-    assert any("one part of a fused projection" in why for why in al.skipped.values())
+    # each block's attention space: the fused qkv projection's parts (one permutation for all three)
+    # and the output projection's input, permuted within each of the 4 heads of 16
+    fused = [sp for sp in al.spaces if 3 in sp.parts.values()]
+    assert len(fused) == 4, [(sp.id, sp.size, sp.parts) for sp in al.spaces]
+    for sp in fused:
+        assert sp.size == 64 and len(sp.members) == 3  # qkv weight, qkv bias, proj weight's in axis
+        for j in range(4):
+            assert sorted(sp.order[j * 16:(j + 1) * 16]) == list(range(j * 16, (j + 1) * 16))
 
 
 def test_identity_with_alignment_reproduces_the_source(pair, tmp_path):

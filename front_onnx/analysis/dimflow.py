@@ -196,6 +196,7 @@ class _Flow:
         self.uf = _UF()
         self.factors: dict[tuple, list[tuple]] = {}
         self.split_axes: dict[tuple, list[tuple[tuple, ...]]] = {}  # whole axis -> the value axes of its factors
+        self.part_axes: dict[int, tuple] = {}  # fused projection's slot -> its within-part axis (``fused_parts``)
         self.heads: dict[tuple, set[tuple[int, ...]]] = {}   # value axis -> (heads, head_dim) splits
         self.prod = {o: i for i, n in enumerate(self.g.node) for o in n.output if o}
         self.cons: dict[str, list[int]] = {}
@@ -412,6 +413,37 @@ class _Flow:
                 if len(f) == 2 and self._attention_near(x, forward=False, steps=3):
                     self.heads.setdefault(self.ax(y, gj[0]), set()).add(f)
 
+    def fused_parts(self) -> None:
+        """A fused projection whose output is split into (parts, ...) (a timm-style qkv:
+        (3, heads, head_dim)): the within-part axis of its weight is one axis for every part,
+        factored as the rest of the split, so that the heads the parts share join the
+        attention output's space (one permutation, head by head, for all parts). A fused
+        projection split into parts by a Split op (each part its own heads) is left."""
+        by_class: dict[tuple, list[tuple[tuple, ...]]] = {}
+        for whole, splits in self.split_axes.items():
+            by_class.setdefault(self.uf.find(whole), []).extend(splits)
+        for i, s in enumerate(self.gs.slots):
+            if s.role not in ("linear.weight", "linear.bias") or s.layout is None or s.layout.parts <= 1:
+                continue
+            node = self.g.node[s.anchor]
+            if node.op_type not in ("MatMul", "Gemm") or not node.output:
+                continue
+            y = self.ax(node.output[0], 1 if node.op_type == "Gemm" else -1)
+            for keys in by_class.get(self.uf.find(y), ()):
+                sizes = [self.size(k) for k in keys]
+                if len(keys) < 2 or sizes[0] != s.layout.parts or not all(sizes[1:]):
+                    continue
+                width = 1
+                for n in sizes[1:]:
+                    width *= n  # type: ignore[operator]
+                key = ("p", node.output[0], s.layout.parts, width)
+                if len(keys) == 2:
+                    self.same(key, keys[1])
+                else:
+                    self.split_axes.setdefault(key, []).append(tuple(keys[1:]))
+                self.part_axes[i] = key
+                break
+
     def join_factored(self) -> None:
         """Axes split into factors that the flow shows to be the same, factor by factor, are
         one space: a query's and a key's (heads, head_dim) meet in their product, a value's
@@ -480,8 +512,8 @@ class _Flow:
             in_ax = self.ax(x, 1 if conv else -1) if anchor.op_type != "Gemm" else \
                 self.ax(x, 0 if _attr(anchor, "transA", 0) else 1)
             lead: list[tuple | None] = []
-            if s.layout.parts > 1:  # a fused projection: each part's out axis is a space of its own
-                lead, out_ax = [None], None
+            if s.layout.parts > 1:  # a fused projection: the parts' shared axis, when its split shows one
+                lead, out_ax = [None], self.part_axes.get(i)
             rest: list[tuple | None]
             if s.role.endswith(".bias"):
                 rest = [out_ax]
@@ -515,6 +547,7 @@ def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
             f.node(n)
         except _DAMAGED:  # a node whose attributes do not fit its shapes (a damaged graph): not followed
             continue
+    f.fused_parts()
     f.join_factored()
     links: dict[int, list[tuple | None]] = {}
     for i, s in enumerate(gs.slots):

@@ -42,6 +42,7 @@ class SpaceOrder:
     order: np.ndarray
     before: float = 0.0                     # roughness of the original order
     after: float = 0.0
+    parts: dict[str, int] = field(default_factory=dict)  # fused projection -> its parts, each permuted alike
 
 
 @dataclass
@@ -96,6 +97,7 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots) -> Alignment:
     for sp in flow.spaces:
         why = ""
         members: list[tuple[str, int]] = []
+        parts: dict[str, int] = {}
         if sp.size < 3:
             why = "fewer than 3 units"
         elif sp.id in heads_split and _heads(sp) is None:
@@ -128,21 +130,34 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots) -> Alignment:
                 break
             if (init, ax) not in members:
                 members.append((init, ax))
+                if s.layout.parts > 1 and k == 1:  # the out axis within each part
+                    parts[init] = s.layout.parts
         if why or not members:
             out.skipped[sp.id] = why or "no member"
             continue
         for init, _ in members:
             if init not in arrays:
                 arrays[init] = np.asarray(model.array(init))
-        vec = _unit_vectors([(arrays[init], ax) for init, ax in members], sp.size)
+        vec = _unit_vectors([(_parts_folded(arrays[init], ax, parts.get(init, 1)), ax if init not in parts else 0)
+                             for init, ax in members], sp.size)
         split = _heads(sp) if sp.id in heads_split else None
         if split is None:
             order = smooth_order(vec)
         else:  # head by head: each head's units among themselves
             h, d = split
             order = np.concatenate([j * d + smooth_order(vec[j * d:(j + 1) * d]) for j in range(h)])
-        out.spaces.append(SpaceOrder(sp.id, sp.size, members, order, roughness(vec), roughness(vec[order])))
+        out.spaces.append(SpaceOrder(sp.id, sp.size, members, order, roughness(vec), roughness(vec[order]), parts))
     return out
+
+
+def _parts_folded(a: np.ndarray, ax: int, parts: int) -> np.ndarray:
+    """A fused projection's tensor with its parts moved off the space's axis: [size, parts * rest]
+    (the unit's rows in every part), the space's axis first."""
+    if parts == 1:
+        return a
+    b = np.moveaxis(a, ax, 0)
+    size = b.shape[0] // parts
+    return b.reshape(parts, size, -1).transpose(1, 0, 2).reshape(size, -1)
 
 
 def _heads(sp: ChannelSpace) -> tuple[int, int] | None:
@@ -181,7 +196,9 @@ def write_aligned(model: OnnxModel, alignment: Alignment, folder: Path, only: se
             continue
         for init, ax in sp.members:
             a = new[init] if init in new else np.array(model.array(init))
-            new[init] = np.take(a, sp.order, axis=ax)
+            n = sp.parts.get(init, 1)
+            idx = sp.order if n == 1 else np.concatenate([p * sp.size + sp.order for p in range(n)])
+            new[init] = np.take(a, idx, axis=ax)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "aligned.onnx"
     save_model(model, path, new)
