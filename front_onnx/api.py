@@ -237,7 +237,8 @@ def transfer(source: PathLike | OnnxModel, target: PathLike | OnnxModel, output:
         calibration_inputs = load_npz(calibration_inputs)
     source_analysis, analysis = pair_analysis(s, t)
     with tempfile.TemporaryDirectory(prefix="front-onnx-align-") as tmp:
-        aligned, note = (aligned_source(s, source_analysis[0], Path(tmp)) if align else (s, None))
+        aligned, note = (aligned_source(s, source_analysis[0], Path(tmp), across_depth=depth != "nearest")
+                         if align else (s, None))
         gene = pair_learngene(aligned, source_analysis, analysis, keep=keep, convention=convention, depth=depth,
                               allow_nonfinite=allow_nonfinite, method=method)
         del aligned

@@ -151,3 +151,28 @@ def test_rotary_attention_is_left_in_its_order(tmp_path):
     assert qk and all("changes the source's outputs" in al.skipped.get(sp.id, "") for sp in qk), al.skipped
     assert not any(sp.id in by_heads for sp in al.spaces)
     assert same_function(m, aligned)
+
+
+def test_depth_alignment_recovers_a_permuted_copy_of_a_block(tmp_path):
+    """Block 1's MLP is block 0's with its hidden units shuffled: matched along depth, block 1's
+    hidden units come out in block 0's aligned order, so the two blocks' fc1 weights are equal;
+    without depth matching they are not (each block seriated alone). The function is kept."""
+    m = _vit(64, 3, 0, trained=True)
+    perm = torch.randperm(128, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        b0, b1 = m.blocks[0].mlp, m.blocks[1].mlp
+        b1.fc1.weight.copy_(b0.fc1.weight[perm])
+        b1.fc1.bias.copy_(b0.fc1.bias[perm])
+        b1.fc2.weight.copy_(b0.fc2.weight[:, perm])
+    export(m, torch.zeros(2, 1, 8, 8), tmp_path / "s.onnx")
+    src = load_model(tmp_path / "s.onnx")
+    gs = weight_slots(src)
+    fc1 = sorted({s.initializer for s in gs.slots if s.role == "linear.weight" and s.module
+                  and s.module.endswith("mlp.fc1")}, key=lambda n: next(s.module for s in gs.slots if s.initializer == n))
+    assert len(fc1) == 3
+    for across, equal in ((True, True), (False, False)):
+        aligned, al = aligned_source(src, gs, tmp_path / str(across), across_depth=across)
+        w0, w1 = (np.asarray(aligned.array(n)) for n in fc1[:2])
+        assert np.array_equal(w0, w1) == equal
+        assert same_function(src, aligned)
+        assert (sum(sp.depth_matched for sp in al.spaces) > 0) == across

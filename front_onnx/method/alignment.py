@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy.optimize
 
 from front_onnx.analysis.dimflow import ChannelSpace, dimension_flow, unsplit
 from front_onnx.analysis.slots import INDEX, GraphSlots, Slot
+from front_onnx.analysis.structure import Structure, find_structure
 from front_onnx.numeric.seriation import MAX_COLUMNS, roughness, smooth_order
 from front_onnx.onnxio import OnnxModel, load_model, save_model
 
@@ -43,6 +45,7 @@ class SpaceOrder:
     before: float = 0.0                     # roughness of the original order
     after: float = 0.0
     parts: dict[str, int] = field(default_factory=dict)  # fused projection -> its parts, each permuted alike
+    depth_matched: bool = False             # ordered by matching to the block before (``_match_depth``)
 
 
 @dataclass
@@ -56,8 +59,10 @@ class Alignment:
             return "align: no channel space could be aligned"
         b = np.mean([s.before for s in self.spaces])
         a = np.mean([s.after for s in self.spaces])
+        matched = sum(s.depth_matched for s in self.spaces)
         return (f"align: {done} channel spaces permuted into a smooth order (mean neighbour cosine distance "
-                f"{b:.3f} -> {a:.3f}); {len(self.skipped)} left as they are")
+                f"{b:.3f} -> {a:.3f})" + (f", {matched} of them matched to the block before" if matched else "")
+                + f"; {len(self.skipped)} left as they are")
 
 
 def _produces(s: Slot | None, k: int) -> bool:
@@ -82,18 +87,22 @@ def _stored_axis(s: Slot, k: int) -> int | None:
     return lay.perm[k] if k < len(lay.perm) else None
 
 
-def plan_alignment(model: OnnxModel, gs: GraphSlots) -> Alignment:
-    """The permutation of every channel space that can be aligned."""
+def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False) -> Alignment:
+    """The permutation of every channel space that can be aligned. ``across_depth``: a block's
+    spaces are also matched to the same spaces of the block before it (``_match_depth``)."""
     flow = dimension_flow(model.proto, gs)
     by_init: dict[str, Slot] = {}
-    for s in gs.slots:
+    index: dict[str, int] = {}
+    for i, s in enumerate(gs.slots):
         if s.role is not None and not s.absent:
             by_init.setdefault(s.initializer, s)
+            index.setdefault(s.initializer, i)
     absent = {s.initializer for s in gs.slots if s.absent}  # zero biases a layer lacks: nothing to permute
     heads_split = {name.rsplit("/", 1)[0] for axes in flow.slot_axes.values() for name in axes
                    if name and "/" in name}
     out = Alignment()
     arrays: dict[str, np.ndarray] = {}
+    vectors: dict[str, tuple[np.ndarray, tuple[int, int] | None, int | None]] = {}  # id -> (units, heads, producer)
     for sp in flow.spaces:
         why = ""
         members: list[tuple[str, int]] = []
@@ -147,7 +156,52 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots) -> Alignment:
             h, d = split
             order = np.concatenate([j * d + smooth_order(vec[j * d:(j + 1) * d]) for j in range(h)])
         out.spaces.append(SpaceOrder(sp.id, sp.size, members, order, roughness(vec), roughness(vec[order]), parts))
+        producer = next((index[init] for init, k in sp.axes if init in index and _produces(by_init[init], k)), None)
+        vectors[sp.id] = (vec, split, producer)
+    if across_depth:
+        _match_depth(out, vectors, find_structure(gs, model.proto))
     return out
+
+
+def _match_depth(al: Alignment, vectors: dict, st: Structure) -> None:
+    """Depth alignment: the spaces a stage's blocks produce with the same layer (each block's
+    MLP hidden width, its attention spaces) are put in corresponding orders, each block's units
+    matched one to one to the (aligned) units of the block before it (the assignment of
+    greatest total cosine similarity; within heads for spaces split by heads), so that a
+    resampling along depth that mixes blocks mixes units that correspond. The first block keeps
+    its smooth order."""
+    where = {i: (tpl.key, b) for tpl in st.templates.values() if tpl.stage
+             for b, slots in enumerate(tpl.blocks) for i in slots}
+    groups: dict[str, list[tuple[int, SpaceOrder]]] = {}
+    for sp in al.spaces:
+        producer = vectors[sp.id][2]
+        if producer in where:
+            key, b = where[producer]
+            groups.setdefault(key, []).append((b, sp))
+    for chain in groups.values():
+        chain.sort(key=lambda x: x[0])
+        if len(chain) < 2 or len({sp.size for _, sp in chain}) != 1 or len({vectors[sp.id][1] for _, sp in chain}) != 1:
+            continue
+        prev = chain[0][1]
+        for _, sp in chain[1:]:
+            vec, split, _ = vectors[sp.id]
+            ref = _rows(vectors[prev.id][0][prev.order])
+            if ref.shape != _rows(vec).shape:
+                break
+            h, d = split if split is not None else (1, sp.size)
+            order = np.empty(sp.size, dtype=np.int64)
+            for j in range(h):
+                sim = ref[j * d:(j + 1) * d] @ _rows(vec[j * d:(j + 1) * d]).T
+                _, cols = scipy.optimize.linear_sum_assignment(-sim)
+                order[j * d:(j + 1) * d] = j * d + cols
+            sp.order, sp.after = order, roughness(vec[order])
+            sp.depth_matched = True
+            prev = sp
+
+
+def _rows(v: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(v, axis=1, keepdims=True)
+    return v / np.where(n == 0, 1.0, n)
 
 
 def _parts_folded(a: np.ndarray, ax: int, parts: int) -> np.ndarray:

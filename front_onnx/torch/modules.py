@@ -215,7 +215,8 @@ def transfer_module(source, target, example_inputs, *, keep: float = DEFAULT_KEE
         check_tensors(s)
         check_tensors(t)
         source_analysis, analysis = pair_analysis(s, t)
-        aligned, note = aligned_source(s, source_analysis[0], folder / "align") if align else (s, None)
+        aligned, note = aligned_source(s, source_analysis[0], folder / "align",
+                                     across_depth=depth != "nearest") if align else (s, None)
         gene = pair_learngene(aligned, source_analysis, analysis, keep=keep, convention=convention, depth=depth,
                               allow_nonfinite=allow_nonfinite, method=method)
         del aligned

@@ -35,11 +35,13 @@ def same_function(a: OnnxModel, b: OnnxModel, reference: list[np.ndarray] | None
     return True
 
 
-def aligned_source(model: OnnxModel, gs: GraphSlots, folder: Path) -> tuple[OnnxModel, Alignment]:
+def aligned_source(model: OnnxModel, gs: GraphSlots, folder: Path,
+                   across_depth: bool = False) -> tuple[OnnxModel, Alignment]:
     """The source with every channel space that can be aligned permuted into a smooth order,
     checked to compute the same function; a space whose permutation changes the outputs is
-    left (checked one by one when the whole alignment does not hold)."""
-    al = plan_alignment(model, gs)
+    left (checked one by one when the whole alignment does not hold). ``across_depth``: blocks'
+    spaces matched along depth too (``alignment._match_depth``), for depth modes that mix blocks."""
+    al = plan_alignment(model, gs, across_depth)
     if not al.spaces:
         return model, al
     feeds = synthesize_inputs(model.proto, {"batch": 2})
