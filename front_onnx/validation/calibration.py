@@ -54,7 +54,9 @@ class Calibration:
         f = np.array(list(self.factors.values()))
         return (f"calibrated: {len(f)} layer outputs matched to the source's scales on {self.inputs} inputs "
                 f"(factors {f.min():.3g} to {f.max():.3g}, median {np.median(f):.3g}; {self.passes} passes, "
-                f"worst remaining ratio {np.exp(self.residual):.3f}); {len(self.skipped)} weights left as written")
+                f"worst remaining ratio {np.exp(self.residual):.3f})"
+                + (f"; {len(self.skipped)} weights keep their amplitude ({next(iter(self.skipped.values()))}"
+                   + (", ..." if len(set(self.skipped.values())) > 1 else "") + ")" if self.skipped else ""))
 
 
 def layer_pairs(sources: Mapping[str, str], target: tuple[GraphSlots, Structure],
