@@ -17,7 +17,9 @@ Settings (``--only`` takes a part name):
                 vit-grow (ViT d64/L4 -> d96/L6)
     cnn         cnn-shrink (ResNet 16-32-64 x2 -> 8-16-32 x1), cnn-grow (-> 24-48-96 x3)
     cnn-hard    the same two on cluttered digits (benchmarks/cluttered.py: a digit among clutter
-                on a 24 x 24 canvas), where a random ResNet needs several epochs
+                on a 24 x 24 canvas, 10,000 training samples), where a random ResNet needs
+                several epochs; the slowest part: per seed about 5 min (shrink) and 27 min (grow)
+                on one busy core, plus the source once (5 min)
     downstream  ViT d128/L8 trained on digits 0-4 -> d64/L4 trained on digits 5-9
     language    GPT d64/L4 -> d32/L2, byte level on standard-library docstrings (full grid)
     minilm      all-MiniLM-L6-v2 -> BERT 192/3 and 512/8 (benchmarks/minilm.py's sentence-
