@@ -42,7 +42,7 @@ from front_onnx.onnxio import OnnxModel, check_tensors, load_model, model_files
 from front_onnx.outputs import data_companion, guard, write_bytes, write_text
 from front_onnx.validation.checks import ValidationReport
 from front_onnx.validation.checks import validate as _validate
-from front_onnx.validation.calibration import calibrate
+from front_onnx.validation.calibration import calibrator
 from front_onnx.validation.equivalence import aligned_source
 
 __all__ = ["extract", "plan", "initialize", "transfer", "validate", "inspect", "weights", "refine",
@@ -243,13 +243,10 @@ def transfer(source: PathLike | OnnxModel, target: PathLike | OnnxModel, output:
                               allow_nonfinite=allow_nonfinite, method=method)
         del aligned
     source_path = s.path
-    calibrator = None
-    if scale == "calibrated":
-        def calibrator(written, plan_, src=s, feeds=calibration_inputs):
-            return calibrate(written, analysis, plan_, src, source_analysis, inputs=feeds)
+    calibrate = calibrator(s, source_analysis, analysis, calibration_inputs) if scale == "calibrated" else None
     del s  # an inline source's weights need not stay in memory while the target is written
     result = _initialize(t, gene, Path(output), t0, report, external_data, analysis, depth, release=True,
-                         label=str(source_path), method=method, scale=scale, calibrator=calibrator)
+                         label=str(source_path), method=method, scale=scale, calibrator=calibrate)
     if note is not None:
         result.plan.notes.append(note.describe())
     _finish(result, validate, t, source_path, device, strict, keep_invalid,

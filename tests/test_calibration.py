@@ -33,8 +33,7 @@ def _layer_stds(path: Path, feeds: dict[str, np.ndarray]) -> list[float]:
     for v in names:
         if v not in have:
             m.graph.output.append(onnx.ValueInfoProto(name=v))
-    sess = ort.InferenceSession(m.SerializeToString() if not (path.parent / (path.name + ".data")).exists()
-                                else _with_data(m, path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])  # data loaded inline
     out = dict(zip([o.name for o in m.graph.output], sess.run(None, feeds)))
     stds = []
     for n, v in zip((n for n in m.graph.node if n.output and n.output[0] in names), names):
@@ -42,13 +41,6 @@ def _layer_stds(path: Path, feeds: dict[str, np.ndarray]) -> list[float]:
         a = a.reshape(-1, a.shape[-1])
         stds.append(float((a - a.mean(axis=0)).std()))  # about each channel's mean: a bias does not count
     return stds
-
-
-def _with_data(m: onnx.ModelProto, path: Path) -> str:
-    """A model with external data: saved beside its data so onnxruntime finds it."""
-    probe = path.with_name(path.stem + ".probe.onnx")
-    onnx.save(m, str(probe))
-    return str(probe)
 
 
 def _chain(width: int, seed: int) -> torch.nn.Module:

@@ -27,7 +27,7 @@ import scipy.optimize
 from front_onnx.analysis.dimflow import ChannelSpace, dimension_flow, unsplit
 from front_onnx.analysis.slots import INDEX, GraphSlots, Slot
 from front_onnx.analysis.structure import Structure, find_structure
-from front_onnx.numeric.seriation import MAX_COLUMNS, grouped_order, roughness
+from front_onnx.numeric.seriation import MAX_COLUMNS, grouped_order, roughness, unit_rows
 from front_onnx.onnxio import OnnxModel, load_model, save_model
 
 
@@ -182,23 +182,18 @@ def _match_depth(al: Alignment, vectors: dict, st: Structure) -> None:
         prev = chain[0][1]
         for _, sp in chain[1:]:
             vec, split, _ = vectors[sp.id]
-            ref = _rows(vectors[prev.id][0][prev.order])
-            if ref.shape != _rows(vec).shape:
+            if vec.shape != vectors[prev.id][0].shape:
                 break
+            ref = unit_rows(vectors[prev.id][0][prev.order])
             h, d = split if split is not None else (1, sp.size)
             order = np.empty(sp.size, dtype=np.int64)
             for j in range(h):
-                sim = ref[j * d:(j + 1) * d] @ _rows(vec[j * d:(j + 1) * d]).T
+                sim = ref[j * d:(j + 1) * d] @ unit_rows(vec[j * d:(j + 1) * d]).T
                 _, cols = scipy.optimize.linear_sum_assignment(-sim)
                 order[j * d:(j + 1) * d] = j * d + cols
             sp.order, sp.after = order, roughness(vec[order])
             sp.depth_matched = True
             prev = sp
-
-
-def _rows(v: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(v, axis=1, keepdims=True)
-    return v / np.where(n == 0, 1.0, n)
 
 
 def _parts_folded(a: np.ndarray, ax: int, parts: int) -> np.ndarray:

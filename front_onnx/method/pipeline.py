@@ -83,7 +83,8 @@ def initialize_into(t: OnnxModel, gene: Learngene, output: Path, analysis, depth
     values = slot_values(gene, gs, st, p, dtypes, depth, release=release,  # release: gene is transfer's own
                          unknown=unknown, method=method, scale=scale)
     values = {i: v for i, v in values.items() if p.slots[i].status == "written"}  # absent biases may be left
-    if scale == "calibrated" and calibrate is not None:
+    if scale == "calibrated":
+        assert calibrate is not None
         with tempfile.TemporaryDirectory(prefix="front-onnx-calibrate-") as tmp:
             first = Path(tmp) / "uncalibrated.onnx"
             info = write_initialized(t, gs, values, first, external_data=external_data, unknown=dict(unknown))

@@ -24,7 +24,9 @@ DENSE_MAX = 1024
 MAX_COLUMNS = 16384  # evenly spaced columns of longer weight vectors: cosines barely move
 
 
-def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit norm (zero rows stay zero), on at most ``MAX_COLUMNS`` evenly
+    spaced columns."""
     x = np.asarray(vectors, np.float64)
     if x.shape[1] > MAX_COLUMNS:
         x = x[:, np.linspace(0, x.shape[1] - 1, MAX_COLUMNS).astype(np.int64)]
@@ -62,14 +64,14 @@ def smooth_order(vectors: np.ndarray) -> np.ndarray:
     n = np.asarray(vectors).shape[0]
     if n < 3:
         return np.arange(n)
-    return _order(_unit_rows(vectors))
+    return _order(unit_rows(vectors))
 
 
 def grouped_order(vectors: np.ndarray, groups: int = 1) -> tuple[np.ndarray, float, float]:
     """``smooth_order`` within each of ``groups`` equal runs of rows (attention heads: units
     move only inside their head), with the roughness before and after; the rows are
     normalized once for all three."""
-    u = _unit_rows(vectors)
+    u = unit_rows(vectors)
     n = u.shape[0]
     d = n // groups
     order = np.concatenate([j * d + (_order(u[j * d:(j + 1) * d]) if d >= 3 else np.arange(d))
@@ -90,7 +92,7 @@ def roughness(vectors: np.ndarray) -> float:
     """Mean cosine distance between neighbouring rows: how far an order is from smooth."""
     if np.asarray(vectors).shape[0] < 2:
         return 0.0
-    return _roughness(_unit_rows(vectors))
+    return _roughness(unit_rows(vectors))
 
 
 def _roughness(u: np.ndarray) -> float:

@@ -54,7 +54,7 @@ from front_onnx.method.pipeline import (
 )
 from front_onnx.method.planning import Plan
 from front_onnx.onnxio import check_tensors, load_model
-from front_onnx.validation.calibration import calibrate
+from front_onnx.validation.calibration import calibrator
 from front_onnx.validation.equivalence import aligned_source
 
 # The one set of export options (see the module's docstring and docs/hf-timm.md).
@@ -220,13 +220,11 @@ def transfer_module(source, target, example_inputs, *, keep: float = DEFAULT_KEE
         gene = pair_learngene(aligned, source_analysis, analysis, keep=keep, convention=convention, depth=depth,
                               allow_nonfinite=allow_nonfinite, method=method)
         del aligned
-        calibrator = None
-        if scale == "calibrated":  # layer scales measured on the example inputs
-            def calibrator(written, plan_, src=s, feeds=_example_feeds(s, example_inputs)):
-                return calibrate(written, analysis, plan_, src, source_analysis, inputs=feeds)
+        calibrate = (calibrator(s, source_analysis, analysis, _example_feeds(s, example_inputs))  # on the examples
+                     if scale == "calibrated" else None)
         del s
         plan, _ = initialize_into(t, gene, folder / "output.onnx", analysis, depth, release=True,
-                                  label=type(source).__name__, method=method, scale=scale, calibrate=calibrator)
+                                  label=type(source).__name__, method=method, scale=scale, calibrate=calibrate)
         if note is not None:
             plan.notes.append(note.describe())
         del t

@@ -24,7 +24,7 @@ from front_onnx.analysis.slots import GraphSlots
 from front_onnx.analysis.structure import Structure
 from front_onnx.onnxio import OnnxModel
 from front_onnx.validation.checks import synthesize_inputs
-from front_onnx.validation.runtime import open_session
+from front_onnx.validation.runtime import open_session, with_outputs
 
 PASSES = 6
 TOLERANCE = 2e-3   # |log ratio| below which a layer counts as calibrated (0.2%)
@@ -85,22 +85,6 @@ def _value(gs: GraphSlots, proto: onnx.ModelProto, i: int) -> str | None:
     return node.output[0] if node.output else None
 
 
-def _with_outputs(proto: onnx.ModelProto, values: list[str], fed: Mapping[str, onnx.TensorProto]) -> onnx.ModelProto:
-    """A copy of ``proto`` giving ``values`` as outputs too, and taking the initializers ``fed``
-    as inputs (onnxruntime then reads them from the feeds: one session for every pass)."""
-    p = onnx.ModelProto()
-    p.CopyFrom(proto)
-    have = {o.name for o in p.graph.output}
-    for v in dict.fromkeys(values):
-        if v not in have:
-            p.graph.output.append(onnx.ValueInfoProto(name=v))
-    inputs = {i.name for i in p.graph.input}
-    for name, t in fed.items():
-        if name not in inputs:
-            p.graph.input.append(onnx.helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
-    return p
-
-
 def _response(x: np.ndarray, channel: int) -> float:
     """The std of a layer's output about each channel's mean: how much the output varies with
     the input, which a factor on the weight scales exactly (a bias, inside Gemm or Conv, only
@@ -155,24 +139,25 @@ def calibrate(written: OnnxModel, target: tuple[GraphSlots, Structure], plan, so
     src_feeds = synthesize_inputs(source.proto, dims, given=inputs)
     tgt_feeds = synthesize_inputs(written.proto, dims, given=inputs)
     src_values = [_value(sgs, source.proto, j) for j in chosen.values()]
-    sp = _with_outputs(source.proto, src_values, {})
+    sp = with_outputs(source.proto, src_values)
     sess = open_session(sp, "cpu", model_dir=source.path.parent).session
     names = [o.name for o in sp.graph.output]
-    res = dict(zip(names, sess.run(None, {k: v for k, v in src_feeds.items()
-                                          if k in {i.name for i in sp.graph.input}})))
+    src_inputs = {x.name for x in sp.graph.input}
+    res = dict(zip(names, sess.run(None, {k: v for k, v in src_feeds.items() if k in src_inputs})))
     want = {i: _response(res[v], _channel_axis(source.proto, sgs, j)) for (i, j), v in zip(chosen.items(), src_values)}
     del sess, res
 
     fed = {cal.names[i]: tensors[cal.names[i]] for i in chosen}
     base = {i: np.asarray(written.array(cal.names[i])) for i in chosen}
     tvalues = {i: _value(tgs, written.proto, i) for i in chosen}
-    tp = _with_outputs(written.proto, list(tvalues.values()), fed)
+    tp = with_outputs(written.proto, list(tvalues.values()), fed)
     sess = open_session(tp, "cpu", model_dir=written.path.parent).session
     names = [o.name for o in tp.graph.output]
     graph_inputs = {x.name for x in tp.graph.input}
     factor = {i: 1.0 for i in chosen}
+    data = {n: v for n, v in tgt_feeds.items() if n in graph_inputs}
     for k in range(passes + 1):
-        feeds = {n: v for n, v in tgt_feeds.items() if n in graph_inputs}
+        feeds = dict(data)
         for i in chosen:
             feeds[cal.names[i]] = base[i] if factor[i] == 1.0 else (base[i] * factor[i]).astype(base[i].dtype)
         res = dict(zip(names, sess.run(None, feeds)))
@@ -190,3 +175,12 @@ def calibrate(written: OnnxModel, target: tuple[GraphSlots, Structure], plan, so
             break
     cal.factors = {i: f for i, f in factor.items() if f != 1.0}
     return cal
+
+
+def calibrator(source: OnnxModel, source_analysis: tuple[GraphSlots, Structure],
+               target: tuple[GraphSlots, Structure], inputs: Mapping[str, np.ndarray] | None = None):
+    """``method.pipeline``'s callback for ``scale='calibrated'``: (the target as first written,
+    its plan) -> ``calibrate`` against ``source`` on ``inputs``."""
+    def run(written: OnnxModel, plan) -> Calibration:
+        return calibrate(written, target, plan, source, source_analysis, inputs=inputs)
+    return run

@@ -32,7 +32,7 @@ from front_onnx.analysis import analyze
 from front_onnx.analysis.slots import PASS_THROUGH
 from front_onnx.errors import DeviceError, ModelFilesError, OnnxFileError
 from front_onnx.onnxio import OnnxModel, check_tensors, external_data_files, load_model
-from front_onnx.validation.runtime import Session, open_session
+from front_onnx.validation.runtime import Session, open_session, with_outputs
 
 SCALE_RANGE = (0.1, 10.0)
 TOLERANCE = {TensorProto.FLOAT: 1e-5, TensorProto.DOUBLE: 1e-9, TensorProto.FLOAT16: 1e-2,
@@ -376,17 +376,13 @@ class _Run:
 
 
 def _run_session(model: OnnxModel, feeds_for, device: str, with_blocks: bool) -> _Run:
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    names = [o.name for o in proto.graph.output]
+    names = [o.name for o in model.proto.graph.output]
     extra: list[tuple[str, str, float, str]] = []
     if with_blocks:
         for label, value, rel, stage in block_outputs(model):
             if value not in names and value not in {e[1] for e in extra}:
                 extra.append((label, value, rel, stage))
-                vi = onnx.ValueInfoProto()
-                vi.name = value
-                proto.graph.output.append(vi)
+    proto = with_outputs(model.proto, [e[1] for e in extra])
     sess = open_session(proto, device, model_dir=model.path.parent)
     feeds = feeds_for(model.proto)
     result = sess.session.run(None, feeds)

@@ -80,6 +80,24 @@ def _options(model_dir: Path | None):
     return so
 
 
+def with_outputs(proto: onnx.ModelProto, values: list[str],
+                 fed: "dict[str, onnx.TensorProto] | None" = None) -> onnx.ModelProto:
+    """A copy of ``proto`` that also gives the intermediate ``values`` as outputs (after its
+    own, in order, each once) and takes the initializers ``fed`` as inputs, so that
+    onnxruntime reads them from the feeds (one session for several weight values)."""
+    p = onnx.ModelProto()
+    p.CopyFrom(proto)
+    have = {o.name for o in p.graph.output}
+    for v in dict.fromkeys(values):
+        if v not in have:
+            p.graph.output.append(onnx.ValueInfoProto(name=v))
+    inputs = {i.name for i in p.graph.input}
+    for name, t in (fed or {}).items():
+        if name not in inputs:
+            p.graph.input.append(onnx.helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
+    return p
+
+
 def open_session(model: str | Path | onnx.ModelProto, device: str = "auto", model_dir: Path | None = None) -> Session:
     """A session on ``device``: 'cuda' (fail if CUDA cannot be used), 'cpu', or 'auto'
     (CUDA when it really works, else CPU with the reason in ``note``)."""
