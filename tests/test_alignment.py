@@ -176,3 +176,14 @@ def test_depth_alignment_recovers_a_permuted_copy_of_a_block(tmp_path):
         assert np.array_equal(w0, w1) == equal
         assert same_function(src, aligned)
         assert (sum(sp.depth_matched for sp in al.spaces) > 0) == across
+
+
+def test_a_decoder_with_past_is_aligned_and_checked(tmp_path):
+    """onnxruntime-genai's Llama: the function check runs one sequence (GroupQueryAttention with
+    a past refuses batch > 1), and an identity transfer with alignment reproduces the source."""
+    d = Path(__file__).parent / "corpus" / "deploy" / "genai_llama_fp32"
+    src, same = next((d / "source").glob("*.onnx")), next((d / "same").glob("*.onnx"))
+    res = front_onnx.transfer(src, same, tmp_path / "o.onnx", align=True, validate=True)
+    assert any(line.startswith("align: ") and "permuted" in line for line in res.plan.notes), res.plan.notes
+    agreement = next(c for c in res.validation.checks if c.name == "agreement")
+    assert agreement.status == "pass", agreement.figure

@@ -155,3 +155,24 @@ def test_transfer_module_calibrates_on_the_example_inputs():
         module(ids)
         src(ids)
     assert acts["t"] == pytest.approx(acts["s"], rel=0.02)
+
+
+def test_a_decoder_with_past_is_calibrated_one_sequence_at_a_time(tmp_path):
+    """onnxruntime-genai's Llama (GroupQueryAttention with a past refuses batch > 1): the
+    calibration samples one sequence, and an identity transfer reproduces the source."""
+    d = Path(__file__).parent / "corpus" / "deploy" / "genai_llama_fp32"
+    src, same = next((d / "source").glob("*.onnx")), next((d / "same").glob("*.onnx"))
+    res = front_onnx.transfer(src, same, tmp_path / "o.onnx", scale="calibrated", validate=True)
+    assert any("already at the source's scales" in n for n in res.plan.notes), res.plan.notes
+    assert res.validation.ok
+
+
+def test_inputs_onnxruntime_cannot_run_are_refused_in_one_line(tmp_path, capsys):
+    d = CORPUS / "bert" / "dynamo"
+    np.savez(tmp_path / "x.npz", input_ids=np.full((2, 8), 10_000, np.int64))  # beyond the vocabulary
+    code = main(["transfer", str(d / "source.onnx"), str(d / "shrink.onnx"), "-o", str(tmp_path / "o.onnx"),
+                 "--scale", "calibrated", "--calibration-inputs", str(tmp_path / "x.npz"), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == EXIT_INPUT, err
+    assert len(err) == 1 and "onnxruntime cannot run it" in err[0] and "source.onnx" in err[0], err
+    assert not (tmp_path / "o.onnx").exists()

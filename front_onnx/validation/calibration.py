@@ -23,8 +23,8 @@ import onnx
 from front_onnx.analysis.slots import GraphSlots
 from front_onnx.analysis.structure import Structure
 from front_onnx.onnxio import OnnxModel
-from front_onnx.validation.checks import synthesize_inputs
-from front_onnx.validation.runtime import open_session, with_outputs
+from front_onnx.validation.checks import sample_batch, synthesize_inputs
+from front_onnx.validation.runtime import open_session, run_or_refuse, with_outputs
 
 PASSES = 6
 TOLERANCE = 2e-3   # |log ratio| below which a layer counts as calibrated (0.2%)
@@ -135,7 +135,7 @@ def calibrate(written: OnnxModel, target: tuple[GraphSlots, Structure], plan, so
     if not chosen:
         return cal
 
-    dims = {"batch": BATCH}
+    dims = {"batch": sample_batch(source.proto, BATCH)}
     src_feeds = synthesize_inputs(source.proto, dims, given=inputs)
     tgt_feeds = synthesize_inputs(written.proto, dims, given=inputs)
     src_values = [_value(sgs, source.proto, j) for j in chosen.values()]
@@ -143,7 +143,8 @@ def calibrate(written: OnnxModel, target: tuple[GraphSlots, Structure], plan, so
     sess = open_session(sp, "cpu", model_dir=source.path.parent).session
     names = [o.name for o in sp.graph.output]
     src_inputs = {x.name for x in sp.graph.input}
-    res = dict(zip(names, sess.run(None, {k: v for k, v in src_feeds.items() if k in src_inputs})))
+    res = dict(zip(names, run_or_refuse(sess, {k: v for k, v in src_feeds.items() if k in src_inputs},
+                                        str(source.path), f"{cal.inputs} inputs --scale calibrated measures")))
     want = {i: _response(res[v], _channel_axis(source.proto, sgs, j)) for (i, j), v in zip(chosen.items(), src_values)}
     del sess, res
 
@@ -160,7 +161,8 @@ def calibrate(written: OnnxModel, target: tuple[GraphSlots, Structure], plan, so
         feeds = dict(data)
         for i in chosen:
             feeds[cal.names[i]] = base[i] if factor[i] == 1.0 else (base[i] * factor[i]).astype(base[i].dtype)
-        res = dict(zip(names, sess.run(None, feeds)))
+        res = dict(zip(names, run_or_refuse(sess, feeds, "the target as first written",
+                                            f"{cal.inputs} inputs --scale calibrated measures")))
         worst = 0.0
         for i in chosen:
             have = _response(res[tvalues[i]], _channel_axis(written.proto, tgs, i))

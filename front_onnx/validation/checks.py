@@ -261,6 +261,12 @@ def _cache_head_size(model: onnx.ModelProto, input_name: str) -> int | None:
     return None
 
 
+def sample_batch(model: onnx.ModelProto, batch: int) -> int:
+    """``batch``, or 1 for a decoder with past key values: onnxruntime's GroupQueryAttention
+    refuses a batch above 1 when a past and several new tokens are given."""
+    return 1 if any("past" in vi.name.lower() for vi in model.graph.input) else batch
+
+
 def synthesize_inputs(model: onnx.ModelProto, dims: Mapping[str, int] | None = None, seed: int = 0,
                       given: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Deterministic inputs from the graph's input types: floats N(0, 1); integers that index

@@ -10,20 +10,24 @@ import numpy as np
 from front_onnx.analysis.slots import GraphSlots
 from front_onnx.method.alignment import Alignment, plan_alignment, write_aligned
 from front_onnx.onnxio import OnnxModel
-from front_onnx.validation.checks import synthesize_inputs
-from front_onnx.validation.runtime import open_session
+from front_onnx.validation.checks import sample_batch, synthesize_inputs
+from front_onnx.validation.runtime import open_session, run_or_refuse
 
 TOLERANCE = 1e-4  # relative to the largest output value: float32 sums in another order
 
 
 def _outputs(m: OnnxModel, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     sess = open_session(m.path, "cpu", model_dir=m.path.parent).session
-    return sess.run(None, feeds)  # type: ignore[attr-defined]
+    return run_or_refuse(sess, feeds, str(m.path), "synthesized inputs that check --align keeps its function")
+
+
+def _feeds(m: OnnxModel) -> dict[str, np.ndarray]:
+    return synthesize_inputs(m.proto, {"batch": sample_batch(m.proto, 2)})
 
 
 def same_function(a: OnnxModel, b: OnnxModel, reference: list[np.ndarray] | None = None) -> bool:
     """Whether ``b`` gives ``a``'s outputs on synthesized inputs (``reference``: ``a``'s, if known)."""
-    feeds = synthesize_inputs(a.proto, {"batch": 2})
+    feeds = _feeds(a)
     want = reference if reference is not None else _outputs(a, feeds)
     got = _outputs(b, feeds)
     for x, y in zip(want, got):
@@ -44,7 +48,7 @@ def aligned_source(model: OnnxModel, gs: GraphSlots, folder: Path,
     al = plan_alignment(model, gs, across_depth)
     if not al.spaces:
         return model, al
-    feeds = synthesize_inputs(model.proto, {"batch": 2})
+    feeds = _feeds(model)
     reference = _outputs(model, feeds)
     whole = write_aligned(model, al, folder / "all")
     if same_function(model, whole, reference):

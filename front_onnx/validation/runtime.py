@@ -17,7 +17,7 @@ from typing import Iterator
 
 import onnx
 
-from front_onnx.errors import DeviceError
+from front_onnx.errors import DeviceError, FrontError
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 DEVICES = ("auto", "cuda", "cpu")
@@ -96,6 +96,16 @@ def with_outputs(proto: onnx.ModelProto, values: list[str],
         if name not in inputs:
             p.graph.input.append(onnx.helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
     return p
+
+
+def run_or_refuse(session, feeds: dict, label: str, why: str) -> list:
+    """``session.run`` on ``feeds``; a model onnxruntime cannot run is the user's input to
+    fix, so its failure is a FrontError naming the model and what needed the run."""
+    try:
+        return session.run(None, feeds)
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own error types, reported in one line
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise FrontError(f"{label}: onnxruntime cannot run it on the {why} ({first})") from None
 
 
 def open_session(model: str | Path | onnx.ModelProto, device: str = "auto", model_dir: Path | None = None) -> Session:
