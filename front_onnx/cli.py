@@ -23,6 +23,7 @@ from front_onnx._version import __version__
 from front_onnx.errors import DeviceError, FrontError, ValidationFailed
 from front_onnx.method.planning import format_plan
 from front_onnx.method.amplitude import SCALES
+from front_onnx.method.alignment import ORDERS as ALIGN_ORDERS
 from front_onnx.method.selection import METHODS
 from front_onnx.numeric.spectral import CONVENTIONS, DEPTH_MODES
 from front_onnx.validation.runtime import DEVICES
@@ -55,8 +56,10 @@ def _add_depth(p: argparse.ArgumentParser) -> None:
                         "the layer axis, as the paper), 'nearest' or 'linear' (by relative depth) "
                         f"(default {api.DEFAULT_DEPTH})")
     p.add_argument("--method", choices=METHODS, default=api.DEFAULT_METHOD,
-                   help="'front' (the learngene's spectrum resized, the paper) or 'select' (Weight Selection: "
-                        "first blocks, evenly spaced units; shrinks only) (default %(default)s)")
+                   help="'front' (the learngene's spectrum resized, the paper), 'select' (Weight Selection: "
+                        "first blocks, evenly spaced units, or the strongest of a source ordered by importance; "
+                        "shrinks only) or 'hybrid' (selection where the target is no larger, FRONT where it "
+                        "grows) (default %(default)s)")
     p.add_argument("--scale", choices=SCALES, default=api.DEFAULT_SCALE,
                    help="amplitude of the written weights: 'none' (as the convention leaves it), 'element' (each "
                         "block's element std the source block's), 'fan-in' (element, then weights scaled by "
@@ -115,9 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output(p)
     _add_depth(p)
     _add_nonfinite(p)
-    p.add_argument("--align", action="store_true",
-                   help="permute the source's channel spaces into a smooth order before the transform (checked to "
-                        "keep the source's function)")
+    p.add_argument("--align", nargs="?", const="smooth", default=None, choices=("none",) + ALIGN_ORDERS,
+                   help="permute the source's channel spaces before the transfer (checked to keep the source's "
+                        "function): 'smooth' (the default of a bare --align) puts similar units side by side for "
+                        "the transform; 'importance' puts the strongest units first, for selection. Without it: "
+                        "'importance' with --method hybrid when it selects anything, none otherwise")
     p.add_argument("--calibration-inputs", type=Path, metavar="FILE.npz",
                    help="inputs for --scale calibrated, as .npz keyed by input name (else synthesized)")
 
@@ -126,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path, help="learngene file (.safetensors)")
     _add_spectral(p)
     _add_nonfinite(p)
+    p.add_argument("--align", nargs="?", const="smooth", default=None, choices=("none",) + ALIGN_ORDERS,
+                   help="order the source's units first, as transfer does (checked to keep its function), and "
+                        "record it in the learngene: 'importance' makes init --method hybrid select the strongest "
+                        "units, as transfer does (default: none)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     _add_json(p)
 
@@ -225,7 +234,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "extract":
         t0 = time.perf_counter()
         gene = api.extract(args.source, keep=args.keep, convention=args.convention,
-                           allow_nonfinite=args.allow_nonfinite, output=args.output)
+                           allow_nonfinite=args.allow_nonfinite, output=args.output, align=args.align)
         n = sum(t.coefficients.size for t in gene.templates.values())
         if args.json:
             _print_json({"command": "extract", "ok": True, "output": str(args.output), "source": str(args.source),

@@ -27,7 +27,7 @@ import scipy.optimize
 from front_onnx.analysis.dimflow import ChannelSpace, dimension_flow, unsplit
 from front_onnx.analysis.slots import INDEX, GraphSlots, Slot
 from front_onnx.analysis.structure import Structure, find_structure
-from front_onnx.numeric.seriation import MAX_COLUMNS, grouped_order, roughness, unit_rows
+from front_onnx.numeric.seriation import MAX_COLUMNS, grouped_order, importance_order, roughness, unit_rows
 from front_onnx.onnxio import OnnxModel, load_model, save_model
 
 
@@ -52,6 +52,7 @@ class SpaceOrder:
 class Alignment:
     spaces: list[SpaceOrder] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)   # space id -> why it is not aligned
+    order: str = "smooth"                                   # ``ORDERS``
 
     def describe(self) -> str:
         done = len(self.spaces)
@@ -60,8 +61,10 @@ class Alignment:
         b = np.mean([s.before for s in self.spaces])
         a = np.mean([s.after for s in self.spaces])
         matched = sum(s.depth_matched for s in self.spaces)
-        return (f"align: {done} channel spaces permuted into a smooth order (mean neighbour cosine distance "
-                f"{b:.3f} -> {a:.3f})" + (f", {matched} of them matched to the block before" if matched else "")
+        what = (f"into a smooth order (mean neighbour cosine distance {b:.3f} -> {a:.3f})" if self.order == "smooth"
+                else "strongest units first (descending share of the weights)")
+        return (f"align: {done} channel spaces permuted {what}"
+                + (f", {matched} of them matched to the block before" if matched else "")
                 + f"; {len(self.skipped)} left as they are")
 
 
@@ -87,9 +90,17 @@ def _stored_axis(s: Slot, k: int) -> int | None:
     return lay.perm[k] if k < len(lay.perm) else None
 
 
-def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False) -> Alignment:
+ORDERS = ("smooth", "importance")
+
+
+def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False, order: str = "smooth") -> Alignment:
     """The permutation of every channel space that can be aligned. ``across_depth``: a block's
-    spaces are also matched to the same spaces of the block before it (``_match_depth``)."""
+    spaces are also matched to the same spaces of the block before it (``_match_depth``).
+    ``order`` 'smooth' is spectral seriation; 'importance' sorts units by descending weight
+    share (``seriation.importance_order``), for a selection of the leading units."""
+    if order not in ORDERS:
+        raise ValueError(f"unknown alignment order {order!r}; use one of {', '.join(ORDERS)}")
+    arrange = grouped_order if order == "smooth" else importance_order
     flow = dimension_flow(model.proto, gs)
     by_init: dict[str, Slot] = {}
     index: dict[str, int] = {}
@@ -100,7 +111,7 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False)
     absent = {s.initializer for s in gs.slots if s.absent}  # zero biases a layer lacks: nothing to permute
     heads_split = {name.rsplit("/", 1)[0] for axes in flow.slot_axes.values() for name in axes
                    if name and "/" in name}
-    out = Alignment()
+    out = Alignment(order=order)
     arrays: dict[str, np.ndarray] = {}
     vectors: dict[str, tuple[np.ndarray, tuple[int, int] | None, int | None]] = {}  # id -> (units, heads, producer)
     for sp in flow.spaces:
@@ -150,7 +161,7 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False)
         vec = _unit_vectors([(_parts_folded(arrays[init], ax, parts.get(init, 1)), ax if init not in parts else 0)
                              for init, ax in members], sp.size)
         split = _heads(sp) if sp.id in heads_split else None
-        order, before, after = grouped_order(vec, split[0] if split else 1)  # heads: units move within their head
+        order, before, after = arrange(vec, split[0] if split else 1)  # heads: units move within their head
         out.spaces.append(SpaceOrder(sp.id, sp.size, members, order, before, after, parts))
         if across_depth:  # kept for matching along depth only (a DeiT-B's spaces hold ~0.8 GB of them)
             producer = next((index[init] for init, k in sp.axes if init in index and _produces(by_init[init], k)), None)

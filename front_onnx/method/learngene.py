@@ -25,6 +25,7 @@ FORMAT_VERSION = 1
 
 
 AXIS_KINDS = {FEATURE, INDEX, SPATIAL, PARTS}
+UNIT_ORDERS = ("", "smooth", "importance")
 
 
 def _segment(x: Any) -> dict[str, Any]:
@@ -100,6 +101,9 @@ class Learngene:
     skipped: dict[str, str] = field(default_factory=dict)   # template key -> why not extracted
     partial: bool = False          # only what one target reads (an in-memory transfer): not saved
     structure: list[dict[str, Any]] = field(default_factory=list)  # the source's segments, in order
+    # how the source's units were ordered before extraction ('' as stored; 'smooth' or 'importance':
+    # ``alignment``). Selection keeps the leading units of an 'importance' order.
+    unit_order: str = ""
 
     # ------------------------------------------------------------------ persistence
     def metadata(self) -> dict[str, Any]:
@@ -109,6 +113,7 @@ class Learngene:
             "convention": self.convention, "skipped": dict(sorted(self.skipped.items())),
             "templates": [self.templates[k].meta() for k in sorted(self.templates)],
             "structure": self.structure,
+            **({"unit_order": self.unit_order} if self.unit_order else {}),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -188,7 +193,11 @@ class Learngene:
             if not isinstance(skipped, dict) or not isinstance(structure, list):
                 raise ValueError("'skipped' must be an object and 'structure' a list of objects")
             structure = [_segment(x) for x in structure]
+            unit_order = meta.get("unit_order", "")
+            if unit_order not in UNIT_ORDERS:
+                raise ValueError(f"unit_order {unit_order!r} is not one of {', '.join(map(repr, UNIT_ORDERS))}")
         except (KeyError, TypeError, ValueError) as e:
             raise LearngeneError(f"{path}: corrupted learngene ({e})") from None
         return cls(templates, keep, convention, str(meta.get("source", "")), str(meta.get("source_sha256", "")),
-                   str(meta.get("tool_version", "")), dict(skipped), structure=list(structure))
+                   str(meta.get("tool_version", "")), dict(skipped), structure=list(structure),
+                   unit_order=unit_order)

@@ -14,7 +14,7 @@ from front_onnx.method.extraction import transformed_axes
 from front_onnx.method import amplitude
 from front_onnx.method.learngene import GeneTemplate, Learngene
 from front_onnx.method.planning import Plan
-from front_onnx.method.selection import select
+from front_onnx.method.selection import select, selects
 from front_onnx.numeric import spectral
 from front_onnx.numeric.quantization import dequantize, quantize
 from front_onnx.onnxio import OnnxModel, save_model
@@ -153,7 +153,9 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
     (``_streamed``). ``release`` drops each template from ``gene`` once its values exist
     (``transfer``'s private learngene: its coefficients are about the target's size, and the
     values replace them instead of adding to them). ``method`` 'select' fills blocks by
-    Weight Selection instead (``selection``); ``scale`` sets the amplitude (``amplitude``)."""
+    Weight Selection instead (``selection``), 'hybrid' each template the target holds no more
+    of than the source; ``scale`` sets the amplitude (``amplitude``) of the transformed ones
+    (selected units keep the source's)."""
     out: dict[int, np.ndarray] = {}
     fed = [key for key, verdict in plan.templates.items() if verdict == "ok"]
     last = {plan.sources.get(key, key): n for n, key in enumerate(fed)}  # a source template may feed several
@@ -164,19 +166,20 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
         assert first.layout is not None
         shape = first.layout.canonical_shape(first.shape)
         gt = gene.templates[skey]
-        done = _streamed(gt, tpl, gs, shape, gene.convention, dtypes, depth_mode) if method == "front" else None
+        selected = selects(method, gt, tpl.depth, shape)
+        done = None if selected else _streamed(gt, tpl, gs, shape, gene.convention, dtypes, depth_mode)
         if done is not None:
             out.update(done)
         else:
-            stack = materialize(gt, tpl.depth, shape, gene.convention, depth_mode) if method == "front" \
-                else select(gt, tpl.depth, shape, gene.convention)
+            stack = select(gt, tpl.depth, shape, gene.convention, leading=gene.unit_order == "importance") \
+                if selected else materialize(gt, tpl.depth, shape, gene.convention, depth_mode)
             for b, block in enumerate(tpl.blocks):
                 for i in block:
                     s = gs.slots[i]
                     out[i] = np.ascontiguousarray(s.layout.from_canonical(stack[b]),  # type: ignore[union-attr]
                                                   dtype=dtypes[s.initializer])
             del stack
-        if scale in amplitude.FORMULA_SCALES and method == "front":
+        if scale in amplitude.FORMULA_SCALES and not selected:
             _rescaled(gt, tpl, gs, shape, out, depth_mode, scale)
         if unknown is not None:
             _unknown_entries(gt, tpl, gs, out, unknown)

@@ -17,7 +17,7 @@ from front_onnx.analysis.structure import find_structure, stage_blocks
 from front_onnx.method.amplitude import SCALES
 from front_onnx.method.extraction import extract_learngene
 from front_onnx.method.learngene import Learngene
-from front_onnx.method.materialize import needed_shapes, slot_values, write_initialized
+from front_onnx.method.materialize import needed_shapes, slot_values, target_shapes, write_initialized
 from front_onnx.method.planning import Plan, check_overlap, make_plan, source_templates
 from front_onnx.method.selection import source_keep
 from front_onnx.onnxio import OnnxModel, load_model
@@ -33,8 +33,7 @@ DEFAULT_METHOD = "front"
 DEFAULT_SCALE = "none"
 
 __all__ = ["DEFAULT_CONVENTION", "DEFAULT_DEPTH", "DEFAULT_KEEP", "DEFAULT_METHOD", "DEFAULT_SCALE",
-           "initialize_into", "pair_analysis",
-           "pair_learngene"]
+           "initialize_into", "pair_analysis", "pair_learngene", "selects_any"]
 
 
 def pair_analysis(s: OnnxModel, t: OnnxModel) -> tuple[tuple, tuple]:
@@ -52,15 +51,30 @@ def pair_analysis(s: OnnxModel, t: OnnxModel) -> tuple[tuple, tuple]:
 
 def pair_learngene(s: OnnxModel, source_analysis, analysis, *, keep: float, convention: str, depth: str,
                    allow_nonfinite: bool, method: str = "front") -> Learngene:
-    """The source's learngene, holding only what the target's plan needs (Weight Selection:
-    the whole source, keep 1.0)."""
-    if method == "select":
+    """The source's learngene, holding only what the target's plan needs (Weight Selection,
+    and 'hybrid' at keep 1.0: the whole source)."""
+    if method == "select" or (method == "hybrid" and keep == 1.0):
         return extract_learngene(s, keep=source_keep(method, keep), convention=convention,
                                  allow_nonfinite=allow_nonfinite, structure=source_analysis)
     sources = source_templates([asdict(seg) for seg in source_analysis[1].segments], analysis[1].segments,
                                analysis[1].templates)
     return extract_learngene(s, keep=keep, convention=convention, needed=needed_shapes(*analysis, depth, sources),
                              allow_nonfinite=allow_nonfinite, structure=source_analysis)
+
+
+def selects_any(source_analysis, analysis) -> bool:
+    """Whether 'hybrid' would select anything: a target template smaller than its source
+    template and nowhere larger (depth included). Without one (a pure growth) no unit is selected, and
+    ordering the source's units by importance would only cost time."""
+    src_shapes = target_shapes(*source_analysis)
+    sources = source_templates([asdict(seg) for seg in source_analysis[1].segments], analysis[1].segments,
+                               analysis[1].templates)
+    for key, shape in target_shapes(*analysis).items():
+        have = src_shapes.get(sources.get(key, ""))
+        if have is not None and len(have) == len(shape) and all(t <= s for s, t in zip(have, shape)) \
+                and shape != have:
+            return True
+    return False
 
 
 def initialize_into(t: OnnxModel, gene: Learngene, output: Path, analysis, depth: str, *,

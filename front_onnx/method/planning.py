@@ -12,7 +12,7 @@ from front_onnx.analysis.slots import INDEX, PARTS, GraphSlots
 from front_onnx.analysis.structure import Segment, Structure, Template
 from front_onnx.errors import FrontError
 from front_onnx.method.learngene import GeneTemplate, Learngene
-from front_onnx.method.selection import METHODS, cannot_select
+from front_onnx.method.selection import METHODS, cannot_select, selects
 from front_onnx.numeric import spectral
 from front_onnx.numeric.spectral import DEPTH_MODES
 
@@ -116,11 +116,12 @@ def _axis_ops(gene: GeneTemplate, kinds: tuple[str, ...], shape: tuple[int, ...]
     return ops
 
 
-def _select_ops(gene: GeneTemplate, shape: tuple[int, ...], depth: int) -> list[str]:
+def _select_ops(gene: GeneTemplate, shape: tuple[int, ...], depth: int, leading: bool = False) -> list[str]:
     """The operations of Weight Selection on one template, for the plan."""
     ops = [f"layers: first {depth} of {gene.depth}" if depth != gene.depth else f"layers: {depth} (copy)"]
+    how = "the strongest (leading in importance order)" if leading else "uniform"
     for k, (ns, nt) in enumerate(zip(gene.shape, shape)):
-        ops.append(f"axis {k}: select {nt} of {ns} (uniform)" if nt != ns else f"axis {k}: {nt} (copy)")
+        ops.append(f"axis {k}: select {nt} of {ns} ({how})" if nt != ns else f"axis {k}: {nt} (copy)")
     return ops
 
 
@@ -270,7 +271,8 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
               depth_mode: str = "spectral", method: str = "front") -> Plan:
     """Match every target slot to a learngene template: the one of the source unit its unit
     aligns with (``source_templates``), with the same role. With ``method`` 'select' (Weight
-    Selection), a template the target holds more of than the source is left."""
+    Selection), a template the target holds more of than the source is left; with 'hybrid'
+    it is transformed instead (FRONT), and the others selected."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     by_slot: dict[int, tuple[Template, str, list[str], str | None]] = {}
@@ -293,8 +295,8 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
             if method == "select" and not why:
                 why = cannot_select(src, tpl.depth, shape)
         verdicts[key] = why or "ok"
-        ops = [] if src is None or why else _axis_ops(src, kinds, shape, tpl.depth, depth_mode) \
-            if method == "front" else _select_ops(src, shape, tpl.depth)
+        ops = [] if src is None or why else _select_ops(src, shape, tpl.depth, gene.unit_order == "importance") \
+            if selects(method, src, tpl.depth, shape) else _axis_ops(src, kinds, shape, tpl.depth, depth_mode)
         for b, block in enumerate(tpl.blocks):
             for i in block:
                 by_slot[i] = (tpl, why, ops, skey, b)

@@ -10,6 +10,14 @@ heads (of equal head size; across heads, every k-th head). The indices depend on
 lengths only, so a unit is selected alike in every tensor that indexes it. Weight Selection
 cannot grow: a template whose target is longer anywhere (or deeper) is left, with the reason.
 
+With a source whose units were ordered by importance (``alignment``, order 'importance'), the
+selection keeps the *leading* units of every shorter axis instead: the units that carry most of
+the weights (structured magnitude pruning), not evenly spaced ones.
+
+``hybrid`` chooses per template: selection where the target is nowhere longer than the source
+(units kept whole: a low-pass along a neuron axis blends unrelated neurons), FRONT's transform
+where it grows (selection cannot add units or blocks).
+
 It needs the source's tensors themselves: a learngene of keep 1.0 holding the whole spectrum
 (``transfer`` extracts one for it), inverted at the source's shape.
 """
@@ -21,12 +29,22 @@ from front_onnx.method.extraction import transformed_axes
 from front_onnx.method.learngene import GeneTemplate
 from front_onnx.numeric import spectral
 
-METHODS = ("front", "select")
+METHODS = ("front", "select", "hybrid")
+
+
+def reads_whole(method: str) -> bool:
+    """Whether a method selects units, and so reads the source's tensors whole (keep 1.0)."""
+    return method in ("select", "hybrid")
 
 
 def source_keep(method: str, keep: float) -> float:
     """The keep a source's learngene is extracted at: Weight Selection reads the whole source."""
     return 1.0 if method == "select" else keep
+
+
+def selects(method: str, gene: GeneTemplate, depth: int, shape: tuple[int, ...]) -> bool:
+    """Whether ``method`` fills this template by selection (else by FRONT's transform)."""
+    return method == "select" or (method == "hybrid" and not cannot_select(gene, depth, shape))
 
 
 def uniform_indices(n_src: int, n_tgt: int) -> np.ndarray:
@@ -47,8 +65,10 @@ def cannot_select(gene: GeneTemplate, depth: int, shape: tuple[int, ...]) -> str
     return ""
 
 
-def select(gene: GeneTemplate, depth: int, shape: tuple[int, ...], convention: str) -> np.ndarray:
-    """The target's depth stack [depth, *shape] (float64) selected from the source's blocks."""
+def select(gene: GeneTemplate, depth: int, shape: tuple[int, ...], convention: str,
+           leading: bool = False) -> np.ndarray:
+    """The target's depth stack [depth, *shape] (float64) selected from the source's blocks;
+    ``leading``: the first units of each shorter axis (a source ordered by importance)."""
     why = cannot_select(gene, depth, shape)
     if why:
         raise ValueError(why)
@@ -60,5 +80,5 @@ def select(gene: GeneTemplate, depth: int, shape: tuple[int, ...], convention: s
         np.asarray(gene.means[:depth], np.float64).reshape(bshape)
     for axis, (ns, nt) in enumerate(zip(gene.shape, shape), start=1):
         if nt < ns:
-            z = np.take(z, uniform_indices(ns, nt), axis=axis)
+            z = np.take(z, np.arange(nt) if leading else uniform_indices(ns, nt), axis=axis)
     return np.ascontiguousarray(z)

@@ -79,6 +79,22 @@ def grouped_order(vectors: np.ndarray, groups: int = 1) -> tuple[np.ndarray, flo
     return order, _roughness(u), _roughness(u[order])
 
 
+def importance_order(vectors: np.ndarray, groups: int = 1) -> tuple[np.ndarray, float, float]:
+    """Units by descending importance within each of ``groups`` equal runs of rows (heads:
+    units move only inside their head), with the roughness before and after (as
+    ``grouped_order``). A unit's importance is its row's squared norm: the members of
+    ``vectors`` are scaled to unit norm (``alignment``), so it is the unit's share of every
+    tensor that indexes the space, summed. Selecting the leading units of this order keeps
+    the units that carry most of the weights (magnitude pruning, structured)."""
+    x = np.asarray(vectors, np.float64)
+    n = x.shape[0]
+    d = n // groups
+    score = np.einsum("ij,ij->i", x, x)
+    order = np.concatenate([j * d + np.argsort(-score[j * d:(j + 1) * d], kind="stable") for j in range(groups)])
+    u = unit_rows(x)
+    return order, _roughness(u), _roughness(u[order])
+
+
 def _order(u: np.ndarray) -> np.ndarray:
     n = u.shape[0]
     f = _fiedler_dense(u) if n <= DENSE_MAX else _fiedler_low_rank(u)

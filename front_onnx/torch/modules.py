@@ -50,12 +50,11 @@ from front_onnx.method.pipeline import (
     DEFAULT_SCALE,
     initialize_into,
     pair_analysis,
-    pair_learngene,
 )
 from front_onnx.method.planning import Plan
 from front_onnx.onnxio import check_tensors, load_model
 from front_onnx.validation.calibration import calibrator
-from front_onnx.validation.equivalence import aligned_source
+from front_onnx.validation.equivalence import transfer_learngene
 
 # The one set of export options (see the module's docstring and docs/hf-timm.md).
 EXPORT_OPTIONS = {"dynamo": True, "optimize": False}
@@ -191,7 +190,7 @@ def _example_feeds(model, example_inputs) -> dict[str, np.ndarray]:
 def transfer_module(source, target, example_inputs, *, keep: float = DEFAULT_KEEP,
                     convention: str = DEFAULT_CONVENTION, depth: str = DEFAULT_DEPTH,
                     allow_nonfinite: bool = False, method: str = DEFAULT_METHOD,
-                    scale: str = DEFAULT_SCALE, align: bool = False) -> ModuleTransfer:
+                    scale: str = DEFAULT_SCALE, align: bool | str | None = None) -> ModuleTransfer:
     """Initialize the torch module ``target`` from the trained torch module ``source`` with
     FRONT, in place, and return it with the plan (``ModuleTransfer``; unpacks as
     ``module, plan``).
@@ -215,11 +214,9 @@ def transfer_module(source, target, example_inputs, *, keep: float = DEFAULT_KEE
         check_tensors(s)
         check_tensors(t)
         source_analysis, analysis = pair_analysis(s, t)
-        aligned, note = aligned_source(s, source_analysis[0], folder / "align",
-                                     across_depth=depth != "nearest") if align else (s, None)
-        gene = pair_learngene(aligned, source_analysis, analysis, keep=keep, convention=convention, depth=depth,
-                              allow_nonfinite=allow_nonfinite, method=method)
-        del aligned
+        gene, note = transfer_learngene(s, source_analysis, analysis, folder / "align", align=align, keep=keep,
+                                        convention=convention, depth=depth, allow_nonfinite=allow_nonfinite,
+                                        method=method)
         calibrate = (calibrator(s, source_analysis, analysis, _example_feeds(s, example_inputs))  # on the examples
                      if scale == "calibrated" else None)
         del s

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from front_onnx.analysis.slots import GraphSlots
-from front_onnx.method.alignment import Alignment, plan_alignment, write_aligned
+from front_onnx.method.alignment import ORDERS, Alignment, plan_alignment, write_aligned
+from front_onnx.method.learngene import Learngene
+from front_onnx.method.pipeline import pair_learngene, selects_any
 from front_onnx.onnxio import OnnxModel
 from front_onnx.validation.checks import sample_batch, synthesize_inputs
 from front_onnx.validation.runtime import open_session, run_or_refuse
@@ -40,12 +42,12 @@ def same_function(a: OnnxModel, b: OnnxModel, reference: list[np.ndarray] | None
 
 
 def aligned_source(model: OnnxModel, gs: GraphSlots, folder: Path,
-                   across_depth: bool = False) -> tuple[OnnxModel, Alignment]:
+                   across_depth: bool = False, order: str = "smooth") -> tuple[OnnxModel, Alignment]:
     """The source with every channel space that can be aligned permuted into a smooth order,
     checked to compute the same function; a space whose permutation changes the outputs is
     left (checked one by one when the whole alignment does not hold). ``across_depth``: blocks'
     spaces matched along depth too (``alignment._match_depth``), for depth modes that mix blocks."""
-    al = plan_alignment(model, gs, across_depth)
+    al = plan_alignment(model, gs, across_depth, order)
     if not al.spaces:
         return model, al
     feeds = _feeds(model)
@@ -70,3 +72,36 @@ def aligned_source(model: OnnxModel, gs: GraphSlots, folder: Path,
         al.spaces = []
         return model, al
     return joint, al
+
+
+def alignment_order(align: bool | str | None, method: str) -> str | None:
+    """The unit order a transfer puts the source in: ``align`` None is the method's own
+    ('importance' for 'hybrid', whose selection keeps the leading units; none otherwise),
+    True is 'smooth', False or 'none' none."""
+    if align is None:
+        return "importance" if method == "hybrid" else None
+    if align is True:
+        return "smooth"
+    if align is False or align == "none":
+        return None
+    if align not in ORDERS:
+        raise ValueError(f"unknown alignment {align!r}; use one of none, {', '.join(ORDERS)}")
+    return str(align)
+
+
+def transfer_learngene(s: OnnxModel, source_analysis, analysis, folder: Path, *, align: bool | str | None,
+                       keep: float, convention: str, depth: str, allow_nonfinite: bool,
+                       method: str) -> tuple[Learngene, Alignment | None]:
+    """A transfer's learngene, of the source aligned first as ``align`` asks
+    (``alignment_order``), and the alignment (None when none was done). 'hybrid' does not
+    order a source it selects nothing from (a pure growth)."""
+    order = alignment_order(align, method)
+    if order == "importance" and align is None and not selects_any(source_analysis, analysis):
+        order = None
+    across = depth != "nearest" and order == "smooth"  # matching along depth would undo an importance order
+    aligned, note = aligned_source(s, source_analysis[0], folder, across, order) if order else (s, None)
+    gene = pair_learngene(aligned, source_analysis, analysis, keep=keep, convention=convention, depth=depth,
+                          allow_nonfinite=allow_nonfinite, method=method)
+    if note is not None and note.spaces:
+        gene.unit_order = order or ""
+    return gene, note

@@ -1,0 +1,159 @@
+"""``method="hybrid"``: selection where the target is no larger than the source, FRONT's
+transform where it grows, and the importance order that makes the selection keep the
+strongest units. Checked against independent expectations:
+
+- the importance order of planted units: a source whose strongest hidden units are known
+  (scaled up in every tensor that indexes them) shrinks to a target holding exactly those;
+- the order is a permutation within each head, strongest first;
+- a growth is byte-identical to ``method="front"`` (nothing is selected, nothing reordered);
+- identity reproduces the source; a learngene extracted with ``align="importance"`` and
+  initialized gives the bytes ``transfer`` writes; the real HF BERT shrink loads strictly.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+import front_onnx  # noqa: E402
+from front_onnx.method.learngene import Learngene  # noqa: E402
+from front_onnx.numeric.seriation import importance_order  # noqa: E402
+from front_onnx.torch import transfer_module  # noqa: E402
+from samples.export import export  # noqa: E402
+from samples.models import FAMILIES, ViTConfig, perturb  # noqa: E402
+
+CORPUS = Path(__file__).parent / "corpus" / "models"
+
+
+def _weights(path: Path) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+def test_importance_order_is_strongest_first_within_each_group():
+    rng = np.random.default_rng(0)
+    scale = rng.permutation(np.linspace(0.1, 3.0, 24))
+    vec = rng.normal(size=(24, 7)) * scale[:, None] / np.sqrt(7)
+    order, _, _ = importance_order(vec, groups=3)
+    norms = np.linalg.norm(vec, axis=1)
+    for g in range(3):
+        part = order[g * 8:(g + 1) * 8]
+        assert sorted(part.tolist()) == list(range(g * 8, (g + 1) * 8))   # units stay in their group
+        assert np.all(np.diff(norms[part]) <= 0)                          # strongest first
+
+
+def _chain(hidden: int, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 3)).eval()
+
+
+def test_the_planted_strongest_units_are_the_ones_kept():
+    """Hidden 16 -> 8: the 8 hidden units scaled up 4x in every tensor that indexes them are
+    the target's units, whole (each target unit is a source unit: its row of the first layer,
+    its bias, its column of the second, unchanged to float32 rounding)."""
+    src = _chain(16, 0)
+    planted = np.array([1, 3, 4, 7, 10, 11, 13, 15])
+    gain = np.ones(16)
+    gain[planted] = 4.0
+    with torch.no_grad():
+        g = torch.tensor(gain, dtype=torch.float32)
+        src[0].weight.mul_(g[:, None])
+        src[0].bias.copy_(torch.linspace(0.1, 0.2, 16) * g)
+        src[2].weight.mul_(g[None, :])
+    w1, b1, w2 = (t.detach().numpy().copy() for t in (src[0].weight, src[0].bias, src[2].weight))
+    module, plan = transfer_module(src, _chain(8, 1), (torch.zeros(2, 6),), method="hybrid")
+    got1, gotb, got2 = (t.detach().numpy() for t in (module[0].weight, module[0].bias, module[2].weight))
+    # which source unit each target unit is (the learngene's round trip may move the last bit)
+    units = [int(np.argmin(np.abs(w1 - row).max(axis=1))) for row in got1]
+    assert sorted(units) == planted.tolist()
+    np.testing.assert_allclose(got1, w1[units], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(gotb, b1[units], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got2, w2[:, units], rtol=0, atol=1e-6)
+    assert any("strongest" in op for s in plan.slots for op in s.operations)
+
+
+def _vit(dim: int, depth: int, seed: int, trained: bool = False):
+    torch.manual_seed(seed)
+    m = FAMILIES["vit"][0](ViTConfig(dim=dim, depth=depth, heads=4, classes=10)).eval()
+    return perturb(m, seed=seed) if trained else m
+
+
+@pytest.fixture(scope="module")
+def vits(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hybrid")
+    x = torch.zeros(2, 1, 8, 8)
+    export(_vit(64, 4, 0, trained=True), x, d / "s.onnx")
+    export(_vit(64, 4, 1), x, d / "same.onnx")
+    export(_vit(32, 2, 2), x, d / "shrink.onnx")
+    export(_vit(96, 6, 3), x, d / "grow.onnx")
+    return d
+
+
+def test_growth_is_the_transform_byte_for_byte(vits, tmp_path):
+    h = front_onnx.transfer(vits / "s.onnx", vits / "grow.onnx", tmp_path / "h.onnx", method="hybrid")
+    f = front_onnx.transfer(vits / "s.onnx", vits / "grow.onnx", tmp_path / "f.onnx", method="front")
+    assert not any(n.startswith("align:") for n in h.plan.notes)   # nothing selected: the source is not reordered
+    a, b = _weights(tmp_path / "h.onnx"), _weights(tmp_path / "f.onnx")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_identity_reproduces_the_source(vits, tmp_path):
+    res = front_onnx.transfer(vits / "s.onnx", vits / "same.onnx", tmp_path / "o.onnx", method="hybrid",
+                              validate=True)
+    agreement = next(c for c in res.validation.checks if c.name == "agreement")
+    assert agreement.status == "pass", agreement.figure
+
+
+def test_a_shrink_selects_whole_units_of_the_reordered_source(vits, tmp_path):
+    """Every written tensor of the shrink is a selection from the (importance-ordered) source:
+    the target's residual-width vectors (norms' scales) are source entries, unchanged."""
+    res = front_onnx.transfer(vits / "s.onnx", vits / "shrink.onnx", tmp_path / "o.onnx", method="hybrid")
+    assert res.plan.summary()["written_fraction"] == 1.0
+    assert any(n.startswith("align: ") and "strongest units first" in n for n in res.plan.notes)
+    src, out = _weights(vits / "s.onnx"), _weights(tmp_path / "o.onnx")
+    norms = [k for k in out if k.endswith("norm1.weight") or k.endswith("norm1.bias")]
+    assert norms
+    for k in norms:
+        assert all(np.abs(src[k] - v).min() <= 1e-6 * max(1.0, abs(v)) for v in out[k]), k  # source entries, not blends
+
+
+def test_a_learngene_ordered_by_importance_initializes_what_transfer_writes(vits, tmp_path):
+    gene = front_onnx.extract(vits / "s.onnx", align="importance", output=tmp_path / "g.safetensors")
+    assert gene.unit_order == "importance"
+    assert Learngene.load(tmp_path / "g.safetensors").unit_order == "importance"
+    front_onnx.initialize(vits / "shrink.onnx", tmp_path / "g.safetensors", tmp_path / "i.onnx", method="hybrid")
+    front_onnx.transfer(vits / "s.onnx", vits / "shrink.onnx", tmp_path / "t.onnx", method="hybrid")
+    a, b = _weights(tmp_path / "i.onnx"), _weights(tmp_path / "t.onnx")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_hf_bert_shrink_selects_everything(exporter, tmp_path):
+    """The corpus BERT (trained source, fresh narrower and shallower target, torch's default
+    exports): everything written, by selection of the strongest units."""
+    d = CORPUS / "bert" / exporter
+    res = front_onnx.transfer(d / "source.onnx", d / "shrink.onnx", tmp_path / "o.onnx", method="hybrid")
+    assert res.plan.summary()["written_fraction"] == 1.0
+    ops = [op for s in res.plan.slots if s.status == "written" for op in s.operations]
+    assert any("strongest" in op for op in ops)
+
+
+def test_hf_bert_module_shrink_loads_strictly():
+    """``transfer_module`` with the real HF BertModel: the target loads strictly (inside) and
+    each of its word-embedding columns is one of the source's, selected, not blended."""
+    pytest.importorskip("transformers")
+    from tests.corpus.build import FAMILIES as CORPUS_FAMILIES, build_module, example_inputs
+
+    family = CORPUS_FAMILIES["bert"]
+    src, tgt = build_module(family, "source"), build_module(family, "shrink")
+    feeds = {k: torch.from_numpy(v) for k, v in example_inputs(family).items()}
+    module, plan = transfer_module(src, tgt, feeds, method="hybrid")
+    assert plan.summary()["written_fraction"] == 1.0
+    a = module.state_dict()["bert.embeddings.word_embeddings.weight"].numpy()
+    b = src.state_dict()["bert.embeddings.word_embeddings.weight"].numpy()
+    assert all(min(np.abs(a[:, j] - b[:, k]).max() for k in range(b.shape[1])) <= 1e-6 for j in range(a.shape[1]))
