@@ -134,9 +134,12 @@ REFINE = dict(steps=200, lam=1.0, keep=0.5, lr=1e-4, batch_size=64)
 
 
 def front_plus() -> Init:
-    """FRONT+ with the API's defaults for the transfer."""
+    """FRONT+: the refined source transferred with the transform (``--method front``: the
+    spectral penalty acts on what the transform reads; a selection copies units whatever their
+    spectrum), other options at the API's defaults."""
     d = front_default()
-    return Init("FRONT+ (refined source)", "front+", convention=d.convention, keep=d.keep, depth=d.depth)
+    return Init("FRONT+ (refined source)", "front+", convention=d.convention, keep=d.keep, depth=d.depth,
+                method="front")
 
 
 def front_default() -> Init:
@@ -157,8 +160,10 @@ def unique(*inits: Init) -> tuple[Init, ...]:
 
 
 def small_set(grow: bool) -> tuple[Init, ...]:
-    """The reduced set for the secondary settings: random, front default, paper, WS (shrink only)."""
-    return unique(RANDOM, front_default(), PAPER) if grow else unique(RANDOM, front_default(), PAPER, WS)
+    """The reduced set for the secondary settings: random, front default, paper, and when
+    shrinking the transform alone (the default selects there) and WS. Growing, the default
+    transforms every template: the same bytes as ``NEAREST``."""
+    return unique(RANDOM, front_default(), PAPER) if grow else unique(RANDOM, front_default(), NEAREST, PAPER, WS)
 
 
 # ============================================================ settings
@@ -219,14 +224,17 @@ def variants(grow: bool, part: str = "") -> tuple[Init, ...]:
         "front": Init("front (transform every axis)", "front", method="front", **base),
         "hybrid": Init("hybrid (strongest units selected, FRONT where it grows)", "front", method="hybrid", **base),
         "hybrid-uniform": Init("hybrid, evenly spaced units", "front", method="hybrid", align=False, **base),
+        "front-importance": Init("front, units ordered by importance", "front", method="front", align="importance",
+                                 **base),
         "ws": WS,
         "front+": front_plus(),
         "front+align": Init("FRONT+ aligned", "front+", align=True, **base),
     }
     chosen = os.environ.get(VARIANTS_ENV, "1")
-    if chosen != "1":  # --rows
+    if chosen != "1":  # --rows; random always (speed-ups are relative to it)
         shrink_only = ("select", "ws", "hybrid-uniform", "front+", "front+align")
-        return tuple(rows[k] for k in chosen.split(",") if not (grow and k in shrink_only))
+        names = ["random"] + [k for k in chosen.split(",") if k != "random"]
+        return tuple(rows[k] for k in names if not (grow and k in shrink_only))
     if part == "minilm":
         names = ["random", "default", "fan-in", "calibrated", "align", "align+calibrated", "align+paper+calibrated"]
         names += [] if grow else ["select", "ws"]
@@ -550,11 +558,30 @@ def samples_per_epoch(setting: Setting) -> int:
 
 # ============================================================ ONNX round trip
 def export_model(model: torch.nn.Module, setting: Setting, cfg, path: Path, exporter: str) -> Path:
+    """The ONNX file the tool reads. ResNets (dynamo) are exported as ``transfer_module`` does
+    (``optimize=False``): the default optimizer folds BatchNorm into the convolutions, and a
+    folded graph loaded back into the torch ResNet trains with synthesized BatchNorm (scale 1,
+    the source's per-channel scales lost to batch statistics), which is the export's loss,
+    not the method's (docs/results.md measures both)."""
     if setting.family == "bert":
         import minilm
 
         return minilm.export_bert(model.eval(), path, exporter)
+    if setting.family == "resnet" and exporter == "dynamo" and not os.environ.get(FOLDED_ENV):
+        from front_onnx.torch.modules import export_module
+
+        export_module(model, example(setting, cfg), path)
+        return path
     return export(model.eval(), example(setting, cfg)[0], path, exporter)
+
+
+FOLDED_ENV = "FRONT_BENCH_FOLDED_BN"  # "1": ResNets exported at the dynamo defaults (BatchNorm folded)
+
+
+def onnx_name(s: Setting) -> str:
+    """The cached source export's file name: the export differs from the training key's."""
+    folded = s.family == "resnet" and not os.environ.get(FOLDED_ENV)
+    return f"{source_key(s)}{'-bn' if folded else ''}.onnx"
 
 
 def load_onnx_weights(model: torch.nn.Module, onnx_path: Path) -> list[str]:
@@ -586,7 +613,7 @@ def get_source(s: Setting, out: Path, log) -> tuple[torch.nn.Module, Path, dict]
     d = out / "sources"
     d.mkdir(parents=True, exist_ok=True)
     key = source_key(s)
-    pt, onnx_path, meta_path = d / f"{key}.pt", d / f"{key}.onnx", d / f"{key}.json"
+    pt, onnx_path, meta_path = d / f"{key}.pt", d / onnx_name(s), d / f"{key}.json"
     if s.family == "bert":  # pretrained: nothing to train, export once
         teacher = minilm_teacher()[0]
         if not onnx_path.exists():
@@ -594,8 +621,10 @@ def get_source(s: Setting, out: Path, log) -> tuple[torch.nn.Module, Path, dict]
         return teacher, onnx_path, dict(key=key, config="all-MiniLM-L6-v2 (pretrained, 6 x 384)",
                                         params=n_params(teacher), epochs=0, final=None, seconds=0.0, train_flops=None)
     model = make_model(s.family, s.source, seed=0)
-    if pt.exists() and onnx_path.exists() and meta_path.exists():
+    if pt.exists() and meta_path.exists():
         model.load_state_dict(torch.load(pt))
+        if not onnx_path.exists():
+            export_model(model, s, s.source, onnx_path, "dynamo")
         return model.eval(), onnx_path, json.loads(meta_path.read_text())
     t0 = time.perf_counter()
     curve = train_curve(model, s, s.source_task, s.source_epochs, s.source_lr, seed=0)
@@ -1006,8 +1035,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="run the alignment x amplitude grid and Weight Selection in the tool on the chosen parts "
                         "(results to --out only)")
     p.add_argument("--rows", type=lambda v: v.split(","), default=None,
-                   help="with --variants: only these rows of the grid (e.g. random,front,hybrid,ws); rows that "
-                        "cannot grow are left out of growth settings")
+                   help="with --variants: only these rows of the grid (e.g. front,hybrid,ws; random always); rows "
+                        "that cannot grow are left out of growth settings")
     a = p.parse_args(argv)
     if a.variants:
         os.environ[VARIANTS_ENV] = ",".join(a.rows) if a.rows else "1"

@@ -36,13 +36,12 @@ from front_onnx.method.pipeline import (
     pair_analysis,
 )
 from front_onnx.method.planning import Plan, make_plan, overlap_verdict, summary_lines
-from front_onnx.method.selection import source_keep
 from front_onnx.onnxio import OnnxModel, check_tensors, load_model, model_files
 from front_onnx.outputs import data_companion, guard, write_bytes, write_text
 from front_onnx.validation.checks import ValidationReport
 from front_onnx.validation.checks import validate as _validate
 from front_onnx.validation.calibration import calibrator
-from front_onnx.validation.equivalence import aligned_source, alignment_order, transfer_learngene
+from front_onnx.validation.equivalence import aligned_source, alignment_order, as_source, transfer_learngene
 
 __all__ = ["extract", "plan", "initialize", "transfer", "validate", "inspect", "weights", "refine",
            "refine_module", "transfer_module", "InitResult", "FrontError", "ValidationFailed", "DEFAULT_KEEP",
@@ -143,7 +142,8 @@ def extract(source: PathLike | OnnxModel, *, keep: float = DEFAULT_KEEP, convent
     order = alignment_order(align, "front")
     with tempfile.TemporaryDirectory(prefix="front-onnx-align-") as tmp:
         aligned, note = aligned_source(s, weight_slots(s), Path(tmp), order=order) if order else (s, None)
-        gene = extract_learngene(aligned, keep=keep, convention=convention, allow_nonfinite=allow_nonfinite)
+        with as_source(aligned, s):
+            gene = extract_learngene(aligned, keep=keep, convention=convention, allow_nonfinite=allow_nonfinite)
     if note is not None and note.spaces:
         gene.unit_order = order or ""
         gene.source, gene.source_sha256 = s.path.name, file_sha256(s.path)
@@ -155,11 +155,12 @@ def extract(source: PathLike | OnnxModel, *, keep: float = DEFAULT_KEEP, convent
 @_all_cores
 def plan(source: PathLike | OnnxModel | Learngene, target: PathLike | OnnxModel, *,
          keep: float = DEFAULT_KEEP, convention: str = DEFAULT_CONVENTION, depth: str = DEFAULT_DEPTH,
-         allow_nonfinite: bool = False, method: str = DEFAULT_METHOD) -> Plan:
+         allow_nonfinite: bool = False, method: str = DEFAULT_METHOD, align: bool | str | None = None) -> Plan:
     """What initializing ``target`` from ``source`` would do: the same plan ``transfer``
-    computes, with ``verdict`` set to the reason ``transfer`` would refuse it ('' when it
-    would not). ``source`` is a model, a Learngene, or a path: a learngene file when it
-    ends in ``.safetensors``."""
+    computes (the source's units ordered as ``align`` says, as ``transfer`` orders them), with
+    ``verdict`` set to the reason ``transfer`` would refuse it ('' when it would not).
+    ``source`` is a model, a Learngene, or a path: a learngene file when it ends in
+    ``.safetensors``."""
     if isinstance(source, (str, Path)) and Path(source).suffix == LEARNGENE_SUFFIX:
         source = Learngene.load(source)
     t = _model(target)
@@ -169,11 +170,15 @@ def plan(source: PathLike | OnnxModel | Learngene, target: PathLike | OnnxModel,
     else:  # as transfer does it: the pair analyzed together
         s = _model(source)
         source_analysis, (gs, st) = pair_analysis(s, t)
-        gene = extract_learngene(s, keep=source_keep(method, keep), convention=convention,
-                                  allow_nonfinite=allow_nonfinite, structure=source_analysis)
+        with tempfile.TemporaryDirectory(prefix="front-onnx-align-") as tmp:
+            gene, note = transfer_learngene(s, source_analysis, (gs, st), Path(tmp), align=align, keep=keep,
+                                            convention=convention, depth=depth, allow_nonfinite=allow_nonfinite,
+                                            method=method)
     p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth, method)
     label = gene.source if isinstance(source, Learngene) else str(getattr(source, "path", source))
     p.verdict = overlap_verdict(p, st, str(t.path), label or "the source")  # what transfer would refuse
+    if not isinstance(source, Learngene) and note is not None:
+        p.notes.append(note.describe())
     return p
 
 

@@ -67,6 +67,14 @@ def _add_depth(p: argparse.ArgumentParser) -> None:
                         "layer's, measured with onnxruntime; transfer only) (default %(default)s)")
 
 
+def _add_align(p: argparse.ArgumentParser, default: str = "'importance' with --method hybrid when it selects "
+               "anything, none otherwise") -> None:
+    p.add_argument("--align", nargs="?", const="smooth", default=None, choices=("none",) + ALIGN_ORDERS,
+                   help="permute the source's channel spaces first (checked to keep the source's function): "
+                        "'smooth' (a bare --align) puts similar units side by side for the transform; "
+                        f"'importance' puts the strongest units first, for selection. Without it: {default}")
+
+
 def _add_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, help="output ONNX file (never an input)")
     p.add_argument("--report", type=Path, help="write the full plan as JSON to this file")
@@ -118,11 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output(p)
     _add_depth(p)
     _add_nonfinite(p)
-    p.add_argument("--align", nargs="?", const="smooth", default=None, choices=("none",) + ALIGN_ORDERS,
-                   help="permute the source's channel spaces before the transfer (checked to keep the source's "
-                        "function): 'smooth' (the default of a bare --align) puts similar units side by side for "
-                        "the transform; 'importance' puts the strongest units first, for selection. Without it: "
-                        "'importance' with --method hybrid when it selects anything, none otherwise")
+    _add_align(p)
     p.add_argument("--calibration-inputs", type=Path, metavar="FILE.npz",
                    help="inputs for --scale calibrated, as .npz keyed by input name (else synthesized)")
 
@@ -131,10 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path, help="learngene file (.safetensors)")
     _add_spectral(p)
     _add_nonfinite(p)
-    p.add_argument("--align", nargs="?", const="smooth", default=None, choices=("none",) + ALIGN_ORDERS,
-                   help="order the source's units first, as transfer does (checked to keep its function), and "
-                        "record it in the learngene: 'importance' makes init --method hybrid select the strongest "
-                        "units, as transfer does (default: none)")
+    _add_align(p, "record the order in the learngene: 'importance' makes init --method hybrid select the "
+                  "strongest units, as transfer does (default: none)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     _add_json(p)
 
@@ -152,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--all", action="store_true", help="also list scalar constants (never touched)")
     _add_nonfinite(p)
+    _add_align(p)
 
     p = sub.add_parser("validate", help="check a model with onnxruntime (structure, finiteness, scale, latency)")
     p.add_argument("model", type=Path)
@@ -253,7 +256,7 @@ def _run(args: argparse.Namespace) -> int:
         _print_result(r, args)
     elif args.command == "plan":
         p = api.plan(args.source, args.target, keep=args.keep, convention=args.convention, depth=args.depth,
-                     allow_nonfinite=args.allow_nonfinite, method=args.method)
+                     allow_nonfinite=args.allow_nonfinite, method=args.method, align=args.align)
         if args.json:
             json.dump(p.to_json(), sys.stdout, indent=2)
             print()

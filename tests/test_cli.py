@@ -29,13 +29,18 @@ def test_transfer_and_report(pair, tmp_path, capsys):
     assert any("depth: pad 4->6" in op for s in json.loads(rep.read_text())["slots"] for op in s["operations"])
 
 
-def test_extract_then_init_equals_transfer(pair, tmp_path):
+@pytest.mark.parametrize("align", [None, "none", "smooth"])
+def test_extract_then_init_equals_transfer(pair, tmp_path, align):
+    """The same bytes in one step or two, with the source's units ordered alike: the default
+    transfer of this pair (narrower: something is selected) orders them by importance, which
+    ``extract --align importance`` records in the learngene."""
     src, tgt = pair
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     gene = tmp_path / "g.safetensors"
-    assert main(["transfer", str(src), str(tgt), "-o", str(tmp_path / "a" / "o.onnx"), "-q"]) == 0
-    assert main(["extract", str(src), "-o", str(gene), "-q"]) == 0
+    flag = [] if align is None else [f"--align={align}"]
+    assert main(["transfer", str(src), str(tgt), "-o", str(tmp_path / "a" / "o.onnx"), "-q", *flag]) == 0
+    assert main(["extract", str(src), "-o", str(gene), "-q", f"--align={align or 'importance'}"]) == 0
     assert main(["init", str(tgt), "--learngene", str(gene), "-o", str(tmp_path / "b" / "o.onnx"), "-q"]) == 0
     assert (tmp_path / "a" / "o.onnx").read_bytes() == (tmp_path / "b" / "o.onnx").read_bytes()
 
@@ -48,8 +53,8 @@ def test_plan_json_and_table(pair, tmp_path, capsys):
     assert main(["plan", str(src), str(tgt)]) == 0
     table = capsys.readouterr().out
     assert ":linear.weight" in table and "depth: nearest 4->6" in table and "weight elements written" in table
-    gene = tmp_path / "g.safetensors"
-    assert main(["extract", str(src), "-o", str(gene), "-q"]) == 0
+    gene = tmp_path / "g.safetensors"  # ordered as the transfer orders the source (it selects the loose layers)
+    assert main(["extract", str(src), "-o", str(gene), "-q", "--align=importance"]) == 0
     assert main(["plan", str(gene), str(tgt), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["slots"] == data["slots"]
 

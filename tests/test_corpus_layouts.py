@@ -67,11 +67,12 @@ def _weight_slot(entry: dict, path, suffix: str):
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_grouped_query_kv_keeps_whole_heads(family, tmp_path):
     """Shrink 2 k/v heads to 1 (head_dim 8 on both sides): each target row i of k_proj should draw on
-    the source rows of the same in-head index (i, 8 + i), not on neighbouring rows of the flat axis."""
+    the source rows of the same in-head index (i, 8 + i), not on neighbouring rows of the flat axis.
+    The transform (``method="front"``); selection takes whole heads by construction (test_dimflow)."""
     head_dim = 8
     src_e, tgt_e = CORPUS.entry(family, "dynamo", "source"), CORPUS.entry(family, "dynamo", "shrink")
     out = tmp_path / "out.onnx"
-    front_onnx.transfer(CORPUS.path(src_e), CORPUS.path(tgt_e), out, keep=1.0)
+    front_onnx.transfer(CORPUS.path(src_e), CORPUS.path(tgt_e), out, keep=1.0, method="front")
     ms, _, ss = _weight_slot(src_e, CORPUS.path(src_e), "layers.0.self_attn.k_proj.weight")
     _, _, st = _weight_slot(tgt_e, CORPUS.path(tgt_e), "layers.0.self_attn.k_proj.weight")
     mo = load_model(out)

@@ -47,7 +47,7 @@ def _packed_rows(path, layer: str) -> np.ndarray:
 def test_packed_qkv_parts_and_heads_are_kept_apart(family, tmp_path):
     src_e, tgt_e = CORPUS.model(family, "source"), CORPUS.model(family, "shrink")
     out = tmp_path / "out.onnx"
-    front_onnx.transfer(CORPUS.path(src_e), CORPUS.path(tgt_e), out, keep=1.0, validate=False)
+    front_onnx.transfer(CORPUS.path(src_e), CORPUS.path(tgt_e), out, keep=1.0, validate=False, method="front")
     src = _packed_rows(CORPUS.path(src_e), "layers.0.")
     got = _packed_rows(out, "layers.0.")
     assert src.shape[0] == (4 + 2 * 2) * HEAD and got.shape[0] == (2 + 2 * 1) * HEAD

@@ -59,11 +59,16 @@ def test_grouped_query_projections_keep_whole_heads(exporter):
     import front_onnx
 
     root = MODELS / "llama" / exporter
-    plan = front_onnx.plan(root / "source.onnx", root / "shrink.onnx", keep=1.0)
+    plan = front_onnx.plan(root / "source.onnx", root / "shrink.onnx", keep=1.0, method="front")
     k = [s for s in plan.written if s.role == "linear.weight" and "k_proj" in " ".join(s.evidence)]
     assert k, "no k_proj written"
     for s in k:
         assert s.shape and s.operations[1:3] == ["feature0: truncate 2->1", "feature1: copy 8"], s.operations
+    # selection (the default when shrinking) takes one whole head of the two
+    plan = front_onnx.plan(root / "source.onnx", root / "shrink.onnx", keep=1.0)
+    k = [s for s in plan.written if s.role == "linear.weight" and "k_proj" in " ".join(s.evidence)]
+    assert k and all(s.operations[1].startswith("axis 0: select 1 of 2 (") and s.operations[2] == "axis 1: 8 (copy)"
+                     for s in k), [s.operations for s in k]
 
 
 def test_layout_heads_round_trip():

@@ -79,9 +79,11 @@ def test_every_kernel_written_from_its_own_branch(half_result):
         kernel = o_inits[o_convs[layer][1].input[1]]
         assert kernel.shape == t_inits[node.input[1]].shape
         assert not np.array_equal(kernel, t_inits[node.input[1]]), f"{layer}: kernel not written"
-        # each kernel has its own source layer's mean (restored by the transfer)
-        want = s_inits[s_convs[layer][1].input[1]]
-        assert kernel.mean() == pytest.approx(float(want.mean()), abs=1e-4), layer
+        # each kernel is made of its own source layer's entries (selected: the default shrinks by
+        # selection), not another layer's: every entry is one of the source kernel's
+        want = s_inits[s_convs[layer][1].input[1]].reshape(-1)
+        gap = np.abs(kernel.reshape(-1, 1) - want.reshape(1, -1)).min(axis=1)
+        assert gap.max() <= 1e-5 * max(1.0, float(np.abs(want).max())), layer
     for layer, planted in MANIFEST["planted"].items():  # the side branches tell apart by their constant
         kernel = o_inits[o_convs[layer][1].input[1]]
         assert abs(kernel.mean() - planted) < 0.05, f"{layer} got another branch's kernel ({kernel.mean():.3f})"
@@ -90,6 +92,21 @@ def test_every_kernel_written_from_its_own_branch(half_result):
         assert not any(" pad " in op for op in s.operations), (s.initializer, s.operations)
     assert result.plan.summary()["written_fraction"] == 1.0
     assert result.plan.divergence == []
+
+
+def test_the_transform_restores_each_kernels_source_mean(tmp_path):
+    """``method="front"``: each kernel has its own source layer's mean (restored by the transfer)."""
+    out = tmp_path / "half.onnx"
+    front_onnx.transfer(_path("source"), _path("half"), out, keep=1.0, method="front")
+    got, src = onnx.load(str(out)), onnx.load(str(_path("source")))
+    o_convs, s_convs = _convs(got), _convs(src)
+    o_inits, s_inits = _inits(got), _inits(src)
+    for layer in s_convs:
+        kernel = o_inits[o_convs[layer][1].input[1]]
+        want = s_inits[s_convs[layer][1].input[1]]
+        assert kernel.mean() == pytest.approx(float(want.mean()), abs=1e-4), layer
+    for layer, planted in MANIFEST["planted"].items():
+        assert abs(o_inits[o_convs[layer][1].input[1]].mean() - planted) < 0.05, layer
 
 
 def test_half_output_is_valid(half_result):

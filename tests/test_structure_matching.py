@@ -21,14 +21,19 @@ def _save(m: onnx.ModelProto, path) -> str:
 def test_a_one_block_target_meets_the_source_stage(tmp_path):
     src = _save(mlp_stack(16, 4, seed=0), tmp_path / "s.onnx")
     tgt = _save(mlp_stack(8, 1, seed=1), tmp_path / "t.onnx")
-    r = front_onnx.transfer(src, tgt, tmp_path / "o.onnx", keep=1.0, depth="nearest")
+    r = front_onnx.transfer(src, tgt, tmp_path / "o.onnx", keep=1.0, depth="nearest", method="front")
     stage = [s for s in r.plan.written if s.template.startswith("S")]
     assert len(stage) == 6 and all(any(op.startswith("depth: nearest 4->1") for op in s.operations) for s in stage)
     assert r.plan.summary()["written_fraction"] == 1.0
+    # the default selects the stage's first block (narrower and shallower: nothing grows)
+    h = front_onnx.transfer(src, tgt, tmp_path / "h.onnx", keep=1.0)
+    stage = [s for s in h.plan.written if s.template.startswith("S")]
+    assert len(stage) == 6 and all("layers: first 1 of 4" in s.operations for s in stage)
+    assert h.plan.summary() == r.plan.summary()
     # the same from a learngene file: the target's side knows the learngene's stages
     gene = tmp_path / "g.safetensors"
     front_onnx.extract(src, keep=1.0, output=gene)
-    r2 = front_onnx.initialize(tgt, gene, tmp_path / "o2.onnx", depth="nearest")
+    r2 = front_onnx.initialize(tgt, gene, tmp_path / "o2.onnx", depth="nearest", method="front")
     assert r2.plan.summary() == r.plan.summary()
 
 

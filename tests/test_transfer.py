@@ -85,11 +85,12 @@ def test_shrink_and_grow(samples, tmp_path, family, pair, size):
 
 
 def test_written_values_differ_from_target_and_follow_source(samples, tmp_path):
-    """A shrunk target's weights come from the source: the same low-frequency content."""
+    """FRONT (``method="front"``): a shrunk target's weights come from the source: the same
+    low-frequency content."""
     src = samples.get("vit", "base", "dynamo", source=True)
     tgt = samples.get("vit", "narrow", "dynamo")
     out = tmp_path / "o.onnx"
-    front_onnx.transfer(src, tgt, out)
+    front_onnx.transfer(src, tgt, out, method="front")
     a, b = load_model(src), load_model(out)
     # position table [1, 17, 64] -> [1, 17, 32]: with ortho and keep 1, the first DCT
     # coefficients along the feature axis are kept (up to the per-tensor statistics).

@@ -154,8 +154,7 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
     (``transfer``'s private learngene: its coefficients are about the target's size, and the
     values replace them instead of adding to them). ``method`` 'select' fills blocks by
     Weight Selection instead (``selection``), 'hybrid' each template the target holds no more
-    of than the source; ``scale`` sets the amplitude (``amplitude``) of the transformed ones
-    (selected units keep the source's)."""
+    of than the source; ``scale`` sets the amplitude (``amplitude``) of every template."""
     out: dict[int, np.ndarray] = {}
     fed = [key for key, verdict in plan.templates.items() if verdict == "ok"]
     last = {plan.sources.get(key, key): n for n, key in enumerate(fed)}  # a source template may feed several
@@ -166,7 +165,7 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
         assert first.layout is not None
         shape = first.layout.canonical_shape(first.shape)
         gt = gene.templates[skey]
-        selected = selects(method, gt, tpl.depth, shape)
+        selected = selects(method, gt, tpl.depth, shape, gene.keep)
         done = None if selected else _streamed(gt, tpl, gs, shape, gene.convention, dtypes, depth_mode)
         if done is not None:
             out.update(done)
@@ -179,8 +178,8 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
                     out[i] = np.ascontiguousarray(s.layout.from_canonical(stack[b]),  # type: ignore[union-attr]
                                                   dtype=dtypes[s.initializer])
             del stack
-        if scale in amplitude.FORMULA_SCALES and not selected:
-            _rescaled(gt, tpl, gs, shape, out, depth_mode, scale)
+        if scale in amplitude.FORMULA_SCALES:
+            _rescaled(gt, tpl, gs, shape, out, depth_mode, scale, selected)
         if unknown is not None:
             _unknown_entries(gt, tpl, gs, out, unknown)
         del gt
@@ -190,10 +189,13 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
 
 
 def _rescaled(gt: GeneTemplate, tpl: Template, gs: GraphSlots, shape: tuple[int, ...], out: dict[int, np.ndarray],
-              depth_mode: str, scale: str) -> None:
+              depth_mode: str, scale: str, selected: bool = False) -> None:
     """A template's blocks brought to the amplitude ``scale`` asks for (``amplitude``): each
-    block's element std that of the source block it maps to, times the fan-in gain."""
+    block's element std that of the source block it maps to (a selected template's block b
+    is the source's block b), times the fan-in gain."""
     _, stds, floor = _layer_stats(gt, tpl.depth, depth_mode)
+    if selected:
+        stds = np.asarray(gt.stds[:tpl.depth], np.float64)
     if floor is not None:
         return  # variances: their values are what they are
     first = gs.slots[tpl.blocks[0][0]]

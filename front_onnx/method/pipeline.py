@@ -29,7 +29,7 @@ Calibrator = Callable[[OnnxModel, Plan], object]
 DEFAULT_KEEP = 1.0          # the defaults are the convergence benchmark's best (docs/results.md)
 DEFAULT_CONVENTION = "ortho"
 DEFAULT_DEPTH = "nearest"     # measured best (docs/results.md)
-DEFAULT_METHOD = "front"
+DEFAULT_METHOD = "hybrid"        # measured best (docs/results.md): selection when shrinking, FRONT when growing
 DEFAULT_SCALE = "none"
 
 __all__ = ["DEFAULT_CONVENTION", "DEFAULT_DEPTH", "DEFAULT_KEEP", "DEFAULT_METHOD", "DEFAULT_SCALE",

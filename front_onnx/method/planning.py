@@ -51,6 +51,7 @@ class Plan:
     sources: dict[str, str] = field(default_factory=dict)  # target template key -> the source template feeding it
     requantized: dict[str, float] = field(default_factory=dict)  # quantized weight -> relative error of requantizing it
     notes: list[str] = field(default_factory=list)  # what was done besides the plan (an aligned source)
+    selected: list[str] = field(default_factory=list)  # target templates filled by selection (block b: source block b)
 
     def left_by_reason(self) -> list[tuple[str, int, int]]:
         """(reason, slots, elements) of the slots left, most elements first; a constant's
@@ -86,7 +87,7 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         return {"keep": self.keep, "convention": self.convention, "depth": self.depth, "summary": self.summary(),
-                "verdict": self.verdict, "divergence": self.divergence, "sources": self.sources,
+                "verdict": self.verdict, "divergence": self.divergence, "sources": self.sources, "selected": self.selected,
                 "requantized": self.requantized, "notes": self.notes,
                 "left_by_reason": [{"reason": r, "slots": n, "elements": e} for r, n, e in self.left_by_reason()],
                 "templates": self.templates,
@@ -119,7 +120,7 @@ def _axis_ops(gene: GeneTemplate, kinds: tuple[str, ...], shape: tuple[int, ...]
 def _select_ops(gene: GeneTemplate, shape: tuple[int, ...], depth: int, leading: bool = False) -> list[str]:
     """The operations of Weight Selection on one template, for the plan."""
     ops = [f"layers: first {depth} of {gene.depth}" if depth != gene.depth else f"layers: {depth} (copy)"]
-    how = "the strongest (leading in importance order)" if leading else "uniform"
+    how = "leading, importance order" if leading else "uniform"
     for k, (ns, nt) in enumerate(zip(gene.shape, shape)):
         ops.append(f"axis {k}: select {nt} of {ns} ({how})" if nt != ns else f"axis {k}: {nt} (copy)")
     return ops
@@ -277,6 +278,7 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     by_slot: dict[int, tuple[Template, str, list[str], str | None]] = {}
     verdicts: dict[str, str] = {}
+    selected: list[str] = []
     sources = source_templates(gene.structure, st.segments, st.templates)
     for key in sorted(st.templates):
         tpl = st.templates[key]
@@ -295,8 +297,11 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
             if method == "select" and not why:
                 why = cannot_select(src, tpl.depth, shape)
         verdicts[key] = why or "ok"
+        chosen = src is not None and not why and selects(method, src, tpl.depth, shape, gene.keep)
+        if chosen:
+            selected.append(key)
         ops = [] if src is None or why else _select_ops(src, shape, tpl.depth, gene.unit_order == "importance") \
-            if selects(method, src, tpl.depth, shape) else _axis_ops(src, kinds, shape, tpl.depth, depth_mode)
+            if chosen else _axis_ops(src, kinds, shape, tpl.depth, depth_mode)
         for b, block in enumerate(tpl.blocks):
             for i in block:
                 by_slot[i] = (tpl, why, ops, skey, b)
@@ -323,8 +328,12 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
             plans.append(SlotPlan(**base, template=None, status="left", reason=reason, parameter=s.unsupported))
     if depth_mode not in DEPTH_MODES:
         raise ValueError(f"unknown depth mode {depth_mode!r}; use one of {', '.join(DEPTH_MODES)}")
-    return Plan(plans, verdicts, gene.keep, gene.convention, divergence(gene.structure, st.segments), depth_mode,
-                sources={k: v for k, v in sources.items() if verdicts.get(k) == "ok"})
+    plan = Plan(plans, verdicts, gene.keep, gene.convention, divergence(gene.structure, st.segments), depth_mode,
+                sources={k: v for k, v in sources.items() if verdicts.get(k) == "ok"}, selected=selected)
+    if method == "hybrid" and gene.keep < 1.0:
+        plan.notes.append(f"hybrid: nothing selected (selection reads the whole source; this learngene holds "
+                          f"keep {gene.keep:g}): every template transformed, as --method front")
+    return plan
 
 
 def _zero_block(src: GeneTemplate | None, block: int, depth: int, depth_mode: str) -> bool:

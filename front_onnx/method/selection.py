@@ -42,9 +42,11 @@ def source_keep(method: str, keep: float) -> float:
     return 1.0 if method == "select" else keep
 
 
-def selects(method: str, gene: GeneTemplate, depth: int, shape: tuple[int, ...]) -> bool:
-    """Whether ``method`` fills this template by selection (else by FRONT's transform)."""
-    return method == "select" or (method == "hybrid" and not cannot_select(gene, depth, shape))
+def selects(method: str, gene: GeneTemplate, depth: int, shape: tuple[int, ...], keep: float = 1.0) -> bool:
+    """Whether ``method`` fills this template by selection (else by FRONT's transform).
+    'hybrid' selects only from a learngene of the whole source (``keep`` 1.0): at a lower keep
+    it transforms every template, as 'front' (not just those whose corner happens to be whole)."""
+    return method == "select" or (method == "hybrid" and keep == 1.0 and not cannot_select(gene, depth, shape))
 
 
 def uniform_indices(n_src: int, n_tgt: int) -> np.ndarray:

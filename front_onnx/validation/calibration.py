@@ -15,7 +15,7 @@ computing a target's values and writing them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Collection, Mapping
 
 import numpy as np
 import onnx
@@ -60,8 +60,9 @@ class Calibration:
 
 
 def layer_pairs(sources: Mapping[str, str], target: tuple[GraphSlots, Structure],
-                source: tuple[GraphSlots, Structure]) -> dict[int, int]:
-    """Target slot -> the source slot of the same role at the nearest relative depth, for the
+                source: tuple[GraphSlots, Structure], selected: Collection[str] = ()) -> dict[int, int]:
+    """Target slot -> the source slot of the same role at the nearest relative depth (in a
+    ``selected`` template, the source block it was selected from: of the same index), for the
     projection and convolution weights of templates the plan fed from the source."""
     tst, sst = target[1], source[1]
     out: dict[int, int] = {}
@@ -71,7 +72,7 @@ def layer_pairs(sources: Mapping[str, str], target: tuple[GraphSlots, Structure]
             continue
         n, m = ttpl.depth, stpl.depth
         for b, slots in enumerate(ttpl.blocks):
-            sb = 0 if n == 1 else int(np.rint(b * (m - 1) / (n - 1)))
+            sb = b if tkey in selected else 0 if n == 1 else int(np.rint(b * (m - 1) / (n - 1)))
             src = stpl.blocks[min(sb, m - 1)]
             for k, i in enumerate(slots):
                 if src:
@@ -112,7 +113,7 @@ def calibrate(written: OnnxModel, target: tuple[GraphSlots, Structure], plan, so
     for i in written_slots:
         name = plan.slots[i].written_as or plan.slots[i].initializer
         uses[name] = uses.get(name, 0) + 1
-    pairs = layer_pairs(plan.sources, target, source_analysis)
+    pairs = layer_pairs(plan.sources, target, source_analysis, set(plan.selected))
     chosen: dict[int, int] = {}
     tensors = {t.name: t for t in written.proto.graph.initializer}
     for i, j in pairs.items():

@@ -3,11 +3,14 @@
 also indexes would change the outputs, and such a space is left in its order."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from front_onnx.analysis.slots import GraphSlots
+from front_onnx.errors import OnnxFileError
 from front_onnx.method.alignment import ORDERS, Alignment, plan_alignment, write_aligned
 from front_onnx.method.learngene import Learngene
 from front_onnx.method.pipeline import pair_learngene, selects_any
@@ -74,6 +77,18 @@ def aligned_source(model: OnnxModel, gs: GraphSlots, folder: Path,
     return joint, al
 
 
+@contextlib.contextmanager
+def as_source(aligned: OnnxModel, source: OnnxModel) -> Iterator[None]:
+    """Errors about the aligned copy (a temporary file) name the user's source file instead:
+    the copy holds the source's values, permuted."""
+    try:
+        yield
+    except OnnxFileError as e:
+        if aligned is source:
+            raise
+        raise OnnxFileError(str(e).replace(str(aligned.path), str(source.path))) from None
+
+
 def alignment_order(align: bool | str | None, method: str) -> str | None:
     """The unit order a transfer puts the source in: ``align`` None is the method's own
     ('importance' for 'hybrid', whose selection keeps the leading units; none otherwise),
@@ -94,14 +109,15 @@ def transfer_learngene(s: OnnxModel, source_analysis, analysis, folder: Path, *,
                        method: str) -> tuple[Learngene, Alignment | None]:
     """A transfer's learngene, of the source aligned first as ``align`` asks
     (``alignment_order``), and the alignment (None when none was done). 'hybrid' does not
-    order a source it selects nothing from (a pure growth)."""
+    order a source it selects nothing from (a pure growth, or keep < 1)."""
     order = alignment_order(align, method)
-    if order == "importance" and align is None and not selects_any(source_analysis, analysis):
-        order = None
+    if order == "importance" and align is None and (keep < 1.0 or not selects_any(source_analysis, analysis)):
+        order = None  # nothing will be selected (selection reads a whole source, keep 1.0)
     across = depth != "nearest" and order == "smooth"  # matching along depth would undo an importance order
     aligned, note = aligned_source(s, source_analysis[0], folder, across, order) if order else (s, None)
-    gene = pair_learngene(aligned, source_analysis, analysis, keep=keep, convention=convention, depth=depth,
-                          allow_nonfinite=allow_nonfinite, method=method)
+    with as_source(aligned, s):
+        gene = pair_learngene(aligned, source_analysis, analysis, keep=keep, convention=convention, depth=depth,
+                              allow_nonfinite=allow_nonfinite, method=method)
     if note is not None and note.spaces:
         gene.unit_order = order or ""
     return gene, note
