@@ -59,6 +59,18 @@ def sample_feeds(family: str, path: Path | str) -> dict[str, np.ndarray]:
     return {name: example_input(family, batch=3, seed=5).numpy()}
 
 
+def small_vit(dim: int, depth: int, seed: int, trained: bool = False):
+    """The sample ViT (4 heads, 10 classes) in eval mode; ``trained``: parameters perturbed as
+    after training (non-zero biases, norm scales not all ones)."""
+    import torch
+
+    from samples.models import FAMILIES, ViTConfig, perturb
+
+    torch.manual_seed(seed)
+    m = FAMILIES["vit"][0](ViTConfig(dim=dim, depth=depth, heads=4, classes=10)).eval()
+    return perturb(m, seed=seed) if trained else m
+
+
 def file_digests(*paths: Path) -> dict[str, str]:
     """sha256 of each model file and its external data file, if any."""
     out = {}

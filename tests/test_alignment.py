@@ -20,21 +20,16 @@ from front_onnx.numeric.seriation import roughness, smooth_order  # noqa: E402
 from front_onnx.onnxio import load_model  # noqa: E402
 from front_onnx.validation.equivalence import aligned_source, same_function  # noqa: E402
 from samples.export import export  # noqa: E402
-from samples.models import FAMILIES, ViTConfig, perturb  # noqa: E402
-
-
-def _vit(dim: int, depth: int, seed: int, trained: bool = False):
-    torch.manual_seed(seed)
-    m = FAMILIES["vit"][0](ViTConfig(dim=dim, depth=depth, heads=4, classes=10)).eval()
-    return perturb(m, seed=seed) if trained else m
+from tests.conftest import small_vit  # noqa: E402
+from samples.models import FAMILIES, perturb  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     d = tmp_path_factory.mktemp("align")
-    export(_vit(64, 4, 0, trained=True), torch.zeros(2, 1, 8, 8), d / "s.onnx")
-    export(_vit(64, 4, 1), torch.zeros(2, 1, 8, 8), d / "same.onnx")
-    export(_vit(32, 2, 2), torch.zeros(2, 1, 8, 8), d / "shrink.onnx")
+    export(small_vit(64, 4, 0, trained=True), torch.zeros(2, 1, 8, 8), d / "s.onnx")
+    export(small_vit(64, 4, 1), torch.zeros(2, 1, 8, 8), d / "same.onnx")
+    export(small_vit(32, 2, 2), torch.zeros(2, 1, 8, 8), d / "shrink.onnx")
     return d
 
 
@@ -157,7 +152,7 @@ def test_depth_alignment_recovers_a_permuted_copy_of_a_block(tmp_path):
     """Block 1's MLP is block 0's with its hidden units shuffled: matched along depth, block 1's
     hidden units come out in block 0's aligned order, so the two blocks' fc1 weights are equal;
     without depth matching they are not (each block seriated alone). The function is kept."""
-    m = _vit(64, 3, 0, trained=True)
+    m = small_vit(64, 3, 0, trained=True)
     perm = torch.randperm(128, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         b0, b1 = m.blocks[0].mlp, m.blocks[1].mlp

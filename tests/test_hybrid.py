@@ -26,7 +26,7 @@ from front_onnx.method.learngene import Learngene  # noqa: E402
 from front_onnx.numeric.seriation import importance_order  # noqa: E402
 from front_onnx.torch import transfer_module  # noqa: E402
 from samples.export import export  # noqa: E402
-from samples.models import FAMILIES, ViTConfig, perturb  # noqa: E402
+from tests.conftest import small_vit  # noqa: E402
 
 CORPUS = Path(__file__).parent / "corpus" / "models"
 
@@ -77,20 +77,14 @@ def test_the_planted_strongest_units_are_the_ones_kept():
     assert any("importance order" in op for s in plan.slots for op in s.operations)
 
 
-def _vit(dim: int, depth: int, seed: int, trained: bool = False):
-    torch.manual_seed(seed)
-    m = FAMILIES["vit"][0](ViTConfig(dim=dim, depth=depth, heads=4, classes=10)).eval()
-    return perturb(m, seed=seed) if trained else m
-
-
 @pytest.fixture(scope="module")
 def vits(tmp_path_factory):
     d = tmp_path_factory.mktemp("hybrid")
     x = torch.zeros(2, 1, 8, 8)
-    export(_vit(64, 4, 0, trained=True), x, d / "s.onnx")
-    export(_vit(64, 4, 1), x, d / "same.onnx")
-    export(_vit(32, 2, 2), x, d / "shrink.onnx")
-    export(_vit(96, 6, 3), x, d / "grow.onnx")
+    export(small_vit(64, 4, 0, trained=True), x, d / "s.onnx")
+    export(small_vit(64, 4, 1), x, d / "same.onnx")
+    export(small_vit(32, 2, 2), x, d / "shrink.onnx")
+    export(small_vit(96, 6, 3), x, d / "grow.onnx")
     return d
 
 
