@@ -148,7 +148,7 @@ def _child(spec: dict) -> dict:
         res["call_s"] = 0.0
     elif mode == "transfer":
         t0 = time.perf_counter()
-        r = front_onnx.transfer(src, tgt, out)
+        r = front_onnx.transfer(src, tgt, out, **({"method": spec["method"]} if spec.get("method") else {}))
         res["call_s"] = time.perf_counter() - t0
         res["reported_s"] = r.seconds
         res["summary"] = r.summary_line()
@@ -177,7 +177,7 @@ def _child(spec: dict) -> dict:
         prof = cProfile.Profile()
         t0 = time.perf_counter()
         prof.enable()
-        front_onnx.transfer(src, tgt, out)
+        front_onnx.transfer(src, tgt, out, **({"method": spec["method"]} if spec.get("method") else {}))
         prof.disable()
         res["call_s"] = time.perf_counter() - t0
         text = []
@@ -316,7 +316,8 @@ def run_cli(spec: dict, timeout: float = 900) -> dict:
     quiet = _wait_quiet(SETTLE_S) if SETTLE_S > 0 else None
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", "front_onnx", "transfer", spec["source"], spec["target"], "-o", spec["output"], "-q", "--no-validate"]
+    cmd = [sys.executable, "-m", "front_onnx", "transfer", spec["source"], spec["target"], "-o", spec["output"], "-q",
+           "--no-validate"] + (["--method", spec["method"]] if spec.get("method") else [])
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
         t0 = time.perf_counter()
         proc = subprocess.run([TIME_BIN, "-o", tf.name, "-f", "%M %U %S %R", *cmd], capture_output=True, text=True,
@@ -406,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rebuild", action="store_true", help="export the models again even if cached")
     ap.add_argument("--settle", type=float, default=30.0,
                     help="before each run, wait up to this many seconds for other processes to go quiet (0: don't)")
+    ap.add_argument("--method", choices=("hybrid", "front", "select"), default=None,
+                    help="front_onnx.transfer's method (default: the API's, hybrid; 'front' for the transform alone)")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -443,11 +446,12 @@ def main(argv: list[str] | None = None) -> int:
 
     results = []
     results.append(measure("imports only", {"mode": "imports"}, args.repeats))
+    method = {"method": args.method} if args.method else {}
     results.append(measure("transfer B->S", {"mode": "transfer", "source": str(src), "target": str(tgt),
-                                             "output": str(out)}, args.repeats, cleanup=out))
+                                             "output": str(out), **method}, args.repeats, cleanup=out))
     if Path(TIME_BIN).exists():
         results.append(measure("CLI transfer B->S", {"mode": "cli", "source": str(src), "target": str(tgt),
-                                                     "output": str(out)}, args.repeats, cleanup=out))
+                                                     "output": str(out), **method}, args.repeats, cleanup=out))
     results.append(measure("extract(source)", {"mode": "extract", "source": str(src)}, args.repeats))
     if not args.skip_io:
         for name, p in (("target", tgt), ("source", src)):
@@ -494,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         ph = run_child({"mode": "phases", "source": str(src), "target": str(tgt), "output": str(prof_out)})
         print("\nphase breakdown (one fresh process; steps of front_onnx.api.transfer):")
         print_phases(ph)
-        pr = run_child({"mode": "profile", "source": str(src), "target": str(tgt), "output": str(prof_out)})
+        pr = run_child({"mode": "profile", "source": str(src), "target": str(tgt), "output": str(prof_out), **method})
         remove_output(prof_out)
         print(f"\ncProfile of one transfer ({pr['call_s']:.2f} s under the profiler):")
         for text in pr["profile"]:
