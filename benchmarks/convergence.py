@@ -275,7 +275,7 @@ def _settings(quick: bool) -> list[Setting]:
         ]
     return [
         Setting("vit-shrink", "vit", "vit", vit(128, 8), vit(64, 4), "digits", "digits", 30, 16,
-                GRID + (LEGACY, front_plus()),
+                unique(RANDOM, front_default(), *GRID[1:], LEGACY, front_plus()),
                 note="ViT d128/L8 -> d64/L4 (narrower and shallower)"),
         Setting("vit-grow", "vit", "vit", vit(64, 4), vit(96, 6), "digits", "digits", 25, 16,
                 unique(RANDOM, front_default(), ORTHO, NEAREST, PAPER),  # depth choice on growth too
@@ -299,7 +299,8 @@ def _settings(quick: bool) -> list[Setting]:
         Setting("downstream", "downstream", "vit", vit(128, 8, 5), vit(64, 4, 5), "digits0-4", "digits5-9", 30, 20,
                 small_set(False) + (front_plus(),), thresholds=(0.6, 0.8),
                 note="ViT d128/L8 on digits 0-4 -> d64/L4 on digits 5-9"),
-        Setting("language", "language", "gpt", gpt(64, 4), gpt(32, 2), "docstrings", "docstrings", 15, 8, GRID,
+        Setting("language", "language", "gpt", gpt(64, 4), gpt(32, 2), "docstrings", "docstrings", 15, 8,
+                unique(RANDOM, front_default(), *GRID[1:]),
                 batch=32, thresholds=(2.8, 2.6), steps_per_epoch=100,
                 note="GPT d64/L4 -> d32/L2, bytes of standard-library docstrings"),
     ]
@@ -888,8 +889,11 @@ def plot(s: Setting, summary: dict, flops_per_epoch: float, path: Path) -> None:
 
 # ============================================================ driver
 def run(quick: bool = False, seeds: int = 3, out: Path = Path("bench-out/convergence"), only: list[str] | None = None,
-        jobs: int = 1, log=print, write_docs: bool | None = None) -> dict:
-    """Run the protocol; returns the results dict (also written to ``out``/results.json)."""
+        jobs: int = 1, log=print, write_docs: bool | None = None, merge: Path | None = None) -> dict:
+    """Run the protocol; returns the results dict (also written to ``out``/results.json).
+    ``merge``: a previous results.json whose settings this run did not choose are kept beside
+    this run's (a full protocol with some settings rerun); with every setting then present the
+    docs are written as by a full run."""
     torch.set_num_threads(1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -931,8 +935,11 @@ def run(quick: bool = False, seeds: int = 3, out: Path = Path("bench-out/converg
             runs[name][seed] = res
             seed_secs[name] += secs
             log(f"  {name} seed {seed}: {secs:.0f} s")
+    previous = json.loads(Path(merge).read_text()) if merge is not None else None
     if write_docs is None:
-        write_docs = not quick and only is None
+        every = {x.name for x in settings(quick)}
+        write_docs = not quick and (only is None or (previous is not None
+                                                     and every <= set(previous["settings"]) | set(runs)))
     img_dir = DOCS_IMG if write_docs else out
     for s in chosen:
         probe = make_model(s.family, s.target, 0)
@@ -948,6 +955,18 @@ def run(quick: bool = False, seeds: int = 3, out: Path = Path("bench-out/converg
             summary=summary, png=str(png))
         results["timings"][f"{s.name} targets (sum over seeds)"] = round(seed_secs[s.name], 1)
     results["timings"]["total"] = round(time.perf_counter() - t_all, 1)
+    if previous is not None:  # the settings of the previous run this one did not rerun, in protocol order
+        kept = {k: v for k, v in previous["settings"].items() if k not in results["settings"]}
+        order = [x.name for x in settings(quick)]
+        merged = {**kept, **results["settings"]}
+        results["settings"] = {k: merged[k] for k in order if k in merged}
+        results["timings"] = {**{k: v for k, v in previous["timings"].items()
+                                 if not any(k.startswith(n + " ") for n in runs) and k != "total"},
+                              **{k: v for k, v in results["timings"].items() if k != "total"},
+                              "total": results["timings"]["total"]}  # this run's
+        results["merged_from"] = str(merge)
+        metas.update({k: v["source"] for k, v in kept.items()})
+        chosen = [x for x in settings(quick) if x.name in results["settings"]]
     (out / "results.json").write_text(json.dumps(results, indent=1))
     title = f"# Convergence results ({'QUICK smoke run' if quick else 'full protocol'}, {seeds} seeds)\n\n"
     (out / "results.md").write_text(title + report(results, chosen, metas, out))
@@ -1037,6 +1056,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=lambda v: v.split(","), default=None,
                    help="with --variants: only these rows of the grid (e.g. front,hybrid,ws; random always); rows "
                         "that cannot grow are left out of growth settings")
+    p.add_argument("--merge", type=Path, default=None,
+                   help="a previous run's results.json: its settings not rerun here are kept beside this run's, "
+                        "and when every setting is then present the docs are written as by a full run")
     a = p.parse_args(argv)
     if a.variants:
         os.environ[VARIANTS_ENV] = ",".join(a.rows) if a.rows else "1"
@@ -1044,7 +1066,7 @@ def main(argv: list[str] | None = None) -> int:
     names = {x.name for x in _settings(False)} | {"minilm-shrink", "minilm-grow"}
     if a.only and set(a.only) - set(PARTS) - names:
         p.error(f"unknown part(s) {sorted(set(a.only) - set(PARTS))}; choose from {PARTS}")
-    run(a.quick, a.seeds, a.out, a.only, a.jobs, write_docs=a.docs)
+    run(a.quick, a.seeds, a.out, a.only, a.jobs, write_docs=a.docs, merge=a.merge)
     return 0
 
 
