@@ -4,7 +4,9 @@
 2. export it and freshly initialized targets of other widths and depths to ONNX, with
    torch's dynamo and legacy exporters;
 3. transfer the source's learngene into each target (in memory), and again through a
-   learngene file (extract + save + initialize): the two outputs must be byte-identical;
+   learngene file (extract + save + initialize; for a target shrunk by selection, the
+   learngene of the source ordered by importance, as the transfer orders it): the two
+   outputs must be byte-identical;
 4. run every output in onnxruntime and compare it with the randomly initialized target.
 
 Exits non-zero if any check fails. Writes everything under demo-out/ in the repository root.
@@ -136,6 +138,13 @@ def main() -> int:
     gene_path = gene.save(OUT / "source.learngene.safetensors")
     print(f"    front_onnx.extract(source) -> {gene_path} ({gene_path.stat().st_size:,d} bytes, "
           f"{time.perf_counter() - t0:.2f} s)")
+    # a target the transfer shrinks by selection gets the source's units ordered by importance
+    # first: the learngene of that order (extract --align importance) gives the same bytes
+    t0 = time.perf_counter()
+    ordered = front_onnx.extract(src_path, align="importance")
+    ordered_path = ordered.save(OUT / "source.importance.learngene.safetensors")
+    print(f"    front_onnx.extract(source, align='importance') -> {ordered_path} "
+          f"({ordered_path.stat().st_size:,d} bytes, {time.perf_counter() - t0:.2f} s)")
     results = {}
     for t in TARGETS:
         out = OUT / "transfer" / f"{t.name}.onnx"
@@ -155,9 +164,10 @@ def main() -> int:
         check(sm["written"] > 0, f"{t.name}: nothing written")
         check(json.loads(report.read_text())["summary"] == sm, f"{t.name}: report summary differs from the plan")
         out2 = OUT / "initialize" / f"{t.name}.onnx"
-        front_onnx.initialize(target_paths[t.name], gene_path, out2)
+        used = ordered_path if any(n.startswith("align: ") for n in r.plan.notes) else gene_path
+        front_onnx.initialize(target_paths[t.name], used, out2)
         same = same_bytes(out, out2)
-        print(f"      initialize(target, {gene_path.name}) -> {out2}: "
+        print(f"      initialize(target, {used.name}) -> {out2}: "
               f"{'byte-identical' if same else 'DIFFERENT'} to the transfer output "
               f"({', '.join(p.name for p in onnx_files(out))})")
         check(same, f"{t.name}: transfer and extract+save+initialize outputs differ")
