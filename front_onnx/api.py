@@ -24,7 +24,7 @@ from front_onnx.analysis.naming import NamedWeights, named_weights
 from front_onnx.analysis.structure import stage_blocks
 from front_onnx.datafiles import load_npz
 from front_onnx.errors import FrontError, ValidationFailed
-from front_onnx.method.extraction import extract_learngene, file_sha256
+from front_onnx.method.extraction import extract_learngene
 from front_onnx.method.learngene import Learngene
 from front_onnx.method.pipeline import (
     DEFAULT_CONVENTION,
@@ -41,7 +41,7 @@ from front_onnx.outputs import data_companion, guard, write_bytes, write_text
 from front_onnx.validation.checks import ValidationReport
 from front_onnx.validation.checks import validate as _validate
 from front_onnx.validation.calibration import calibrator
-from front_onnx.validation.equivalence import aligned_source, alignment_order, as_source, transfer_learngene
+from front_onnx.validation.equivalence import alignment_order, ordered_learngene, transfer_learngene
 
 __all__ = ["extract", "plan", "initialize", "transfer", "validate", "inspect", "weights", "refine",
            "refine_module", "transfer_module", "InitResult", "FrontError", "ValidationFailed", "DEFAULT_KEEP",
@@ -141,12 +141,9 @@ def extract(source: PathLike | OnnxModel, *, keep: float = DEFAULT_KEEP, convent
         guard([output], _files(s))
     order = alignment_order(align, "front")
     with tempfile.TemporaryDirectory(prefix="front-onnx-align-") as tmp:
-        aligned, note = aligned_source(s, weight_slots(s), Path(tmp), order=order) if order else (s, None)
-        with as_source(aligned, s):
-            gene = extract_learngene(aligned, keep=keep, convention=convention, allow_nonfinite=allow_nonfinite)
-    if note is not None and note.spaces:
-        gene.unit_order = order or ""
-        gene.source, gene.source_sha256 = s.path.name, file_sha256(s.path)
+        gene, _ = ordered_learngene(s, weight_slots(s) if order else None, Path(tmp), order,
+                                    lambda m: extract_learngene(m, keep=keep, convention=convention,
+                                                                allow_nonfinite=allow_nonfinite))
     if output is not None:
         gene.save(output)
     return gene
@@ -164,6 +161,7 @@ def plan(source: PathLike | OnnxModel | Learngene, target: PathLike | OnnxModel,
     if isinstance(source, (str, Path)) and Path(source).suffix == LEARNGENE_SUFFIX:
         source = Learngene.load(source)
     t = _model(target)
+    note = None
     if isinstance(source, Learngene):
         gene = source
         gs, st = analyze(t, stage_blocks(gene.templates))
@@ -177,7 +175,7 @@ def plan(source: PathLike | OnnxModel | Learngene, target: PathLike | OnnxModel,
     p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth, method)
     label = gene.source if isinstance(source, Learngene) else str(getattr(source, "path", source))
     p.verdict = overlap_verdict(p, st, str(t.path), label or "the source")  # what transfer would refuse
-    if not isinstance(source, Learngene) and note is not None:
+    if note is not None:
         p.notes.append(note.describe())
     return p
 
@@ -233,7 +231,8 @@ def transfer(source: PathLike | OnnxModel, target: PathLike | OnnxModel, output:
              external_data: bool | None = None, validate: bool = False, device: str = "auto",
              strict: bool = False, keep_invalid: bool = False, depth: str = DEFAULT_DEPTH,
              allow_nonfinite: bool = False, method: str = DEFAULT_METHOD, scale: str = DEFAULT_SCALE,
-             align: bool | str | None = None, calibration_inputs: PathLike | Mapping[str, np.ndarray] | None = None) -> InitResult:
+             align: bool | str | None = None,
+             calibration_inputs: PathLike | Mapping[str, np.ndarray] | None = None) -> InitResult:
     """``extract`` + ``initialize`` in memory; byte-identical to running them one after the other.
     ``allow_nonfinite`` as in ``extract``; ``method`` and ``scale`` as in ``initialize`` (with
     'select' the source is read whole, whatever ``keep``). ``align`` permutes the source's

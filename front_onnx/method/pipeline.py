@@ -19,7 +19,7 @@ from front_onnx.method.extraction import extract_learngene
 from front_onnx.method.learngene import Learngene
 from front_onnx.method.materialize import needed_shapes, slot_values, target_shapes, write_initialized
 from front_onnx.method.planning import Plan, check_overlap, make_plan, source_templates
-from front_onnx.method.selection import source_keep
+from front_onnx.method.selection import reads_whole
 from front_onnx.onnxio import OnnxModel, load_model
 
 # ``scale='calibrated'``: (the target as first written, its plan) -> an object with ``factors``
@@ -53,8 +53,8 @@ def pair_learngene(s: OnnxModel, source_analysis, analysis, *, keep: float, conv
                    allow_nonfinite: bool, method: str = "front") -> Learngene:
     """The source's learngene, holding only what the target's plan needs (Weight Selection,
     and 'hybrid' at keep 1.0: the whole source)."""
-    if method == "select" or (method == "hybrid" and keep == 1.0):
-        return extract_learngene(s, keep=source_keep(method, keep), convention=convention,
+    if reads_whole(method, keep):
+        return extract_learngene(s, keep=1.0, convention=convention,
                                  allow_nonfinite=allow_nonfinite, structure=source_analysis)
     sources = source_templates([asdict(seg) for seg in source_analysis[1].segments], analysis[1].segments,
                                analysis[1].templates)

@@ -87,8 +87,8 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         return {"keep": self.keep, "convention": self.convention, "depth": self.depth, "summary": self.summary(),
-                "verdict": self.verdict, "divergence": self.divergence, "sources": self.sources, "selected": self.selected,
-                "requantized": self.requantized, "notes": self.notes,
+                "verdict": self.verdict, "divergence": self.divergence, "sources": self.sources,
+                "selected": self.selected, "requantized": self.requantized, "notes": self.notes,
                 "left_by_reason": [{"reason": r, "slots": n, "elements": e} for r, n, e in self.left_by_reason()],
                 "templates": self.templates,
                 "slots": [asdict(s) for s in self.listed]}

@@ -32,21 +32,17 @@ from front_onnx.numeric import spectral
 METHODS = ("front", "select", "hybrid")
 
 
-def reads_whole(method: str) -> bool:
-    """Whether a method selects units, and so reads the source's tensors whole (keep 1.0)."""
-    return method in ("select", "hybrid")
-
-
-def source_keep(method: str, keep: float) -> float:
-    """The keep a source's learngene is extracted at: Weight Selection reads the whole source."""
-    return 1.0 if method == "select" else keep
+def reads_whole(method: str, keep: float) -> bool:
+    """Whether a transfer with ``method`` at ``keep`` selects, and so reads the source's tensors
+    whole (a learngene of keep 1.0): 'select' always, 'hybrid' at keep 1.0 (at a lower keep it
+    transforms every template, as 'front')."""
+    return method == "select" or (method == "hybrid" and keep == 1.0)
 
 
 def selects(method: str, gene: GeneTemplate, depth: int, shape: tuple[int, ...], keep: float = 1.0) -> bool:
-    """Whether ``method`` fills this template by selection (else by FRONT's transform).
-    'hybrid' selects only from a learngene of the whole source (``keep`` 1.0): at a lower keep
-    it transforms every template, as 'front' (not just those whose corner happens to be whole)."""
-    return method == "select" or (method == "hybrid" and keep == 1.0 and not cannot_select(gene, depth, shape))
+    """Whether ``method`` fills this template by selection (else by FRONT's transform): 'hybrid'
+    where the target holds no more of it than the source, from a learngene it can select from."""
+    return method == "select" or (reads_whole(method, keep) and not cannot_select(gene, depth, shape))
 
 
 def uniform_indices(n_src: int, n_tgt: int) -> np.ndarray:

@@ -3,17 +3,18 @@
 also indexes would change the outputs, and such a space is left in its order."""
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Iterator
+from typing import Callable
 
 import numpy as np
 
 from front_onnx.analysis.slots import GraphSlots
 from front_onnx.errors import OnnxFileError
 from front_onnx.method.alignment import ORDERS, Alignment, plan_alignment, write_aligned
+from front_onnx.method.extraction import file_sha256
 from front_onnx.method.learngene import Learngene
 from front_onnx.method.pipeline import pair_learngene, selects_any
+from front_onnx.method.selection import reads_whole
 from front_onnx.onnxio import OnnxModel
 from front_onnx.validation.checks import sample_batch, synthesize_inputs
 from front_onnx.validation.runtime import open_session, run_or_refuse
@@ -77,16 +78,28 @@ def aligned_source(model: OnnxModel, gs: GraphSlots, folder: Path,
     return joint, al
 
 
-@contextlib.contextmanager
-def as_source(aligned: OnnxModel, source: OnnxModel) -> Iterator[None]:
-    """Errors about the aligned copy (a temporary file) name the user's source file instead:
-    the copy holds the source's values, permuted."""
+def ordered_learngene(s: OnnxModel, gs: GraphSlots | None, folder: Path, order: str | None,
+                      extract: Callable[[OnnxModel], Learngene],
+                      across_depth: bool = False) -> tuple[Learngene, Alignment | None]:
+    """``extract`` of the source with its units put in ``order`` first (``aligned_source``; none
+    when None), the learngene recording the order (``unit_order``) and naming the user's source,
+    not the aligned temporary copy (in errors too: the copy holds the source's values, permuted);
+    and the alignment (None when none was done)."""
+    if not order:
+        return extract(s), None
+    assert gs is not None
+    aligned, note = aligned_source(s, gs, folder, across_depth, order)
     try:
-        yield
+        gene = extract(aligned)
     except OnnxFileError as e:
-        if aligned is source:
+        if aligned is s:
             raise
-        raise OnnxFileError(str(e).replace(str(aligned.path), str(source.path))) from None
+        raise OnnxFileError(str(e).replace(str(aligned.path), str(s.path))) from None
+    if note.spaces:
+        gene.unit_order = order
+        gene.source = s.path.name
+        gene.source_sha256 = "" if gene.partial else file_sha256(s.path)
+    return gene, note
 
 
 def alignment_order(align: bool | str | None, method: str) -> str | None:
@@ -111,13 +124,12 @@ def transfer_learngene(s: OnnxModel, source_analysis, analysis, folder: Path, *,
     (``alignment_order``), and the alignment (None when none was done). 'hybrid' does not
     order a source it selects nothing from (a pure growth, or keep < 1)."""
     order = alignment_order(align, method)
-    if order == "importance" and align is None and (keep < 1.0 or not selects_any(source_analysis, analysis)):
-        order = None  # nothing will be selected (selection reads a whole source, keep 1.0)
+    if order == "importance" and align is None:  # the method's own order: only for what it selects
+        if not (reads_whole(method, keep) and selects_any(source_analysis, analysis)):
+            order = None  # a pure growth, or keep < 1: nothing is selected
     across = depth != "nearest" and order == "smooth"  # matching along depth would undo an importance order
-    aligned, note = aligned_source(s, source_analysis[0], folder, across, order) if order else (s, None)
-    with as_source(aligned, s):
-        gene = pair_learngene(aligned, source_analysis, analysis, keep=keep, convention=convention, depth=depth,
+
+    def extract(m: OnnxModel) -> Learngene:
+        return pair_learngene(m, source_analysis, analysis, keep=keep, convention=convention, depth=depth,
                               allow_nonfinite=allow_nonfinite, method=method)
-    if note is not None and note.spaces:
-        gene.unit_order = order or ""
-    return gene, note
+    return ordered_learngene(s, source_analysis[0], folder, order, extract, across_depth=across)
