@@ -191,8 +191,9 @@ def transfer_module(source, target, example_inputs, *, keep: float = DEFAULT_KEE
                     convention: str = DEFAULT_CONVENTION, depth: str = DEFAULT_DEPTH,
                     allow_nonfinite: bool = False, method: str = DEFAULT_METHOD,
                     scale: str = DEFAULT_SCALE, align: bool | str | None = None) -> ModuleTransfer:
-    """Initialize the torch module ``target`` from the trained torch module ``source`` with
-    FRONT, in place, and return it with the plan (``ModuleTransfer``; unpacks as
+    """Initialize the torch module ``target`` from the trained torch module ``source`` (by
+    default: selection where the target is no larger, FRONT where it grows), in place, and
+    return it with the plan (``ModuleTransfer``; unpacks as
     ``module, plan``).
 
     ``example_inputs``: what both modules' ``forward`` takes, for the export: a tensor, a
