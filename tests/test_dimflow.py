@@ -121,3 +121,17 @@ def test_a_node_that_contradicts_its_shapes_is_not_followed():
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     flow = dimension_flow(m, analyze_slots(m))
     assert flow.slot_axes  # the weight's own axes are still reported
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+@pytest.mark.parametrize("family", ["resnet", "efficientnet", "swin"])
+def test_pooled_channels_reach_the_classifier(family, exporter):
+    """Global pooling (a ReduceMean without kept dims, GlobalAveragePool then Flatten) keeps the
+    channels: the classifier's in axis is the space of the last layer that produces them, so
+    an alignment permutes the classifier's columns with the channels (else the space cannot be
+    aligned without changing the function)."""
+    _, gs, _, flow = _flow(family, exporter)
+    weights = [(i, s) for i, s in enumerate(gs.slots) if s.role in ("conv.weight", "linear.weight") and not s.absent]
+    head, last = weights[-1], weights[-2]
+    assert head[1].module in ("fc", "classifier", "head.fc")
+    assert flow.slot_axes[head[0]][1] == flow.slot_axes[last[0]][0]

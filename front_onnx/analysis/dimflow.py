@@ -36,6 +36,7 @@ _SAME = {"Relu", "Gelu", "Erf", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Cas
          "Floor", "Ceil", "Round", "Sin", "Cos", "SiLU", "Celu", "ThresholdedRelu", "PRelu"}
 _BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less", "Greater", "And",
               "Or", "Mod", "LessOrEqual", "GreaterOrEqual", "BitwiseAnd", "Expand"}
+_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "AveragePool", "MaxPool", "LpPool"}
 _NORMS = {"LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization", "BatchNormalization",
           "InstanceNormalization", "GroupNormalization", "LpNormalization", "MeanVarianceNormalization"}
 
@@ -380,6 +381,30 @@ class _Flow:
             if _attr(n, "keepdims", 1) and self.rank(ins[0]) == self.rank(y):
                 for k in range(self.rank(y) or 0):
                     self.same(self.ax(ins[0], k), self.ax(y, k))
+            elif not _attr(n, "keepdims", 1):  # the axes not reduced, in order (a pooled CNN's channels)
+                kept = self._kept_axes(n)
+                if kept is not None and len(kept) == self.rank(y):
+                    for k, i in enumerate(kept):
+                        self.same(self.ax(ins[0], i), self.ax(y, k))
+        elif op in _POOLS and ins and self.rank(ins[0]) == self.rank(y) and (self.rank(y) or 0) >= 2:
+            self.same(self.ax(ins[0], 0), self.ax(y, 0))   # batch and channels; the spatial axes shrink
+            self.same(self.ax(ins[0], 1), self.ax(y, 1))
+
+    def _kept_axes(self, n: onnx.NodeProto) -> list[int] | None:
+        """The input axes a Reduce with keepdims=0 keeps (None when its axes are not known)."""
+        r = self.rank(n.input[0])
+        if r is None:
+            return None
+        axes = _attr(n, "axes")
+        if axes is None and len(n.input) > 1 and n.input[1]:
+            v = self.constants.value(n.input[1])
+            if v is None:
+                return None
+            axes = [int(x) for x in v.reshape(-1)]
+        if not axes:  # every axis (unless noop_with_empty_axes, which keeps them all)
+            return list(range(r)) if _attr(n, "noop_with_empty_axes", 0) else []
+        drop = {a % r for a in axes}
+        return [i for i in range(r) if i not in drop]
 
     def reshape(self, x: str, y: str) -> None:
         a, b = self.shape.get(x), self.shape.get(y)
