@@ -23,7 +23,7 @@ pytest.importorskip("onnxruntime")
 
 import front_onnx  # noqa: E402
 from front_onnx.method.learngene import Learngene  # noqa: E402
-from front_onnx.numeric.seriation import importance_order  # noqa: E402
+from front_onnx.numeric.seriation import importance_order, unit_shares  # noqa: E402
 from front_onnx.torch import transfer_module  # noqa: E402
 from samples.export import export  # noqa: E402
 from tests.conftest import small_vit  # noqa: E402
@@ -39,8 +39,11 @@ def test_importance_order_is_strongest_first_within_each_group():
     rng = np.random.default_rng(0)
     scale = rng.permutation(np.linspace(0.1, 3.0, 24))
     vec = rng.normal(size=(24, 7)) * scale[:, None] / np.sqrt(7)
-    order, _, _ = importance_order(vec, groups=3)
+    share = unit_shares(vec, 0)
     norms = np.linalg.norm(vec, axis=1)
+    np.testing.assert_allclose(share, norms ** 2 / np.sum(norms ** 2), rtol=1e-12)
+    np.testing.assert_allclose(unit_shares(vec.T.copy(), 1), share, rtol=1e-12)  # the units on another axis
+    order = importance_order(share, groups=3)
     for g in range(3):
         part = order[g * 8:(g + 1) * 8]
         assert sorted(part.tolist()) == list(range(g * 8, (g + 1) * 8))   # units stay in their group
@@ -75,6 +78,42 @@ def test_the_planted_strongest_units_are_the_ones_kept():
     np.testing.assert_allclose(gotb, b1[units], rtol=0, atol=1e-6)
     np.testing.assert_allclose(got2, w2[:, units], rtol=0, atol=1e-6)
     assert any("importance order" in op for s in plan.slots for op in s.operations)
+
+
+def _bn_chain(channels: int, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, channels, 3, padding=1), torch.nn.BatchNorm2d(channels),
+                               torch.nn.ReLU(), torch.nn.Conv2d(channels, 4, 1)).eval()
+
+
+def test_batchnorm_channels_are_ranked_by_what_they_pass_on():
+    """Conv -> BatchNorm -> ReLU -> Conv, 16 channels -> 8. The normalization removes the
+    scale of the weights that produce a channel, so the kept channels are the 8 of largest
+    BatchNorm scale (what reaches the next layer: the next convolution reads every channel with
+    weights of one norm), not the 8 decoys whose producing weights and running variance are 10x
+    and 100x larger (ranking by those picks the decoys)."""
+    src = _bn_chain(16, 0)
+    planted = np.array([0, 2, 5, 6, 9, 12, 14, 15])
+    decoy = np.setdiff1d(np.arange(16), planted)
+    gamma = np.full(16, 0.3)
+    gamma[planted] = 3.0 + 0.01 * np.arange(8)
+    with torch.no_grad():
+        src[0].weight[decoy] *= 10.0
+        src[1].weight.copy_(torch.tensor(gamma, dtype=torch.float32))
+        src[1].bias.fill_(0.05)
+        src[3].weight.div_(src[3].weight.flatten(1).norm(dim=0)[None, :, None, None])  # every channel read alike
+        src[1].running_mean.copy_(torch.linspace(-0.2, 0.2, 16))
+        var = torch.ones(16)
+        var[decoy] = 100.0
+        src[1].running_var.copy_(var)
+    module, _ = transfer_module(src, _bn_chain(8, 1), (torch.zeros(2, 1, 6, 6),), method="hybrid")
+    got = module[1].weight.detach().numpy()
+    units = [int(np.argmin(np.abs(gamma - g))) for g in got]
+    assert sorted(units) == planted.tolist()
+    np.testing.assert_allclose(got, gamma[units], rtol=0, atol=1e-6)
+    w2 = src[3].weight.detach().numpy()
+    np.testing.assert_allclose(module[3].weight.detach().numpy(), w2[:, units], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(module[1].running_var.detach().numpy(), var.numpy()[units], rtol=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ import scipy.optimize
 from front_onnx.analysis.dimflow import ChannelSpace, dimension_flow, unsplit
 from front_onnx.analysis.slots import INDEX, GraphSlots, Slot
 from front_onnx.analysis.structure import Structure, find_structure
-from front_onnx.numeric.seriation import MAX_COLUMNS, grouped_order, importance_order, roughness, unit_rows
+from front_onnx.numeric.seriation import MAX_COLUMNS, grouped_order, importance_order, roughness, unit_rows, unit_shares
 from front_onnx.onnxio import OnnxModel, load_model, save_model
 
 
@@ -62,7 +62,7 @@ class Alignment:
         a = np.mean([s.after for s in self.spaces])
         matched = sum(s.depth_matched for s in self.spaces)
         what = (f"into a smooth order (mean neighbour cosine distance {b:.3f} -> {a:.3f})" if self.order == "smooth"
-                else "strongest units first (descending share of the weights)")
+                else "strongest units first (importance)")
         return (f"align: {done} channel spaces permuted {what}"
                 + (f", {matched} of them matched to the block before" if matched else "")
                 + f"; {len(self.skipped)} left as they are")
@@ -96,11 +96,12 @@ ORDERS = ("smooth", "importance")
 def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False, order: str = "smooth") -> Alignment:
     """The permutation of every channel space that can be aligned. ``across_depth``: a block's
     spaces are also matched to the same spaces of the block before it (``_match_depth``).
-    ``order`` 'smooth' is spectral seriation; 'importance' sorts units by descending weight
-    share (``seriation.importance_order``), for a selection of the leading units."""
+    ``order`` 'smooth' is spectral seriation; 'importance' sorts units by descending importance
+    (``_importance``), for a selection of the leading units."""
     if order not in ORDERS:
         raise ValueError(f"unknown alignment order {order!r}; use one of {', '.join(ORDERS)}")
-    arrange = grouped_order if order == "smooth" else importance_order
+    if across_depth and order != "smooth":
+        raise ValueError("matching along depth reorders a block's units, which would undo an importance order")
     flow = dimension_flow(model.proto, gs)
     by_init: dict[str, Slot] = {}
     index: dict[str, int] = {}
@@ -158,17 +159,60 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
         for init, _ in members:
             if init not in arrays:
                 arrays[init] = np.asarray(model.array(init))
-        vec = _unit_vectors([(_parts_folded(arrays[init], ax, parts.get(init, 1)), ax if init not in parts else 0)
-                             for init, ax in members], sp.size)
+        folded = [(_parts_folded(arrays[init], ax, parts.get(init, 1)), ax if init not in parts else 0)
+                  for init, ax in members]
         split = _heads(sp) if sp.id in heads_split else None
-        order, before, after = arrange(vec, split[0] if split else 1)  # heads: units move within their head
-        out.spaces.append(SpaceOrder(sp.id, sp.size, members, order, before, after, parts))
+        groups = split[0] if split else 1  # heads: units move within their head
+        if order == "importance":
+            roles = [_member_role(by_init[init], ax, init in parts) for init, ax in members]
+            out.spaces.append(SpaceOrder(sp.id, sp.size, members, importance_order(_importance(folded, roles), groups),
+                                         parts=parts))
+            continue
+        vec = _unit_vectors(folded, sp.size)
+        perm, before, after = grouped_order(vec, groups)
+        out.spaces.append(SpaceOrder(sp.id, sp.size, members, perm, before, after, parts))
         if across_depth:  # kept for matching along depth only (a DeiT-B's spaces hold ~0.8 GB of them)
             producer = next((index[init] for init, k in sp.axes if init in index and _produces(by_init[init], k)), None)
             vectors[sp.id] = (vec.astype(np.float32), split, producer)
     if across_depth:
         _match_depth(out, vectors, find_structure(gs, model.proto))
     return out
+
+
+def _member_role(s: Slot, ax: int, fused: bool) -> str:
+    """What a member tensor is to its space's units: 'statistic' (a BatchNorm's running mean or
+    variance), 'norm' (a normalization's scale or bias), 'consumer' (a projection or
+    convolution reading the units: its input axis), 'producer' (what makes the units' values)."""
+    if s.role in ("norm.mean", "norm.var"):
+        return "statistic"
+    if s.role in ("norm.scale", "norm.bias"):
+        return "norm"
+    u = unsplit(s)
+    if u.role in _UNIT_ROLES and u.layout is not None:
+        k = list(u.layout.perm).index(ax) + (1 if u.layout.parts > 1 else 0)
+        if not _produces(u, k):
+            return "consumer"
+    return "producer"
+
+
+def _importance(members: list[tuple[np.ndarray, int]], roles: list[str]) -> np.ndarray:
+    """Each unit's importance, from its share of every member tensor (``seriation.unit_shares``:
+    every tensor has a say, whatever its scale).
+
+    Running statistics never count: they describe the data, not what the unit contributes
+    (counting a BatchNorm's variance ranked channels by the scale the normalization removes,
+    and a selection of them trained worse than evenly spaced ones). In a space normalized per
+    unit (a BatchNorm, known by its statistics) a unit's output is set by its normalizations'
+    scale and bias whatever the weights that produce it (normalized away): its importance is
+    its share of those, times its share of the consumers' weights, what reaches the next layers
+    (network slimming's criterion, with the consumers). Elsewhere: the sum of the unit's shares
+    of every tensor. (docs/results.md measures both rules.)"""
+    n = members[0][0].shape[members[0][1]]
+    if "statistic" in roles:
+        out = sum((unit_shares(a, ax) for (a, ax), r in zip(members, roles) if r == "norm"), np.zeros(n))
+        consumers = [unit_shares(a, ax) for (a, ax), r in zip(members, roles) if r == "consumer"]
+        return out * sum(consumers) if consumers else out
+    return sum((unit_shares(a, ax) for (a, ax), r in zip(members, roles) if r != "statistic"), np.zeros(n))
 
 
 def _match_depth(al: Alignment, vectors: dict, st: Structure) -> None:

@@ -79,20 +79,22 @@ def grouped_order(vectors: np.ndarray, groups: int = 1) -> tuple[np.ndarray, flo
     return order, _roughness(u), _roughness(u[order])
 
 
-def importance_order(vectors: np.ndarray, groups: int = 1) -> tuple[np.ndarray, float, float]:
-    """Units by descending importance within each of ``groups`` equal runs of rows (heads:
-    units move only inside their head), with the roughness before and after (as
-    ``grouped_order``). A unit's importance is its row's squared norm: the members of
-    ``vectors`` are scaled to unit norm (``alignment``), so it is the unit's share of every
-    tensor that indexes the space, summed. Selecting the leading units of this order keeps
-    the units that carry most of the weights (magnitude pruning, structured)."""
-    x = np.asarray(vectors, np.float64)
-    n = x.shape[0]
-    d = n // groups
-    score = np.einsum("ij,ij->i", x, x)
-    order = np.concatenate([j * d + np.argsort(-score[j * d:(j + 1) * d], kind="stable") for j in range(groups)])
-    u = unit_rows(x)
-    return order, _roughness(u), _roughness(u[order])
+def unit_shares(a: np.ndarray, axis: int) -> np.ndarray:
+    """Each unit's share of a tensor's squared entries, the units along ``axis`` (a zero tensor:
+    zeros)."""
+    b = np.moveaxis(np.asarray(a), axis, 0).reshape(a.shape[axis], -1)
+    sq = np.einsum("ij,ij->i", b, b, dtype=np.float64)
+    total = float(sq.sum())
+    return sq / total if total > 0 else sq
+
+
+def importance_order(score: np.ndarray, groups: int = 1) -> np.ndarray:
+    """Units by descending ``score`` within each of ``groups`` equal runs (heads: units move
+    only inside their head); ties keep their order. Selecting the leading units of this order
+    keeps the most important ones (structured magnitude pruning)."""
+    score = np.asarray(score, np.float64)
+    d = score.shape[0] // groups
+    return np.concatenate([j * d + np.argsort(-score[j * d:(j + 1) * d], kind="stable") for j in range(groups)])
 
 
 def _order(u: np.ndarray) -> np.ndarray:
