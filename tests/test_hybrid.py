@@ -6,8 +6,9 @@ strongest units. Checked against independent expectations:
   (scaled up in every tensor that indexes them) shrinks to a target holding exactly those;
 - the order is a permutation within each head, strongest first;
 - a growth is byte-identical to ``method="front"`` (nothing is selected, nothing reordered);
-- identity reproduces the source; a learngene extracted with ``align="importance"`` and
-  initialized gives the bytes ``transfer`` writes; the real HF BERT shrink loads strictly.
+- identity reproduces the source; a shrink's entries are the source's, bit for bit; a
+  learngene extracted with ``align="importance"`` and initialized gives what ``transfer``
+  writes (to its float32 spectrum's rounding); the real HF BERT shrink loads strictly.
 """
 from __future__ import annotations
 
@@ -144,25 +145,29 @@ def test_identity_reproduces_the_source(vits, tmp_path):
 
 def test_a_shrink_selects_whole_units_of_the_reordered_source(vits, tmp_path):
     """Every written tensor of the shrink is a selection from the (importance-ordered) source:
-    the target's residual-width vectors (norms' scales) are source entries, unchanged."""
+    each of its entries is an entry of the same tensor of the source, bit for bit (selection
+    copies; it does not go through the spectrum)."""
     res = front_onnx.transfer(vits / "s.onnx", vits / "shrink.onnx", tmp_path / "o.onnx", method="hybrid")
     assert res.plan.summary()["written_fraction"] == 1.0
     assert any(n.startswith("align: ") and "strongest units first" in n for n in res.plan.notes)
     src, out = _weights(vits / "s.onnx"), _weights(tmp_path / "o.onnx")
-    norms = [k for k in out if k.endswith("norm1.weight") or k.endswith("norm1.bias")]
-    assert norms
-    for k in norms:
-        assert all(np.abs(src[k] - v).min() <= 1e-6 * max(1.0, abs(v)) for v in out[k]), k  # source entries, not blends
+    shared = [k for k in out if k in src and out[k].dtype.kind == "f" and out[k].size > 1]
+    assert len(shared) > 20
+    for k in shared:
+        assert np.isin(out[k], src[k]).all(), k  # source entries, not blends
 
 
 def test_a_learngene_ordered_by_importance_initializes_what_transfer_writes(vits, tmp_path):
+    """The same units as ``transfer``, to the rounding of the learngene's float32 spectrum."""
     gene = front_onnx.extract(vits / "s.onnx", align="importance", output=tmp_path / "g.safetensors")
     assert gene.unit_order == "importance"
     assert Learngene.load(tmp_path / "g.safetensors").unit_order == "importance"
     front_onnx.initialize(vits / "shrink.onnx", tmp_path / "g.safetensors", tmp_path / "i.onnx", method="hybrid")
     front_onnx.transfer(vits / "s.onnx", vits / "shrink.onnx", tmp_path / "t.onnx", method="hybrid")
     a, b = _weights(tmp_path / "i.onnx"), _weights(tmp_path / "t.onnx")
-    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys()
+    for k in a:  # transfer copies the source's units; the learngene holds them as a float32 spectrum
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6 * max(float(np.abs(b[k]).max()), 1e-30), err_msg=k)
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])

@@ -62,9 +62,13 @@ def file_sha256(path: Path) -> str:
 def extract_learngene(model: OnnxModel, keep: float = 1.0, convention: str = "ortho",
                       structure: tuple[GraphSlots, Structure] | None = None,
                       needed: dict[str, tuple[int, ...]] | None = None,
-                      allow_nonfinite: bool = False) -> Learngene:
+                      allow_nonfinite: bool = False, values_for: frozenset[str] = frozenset()) -> Learngene:
     """The learngene of a source model: per template, standardize each block's tensor,
     DCT along depth and feature axes, keep the low-frequency corner.
+
+    ``values_for``: templates whose tensors are held as they are (``GeneTemplate.values``), for
+    a transfer that selects from them; their spectrum is computed only when ``needed`` names
+    them too. Such a learngene is partial (it cannot be saved).
 
     ``needed`` (template key -> the target's [depth, *shape]) is what an in-memory transfer
     passes: only those templates are extracted, and only the part of each corner the target
@@ -84,7 +88,7 @@ def extract_learngene(model: OnnxModel, keep: float = 1.0, convention: str = "or
     templates: dict[str, GeneTemplate] = {}
     skipped: dict[str, str] = {}
     nonfinite: dict[str, list[str]] = {}  # template key -> initializers holding NaN/Inf
-    keys = [k for k in sorted(st.templates) if needed is None or k in needed]
+    keys = [k for k in sorted(st.templates) if needed is None or k in needed or k in values_for]
     for key in progress.track(keys, "extract", unit="template"):
         tpl = st.templates[key]
         first = gs.slots[tpl.blocks[0][0]]
@@ -96,7 +100,13 @@ def extract_learngene(model: OnnxModel, keep: float = 1.0, convention: str = "or
         lengths = kept if want is None or len(want) != len(kept) else tuple(min(k, n) for k, n in zip(kept, want))
         store = np.float64 if slot_dtype(first) == np.float64 else np.float32
         try:
-            coef, means, stds = template_corner(model, gs, tpl, lengths, transformed_axes(kinds), convention, store)
+            values = None
+            if key in values_for:
+                values, means, stds = template_values(model, gs, tpl, store)
+            if needed is None or key in needed:
+                coef, means, stds = template_corner(model, gs, tpl, lengths, transformed_axes(kinds), convention, store)
+            else:
+                coef = np.zeros((0,) * len(kept), dtype=store)
         except ValueError:
             bad = _nonfinite_initializers(model, gs, tpl)
             if not bad:
@@ -107,7 +117,7 @@ def extract_learngene(model: OnnxModel, keep: float = 1.0, convention: str = "or
         templates[key] = GeneTemplate(
             key=key, stage=tpl.stage, role=tpl.role, layout=first.layout.name, kinds=kinds,
             shape=shape, depth=len(tpl.blocks), dtype=str(slot_dtype(first)), coefficients=coef,
-            means=means, stds=stds, kept=kept, masked=_masked_entries(gs, tpl, shape))
+            means=means, stds=stds, kept=kept, masked=_masked_entries(gs, tpl, shape), values=values)
     if nonfinite and not allow_nonfinite:
         names = sorted({n for v in nonfinite.values() for n in v})
         shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
@@ -115,10 +125,11 @@ def extract_learngene(model: OnnxModel, keep: float = 1.0, convention: str = "or
                             "(allow_nonfinite / --allow-nonfinite skips them and reports the weights left)")
     # a partial learngene cannot be saved, so nothing reads its source hash: skip hashing
     # the whole source file (seconds for a multi-GB model)
+    partial = needed is not None or bool(values_for)
     return Learngene(templates, float(keep), convention, source=model.path.name,
-                     source_sha256="" if needed is not None else file_sha256(model.path),
+                     source_sha256="" if partial else file_sha256(model.path),
                      tool_version=__version__, skipped=skipped,
-                     partial=needed is not None, structure=[asdict(seg) for seg in st.segments])
+                     partial=partial, structure=[asdict(seg) for seg in st.segments])
 
 
 def _masked_entries(gs: GraphSlots, tpl: Template, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -148,6 +159,47 @@ def _nonfinite_initializers(model: OnnxModel, gs: GraphSlots, tpl: Template) -> 
     return sorted(set(out))
 
 
+def _canonical_blocks(model: OnnxModel, gs: GraphSlots, tpl: Template):
+    """Each block's tensor of a template, canonical, as a fresh float64 [1, *shape] array
+    (read from its memory map through one reused buffer)."""
+    raw: np.ndarray | None = None
+    for block in tpl.blocks:
+        s = gs.slots[block[0]]
+        assert s.layout is not None
+        layer = np.empty((1,) + s.layout.canonical_shape(s.shape), dtype=np.float64)
+        dtype = slot_dtype(s)
+        if raw is None or raw.dtype != dtype or raw.size != layer.size:
+            raw = np.empty(layer.size, dtype=dtype)  # one read buffer for every block
+        if s.absent:  # a bias the exporter dropped: zero
+            raw.fill(0)
+            stored = raw.reshape(s.shape)
+        elif s.view is not None or s.quant is not None:  # a view computed with constants, a quantized weight
+            stored = slot_array(model.array, s)
+        else:
+            stored = model.read_into(s.initializer, raw)
+        _copy_tiled(layer[0], s.layout.to_canonical(stored))
+        yield layer
+
+
+def template_values(model: OnnxModel, gs: GraphSlots, tpl: Template,
+                    store: type) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the blocks' tensors [L, *shape] in ``store`` dtype, means[L], stds[L]) of a template: what
+    selection copies from, with the statistics ``template_corner`` gives. Raises ValueError on
+    non-finite weights."""
+    out = None
+    n_layers = len(tpl.blocks)
+    means = np.empty(n_layers)
+    stds = np.empty(n_layers)
+    for b, layer in enumerate(_canonical_blocks(model, gs, tpl)):
+        if out is None:
+            out = np.empty((n_layers,) + layer.shape[1:], dtype=store)
+        out[b] = layer[0]
+        _, m, sd = spectral.standardize_stack(layer, inplace=True, as_in_stack=n_layers > 1)
+        means[b], stds[b] = m[0], sd[0]
+    assert out is not None
+    return out, means, stds
+
+
 def template_corner(model: OnnxModel, gs: GraphSlots, tpl: Template, lengths: tuple[int, ...],
                     axes: list[int], convention: str, store: type) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(coefficients [lengths on ``axes``] in ``store`` dtype, means[L], stds[L]) of a template.
@@ -163,22 +215,7 @@ def template_corner(model: OnnxModel, gs: GraphSlots, tpl: Template, lengths: tu
     means = np.empty(n_layers)
     stds = np.empty(n_layers)
     corner = None
-    raw: np.ndarray | None = None
-    for b, block in enumerate(tpl.blocks):
-        s = gs.slots[block[0]]
-        assert s.layout is not None
-        layer = np.empty((1,) + s.layout.canonical_shape(s.shape), dtype=np.float64)
-        dtype = slot_dtype(s)
-        if raw is None or raw.dtype != dtype or raw.size != layer.size:
-            raw = np.empty(layer.size, dtype=dtype)  # one read buffer for every block
-        if s.absent:  # a bias the exporter dropped: zero
-            raw.fill(0)
-            stored = raw.reshape(s.shape)
-        elif s.view is not None or s.quant is not None:  # a view computed with constants, a quantized weight
-            stored = slot_array(model.array, s)
-        else:
-            stored = model.read_into(s.initializer, raw)
-        _copy_tiled(layer[0], s.layout.to_canonical(stored))
+    for b, layer in enumerate(_canonical_blocks(model, gs, tpl)):
         z, m, sd = spectral.standardize_stack(layer, inplace=True, as_in_stack=n_layers > 1)
         means[b], stds[b] = m[0], sd[0]
         c = spectral.spectrum_corner(z, feature, convention, overwrite=True) if feature else z

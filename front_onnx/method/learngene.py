@@ -75,10 +75,20 @@ class GeneTemplate:
     stds: np.ndarray               # [depth] per-block standard deviations (float64)
     kept: tuple[int, ...] = ()     # the corner's shape; coefficients may hold less in a partial learngene
     masked: np.ndarray | None = None  # [depth, *shape] bool: entries the source holds only as mask values
+    # [depth, *shape]: the source's own tensors, held by a transfer's private (partial) learngene
+    # for the templates it selects from: selection copies units, so it needs no spectrum, and
+    # copies them exactly (a spectrum stored in float32 gives them back to its rounding); never saved
+    values: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not self.kept:
             self.kept = tuple(self.coefficients.shape)
+
+    def is_zero(self) -> bool:
+        """Whether the source's tensors are zero in every block."""
+        if self.values is not None:
+            return not np.any(self.values)
+        return not np.any(self.coefficients) and not np.any(self.means)
 
     def meta(self) -> dict[str, Any]:
         return {

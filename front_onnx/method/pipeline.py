@@ -19,7 +19,7 @@ from front_onnx.method.extraction import extract_learngene
 from front_onnx.method.learngene import Learngene
 from front_onnx.method.materialize import needed_shapes, slot_values, target_shapes, write_initialized
 from front_onnx.method.planning import Plan, check_overlap, make_plan, source_templates
-from front_onnx.method.selection import reads_whole
+from front_onnx.method.selection import fits, reads_whole
 from front_onnx.onnxio import OnnxModel, load_model
 
 # ``scale='calibrated'``: (the target as first written, its plan) -> an object with ``factors``
@@ -51,30 +51,47 @@ def pair_analysis(s: OnnxModel, t: OnnxModel) -> tuple[tuple, tuple]:
 
 def pair_learngene(s: OnnxModel, source_analysis, analysis, *, keep: float, convention: str, depth: str,
                    allow_nonfinite: bool, method: str = "front") -> Learngene:
-    """The source's learngene, holding only what the target's plan needs (Weight Selection,
-    and 'hybrid' at keep 1.0: the whole source)."""
-    if reads_whole(method, keep):
-        return extract_learngene(s, keep=1.0, convention=convention,
-                                 allow_nonfinite=allow_nonfinite, structure=source_analysis)
+    """The source's learngene, holding only what the target's plan needs: the corner of the
+    spectrum each transformed template reads, and where the transfer selects (Weight
+    Selection, and 'hybrid' at keep 1.0) the source's tensors themselves (no transform)."""
     sources = source_templates([asdict(seg) for seg in source_analysis[1].segments], analysis[1].segments,
                                analysis[1].templates)
-    return extract_learngene(s, keep=keep, convention=convention, needed=needed_shapes(*analysis, depth, sources),
-                             allow_nonfinite=allow_nonfinite, structure=source_analysis)
+    needed = needed_shapes(*analysis, depth, sources)
+    picked: frozenset[str] = frozenset()
+    whole = reads_whole(method, keep)
+    if whole:
+        picked = _selected_sources(source_analysis, analysis, sources)
+        transformed = {sources[k] for k in _fed(analysis, sources) - _selected_targets(source_analysis, analysis, sources)}
+        needed = {k: v for k, v in needed.items() if k in transformed or k not in picked}
+    return extract_learngene(s, keep=1.0 if whole else keep, convention=convention, needed=needed,
+                             allow_nonfinite=allow_nonfinite, structure=source_analysis, values_for=picked)
+
+
+def _fed(analysis, sources: dict[str, str]) -> set[str]:
+    """The target templates a source template feeds."""
+    return {k for k in target_shapes(*analysis) if k in sources}
+
+
+def _selected_targets(source_analysis, analysis, sources: dict[str, str]) -> set[str]:
+    """The target templates selection can fill: nowhere longer than their source template."""
+    have = target_shapes(*source_analysis)
+    return {k for k, shape in target_shapes(*analysis).items()
+            if k in sources and sources[k] in have and fits(have[sources[k]], shape)}
+
+
+def _selected_sources(source_analysis, analysis, sources: dict[str, str]) -> frozenset[str]:
+    return frozenset(sources[k] for k in _selected_targets(source_analysis, analysis, sources))
 
 
 def selects_any(source_analysis, analysis) -> bool:
     """Whether 'hybrid' would select anything: a target template smaller than its source
     template and nowhere larger (depth included). Without one (a pure growth) no unit is selected, and
     ordering the source's units by importance would only cost time."""
-    src_shapes = target_shapes(*source_analysis)
+    have = target_shapes(*source_analysis)
     sources = source_templates([asdict(seg) for seg in source_analysis[1].segments], analysis[1].segments,
                                analysis[1].templates)
-    for key, shape in target_shapes(*analysis).items():
-        have = src_shapes.get(sources.get(key, ""))
-        if have is not None and len(have) == len(shape) and all(t <= s for s, t in zip(have, shape)) \
-                and shape != have:
-            return True
-    return False
+    shapes = target_shapes(*analysis)
+    return any(shapes[k] != have[sources[k]] for k in _selected_targets(source_analysis, analysis, sources))
 
 
 def initialize_into(t: OnnxModel, gene: Learngene, output: Path, analysis, depth: str, *,

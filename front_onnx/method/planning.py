@@ -354,7 +354,7 @@ def _absent_plan(base: dict, tpl: Template, why: str, ops: list[str], src: GeneT
     optional bias input when the source's is not zero, else left (and, when it is zero on
     both sides, for the whole template or for this block, not counted: there is nothing to
     transfer)."""
-    zero = src is not None and not np.any(src.coefficients) and not np.any(src.means)
+    zero = src is not None and src.is_zero()
     if why or src is None or zero or zero_block:
         return SlotPlan(**base, template=tpl.key, status="absent", absent=True, counted=False,
                         reason="absent in the target and zero (or absent) in the source: nothing to write")

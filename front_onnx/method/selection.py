@@ -18,8 +18,10 @@ the weights (structured magnitude pruning), not evenly spaced ones.
 (units kept whole: a low-pass along a neuron axis blends unrelated neurons), FRONT's transform
 where it grows (selection cannot add units or blocks).
 
-It needs the source's tensors themselves: a learngene of keep 1.0 holding the whole spectrum
-(``transfer`` extracts one for it), inverted at the source's shape.
+It needs the source's tensors themselves: ``transfer`` reads them from the source
+(``GeneTemplate.values``: exact copies, no transform); from a learngene file, one of keep 1.0
+holding the whole spectrum, inverted at the source's shape (exact to the spectrum's float32
+rounding).
 """
 from __future__ import annotations
 
@@ -58,25 +60,39 @@ def cannot_select(gene: GeneTemplate, depth: int, shape: tuple[int, ...]) -> str
     if longer:
         k = longer[0]
         return f"Weight Selection cannot grow an axis (axis {k}: {gene.shape[k]} -> {shape[k]})"
-    if tuple(gene.coefficients.shape) != (gene.depth,) + tuple(gene.shape):
+    if gene.values is None and tuple(gene.coefficients.shape) != (gene.depth,) + tuple(gene.shape):
         return "Weight Selection needs the whole source tensor (a learngene of keep 1.0)"
     return ""
 
 
+def fits(source: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether a target template [depth, *shape] can be selected from a source one: nowhere
+    longer (depth included)."""
+    return len(source) == len(target) and all(t <= s for s, t in zip(source, target))
+
+
 def select(gene: GeneTemplate, depth: int, shape: tuple[int, ...], convention: str,
            leading: bool = False) -> np.ndarray:
-    """The target's depth stack [depth, *shape] (float64) selected from the source's blocks;
-    ``leading``: the first units of each shorter axis (a source ordered by importance)."""
+    """The target's depth stack [depth, *shape] selected from the source's blocks: the
+    source's own values where the gene holds them (``GeneTemplate.values``, a transfer's),
+    else the whole spectrum inverted (float64); ``leading``: the first units of each shorter
+    axis (a source ordered by importance)."""
     why = cannot_select(gene, depth, shape)
     if why:
         raise ValueError(why)
+    if gene.values is not None:
+        return _take(gene.values[:depth], gene.shape, shape, leading)
     full = (gene.depth,) + tuple(gene.shape)
     z = spectral.spectrum_to_array(gene.coefficients.astype(np.float64), full, transformed_axes(gene.kinds),
                                    convention)[:depth]
     bshape = (depth,) + (1,) * len(shape)
     z = z * np.asarray(gene.stds[:depth], np.float64).reshape(bshape) + \
         np.asarray(gene.means[:depth], np.float64).reshape(bshape)
-    for axis, (ns, nt) in enumerate(zip(gene.shape, shape), start=1):
+    return _take(z, gene.shape, shape, leading)
+
+
+def _take(z: np.ndarray, have: tuple[int, ...], shape: tuple[int, ...], leading: bool) -> np.ndarray:
+    for axis, (ns, nt) in enumerate(zip(have, shape), start=1):
         if nt < ns:
             z = np.take(z, np.arange(nt) if leading else uniform_indices(ns, nt), axis=axis)
     return np.ascontiguousarray(z)
