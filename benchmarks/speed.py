@@ -229,8 +229,15 @@ def generate(cfg: Config, models_dir: Path) -> Path:
     return path
 
 
+# The transform (``--method front``): what the scaling figures of docs/performance.md were
+# measured with (``--method`` here measures another). The default (``hybrid``) fills these shrinks
+# by selection after ordering the source's units by importance, which runs the source in
+# onnxruntime and writes an ordered copy of it (docs/performance.md, DeiT-B).
+METHOD = "front"
+
+
 # --------------------------------------------------------------------------- child side
-def _profiled_transfer(src: str, tgt: str, out: str) -> list[dict]:
+def _profiled_transfer(src: str, tgt: str, out: str, method: str = METHOD) -> list[dict]:
     """front_onnx.transfer with its internal steps timed: every known step function that
     front_onnx.api imports is wrapped, so the breakdown follows the code as it is."""
     import front_onnx
@@ -268,15 +275,11 @@ def _profiled_transfer(src: str, tgt: str, out: str) -> list[dict]:
                                  (api, "write_initialized", "write"), (api, "transfer_streaming", "extract+materialize+write (streamed)")]:
             wrap(mod, name, label)
         t0 = time.perf_counter()
-        front_onnx.transfer(src, tgt, out, method=METHOD)
+        front_onnx.transfer(src, tgt, out, method=method)
         rows.append({"phase": "total", "s": time.perf_counter() - t0, "peak_rss_so_far": procmem.peak_rss_bytes()})
     return rows
 
 
-# The transform (``--method front``): what these scaling figures were measured with. The default
-# (``hybrid``) fills these shrinks by selection after ordering the source's units by importance,
-# which runs the source twice in onnxruntime and reads it whole (docs/performance.md, DeiT-B).
-METHOD = "front"
 
 
 def _child(spec: dict) -> dict:
@@ -291,7 +294,7 @@ def _child(spec: dict) -> dict:
     src, tgt, out = spec["source"], spec["target"], spec["output"]
     t0 = time.perf_counter()
     if spec["mode"] == "transfer":
-        r = front_onnx.transfer(src, tgt, out, method=METHOD)
+        r = front_onnx.transfer(src, tgt, out, method=spec.get("method", METHOD))
         res["call_s"] = time.perf_counter() - t0
         res["written_fraction"] = r.plan.summary()["written_fraction"]
     elif spec["mode"] == "io":
@@ -303,7 +306,7 @@ def _child(spec: dict) -> dict:
         res["call_s"] = time.perf_counter() - t0
         del s
     elif spec["mode"] == "profile":
-        res["phases"] = _profiled_transfer(src, tgt, out)
+        res["phases"] = _profiled_transfer(src, tgt, out, spec.get("method", METHOD))
         res["call_s"] = time.perf_counter() - t0
     else:
         raise SystemExit(f"unknown mode {spec['mode']!r}")
@@ -352,7 +355,7 @@ def _human(n: float) -> str:
     return str(int(n))
 
 
-def bench_size(name: str, out: Path, repeats: int, io: bool, profile: bool) -> dict:
+def bench_size(name: str, out: Path, repeats: int, io: bool, profile: bool, method: str = METHOD) -> dict:
     cfg = SIZES[name]
     tcfg = cfg.target()
     t0 = time.perf_counter()
@@ -367,7 +370,7 @@ def bench_size(name: str, out: Path, repeats: int, io: bool, profile: bool) -> d
            "target_params": tcfg.params, "source_bytes": procmem.model_size(src),
            "target_bytes": procmem.model_size(tgt),
            "generate_s": gen_s}
-    spec = {"mode": "transfer", "source": str(src), "target": str(tgt), "output": str(output)}
+    spec = {"mode": "transfer", "source": str(src), "target": str(tgt), "output": str(output), "method": method}
     row["transfer"] = measure(spec, repeats)
     if "error" not in row["transfer"]:
         row["output_bytes"] = procmem.model_size(output)
@@ -471,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="phase breakdown of one transfer per size")
     ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "speed.png")
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--method", default=METHOD, choices=("front", "hybrid", "select"),
+                    help="front_onnx.transfer's method (default: front, as docs/performance.md measured; "
+                         "the plot is written only for front unless --plot is given)")
     args = ap.parse_args(argv)
     sizes = QUICK if args.quick else [s.strip() for s in args.sizes.split(",") if s.strip()]
     for s in sizes:
@@ -480,16 +486,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for s in sizes:
         print(f"[{s}] ...", flush=True)
-        rows.append(bench_size(s, args.out, args.repeats, not args.skip_io, args.profile))
+        rows.append(bench_size(s, args.out, args.repeats, not args.skip_io, args.profile, args.method))
         print(table(rows[-1:]), flush=True)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.platform(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "repeats": args.repeats,
+            "python": platform.python_version(), "repeats": args.repeats, "method": args.method,
             "load": os.getloadavg() if hasattr(os, "getloadavg") else None}
     (args.out / "speed.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     md = table(rows) + profile_table(rows)
     (args.out / "speed.md").write_text(md)
     print(md)
-    if not args.no_plot:
+    if not args.no_plot and (args.method == METHOD or "--plot" in (argv if argv is not None else sys.argv)):
         plot(rows, args.plot)
     return 0 if all(r["transfer"].get("s") is not None and r.get("within_bound") for r in rows) else 1
 
