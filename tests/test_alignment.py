@@ -182,3 +182,50 @@ def test_a_decoder_with_past_is_aligned_and_checked(tmp_path):
     assert any(line.startswith("align: ") and "permuted" in line for line in res.plan.notes), res.plan.notes
     agreement = next(c for c in res.validation.checks if c.name == "agreement")
     assert agreement.status == "pass", agreement.figure
+
+
+class _Embedder(torch.nn.Module):
+    """A residual width that is the model's output (normalized, as an embedding model's), read
+    by a block too."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.a = torch.nn.Linear(6, width)
+        self.b = torch.nn.Linear(width, 2 * width)
+        self.c = torch.nn.Linear(2 * width, width)
+        self.norm = torch.nn.LayerNorm(width)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.norm(y + self.c(torch.relu(self.b(y))))
+
+
+def test_an_output_holding_an_internal_width_is_compared_in_the_permuted_order(tmp_path):
+    """The hidden width is a graph output: the ordered copy gives it in the new order, which
+    is the same function up to that order, so the space is ordered (it used to be left)."""
+    torch.manual_seed(0)
+    path = export(_Embedder(16).eval(), torch.randn(2, 6), tmp_path / "e.onnx", "dynamo")
+    m = load_model(path)
+    al_copy, al = aligned_source(m, weight_slots(m), tmp_path / "al", order="importance")
+    hidden = [sp for sp in al.spaces if sp.size == 16]
+    assert hidden and hidden[0].outputs and not al.skipped.get(hidden[0].id)
+    x = {m.proto.graph.input[0].name: np.random.default_rng(0).normal(size=(3, 6)).astype(np.float32)}
+    import onnxruntime as ort
+    ref = ort.InferenceSession(str(path)).run(None, x)
+    got = ort.InferenceSession(str(al_copy.path)).run(None, x)
+    name, axis = hidden[0].outputs[0]
+    assert [o.name for o in m.proto.graph.output] == [name]
+    np.testing.assert_allclose(got[0], np.take(ref[0], hidden[0].order, axis=axis), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got[0], ref[0])  # it was permuted
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_classes_only_an_output_holds_are_never_reordered(exporter, tmp_path):
+    """DeiT's two heads average into the logits; the slot analysis does not call their out
+    axis classes, but nothing reads it besides the output: permuting it would permute the
+    classes, so the function check still compares it as it is and leaves it."""
+    d = Path(__file__).parent / "corpus" / "models" / "deit" / exporter
+    m = load_model(d / "source.onnx")
+    _, al = aligned_source(m, weight_slots(m), tmp_path / "al", order="importance")
+    outs = {("head.weight", 0), ("head_dist.weight", 0)}   # the heads' out axes: the classes
+    assert not any(outs & set(sp.members) for sp in al.spaces)

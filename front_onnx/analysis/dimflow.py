@@ -61,6 +61,7 @@ class DimensionFlow:
     spaces: list[ChannelSpace]
     slot_axes: dict[int, list[str | None]]          # slot index -> space id per canonical axis
     heads: dict[int, tuple[int, ...]] = field(default_factory=dict)  # slot -> Layout.heads of its projection
+    outputs: dict[str, list[str | None]] = field(default_factory=dict)  # graph output -> space id per axis
 
 
 _ATTENTION_OPS = {"GroupQueryAttention", "MultiHeadAttention"}  # onnxruntime's, splitting heads by attribute
@@ -624,7 +625,12 @@ def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
             h = lay.heads[k] if k < len(lay.heads) else 0
             split += [name and name + "/h", name and name + "/d"] if h else [name]
         slot_axes[i] = split
-    return DimensionFlow(spaces, slot_axes, _projection_heads(f, gs))
+    outputs = {}
+    for o in model.graph.output:
+        r = f.rank(o.name)
+        if r:
+            outputs[o.name] = [ids.get(f.uf.find(f.ax(o.name, k))) for k in range(r)]
+    return DimensionFlow(spaces, slot_axes, _projection_heads(f, gs), outputs)
 
 
 def unsplit(s: Slot) -> Slot:

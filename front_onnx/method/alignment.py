@@ -46,6 +46,10 @@ class SpaceOrder:
     after: float = 0.0
     parts: dict[str, int] = field(default_factory=dict)  # fused projection -> its parts, each permuted alike
     depth_matched: bool = False             # ordered by matching to the block before (``_match_depth``)
+    # (graph output, axis) holding the units of a space that later layers also read (a residual
+    # width that is the model's output): the function check compares them in the permuted order.
+    # Units only an output holds (classes, whatever the slot analysis calls them) are never in it.
+    outputs: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -176,6 +180,9 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
             vectors[sp.id] = (vec.astype(np.float32), split, producer)
     if across_depth:
         _match_depth(out, vectors, find_structure(gs, model.proto))
+    for sp in out.spaces:  # a graph output holding an internal width's units (an embedding model's output)
+        if any(_member_role(by_init[init], ax, init in sp.parts) == "consumer" for init, ax in sp.members):
+            sp.outputs = [(name, k) for name, axes in flow.outputs.items() for k, a in enumerate(axes) if a == sp.id]
     return out
 
 

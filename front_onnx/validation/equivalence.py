@@ -1,6 +1,9 @@
 """Does a rewritten source still compute the source's function? Used by alignment
 (``method.alignment``): a permutation of a channel space that some tensor outside the weights
-also indexes would change the outputs, and such a space is left in its order."""
+also indexes would change the outputs, and such a space is left in its order. A graph output
+that holds a space's units (an embedding model's output is its residual width) is compared
+in the permuted order: the permuted source computes the same function up to the order of
+those output units."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,6 +48,19 @@ def same_function(a: OnnxModel, b: OnnxModel, reference: list[np.ndarray] | None
     return True
 
 
+def _permuted(reference: list[np.ndarray], names: list[str], al: Alignment,
+              only: set[str] | None = None) -> list[np.ndarray]:
+    """The source's outputs as the aligned copy gives them: an output axis that holds a
+    permuted space's units in that space's order."""
+    out = list(reference)
+    for sp in al.spaces:
+        if only is None or sp.id in only:
+            for name, axis in sp.outputs:
+                j = names.index(name)
+                out[j] = np.take(out[j], sp.order, axis=axis)
+    return out
+
+
 def aligned_source(model: OnnxModel, gs: GraphSlots, folder: Path,
                    across_depth: bool = False, order: str = "smooth") -> tuple[OnnxModel, Alignment]:
     """The source with every channel space that can be aligned permuted into a smooth order,
@@ -56,13 +72,14 @@ def aligned_source(model: OnnxModel, gs: GraphSlots, folder: Path,
         return model, al
     feeds = _feeds(model)
     reference = _outputs(model, feeds)
+    names = [o.name for o in model.proto.graph.output]
     whole = write_aligned(model, al, folder / "all")
-    if same_function(model, whole, reference):
+    if same_function(model, whole, _permuted(reference, names, al)):
         return whole, al
     kept = []
     for sp in al.spaces:
         one = write_aligned(model, al, folder / f"one-{sp.id}", {sp.id})
-        if same_function(model, one, reference):
+        if same_function(model, one, _permuted(reference, names, al, {sp.id})):
             kept.append(sp)
         else:
             al.skipped[sp.id] = "permuting it changes the source's outputs (something besides the weights indexes it)"
@@ -70,7 +87,7 @@ def aligned_source(model: OnnxModel, gs: GraphSlots, folder: Path,
     if not kept:
         return model, al
     joint = write_aligned(model, al, folder / "kept")
-    if not same_function(model, joint, reference):  # spaces that hold alone but not together
+    if not same_function(model, joint, _permuted(reference, names, al)):  # spaces that hold alone but not together
         for sp in kept:
             al.skipped[sp.id] = "aligned alone, but not together with the other spaces"
         al.spaces = []
