@@ -167,26 +167,26 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
                   for init, ax in members]
         split = _heads(sp) if sp.id in heads_split else None
         groups = split[0] if split else 1  # heads: units move within their head
+        roles = [_member_role(by_init[init], ax) for init, ax in members]
+        # a graph output holding a width later layers also read (an embedding model's output)
+        outputs = [(name, k) for name, axes in flow.outputs.items() for k, a in enumerate(axes)
+                   if a == sp.id] if "consumer" in roles else []
         if order == "importance":
-            roles = [_member_role(by_init[init], ax, init in parts) for init, ax in members]
             out.spaces.append(SpaceOrder(sp.id, sp.size, members, importance_order(_importance(folded, roles), groups),
-                                         parts=parts))
+                                         parts=parts, outputs=outputs))
             continue
         vec = _unit_vectors(folded, sp.size)
         perm, before, after = grouped_order(vec, groups)
-        out.spaces.append(SpaceOrder(sp.id, sp.size, members, perm, before, after, parts))
+        out.spaces.append(SpaceOrder(sp.id, sp.size, members, perm, before, after, parts, outputs=outputs))
         if across_depth:  # kept for matching along depth only (a DeiT-B's spaces hold ~0.8 GB of them)
             producer = next((index[init] for init, k in sp.axes if init in index and _produces(by_init[init], k)), None)
             vectors[sp.id] = (vec.astype(np.float32), split, producer)
     if across_depth:
         _match_depth(out, vectors, find_structure(gs, model.proto))
-    for sp in out.spaces:  # a graph output holding an internal width's units (an embedding model's output)
-        if any(_member_role(by_init[init], ax, init in sp.parts) == "consumer" for init, ax in sp.members):
-            sp.outputs = [(name, k) for name, axes in flow.outputs.items() for k, a in enumerate(axes) if a == sp.id]
     return out
 
 
-def _member_role(s: Slot, ax: int, fused: bool) -> str:
+def _member_role(s: Slot, ax: int) -> str:
     """What a member tensor is to its space's units: 'statistic' (a BatchNorm's running mean or
     variance), 'norm' (a normalization's scale or bias), 'consumer' (a projection or
     convolution reading the units: its input axis), 'producer' (what makes the units' values)."""

@@ -60,16 +60,12 @@ def pair_learngene(s: OnnxModel, source_analysis, analysis, *, keep: float, conv
     picked: frozenset[str] = frozenset()
     whole = reads_whole(method, keep)
     if whole:
-        picked = _selected_sources(source_analysis, analysis, sources)
-        transformed = {sources[k] for k in _fed(analysis, sources) - _selected_targets(source_analysis, analysis, sources)}
-        needed = {k: v for k, v in needed.items() if k in transformed or k not in picked}
+        selected = _selected_targets(source_analysis, analysis, sources)
+        picked = frozenset(sources[k] for k in selected)
+        transformed = {sources[k] for k in sources if k not in selected}
+        needed = {k: v for k, v in needed.items() if k in transformed}
     return extract_learngene(s, keep=1.0 if whole else keep, convention=convention, needed=needed,
                              allow_nonfinite=allow_nonfinite, structure=source_analysis, values_for=picked)
-
-
-def _fed(analysis, sources: dict[str, str]) -> set[str]:
-    """The target templates a source template feeds."""
-    return {k for k in target_shapes(*analysis) if k in sources}
 
 
 def _selected_targets(source_analysis, analysis, sources: dict[str, str]) -> set[str]:
@@ -77,10 +73,6 @@ def _selected_targets(source_analysis, analysis, sources: dict[str, str]) -> set
     have = target_shapes(*source_analysis)
     return {k for k, shape in target_shapes(*analysis).items()
             if k in sources and sources[k] in have and fits(have[sources[k]], shape)}
-
-
-def _selected_sources(source_analysis, analysis, sources: dict[str, str]) -> frozenset[str]:
-    return frozenset(sources[k] for k in _selected_targets(source_analysis, analysis, sources))
 
 
 def selects_any(source_analysis, analysis) -> bool:
