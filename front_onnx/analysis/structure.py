@@ -51,6 +51,7 @@ class Template:
     role: str
     blocks: list[list[int]] = field(default_factory=list)  # indices into GraphSlots.slots
     evidence: str = ""
+    ends_branch: bool = False        # its layer is the last of a residual branch, in every block
 
     @property
     def depth(self) -> int:
@@ -140,20 +141,114 @@ def _units(gs: GraphSlots, model: onnx.ModelProto) -> list[_Unit]:
     return units
 
 
-def _block_starts(units: list[_Unit], model: onnx.ModelProto) -> set[int]:
-    """Units at which a residual block starts: for each Add of two computed values, the first
-    unit after the node that made the earlier one (the skip). Where a model repeats a block
-    with no residual in it, these say where its copies begin."""
-    made = {o: k for k, n in enumerate(model.graph.node) for o in n.output}
-    anchors = [u.anchor for u in units]
-    out: set[int] = set()
-    for k, n in enumerate(model.graph.node):
+def _residual_adds(model: onnx.ModelProto, anchors: set[int]) -> list[tuple[int, int, int]]:
+    """(Add node, node that made its skip, node that made its branch) of each residual Add:
+    one input (the skip) feeds the other (the branch) through at least one weighted layer
+    (``anchors``); the skip may be a graph input (made by "node" -1). Walking back from the
+    branch, an earlier residual Add is passed through its skip only: an attention mask that
+    every block adds to its scores reaches a later block's scores through the earlier blocks'
+    branches, and is no skip. An Add of a value and its own activation terms (GELU's tanh
+    form) has no layer between them, and is none either."""
+    nodes = model.graph.node
+    made = {o: k for k, n in enumerate(nodes) for o in n.output}
+    weights = {t.name for t in model.graph.initializer}
+    made.update({i.name: -1 for i in model.graph.input if i.name not in made and i.name not in weights})
+    out = []
+    skips: dict[int, str] = {}  # residual Add -> its skip value
+    for k, n in enumerate(nodes):
         if n.op_type != "Add" or len(n.input) != 2 or not all(x in made for x in n.input):
             continue
-        skip = min(made[x] for x in n.input)
+        skip_value, branch_value = sorted(n.input, key=made.__getitem__)
+        skip, branch = made[skip_value], made[branch_value]
+        if skip == branch:
+            continue
+        # walk back from the branch, not below the skip: does it read the skip, through a layer?
+        seen, todo, reads, layer = set(), [branch], False, False
+        while todo and not (reads and layer):
+            j = todo.pop()
+            if j in seen:
+                continue
+            seen.add(j)
+            layer |= j in anchors
+            for x in [skips[j]] if j in skips else nodes[j].input:
+                reads |= x == skip_value
+                if made.get(x, -1) > skip:
+                    todo.append(made[x])
+        if reads and layer:
+            out.append((k, skip, branch))
+            skips[k] = skip_value
+            continue
+        reach_a, free_a = _upstream(nodes, made, skips, anchors, skip_value)
+        reach_b, free_b = _upstream(nodes, made, skips, anchors, branch_value)
+        common = reach_a & reach_b
+        if common:  # a projection shortcut: both sides computed from one value, each through a layer
+            v = max(common, key=made.__getitem__)
+            if v not in free_a and v not in free_b:
+                out.append((k, made[v], branch))
+                skips[k] = v
+    return out
+
+
+def _upstream(nodes, made: dict[str, int], skips: dict[int, str], anchors: set[int], value: str,
+              limit: int = 256) -> tuple[set[str], set[str]]:
+    """Values ``value`` is computed from, walking back no further than an earlier residual
+    Add (its output is the last value taken), and those of them it reaches on some path
+    without passing a weighted layer."""
+    reach: set[str] = set()
+    free: set[str] = set()
+    todo, seen = [(value, True)], set()
+    while todo and len(seen) < limit:
+        v, no_layer = todo.pop()
+        if (v, no_layer) in seen or v not in made or made[v] < 0:
+            continue
+        seen.add((v, no_layer))
+        reach.add(v)
+        if no_layer:
+            free.add(v)
+        j = made[v]
+        if j in skips:
+            continue
+        todo.extend((x, no_layer and j not in anchors) for x in nodes[j].input if x)
+    return reach, free
+
+
+def _block_starts(units: list[_Unit], model: onnx.ModelProto) -> set[int]:
+    """Units at which a residual block starts: for each residual Add, the first unit after
+    the node that made the earlier input (the skip). Where a model repeats a block with no
+    residual in it, these say where its copies begin."""
+    anchors = [u.anchor for u in units]
+    out: set[int] = set()
+    for k, skip, _ in _residual_adds(model, set(anchors)):
         first = next((i for i, a in enumerate(anchors) if a > skip), None)
         if first is not None and anchors[first] < k:
             out.add(first)
+    return out
+
+
+# Nodes that give zero for a zero from their one computed input (a reshape, a bias Add, a
+# layer scale): walking back through them from a residual Add finds the branch's last layer.
+_KEEPS_ZERO = {"Identity", "Dropout", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Cast", "Mul",
+               "Div", "Add"}
+
+
+def _branch_ends(units: list[_Unit], model: onnx.ModelProto) -> set[int]:
+    """Units whose layer is the last of a residual branch: walking back from each residual
+    Add's later input through ``_KEEPS_ZERO`` nodes with one computed input to a weighted
+    unit. A branch whose last layer gives zero adds nothing, so its block is the identity
+    (depth mode 'identity', ``method.materialize``)."""
+    nodes = model.graph.node
+    made = {o: k for k, n in enumerate(nodes) for o in n.output}
+    unit_at = {u.anchor: i for i, u in enumerate(units)}
+    out: set[int] = set()
+    for _, _, k in _residual_adds(model, set(unit_at)):
+        while k >= 0:
+            if k in unit_at:
+                out.add(unit_at[k])
+                break
+            computed = [x for x in nodes[k].input if x in made]
+            if nodes[k].op_type not in _KEEPS_ZERO or len(computed) != 1:
+                break
+            k = made[computed[0]]
     return out
 
 
@@ -198,12 +293,21 @@ def _dataflow_order(place: list[tuple]) -> list[int]:
     return sorted(range(len(place)), key=lambda u: (place[u][1], place[u][0], place[u][2], place[u][3]))
 
 
-def _runs(units: list[_Unit], known: dict[str, int] | None = None) -> list[tuple[int, int, int]]:
+def _runs(units: list[_Unit], known: dict[str, int] | None = None,
+          starts: set[int] | frozenset[int] = frozenset()) -> list[tuple[int, int, int]]:
     """(start, period, count) of each repeated run, scanning left to right. At each unit a
     ``known`` block (block signature hash -> units; of this model's stages or a source's,
     several units long) that starts there is taken first, repeated as often as it goes,
-    even once; else the shortest period whose next block repeats it exactly."""
+    even once; else the shortest period whose next block repeats it exactly. A repeat must
+    also repeat where residual blocks start (``starts``), and a block that holds such a
+    start begins at one: a ResNet's basic block is two conv+norm pairs of one shape, and a
+    period of one pair (or a period that begins at the stem's norm) would cut blocks apart,
+    so that depth resampling pairs one block's second convolution with another's first."""
     full = [(u.sig, u.shapes) for u in units]
+
+    def same_starts(i: int, p: int, k: int) -> bool:
+        return all(((i + o) in starts) == ((i + b * p + o) in starts) for b in range(1, k) for o in range(p))
+
     sigs = [u.sig for u in units]
     blocks = sorted(((h, p) for h, p in (known or {}).items() if p >= 2), key=lambda x: -x[1])
     n, i, runs = len(units), 0, []
@@ -212,17 +316,20 @@ def _runs(units: list[_Unit], known: dict[str, int] | None = None) -> list[tuple
         for h, p in blocks:
             if i + p <= n and _hash(tuple(sigs[i:i + p])) == h:
                 k = 1
-                while i + (k + 1) * p <= n and full[i + k * p:i + (k + 1) * p] == full[i:i + p]:
+                while i + (k + 1) * p <= n and full[i + k * p:i + (k + 1) * p] == full[i:i + p] \
+                        and same_starts(i, p, k + 1):
                     k += 1
                 found = (i, p, k)
                 break
         for p in range(1, (n - i) // 2 + 1) if found is None else ():
-            if full[i:i + p] == full[i + p:i + 2 * p]:
+            if full[i:i + p] == full[i + p:i + 2 * p] and same_starts(i, p, 2):
                 k = 2
-                while full[i:i + p] == full[i + k * p:i + (k + 1) * p]:
+                while full[i:i + p] == full[i + k * p:i + (k + 1) * p] and same_starts(i, p, k + 1):
                     k += 1
                 found = (i, p, k)
                 break
+        if found and i not in starts and any(i + o in starts for o in range(1, found[1])):
+            found = None  # a block begins where a residual block does: this unit stays loose
         if found:
             runs.append(found)
             i += found[1] * found[2]
@@ -271,7 +378,8 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto, known_blocks: dict[st
     stages: dict[str, list[str]] = {}
     in_run: set[int] = set()
     seen_stage: dict[str, int] = defaultdict(int)
-    runs = _runs(units)
+    starts, ends = _block_starts(units, model), _branch_ends(units, model)
+    runs = _runs(units, starts=starts)
     # a block seen as a stage here, or in the source, is looked for first, so that a lone copy
     # of it is a one-block stage (on both sides alike: a source and a target of one
     # architecture agree) and no shorter period inside it (q, k, v) takes its place
@@ -286,7 +394,7 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto, known_blocks: dict[st
     def group(u: int) -> str:
         return "" if place[u][0] == full else "@" + ",".join(map(str, place[u][0]))
 
-    runs = sorted(_runs(units, known), key=lambda r: rank[r[0]])
+    runs = sorted(_runs(units, known, starts), key=lambda r: rank[r[0]])
     run_at = {start: (p, k) for start, p, k in runs}
     firsts: list[int] = []
     u = 0
@@ -294,7 +402,6 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto, known_blocks: dict[st
         firsts.append(u)
         u += run_at[u][0] * run_at[u][1] if u in run_at else 1
     segments: list[Segment] = []
-    starts = _block_starts(units, model)
     occurrences: dict[str, int] = defaultdict(int)
     for u in sorted(firsts, key=rank.__getitem__):
         p, k = run_at.get(u, (1, 1))
@@ -328,7 +435,8 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto, known_blocks: dict[st
                     continue
                 blocks = [[blk[(role, occ)]] for blk in per_block]
                 templates[key] = Template(key, stage, role, blocks,
-                                          f"topology: unit {j} of a {p}-unit block repeated {k}x{single}")
+                                          f"topology: unit {j} of a {p}-unit block repeated {k}x{single}",
+                                          ends_branch=all(start + b * p + j in ends for b in range(k)))
         in_run.update(range(start, start + p * k))
     seen_unit: dict[str, int] = defaultdict(int)
     for u_idx in sorted(range(len(units)), key=rank.__getitem__):

@@ -13,7 +13,7 @@ from front_onnx.analysis.structure import Structure, Template
 from front_onnx.method.extraction import transformed_axes
 from front_onnx.method import amplitude
 from front_onnx.method.learngene import GeneTemplate, Learngene
-from front_onnx.method.planning import Plan
+from front_onnx.method.planning import Plan, identity_blocks
 from front_onnx.method.selection import select, selects
 from front_onnx.numeric import spectral
 from front_onnx.numeric.quantization import dequantize, quantize
@@ -50,7 +50,7 @@ def _layer_stats(gene: GeneTemplate, depth: int, depth_mode: str) -> tuple[np.nd
     """Per target block (means, stds) from the source's, mapped as the layers are ('nearest'
     picks, the other modes interpolate over relative depth), and the floor that keeps a
     norm's variances positive (None for other roles)."""
-    mode = "nearest" if depth_mode == "nearest" else "linear"
+    mode = "nearest" if depth_mode in spectral.PICKING_MODES else "linear"
     means = spectral.resample_layers(np.asarray(gene.means, np.float64), depth, mode)
     stds = spectral.resample_layers(np.asarray(gene.stds, np.float64), depth, mode)
     floor = max(float(np.min(gene.means)) * 1e-3, 1e-6) if gene.role == "norm.var" else None
@@ -180,6 +180,8 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
             del stack
         if scale in amplitude.FORMULA_SCALES:
             _rescaled(gt, tpl, gs, shape, out, depth_mode, scale, selected)
+        if depth_mode == "identity" and not selected:
+            _identity_blocks(gt, tpl, out)
         if unknown is not None:
             _unknown_entries(gt, tpl, gs, out, unknown)
         del gt
@@ -205,6 +207,13 @@ def _rescaled(gt: GeneTemplate, tpl: Template, gs: GraphSlots, shape: tuple[int,
         arrays = [out[i] for i in block if i in out]
         if arrays:
             amplitude.rescale(arrays, float(stds[b]), factor)
+
+
+def _identity_blocks(gt: GeneTemplate, tpl: Template, out: dict[int, np.ndarray]) -> None:
+    for b in identity_blocks(gt, tpl):
+        for i in tpl.blocks[b]:
+            if i in out:
+                out[i][...] = 0
 
 
 def _unknown_entries(gt: GeneTemplate, tpl: Template, gs: GraphSlots, out: dict[int, np.ndarray],

@@ -302,9 +302,11 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
             selected.append(key)
         ops = [] if src is None or why else _select_ops(src, shape, tpl.depth, gene.unit_order == "importance") \
             if chosen else _axis_ops(src, kinds, shape, tpl.depth, depth_mode)
+        zeroed = set(identity_blocks(src, tpl)) if depth_mode == "identity" and src is not None and ops \
+            and not chosen else set()
         for b, block in enumerate(tpl.blocks):
             for i in block:
-                by_slot[i] = (tpl, why, ops, skey, b)
+                by_slot[i] = (tpl, why, ops + [_IDENTITY_OP] if b in zeroed else ops, skey, b)
     plans: list[SlotPlan] = []
     for i, s in enumerate(gs.slots):
         base = dict(initializer=s.initializer, node=node_names[s.node] or f"#{s.node}", input=s.input,
@@ -336,13 +338,31 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
     return plan
 
 
+# What makes a branch's last layer output zero: its weights and biases, a norm's scale and
+# bias (its running statistics stay: a zero scale already zeroes what they normalize).
+_ZEROED_ROLES = ("linear.weight", "linear.bias", "conv.weight", "conv.bias", "norm.scale", "norm.bias")
+
+
+_IDENTITY_OP = "identity block: zero (the last layer of a residual branch in a block the source lacks)"
+
+
+def identity_blocks(gt: GeneTemplate, tpl: Template) -> list[int]:
+    """The target blocks of a template that depth mode 'identity' zeroes: where its layer
+    ends a residual branch (``Template.ends_branch``), the blocks that repeat a source block
+    (``spectral.repeated_layers``), so that each such block adds nothing and the deeper
+    target starts from the source's function."""
+    if not tpl.ends_branch or tpl.role not in _ZEROED_ROLES or tpl.depth <= gt.depth:
+        return []
+    return [int(b) for b in np.flatnonzero(spectral.repeated_layers(gt.depth, tpl.depth))]
+
+
 def _zero_block(src: GeneTemplate | None, block: int, depth: int, depth_mode: str) -> bool:
     """Whether the values a target block of this template gets are all zero: its mean and
     std, mapped over relative depth as ``materialize`` maps them, are both 0 (a block whose
     source counterparts are biases the layers do not have)."""
     if src is None:
         return False
-    mode = "nearest" if depth_mode == "nearest" else "linear"
+    mode = "nearest" if depth_mode in spectral.PICKING_MODES else "linear"
     means = spectral.resample_layers(np.asarray(src.means, np.float64), depth, mode)
     stds = spectral.resample_layers(np.asarray(src.stds, np.float64), depth, mode)
     return bool(means[block] == 0.0 and stds[block] == 0.0)

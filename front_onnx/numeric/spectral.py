@@ -424,15 +424,36 @@ def resample_stats(values: np.ndarray, n: int) -> np.ndarray:
     return v[lo] * (1.0 - frac) + v[lo + 1] * frac
 
 
-DEPTH_MODES = ("spectral", "nearest", "linear")
+DEPTH_MODES = ("spectral", "nearest", "linear", "identity")
+PICKING_MODES = ("nearest", "identity")  # modes that take each target layer from one source layer
+
+
+def repeated_layers(L: int, n: int) -> np.ndarray:
+    """Of ``n`` layers picked 'nearest' from ``L``, those that repeat a source layer another
+    target layer already takes (each source layer's first pick stays its own): the layers
+    depth mode 'identity' makes residual identities, so that a deeper target starts from
+    the source's function. All False when ``n <= L``."""
+    idx = nearest_layers(L, n)
+    out = np.zeros(n, dtype=bool)
+    out[1:] = idx[1:] == idx[:-1]
+    return out
+
+
+def nearest_layers(L: int, n: int) -> np.ndarray:
+    """The source layer each of ``n`` target layers takes in 'nearest' resampling: the one at the
+    nearest relative depth (j/(n-1) of the way; ties round half to even)."""
+    if n == L:
+        return np.arange(n)
+    pos = np.zeros(n) if n == 1 else np.linspace(0.0, 1.0, n) * (L - 1)
+    return np.rint(pos).astype(np.intp)
 
 
 def resample_layers(stack: np.ndarray, n: int, mode: str) -> np.ndarray:
     """A ``[L, ...]`` stack of layers -> n layers in the layer domain (no DCT).
 
     'nearest': target layer j copies the source layer at the nearest relative depth
-    (j/(n-1) of the way; ties round half to even), the block stacking of depth-growth
-    methods; 'linear': linear interpolation between the two neighbouring source layers,
+    (``nearest_layers``), the block stacking of depth-growth methods ('identity' picks the
+    same layers); 'linear': linear interpolation between the two neighbouring source layers,
     as ``resample_stats`` does for statistics.  n == L returns the stack unchanged.
     """
     arr = np.asarray(stack)
@@ -440,12 +461,11 @@ def resample_layers(stack: np.ndarray, n: int, mode: str) -> np.ndarray:
     L = arr.shape[0]
     if n == L:
         return arr
-    if mode == "nearest":
-        pos = np.zeros(n) if n == 1 else np.linspace(0.0, 1.0, n) * (L - 1)
-        return arr[np.rint(pos).astype(np.intp)]
+    if mode in PICKING_MODES:
+        return arr[nearest_layers(L, n)]
     if mode == "linear":
         return resample_stats(arr, n)
-    raise ValueError(f"unknown layer resampling mode {mode!r}; use 'nearest' or 'linear'")
+    raise ValueError(f"unknown layer resampling mode {mode!r}; use 'nearest', 'identity' or 'linear'")
 
 
 def mix_depth(stack: np.ndarray, n_layers: int, keep: float = 1.0, convention: Convention = "ortho") -> np.ndarray:

@@ -1,0 +1,101 @@
+"""Growing a trained model: blocks found whole, and deeper targets that start from the
+source's function. Checked against independent expectations:
+
+- a ResNet's basic block is two conv+norm pairs of one shape: each stage template holds one
+  torch layer (``conv1`` with ``conv1``), never a block's second convolution with another's
+  first (a period of one pair would pair them);
+- an attention mask every block adds to its scores is not a residual: GPT-2's blocks form
+  one stage, under both exporters;
+- depth mode 'identity': a target deeper than the source (same widths) computes the
+  source's outputs in onnxruntime (ResNet with BatchNorm, pre-LN ViT); 'nearest', which
+  repeats blocks, does not.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+import front_onnx  # noqa: E402
+from front_onnx.analysis import analyze  # noqa: E402
+from front_onnx.onnxio import load_model  # noqa: E402
+from front_onnx.torch.modules import export_module  # noqa: E402
+from samples.export import export  # noqa: E402
+from samples.models import FAMILIES, ResNetConfig, perturb  # noqa: E402
+from tests.conftest import small_vit  # noqa: E402
+
+CORPUS = Path(__file__).parent / "corpus" / "models"
+
+
+def _resnet(depths: tuple[int, ...], seed: int, trained: bool = False) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    m = FAMILIES["resnet"][0](ResNetConfig(widths=(8, 16, 32), depths=depths)).eval()
+    if trained:
+        perturb(m, seed=seed)
+        with torch.no_grad():  # running statistics as after training
+            for bn in (x for x in m.modules() if isinstance(x, torch.nn.BatchNorm2d)):
+                bn.running_mean.uniform_(-0.3, 0.3)
+                bn.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+def _outputs(path: Path, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+@pytest.fixture(scope="module")
+def resnets(tmp_path_factory):
+    d = tmp_path_factory.mktemp("growth")
+    x = (torch.zeros(2, 1, 8, 8),)
+    export_module(_resnet((2, 2, 2), 0, trained=True), x, d / "s.onnx")
+    export_module(_resnet((3, 3, 3), 1), x, d / "deeper.onnx")
+    return d
+
+
+def test_a_resnet_stage_template_holds_one_torch_layer(resnets):
+    _, st = analyze(load_model(resnets / "s.onnx"))
+    gs, st = analyze(load_model(resnets / "deeper.onnx"))
+    stages = [t for t in st.templates.values() if t.stage]
+    assert stages
+    for t in stages:
+        layers = {re.sub(r"^layers\.\d+\.\d+\.", "", gs.slots[b[0]].initializer) for b in t.blocks}
+        assert len(layers) == 1, (t.key, layers)   # conv1 with conv1, bn2 with bn2
+    ends = {re.sub(r"^layers\.\d+\.\d+\.", "", gs.slots[b[0]].initializer)
+            for t in stages if t.ends_branch for b in t.blocks}
+    assert ends == {"bn2.weight", "bn2.bias", "bn2.running_mean", "bn2.running_var"}
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_an_attention_mask_is_no_residual(exporter):
+    _, st = analyze(load_model(CORPUS / "gpt2" / exporter / "source.onnx"))
+    assert [len(blocks) for blocks in st.stages.values()] == [2]
+
+
+@pytest.mark.parametrize("depth,same", [("identity", True), ("nearest", False)])
+def test_a_deeper_resnet_starts_from_the_source_function(resnets, tmp_path, depth, same):
+    out = tmp_path / "o.onnx"
+    r = front_onnx.transfer(resnets / "s.onnx", resnets / "deeper.onnx", out, depth=depth)
+    x = np.random.default_rng(0).normal(size=(2, 1, 8, 8)).astype(np.float32)
+    want, got = _outputs(resnets / "s.onnx", x), _outputs(out, x)
+    err = float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+    assert (err < 1e-5) == same, err
+    zeroed = [s.initializer for s in r.plan.written if any(op.startswith("identity block") for op in s.operations)]
+    # a 2-block stage grown to 3 and 1-block stages grown to 2: one new block each
+    assert sorted(zeroed) == (sorted(f"layers.{i}.{b}.bn2.{p}" for i, b in ((0, 1), (1, 2), (2, 2))
+                                     for p in ("weight", "bias")) if same else [])
+
+
+def test_a_deeper_vit_starts_from_the_source_function(tmp_path):
+    x = torch.zeros(2, 1, 8, 8)
+    export(small_vit(32, 2, 0, trained=True), x, tmp_path / "s.onnx")
+    export(small_vit(32, 5, 1), x, tmp_path / "t.onnx")
+    front_onnx.transfer(tmp_path / "s.onnx", tmp_path / "t.onnx", tmp_path / "o.onnx", depth="identity")
+    xs = np.random.default_rng(1).normal(size=(3, 1, 8, 8)).astype(np.float32)
+    want, got = _outputs(tmp_path / "s.onnx", xs), _outputs(tmp_path / "o.onnx", xs)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.max(np.abs(want))))
