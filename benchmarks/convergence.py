@@ -116,6 +116,8 @@ WS = Init("weight selection", "ws")
 ORTHO = Init("ortho", "front")                                   # keep 1, spectral depth
 PAPER = Init("paper", "front", convention="paper")
 NEAREST = Init("ortho depth nearest", "front", depth="nearest")
+# the default before growth expanded and deeper targets got identity blocks: the growth transformed
+HYBRID_NEAREST = Init("hybrid, depth nearest", "front", depth="nearest", method="hybrid")
 GRID = (
     RANDOM,
     ORTHO,
@@ -161,8 +163,7 @@ def unique(*inits: Init) -> tuple[Init, ...]:
 
 def small_set(grow: bool) -> tuple[Init, ...]:
     """The reduced set for the secondary settings: random, front default, paper, and when
-    shrinking the transform alone (the default selects there) and WS. Growing, the default
-    transforms every template: the same bytes as ``NEAREST``."""
+    shrinking the transform alone (the default selects there) and WS."""
     return unique(RANDOM, front_default(), PAPER) if grow else unique(RANDOM, front_default(), NEAREST, PAPER, WS)
 
 
@@ -278,13 +279,13 @@ def _settings(quick: bool) -> list[Setting]:
                 unique(RANDOM, front_default(), *GRID[1:], LEGACY, front_plus()),
                 note="ViT d128/L8 -> d64/L4 (narrower and shallower)"),
         Setting("vit-grow", "vit", "vit", vit(64, 4), vit(96, 6), "digits", "digits", 25, 16,
-                unique(RANDOM, front_default(), ORTHO, NEAREST, PAPER),  # depth choice on growth too
+                unique(RANDOM, front_default(), ORTHO, NEAREST, PAPER, HYBRID_NEAREST),  # depth choice on growth too
                 note="ViT d64/L4 -> d96/L6 (wider and deeper)"),
         Setting("cnn-shrink", "cnn", "resnet", ResNetConfig(), ResNetConfig(widths=(8, 16, 32), depths=(1, 1, 1)),
                 "digits", "digits", 15, 8, small_set(False), thresholds=(0.9, 0.95),
                 note="ResNet 16-32-64 x2 -> 8-16-32 x1"),
         Setting("cnn-grow", "cnn", "resnet", ResNetConfig(), ResNetConfig(widths=(24, 48, 96), depths=(3, 3, 3)),
-                "digits", "digits", 15, 6, small_set(True), thresholds=(0.9, 0.95),
+                "digits", "digits", 15, 6, small_set(True) + (HYBRID_NEAREST,), thresholds=(0.9, 0.95),
                 note="ResNet 16-32-64 x2 -> 24-48-96 x3"),
         # cluttered digits (benchmarks/cluttered.py): digits are too easy for a ResNet (random reaches
         # 0.94 mean accuracy), so initialization cannot matter there; here a random one needs epochs

@@ -37,11 +37,11 @@ from front_onnx.method.pipeline import (
 )
 from front_onnx.method.planning import Plan, make_plan, overlap_verdict, summary_lines
 from front_onnx.onnxio import OnnxModel, check_tensors, load_model, model_files
-from front_onnx.outputs import data_companion, guard, write_bytes, write_text
+from front_onnx.outputs import data_companion, guard, staged, write_bytes, write_text
 from front_onnx.validation.checks import ValidationReport
 from front_onnx.validation.checks import validate as _validate
 from front_onnx.validation.calibration import calibrator
-from front_onnx.validation.equivalence import alignment_order, ordered_learngene, transfer_learngene
+from front_onnx.validation.equivalence import alignment_order, keeps_function, ordered_learngene, transfer_learngene
 
 __all__ = ["extract", "plan", "initialize", "transfer", "validate", "inspect", "weights", "refine",
            "refine_module", "transfer_module", "InitResult", "FrontError", "ValidationFailed", "DEFAULT_KEEP",
@@ -175,6 +175,9 @@ def plan(source: PathLike | OnnxModel | Learngene, target: PathLike | OnnxModel,
     p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth, method)
     label = gene.source if isinstance(source, Learngene) else str(getattr(source, "path", source))
     p.verdict = overlap_verdict(p, st, str(t.path), label or "the source")  # what transfer would refuse
+    if p.expanded:
+        p.notes.append(f"expand: {len(p.expanded)} grown templates would be expanded; transfer keeps that only "
+                       "where the target then computes the source's outputs, else transforms the growth")
     if note is not None:
         p.notes.append(note.describe())
     return p
@@ -207,7 +210,11 @@ def initialize(target: PathLike | OnnxModel, learngene: PathLike | Learngene, ou
     gene = _learngene(learngene)
     label = str(learngene) if not isinstance(learngene, Learngene) else (gene.source or "the learngene")
     result = _initialize(t, gene, Path(output), t0, report, external_data, analyze(t, stage_blocks(gene.templates)),
-                         depth, label=label, method=method, scale=scale)
+                         depth, label=label, method="hybrid" if method == "expand" else method, scale=scale)
+    if method == "expand" and len(result.plan.selected) < sum(v == "ok" for v in result.plan.templates.values()):
+        result.plan.notes.append("expand: from a learngene the growth is transformed, as --method hybrid (an "
+                                 "expansion is kept only where it computes the source's outputs, which needs the "
+                                 "source model: transfer)")
     _finish(result, validate, t, None, device, strict, keep_invalid, compare=False)
     return result
 
@@ -255,13 +262,50 @@ def transfer(source: PathLike | OnnxModel, target: PathLike | OnnxModel, output:
                                         method=method)
     source_path = s.path
     calibrate = calibrator(s, source_analysis, analysis, calibration_inputs) if scale == "calibrated" else None
-    del s  # an inline source's weights need not stay in memory while the target is written
-    result = _initialize(t, gene, Path(output), t0, report, external_data, analysis, depth, release=True,
-                         label=str(source_path), method=method, scale=scale, calibrator=calibrate)
+    if method == "expand":
+        def transformed() -> Learngene:  # the learngene 'hybrid' reads, for a growth expansion cannot keep
+            with tempfile.TemporaryDirectory(prefix="front-onnx-align-") as tmp:
+                return transfer_learngene(s, source_analysis, analysis, Path(tmp), align=align, keep=keep,
+                                          convention=convention, depth=depth, allow_nonfinite=allow_nonfinite,
+                                          method="hybrid")[0]
+        result = _expanded(s, t, gene, transformed, Path(output), t0, report, external_data, analysis, depth,
+                           scale, calibrate)
+    else:
+        del s  # an inline source's weights need not stay in memory while the target is written
+        result = _initialize(t, gene, Path(output), t0, report, external_data, analysis, depth, release=True,
+                             label=str(source_path), method=method, scale=scale, calibrator=calibrate)
     if note is not None:
         result.plan.notes.append(note.describe())
     _finish(result, validate, t, source_path, device, strict, keep_invalid,
             compare=None if keep == 1.0 else False)
+    return result
+
+
+def _expanded(s: OnnxModel, t: OnnxModel, gene: Learngene, transformed, output: Path, t0: float,
+              report: PathLike | None, external_data: bool | None, analysis, depth: str, scale: str,
+              calibrate) -> InitResult:
+    """``method='expand'``, checked: the target is written with its growth expanded
+    (``method.expansion``), and kept when it computes the source's outputs on synthesized
+    inputs; else written again with the growth transformed, as 'hybrid' (``transformed``
+    gives that learngene). Staged next to ``output``: only the kept one is moved there."""
+    label = str(s.path)
+    with staged(output) as tmp:
+        result = _initialize(t, gene, tmp, t0, report, external_data, analysis, depth, label=label,
+                             method="expand", scale=scale, calibrator=calibrate)
+        if result.plan.expanded:
+            kept, why = keeps_function(s, load_model(tmp))
+            if kept:
+                result.plan.notes.append(f"expand: {len(result.plan.expanded)} grown templates expanded; the target "
+                                         "computes the source's outputs (checked on synthesized inputs)")
+            else:
+                for p in tmp.parent.iterdir():
+                    p.unlink()
+                del gene
+                result = _initialize(t, transformed(), tmp, t0, report, external_data, analysis, depth,
+                                     release=True, label=label, method="hybrid", scale=scale, calibrator=calibrate)
+                result.plan.notes.append(f"expand: expanding the growth would change the source's outputs ({why}): "
+                                         "the growth is transformed, as --method hybrid")
+    result.output = output
     return result
 
 

@@ -53,13 +53,16 @@ def _add_spectral(p: argparse.ArgumentParser) -> None:
 def _add_depth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", choices=DEPTH_MODES, default=api.DEFAULT_DEPTH,
                    help="how blocks are resampled when the target has more or fewer: 'spectral' (DCT along "
-                        "the layer axis, as the paper), 'nearest' or 'linear' (by relative depth) "
-                        f"(default {api.DEFAULT_DEPTH})")
+                        "the layer axis, as the paper), 'nearest' or 'linear' (by relative depth), 'identity' "
+                        "(as 'nearest', and a block the source lacks starts as the identity: the last layer of "
+                        f"its residual branches zero) (default {api.DEFAULT_DEPTH})")
     p.add_argument("--method", choices=METHODS, default=api.DEFAULT_METHOD,
                    help="'front' (the learngene's spectrum resized, the paper), 'select' (Weight Selection: "
                         "first blocks, evenly spaced units, or the strongest of a source ordered by importance; "
-                        "shrinks only) or 'hybrid' (selection where the target is no larger, FRONT where it "
-                        "grows) (default %(default)s)")
+                        "shrinks only), 'hybrid' (selection where the target is no larger, FRONT where it "
+                        "grows) or 'expand' (as 'hybrid', but a growth keeps the source's units and function: "
+                        "new units the target's own values, read with zeros; checked against the source, else "
+                        "transformed; from a learngene, as 'hybrid') (default %(default)s)")
     p.add_argument("--scale", choices=SCALES, default=api.DEFAULT_SCALE,
                    help="amplitude of the written weights: 'none' (as the convention leaves it), 'element' (each "
                         "block's element std the source block's), 'fan-in' (element, then weights scaled by "
@@ -67,8 +70,8 @@ def _add_depth(p: argparse.ArgumentParser) -> None:
                         "layer's, measured with onnxruntime; transfer only) (default %(default)s)")
 
 
-def _add_align(p: argparse.ArgumentParser, default: str = "'importance' with --method hybrid when it selects "
-               "anything, none otherwise") -> None:
+def _add_align(p: argparse.ArgumentParser, default: str = "'importance' with --method hybrid or expand when it "
+               "selects anything, none otherwise") -> None:
     p.add_argument("--align", nargs="?", const="smooth", default=None, choices=("none",) + ALIGN_ORDERS,
                    help="permute the source's channel spaces first (checked to keep the source's function): "
                         "'smooth' (a bare --align) puts similar units side by side for the transform; "

@@ -26,8 +26,9 @@ def test_transfer_and_report(pair, tmp_path, capsys):
     report = json.loads(rep.read_text())
     assert report["keep"] == 0.5 and report["summary"]["written_fraction"] == 1.0
     assert {s["status"] for s in report["slots"]} == {"written"}
-    assert report["depth"] == "nearest"  # the default
-    assert any("depth: nearest 4->6" in op for s in report["slots"] for op in s["operations"])
+    from front_onnx.api import DEFAULT_DEPTH
+    assert report["depth"] == DEFAULT_DEPTH  # the default
+    assert any("depth: identity 4->6" in op for s in report["slots"] for op in s["operations"])
     assert main(["transfer", str(src), str(tgt), "-o", str(out), "--keep", "0.5", "--depth", "spectral",
                  "--report", str(rep), "-q"]) == 0
     assert any("depth: pad 4->6" in op for s in json.loads(rep.read_text())["slots"] for op in s["operations"])
@@ -75,7 +76,7 @@ def test_plan_json_and_table(pair, tmp_path, capsys):
     assert data["summary"]["weight_slots"] == len([s for s in data["slots"] if s["role"]])
     assert main(["plan", str(src), str(tgt)]) == 0
     table = capsys.readouterr().out
-    assert ":linear.weight" in table and "depth: nearest 4->6" in table and "weight elements written" in table
+    assert ":linear.weight" in table and "depth: identity 4->6" in table and "weight elements written" in table
     gene = tmp_path / "g.safetensors"  # ordered as the transfer orders the source (it selects the loose layers)
     assert main(["extract", str(src), "-o", str(gene), "-q", "--align=importance"]) == 0
     assert main(["plan", str(gene), str(tgt), "--json"]) == 0

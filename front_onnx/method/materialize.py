@@ -14,7 +14,8 @@ from front_onnx.method.extraction import transformed_axes
 from front_onnx.method import amplitude
 from front_onnx.method.learngene import GeneTemplate, Learngene
 from front_onnx.method.planning import Plan, identity_blocks
-from front_onnx.method.selection import select, selects
+from front_onnx.method.expansion import expand, expands
+from front_onnx.method.selection import select, selects, source_blocks
 from front_onnx.numeric import spectral
 from front_onnx.numeric.quantization import dequantize, quantize
 from front_onnx.onnxio import OnnxModel, save_model
@@ -166,12 +167,18 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
         shape = first.layout.canonical_shape(first.shape)
         gt = gene.templates[skey]
         selected = selects(method, gt, tpl.depth, shape, gene.keep)
-        done = None if selected else _streamed(gt, tpl, gs, shape, gene.convention, dtypes, depth_mode)
+        expanded = not selected and expands(method, gt, tpl.depth, shape, first.layout, gene.keep)
+        done = None if selected or expanded else _streamed(gt, tpl, gs, shape, gene.convention, dtypes, depth_mode)
+        fresh = None
         if done is not None:
             out.update(done)
         else:
-            stack = select(gt, tpl.depth, shape, gene.convention, leading=gene.unit_order == "importance") \
-                if selected else materialize(gt, tpl.depth, shape, gene.convention, depth_mode)
+            if expanded:
+                stack, fresh = expand(source_blocks(gt, gene.convention), tpl.depth, shape, gt.role)
+            elif selected:
+                stack = select(gt, tpl.depth, shape, gene.convention, leading=gene.unit_order == "importance")
+            else:
+                stack = materialize(gt, tpl.depth, shape, gene.convention, depth_mode)
             for b, block in enumerate(tpl.blocks):
                 for i in block:
                     s = gs.slots[i]
@@ -180,8 +187,15 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
             del stack
         if scale in amplitude.FORMULA_SCALES:
             _rescaled(gt, tpl, gs, shape, out, depth_mode, scale, selected)
-        if depth_mode == "identity" and not selected:
-            _identity_blocks(gt, tpl, out)
+        zeroed = identity_blocks(gt, tpl) if depth_mode == "identity" and not selected else []
+        for b in zeroed:
+            for i in tpl.blocks[b]:
+                if i in out:
+                    out[i][...] = 0
+        if fresh is not None and unknown is not None:  # new units keep the target's own values
+            for b, block in enumerate(tpl.blocks):
+                for i in block if b not in zeroed else ():
+                    unknown[i] = np.ascontiguousarray(gs.slots[i].layout.from_canonical(fresh))  # type: ignore[union-attr]
         if unknown is not None:
             _unknown_entries(gt, tpl, gs, out, unknown)
         del gt
@@ -207,13 +221,6 @@ def _rescaled(gt: GeneTemplate, tpl: Template, gs: GraphSlots, shape: tuple[int,
         arrays = [out[i] for i in block if i in out]
         if arrays:
             amplitude.rescale(arrays, float(stds[b]), factor)
-
-
-def _identity_blocks(gt: GeneTemplate, tpl: Template, out: dict[int, np.ndarray]) -> None:
-    for b in identity_blocks(gt, tpl):
-        for i in tpl.blocks[b]:
-            if i in out:
-                out[i][...] = 0
 
 
 def _unknown_entries(gt: GeneTemplate, tpl: Template, gs: GraphSlots, out: dict[int, np.ndarray],

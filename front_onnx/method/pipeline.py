@@ -19,6 +19,7 @@ from front_onnx.method.extraction import extract_learngene
 from front_onnx.method.learngene import Learngene
 from front_onnx.method.materialize import needed_shapes, slot_values, target_shapes, write_initialized
 from front_onnx.method.planning import Plan, check_overlap, make_plan, source_templates
+from front_onnx.method.expansion import expandable
 from front_onnx.method.selection import fits, reads_whole
 from front_onnx.onnxio import OnnxModel, load_model
 
@@ -28,8 +29,9 @@ Calibrator = Callable[[OnnxModel, Plan], object]
 
 DEFAULT_KEEP = 1.0          # the defaults are the convergence benchmark's best (docs/results.md)
 DEFAULT_CONVENTION = "ortho"
-DEFAULT_DEPTH = "nearest"     # measured best (docs/results.md)
-DEFAULT_METHOD = "hybrid"        # measured best (docs/results.md): selection when shrinking, FRONT when growing
+DEFAULT_DEPTH = "identity"    # measured best (docs/results.md): blocks the source lacks start as identities
+DEFAULT_METHOD = "expand"     # measured best (docs/results.md): selection when shrinking; when growing,
+#                               expansion where it keeps the source's function (checked), else FRONT
 DEFAULT_SCALE = "none"
 
 __all__ = ["DEFAULT_CONVENTION", "DEFAULT_DEPTH", "DEFAULT_KEEP", "DEFAULT_METHOD", "DEFAULT_SCALE",
@@ -61,6 +63,8 @@ def pair_learngene(s: OnnxModel, source_analysis, analysis, *, keep: float, conv
     whole = reads_whole(method, keep)
     if whole:
         selected = _selected_targets(source_analysis, analysis, sources)
+        if method == "expand":
+            selected |= _expandable_targets(source_analysis, analysis, sources)
         picked = frozenset(sources[k] for k in selected)
         transformed = {sources[k] for k in sources if k not in selected}
         needed = {k: v for k, v in needed.items() if k in transformed}
@@ -73,6 +77,20 @@ def _selected_targets(source_analysis, analysis, sources: dict[str, str]) -> set
     have = target_shapes(*source_analysis)
     return {k for k, shape in target_shapes(*analysis).items()
             if k in sources and sources[k] in have and fits(have[sources[k]], shape)}
+
+
+def _expandable_targets(source_analysis, analysis, sources: dict[str, str]) -> set[str]:
+    """The target templates expansion can fill (``expansion.expandable``)."""
+    have = target_shapes(*source_analysis)
+    gs, st = analysis
+    out = set()
+    for k, shape in target_shapes(*analysis).items():
+        src = have.get(sources.get(k, ""))
+        first = gs.slots[st.templates[k].blocks[0][0]]
+        if src is not None and len(src) == len(shape) and first.layout is not None and \
+                not expandable(st.templates[k].role, first.layout, src[1:], shape[1:]):
+            out.add(k)
+    return out
 
 
 def selects_any(source_analysis, analysis) -> bool:

@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from front_onnx.analysis.slots import INDEX, PARTS, GraphSlots
+from front_onnx.analysis.slots import BIAS_ROLES, INDEX, PARTS, GraphSlots
 from front_onnx.analysis.structure import Segment, Structure, Template
 from front_onnx.errors import FrontError
+from front_onnx.method.expansion import expand_ops, expands
 from front_onnx.method.learngene import GeneTemplate, Learngene
 from front_onnx.method.selection import METHODS, cannot_select, selects
 from front_onnx.numeric import spectral
@@ -52,6 +53,7 @@ class Plan:
     requantized: dict[str, float] = field(default_factory=dict)  # quantized weight -> relative error of requantizing it
     notes: list[str] = field(default_factory=list)  # what was done besides the plan (an aligned source)
     selected: list[str] = field(default_factory=list)  # target templates filled by selection (block b: source block b)
+    expanded: list[str] = field(default_factory=list)  # target templates filled by expansion (``expansion``)
 
     def left_by_reason(self) -> list[tuple[str, int, int]]:
         """(reason, slots, elements) of the slots left, most elements first; a constant's
@@ -279,6 +281,7 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
     by_slot: dict[int, tuple[Template, str, list[str], str | None]] = {}
     verdicts: dict[str, str] = {}
     selected: list[str] = []
+    expanded: list[str] = []
     sources = source_templates(gene.structure, st.segments, st.templates)
     for key in sorted(st.templates):
         tpl = st.templates[key]
@@ -298,10 +301,14 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
                 why = cannot_select(src, tpl.depth, shape)
         verdicts[key] = why or "ok"
         chosen = src is not None and not why and selects(method, src, tpl.depth, shape, gene.keep)
+        grown = src is not None and not why and expands(method, src, tpl.depth, shape, first.layout, gene.keep)
         if chosen:
             selected.append(key)
+        if grown:
+            expanded.append(key)
         ops = [] if src is None or why else _select_ops(src, shape, tpl.depth, gene.unit_order == "importance") \
-            if chosen else _axis_ops(src, kinds, shape, tpl.depth, depth_mode)
+            if chosen else expand_ops(src, shape, tpl.depth, depth_mode) if grown \
+            else _axis_ops(src, kinds, shape, tpl.depth, depth_mode)
         zeroed = set(identity_blocks(src, tpl)) if depth_mode == "identity" and src is not None and ops \
             and not chosen else set()
         for b, block in enumerate(tpl.blocks):
@@ -331,9 +338,10 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
     if depth_mode not in DEPTH_MODES:
         raise ValueError(f"unknown depth mode {depth_mode!r}; use one of {', '.join(DEPTH_MODES)}")
     plan = Plan(plans, verdicts, gene.keep, gene.convention, divergence(gene.structure, st.segments), depth_mode,
-                sources={k: v for k, v in sources.items() if verdicts.get(k) == "ok"}, selected=selected)
-    if method == "hybrid" and gene.keep < 1.0:
-        plan.notes.append(f"hybrid: nothing selected (selection reads the whole source; this learngene holds "
+                sources={k: v for k, v in sources.items() if verdicts.get(k) == "ok"}, selected=selected,
+                expanded=expanded)
+    if method in ("hybrid", "expand") and gene.keep < 1.0:
+        plan.notes.append(f"{method}: nothing selected (selection reads the whole source; this learngene holds "
                           f"keep {gene.keep:g}): every template transformed, as --method front")
     return plan
 
@@ -399,6 +407,9 @@ def overlap_verdict(plan: Plan, st: Structure, target: str, source: str) -> str:
     if not plan.written:
         return (f"{target}: no target parameter can be written from {source} (structures of "
                 f"different families?){where}")
+    if all(s.role in BIAS_ROLES or (s.role or "").startswith("norm.") for s in plan.written):
+        return (f"{target}: only biases and norms can be written from {source}, no weight a layer computes "
+                f"with (the source is nowhere as large as the target?){where}")
     stages = {k for k, tpl in st.templates.items() if tpl.stage}
     if stages and not any(s.template in stages for s in plan.written):
         return (f"{target}: the structures share nothing with {source}: none of the target's repeated "

@@ -31,14 +31,20 @@ from front_onnx.method.extraction import transformed_axes
 from front_onnx.method.learngene import GeneTemplate
 from front_onnx.numeric import spectral
 
-METHODS = ("front", "select", "hybrid")
+METHODS = ("front", "select", "hybrid", "expand")
 
 
 def reads_whole(method: str, keep: float) -> bool:
     """Whether a transfer with ``method`` at ``keep`` selects, and so reads the source's tensors
-    whole (a learngene of keep 1.0): 'select' always, 'hybrid' at keep 1.0 (at a lower keep it
-    transforms every template, as 'front')."""
-    return method == "select" or (method == "hybrid" and keep == 1.0)
+    whole (a learngene of keep 1.0): 'select' always, 'hybrid' and 'expand' at keep 1.0 (at a
+    lower keep they transform every template, as 'front')."""
+    return method == "select" or (method in ("hybrid", "expand") and keep == 1.0)
+
+
+def whole_source(gene: GeneTemplate) -> bool:
+    """Whether the source's tensors of a template are at hand: held as they are, or as the
+    whole spectrum (a learngene of keep 1.0)."""
+    return gene.values is not None or tuple(gene.coefficients.shape) == (gene.depth,) + tuple(gene.shape)
 
 
 def selects(method: str, gene: GeneTemplate, depth: int, shape: tuple[int, ...], keep: float = 1.0) -> bool:
@@ -60,7 +66,7 @@ def cannot_select(gene: GeneTemplate, depth: int, shape: tuple[int, ...]) -> str
     if longer:
         k = longer[0]
         return f"Weight Selection cannot grow an axis (axis {k}: {gene.shape[k]} -> {shape[k]})"
-    if gene.values is None and tuple(gene.coefficients.shape) != (gene.depth,) + tuple(gene.shape):
+    if not whole_source(gene):
         return "Weight Selection needs the whole source tensor (a learngene of keep 1.0)"
     return ""
 
@@ -80,15 +86,19 @@ def select(gene: GeneTemplate, depth: int, shape: tuple[int, ...], convention: s
     why = cannot_select(gene, depth, shape)
     if why:
         raise ValueError(why)
+    return _take(source_blocks(gene, convention)[:depth], gene.shape, shape, leading)
+
+
+def source_blocks(gene: GeneTemplate, convention: str) -> np.ndarray:
+    """The source's blocks [L, *shape] of a template: its own values where the gene holds them
+    (``GeneTemplate.values``, a transfer's), else the whole spectrum inverted (float64)."""
     if gene.values is not None:
-        return _take(gene.values[:depth], gene.shape, shape, leading)
+        return gene.values
     full = (gene.depth,) + tuple(gene.shape)
     z = spectral.spectrum_to_array(gene.coefficients.astype(np.float64), full, transformed_axes(gene.kinds),
-                                   convention)[:depth]
-    bshape = (depth,) + (1,) * len(shape)
-    z = z * np.asarray(gene.stds[:depth], np.float64).reshape(bshape) + \
-        np.asarray(gene.means[:depth], np.float64).reshape(bshape)
-    return _take(z, gene.shape, shape, leading)
+                                   convention)
+    bshape = (gene.depth,) + (1,) * len(gene.shape)
+    return z * np.asarray(gene.stds, np.float64).reshape(bshape) + np.asarray(gene.means, np.float64).reshape(bshape)
 
 
 def _take(z: np.ndarray, have: tuple[int, ...], shape: tuple[int, ...], leading: bool) -> np.ndarray:

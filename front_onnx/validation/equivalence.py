@@ -12,12 +12,13 @@ from typing import Callable
 import numpy as np
 
 from front_onnx.analysis.slots import GraphSlots
-from front_onnx.errors import OnnxFileError
+from front_onnx.errors import FrontError, OnnxFileError
 from front_onnx.method.alignment import ORDERS, Alignment, plan_alignment, write_aligned
 from front_onnx.method.extraction import file_sha256
 from front_onnx.method.learngene import Learngene
 from front_onnx.method.pipeline import pair_learngene, selects_any
 from front_onnx.method.selection import reads_whole
+from front_onnx.numeric.spectral import PICKING_MODES
 from front_onnx.onnxio import OnnxModel
 from front_onnx.validation.checks import synthesize_inputs
 from front_onnx.validation.runtime import open_session, run_or_refuse
@@ -46,6 +47,26 @@ def same_function(a: OnnxModel, b: OnnxModel, reference: list[np.ndarray] | None
         if np.max(np.abs(x64 - y64)) > TOLERANCE * max(float(np.max(np.abs(x64))), 1e-30):
             return False
     return True
+
+
+def keeps_function(source: OnnxModel, grown: OnnxModel) -> tuple[bool, str]:
+    """Whether a grown target gives the source's outputs on the source's synthesized inputs
+    (``method.expansion``), and if not, why, in words."""
+    feeds = _feeds(source)
+    want = _outputs(source, feeds)
+    try:
+        got = _outputs(grown, feeds)
+    except FrontError as e:
+        return False, f"it cannot run on the source's inputs: {e}"
+    for x, y, o in zip(want, got, grown.proto.graph.output):
+        x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        if x64.shape != y64.shape:
+            return False, f"output {o.name} has shape {list(y64.shape)}, the source's {list(x64.shape)}"
+        scale = max(float(np.max(np.abs(x64))), 1e-30) if x64.size else 1.0
+        err = float(np.max(np.abs(x64 - y64))) / scale if x64.size else 0.0
+        if not err <= TOLERANCE:
+            return False, f"output {o.name} differs by {err:.2g} of its largest value"
+    return True, ""
 
 
 def _permuted(reference: list[np.ndarray], names: list[str], al: Alignment,
@@ -121,10 +142,10 @@ def ordered_learngene(s: OnnxModel, gs: GraphSlots | None, folder: Path, order: 
 
 def alignment_order(align: bool | str | None, method: str) -> str | None:
     """The unit order a transfer puts the source in: ``align`` None is the method's own
-    ('importance' for 'hybrid', whose selection keeps the leading units; none otherwise),
+    ('importance' for 'hybrid' and 'expand', whose selection keeps the leading units; none otherwise),
     True is 'smooth', False or 'none' none."""
     if align is None:
-        return "importance" if method == "hybrid" else None
+        return "importance" if method in ("hybrid", "expand") else None
     if align is True:
         return "smooth"
     if align is False or align == "none":
@@ -144,7 +165,7 @@ def transfer_learngene(s: OnnxModel, source_analysis, analysis, folder: Path, *,
     if order == "importance" and align is None:  # the method's own order: only for what it selects
         if not (reads_whole(method, keep) and selects_any(source_analysis, analysis)):
             order = None  # a pure growth, or keep < 1: nothing is selected
-    across = depth != "nearest" and order == "smooth"  # matching along depth would undo an importance order
+    across = depth not in PICKING_MODES and order == "smooth"  # blocks picked whole: nothing mixes them
 
     def extract(m: OnnxModel) -> Learngene:
         return pair_learngene(m, source_analysis, analysis, keep=keep, convention=convention, depth=depth,
