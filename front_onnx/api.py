@@ -157,7 +157,8 @@ def plan(source: PathLike | OnnxModel | Learngene, target: PathLike | OnnxModel,
     computes (the source's units ordered as ``align`` says, as ``transfer`` orders them), with
     ``verdict`` set to the reason ``transfer`` would refuse it ('' when it would not).
     ``source`` is a model, a Learngene, or a path: a learngene file when it ends in
-    ``.safetensors``."""
+    ``.safetensors``. Whether an expanded growth (``method='expand'``) is kept depends on the
+    written target's outputs: that plan runs the transfer into a temporary folder."""
     if isinstance(source, (str, Path)) and Path(source).suffix == LEARNGENE_SUFFIX:
         source = Learngene.load(source)
     t = _model(target)
@@ -175,9 +176,13 @@ def plan(source: PathLike | OnnxModel | Learngene, target: PathLike | OnnxModel,
     p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth, method)
     label = gene.source if isinstance(source, Learngene) else str(getattr(source, "path", source))
     p.verdict = overlap_verdict(p, st, str(t.path), label or "the source")  # what transfer would refuse
-    if p.expanded:
-        p.notes.append(f"expand: {len(p.expanded)} grown templates would be expanded; transfer keeps that only "
-                       "where the target then computes the source's outputs, else transforms the growth")
+    if p.expanded and not isinstance(source, Learngene) and not p.verdict:
+        # whether the expansion is kept depends on the written target's outputs: transfer decides, in a
+        # temporary folder, and its plan is the one to show
+        with tempfile.TemporaryDirectory(prefix="front-onnx-plan-") as tmp:
+            done = transfer(source, t, Path(tmp) / "expanded.onnx", keep=keep, convention=convention, depth=depth,
+                            allow_nonfinite=allow_nonfinite, method=method, align=align)
+        return done.plan
     if note is not None:
         p.notes.append(note.describe())
     return p

@@ -8,7 +8,11 @@ source's function. Checked against independent expectations:
   one stage, under both exporters;
 - depth mode 'identity': a target deeper than the source (same widths) computes the
   source's outputs in onnxruntime (ResNet with BatchNorm, pre-LN ViT); 'nearest', which
-  repeats blocks, does not.
+  repeats blocks, does not;
+- method 'expand' (the default): a wider and deeper ResNet computes the source's outputs,
+  its new units hold the target's own values and are read with zeros, and ``plan`` agrees;
+  a ViT, whose LayerNorm reads the grown width, gets the 'hybrid' bytes instead, from
+  ``transfer`` and from ``init`` alike.
 """
 from __future__ import annotations
 
@@ -16,7 +20,9 @@ import re
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
@@ -99,3 +105,62 @@ def test_a_deeper_vit_starts_from_the_source_function(tmp_path):
     xs = np.random.default_rng(1).normal(size=(3, 1, 8, 8)).astype(np.float32)
     want, got = _outputs(tmp_path / "s.onnx", xs), _outputs(tmp_path / "o.onnx", xs)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.max(np.abs(want))))
+
+
+def test_expand_places_the_source_and_marks_new_units():
+    """The numeric core of an expansion against a direct construction."""
+    from front_onnx.method.expansion import expand
+
+    rng = np.random.default_rng(0)
+    src = rng.normal(size=(2, 3, 4, 3, 3))              # 2 blocks of conv [out 3, in 4, 3, 3]
+    stack, fresh = expand(src, 3, (5, 6, 3, 3), "conv.weight")
+    assert stack.shape == (3, 5, 6, 3, 3) and fresh.shape == (5, 6, 3, 3)
+    for b, s in enumerate((0, 0, 1)):                   # blocks by nearest relative depth
+        np.testing.assert_array_equal(stack[b, :3, :4], src[s])
+        assert not stack[b, :3, 4:].any()               # a source unit reads a new one with zeros
+    assert fresh[3:].all() and not fresh[:3].any()      # new out units: the target's own values
+
+
+@pytest.fixture(scope="module")
+def wider(tmp_path_factory):
+    d = tmp_path_factory.mktemp("wider")
+    x = (torch.zeros(2, 1, 8, 8),)
+    export_module(_resnet((2, 2, 2), 0, trained=True), x, d / "s.onnx")
+    torch.manual_seed(3)
+    target = FAMILIES["resnet"][0](ResNetConfig(widths=(12, 24, 48), depths=(3, 3, 3))).eval()
+    export_module(target, x, d / "t.onnx")
+    return d, target
+
+
+def test_a_wider_deeper_resnet_computes_the_source_function(wider, tmp_path):
+    d, target = wider
+    r = front_onnx.transfer(d / "s.onnx", d / "t.onnx", tmp_path / "o.onnx")   # the defaults
+    assert r.plan.expanded and any("computes the source's outputs" in n for n in r.plan.notes)
+    x = np.random.default_rng(0).normal(size=(2, 1, 8, 8)).astype(np.float32)
+    want, got = _outputs(d / "s.onnx", x), _outputs(tmp_path / "o.onnx", x)
+    assert float(np.max(np.abs(got - want)) / np.max(np.abs(want))) < 1e-5
+    out = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "o.onnx")).graph.initializer}
+    fresh = target.layers[0][0].conv1.weight.detach().numpy()
+    np.testing.assert_array_equal(out["layers.0.0.conv1.weight"][8:], fresh[8:])   # new units: the target's own
+    assert not out["layers.0.0.conv1.weight"][:8, 8:].any()                          # read with zeros
+    sm = r.plan.summary()
+    assert 0 < sm["own_elements"] < sm["weight_elements"]
+    assert front_onnx.plan(d / "s.onnx", d / "t.onnx").summary() == sm
+
+
+def test_an_expansion_that_changes_the_function_is_transformed(tmp_path):
+    """A ViT's LayerNorm reads the grown residual width: the expansion would change the
+    outputs, so the growth is written as 'hybrid' writes it, and the plan says why."""
+    x = torch.zeros(2, 1, 8, 8)
+    export(small_vit(32, 2, 0, trained=True), x, tmp_path / "s.onnx")
+    export(small_vit(48, 3, 1), x, tmp_path / "t.onnx")
+    e, h, i = (tmp_path / k / "o.onnx" for k in "ehi")  # one file name: the bytes can be compared
+    r = front_onnx.transfer(tmp_path / "s.onnx", tmp_path / "t.onnx", e)
+    front_onnx.transfer(tmp_path / "s.onnx", tmp_path / "t.onnx", h, method="hybrid")
+    assert not r.plan.expanded and any("the growth is transformed" in n for n in r.plan.notes)
+    assert e.read_bytes() == h.read_bytes()
+    assert front_onnx.plan(tmp_path / "s.onnx", tmp_path / "t.onnx").summary() == r.plan.summary()
+    gene = front_onnx.extract(tmp_path / "s.onnx")
+    done = front_onnx.initialize(tmp_path / "t.onnx", gene, i)   # no source to check against: transformed
+    assert any(n.startswith("expand: from a learngene") for n in done.plan.notes)
+    assert i.read_bytes() == h.read_bytes()

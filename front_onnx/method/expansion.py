@@ -80,6 +80,13 @@ def expand(blocks: np.ndarray, depth: int, shape: tuple[int, ...], role: str) ->
     return stack, fresh
 
 
+def fresh_count(gene: GeneTemplate, shape: tuple[int, ...]) -> int:
+    """Entries of one target block an expansion leaves at the target's own values: those of
+    the units the source lacks on the out axis."""
+    out_axis = _AXES[gene.role][0]
+    return int(np.prod(shape)) // shape[out_axis] * (shape[out_axis] - gene.shape[out_axis])
+
+
 def expand_ops(gene: GeneTemplate, shape: tuple[int, ...], depth: int, depth_mode: str) -> list[str]:
     """The operations of an expansion, for the plan."""
     ops = [f"depth: {depth_mode if depth_mode in spectral.PICKING_MODES else 'nearest'} {gene.depth}->{depth}"

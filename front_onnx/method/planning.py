@@ -11,7 +11,7 @@ import numpy as np
 from front_onnx.analysis.slots import BIAS_ROLES, INDEX, PARTS, GraphSlots
 from front_onnx.analysis.structure import Segment, Structure, Template
 from front_onnx.errors import FrontError
-from front_onnx.method.expansion import expand_ops, expands
+from front_onnx.method.expansion import expand_ops, expands, fresh_count
 from front_onnx.method.learngene import GeneTemplate, Learngene
 from front_onnx.method.selection import METHODS, cannot_select, selects
 from front_onnx.numeric import spectral
@@ -38,6 +38,7 @@ class SlotPlan:
     absent: bool = False             # a bias the target's layer does not have (zero)
     counted: bool = True             # in the parameter totals (not an absent bias zero on both sides)
     parameter: bool = False          # no role, but a parameter (behind an op the transfer does not support)
+    own: int = 0                     # elements that keep the target's own values (new units of an expansion)
 
 
 @dataclass
@@ -80,11 +81,13 @@ class Plan:
     def summary(self) -> dict[str, Any]:
         weights = [s for s in self.slots if (s.role is not None or s.parameter) and s.counted]
         total = sum(s.elements for s in weights)
-        done = sum(s.elements for s in weights if s.status == "written")
+        done = sum(s.elements - s.own for s in weights if s.status == "written")
+        own = sum(s.own for s in weights if s.status == "written")
         return {
             "slots": len(self.listed), "weight_slots": len(weights), "written": len(self.written),
             "left": len(self.left), "weight_elements": total, "written_elements": done,
             "written_fraction": (done / total) if total else 0.0,
+            **({"own_elements": own} if own else {}),
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -311,9 +314,11 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
             else _axis_ops(src, kinds, shape, tpl.depth, depth_mode)
         zeroed = set(identity_blocks(src, tpl)) if depth_mode == "identity" and src is not None and ops \
             and not chosen else set()
+        own = fresh_count(src, shape) if grown else 0
         for b, block in enumerate(tpl.blocks):
             for i in block:
-                by_slot[i] = (tpl, why, ops + [_IDENTITY_OP] if b in zeroed else ops, skey, b)
+                by_slot[i] = (tpl, why, ops + [_IDENTITY_OP] if b in zeroed else ops, skey, b,
+                              0 if b in zeroed else own)
     plans: list[SlotPlan] = []
     for i, s in enumerate(gs.slots):
         base = dict(initializer=s.initializer, node=node_names[s.node] or f"#{s.node}", input=s.input,
@@ -322,7 +327,7 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
                     + ([f"parameter: {s.provenance}"] if s.role is not None and s.provenance else [])
                     + ([f"module {s.module} ({s.module_evidence})"] if s.module else []))
         if i in by_slot:
-            tpl, why, ops, skey, b = by_slot[i]
+            tpl, why, ops, skey, b, own = by_slot[i]
             base["evidence"].insert(0, tpl.evidence)
             if skey is not None and skey != tpl.key and not why:
                 base["evidence"].insert(1, f"fed by the source template {skey} (its unit aligns with this one)")
@@ -331,7 +336,7 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
                                           _zero_block(gene.templates.get(skey or ""), b, tpl.depth, depth_mode)))
                 continue
             plans.append(SlotPlan(**base, template=tpl.key, status="left" if why else "written",
-                                  operations=ops, reason=why))
+                                  operations=ops, reason=why, own=0 if why else own))
         else:
             reason = st.unplaced.get(i, s.reason or "not placed")
             plans.append(SlotPlan(**base, template=None, status="left", reason=reason, parameter=s.unsupported))
@@ -474,6 +479,10 @@ def summary_lines(plan: Plan) -> list[str]:
         lines.append("structures diverge:" + "".join(f"\n  - {d}" for d in plan.divergence))
     for why, n, elements in plan.left_by_reason():
         lines.append(f"left: {n} slot{'s' if n > 1 else ''} ({elements} elements): {why}")
+    sm = plan.summary()
+    if sm.get("own_elements"):
+        lines.append(f"own: {sm['own_elements']} weight elements ({sm['own_elements'] / sm['weight_elements']:.1%}) "
+                     "keep the target's own values: units the source lacks, in expanded templates")
     lines.extend(plan.notes)
     if plan.requantized:
         errs = list(plan.requantized.values())
