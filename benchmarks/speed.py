@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="phase breakdown of one transfer per size")
     ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "speed.png")
     ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--method", default=METHOD, choices=("front", "hybrid", "select"),
+    ap.add_argument("--method", default=METHOD, choices=("front", "hybrid", "expand", "select"),
                     help="front_onnx.transfer's method (default: front, as docs/performance.md measured; "
                          "the plot is written only for front unless --plot is given)")
     args = ap.parse_args(argv)

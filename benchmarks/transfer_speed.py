@@ -407,8 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rebuild", action="store_true", help="export the models again even if cached")
     ap.add_argument("--settle", type=float, default=30.0,
                     help="before each run, wait up to this many seconds for other processes to go quiet (0: don't)")
-    ap.add_argument("--method", choices=("hybrid", "front", "select"), default=None,
-                    help="front_onnx.transfer's method (default: the API's, hybrid; 'front' for the transform alone)")
+    ap.add_argument("--method", choices=("expand", "hybrid", "front", "select"), default=None,
+                    help="front_onnx.transfer's method (default: the API's; 'front' for the transform alone)")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
