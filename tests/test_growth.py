@@ -12,7 +12,9 @@ source's function. Checked against independent expectations:
 - method 'expand' (the default): a wider and deeper ResNet computes the source's outputs,
   its new units hold the target's own values and are read with zeros, and ``plan`` agrees;
   a ViT, whose LayerNorm reads the grown width, gets the 'hybrid' bytes instead, from
-  ``transfer`` and from ``init`` alike.
+  ``transfer`` and from ``init`` alike;
+- a shallower post-norm target selected by 'hybrid' ends with the source's last output norm
+  (what the head reads); 'select' keeps Weight Selection's "first N".
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ ort = pytest.importorskip("onnxruntime")
 
 import front_onnx  # noqa: E402
 from front_onnx.analysis import analyze  # noqa: E402
+from front_onnx.analysis.naming import named_weights  # noqa: E402
 from front_onnx.onnxio import load_model  # noqa: E402
 from front_onnx.torch.modules import export_module  # noqa: E402
 from samples.export import export  # noqa: E402
@@ -164,3 +167,40 @@ def test_an_expansion_that_changes_the_function_is_transformed(tmp_path):
     done = front_onnx.initialize(tmp_path / "t.onnx", gene, i)   # no source to check against: transformed
     assert any(n.startswith("expand: from a learngene") for n in done.plan.notes)
     assert i.read_bytes() == h.read_bytes()
+
+
+class _PostNorm(torch.nn.Module):
+    """x -> blocks of LayerNorm(x + fc2(relu(fc1(x)))) (post-norm, as BERT) -> head."""
+
+    def __init__(self, width: int, depth: int) -> None:
+        super().__init__()
+        self.fc1 = torch.nn.ModuleList(torch.nn.Linear(width, 2 * width) for _ in range(depth))
+        self.fc2 = torch.nn.ModuleList(torch.nn.Linear(2 * width, width) for _ in range(depth))
+        self.norm = torch.nn.ModuleList(torch.nn.LayerNorm(width) for _ in range(depth))
+        self.head = torch.nn.Linear(width, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for f1, f2, n in zip(self.fc1, self.fc2, self.norm):
+            x = n(x + f2(torch.relu(f1(x))))
+        return self.head(x)
+
+
+@pytest.mark.parametrize("method,last", [("hybrid", 3), ("select", 1)])
+def test_the_last_output_norm_of_a_shallower_target_is_the_source_last(tmp_path, method, last):
+    """Selecting 2 of 4 post-norm blocks: the output norm of the target's last block (what the
+    head reads) is the source's last block's with 'hybrid'; Weight Selection ('select') keeps
+    "first N" as published."""
+    torch.manual_seed(0)
+    src = perturb(_PostNorm(8, 4).eval(), seed=0)
+    torch.manual_seed(1)
+    export(src, torch.zeros(2, 8), tmp_path / "s.onnx")
+    export(_PostNorm(8, 2).eval(), torch.zeros(2, 8), tmp_path / "t.onnx")
+    r = front_onnx.transfer(tmp_path / "s.onnx", tmp_path / "t.onnx", tmp_path / "o.onnx", method=method,
+                            align="none")  # units in their order: entries comparable by position
+    out = {k: np.asarray(v) for k, v in named_weights(tmp_path / "o.onnx").tensors.items()}  # by torch name
+    want = src.state_dict()
+    np.testing.assert_array_equal(out["norm.0.weight"], want["norm.0.weight"].numpy())
+    np.testing.assert_array_equal(out["norm.1.weight"], want[f"norm.{last}.weight"].numpy())
+    np.testing.assert_array_equal(out["fc2.1.weight"], want["fc2.1.weight"].numpy())   # the rest: first N
+    said = [s.operations[0] for s in r.plan.written if s.role in ("norm.scale", "norm.bias")]
+    assert len(said) == 4 and all(("then the last" in op) == (method == "hybrid") for op in said)

@@ -52,6 +52,8 @@ class Template:
     blocks: list[list[int]] = field(default_factory=list)  # indices into GraphSlots.slots
     evidence: str = ""
     ends_branch: bool = False        # its layer is the last of a residual branch, in every block
+    output_norm: bool = False        # the block's last layer is a norm after its residual Add (post-norm) or
+    #                                  ending its residual branch (a ResNet's bn2): it scales what the block passes on
 
     @property
     def depth(self) -> int:
@@ -210,6 +212,13 @@ def _upstream(nodes, made: dict[str, int], skips: dict[int, str], anchors: set[i
             continue
         todo.extend((x, no_layer and j not in anchors) for x in nodes[j].input if x)
     return reach, free
+
+
+def _after_residual(units: list[_Unit], model: onnx.ModelProto) -> set[int]:
+    """Units whose layer reads a residual Add's output: a post-norm block's norms."""
+    nodes = model.graph.node
+    adds = {nodes[k].output[0] for k, _, _ in _residual_adds(model, {u.anchor for u in units})}
+    return {i for i, u in enumerate(units) if nodes[u.anchor].input and nodes[u.anchor].input[0] in adds}
 
 
 def _block_starts(units: list[_Unit], model: onnx.ModelProto) -> set[int]:
@@ -378,7 +387,7 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto, known_blocks: dict[st
     stages: dict[str, list[str]] = {}
     in_run: set[int] = set()
     seen_stage: dict[str, int] = defaultdict(int)
-    starts, ends = _block_starts(units, model), _branch_ends(units, model)
+    starts, ends, after = _block_starts(units, model), _branch_ends(units, model), _after_residual(units, model)
     runs = _runs(units, starts=starts)
     # a block seen as a stage here, or in the source, is looked for first, so that a lone copy
     # of it is a one-block stage (on both sides alike: a source and a target of one
@@ -436,7 +445,9 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto, known_blocks: dict[st
                 blocks = [[blk[(role, occ)]] for blk in per_block]
                 templates[key] = Template(key, stage, role, blocks,
                                           f"topology: unit {j} of a {p}-unit block repeated {k}x{single}",
-                                          ends_branch=all(start + b * p + j in ends for b in range(k)))
+                                          ends_branch=all(start + b * p + j in ends for b in range(k)),
+                                          output_norm=j == p - 1 and role.startswith("norm.")
+                                          and all(start + b * p + j in after | ends for b in range(k)))
         in_run.update(range(start, start + p * k))
     seen_unit: dict[str, int] = defaultdict(int)
     for u_idx in sorted(range(len(units)), key=rank.__getitem__):

@@ -15,7 +15,7 @@ from front_onnx.method import amplitude
 from front_onnx.method.learngene import GeneTemplate, Learngene
 from front_onnx.method.planning import Plan, identity_blocks
 from front_onnx.method.expansion import expand, expands
-from front_onnx.method.selection import select, selects, source_blocks
+from front_onnx.method.selection import select, selected_blocks, selects, source_blocks
 from front_onnx.numeric import spectral
 from front_onnx.numeric.quantization import dequantize, quantize
 from front_onnx.onnxio import OnnxModel, save_model
@@ -176,7 +176,8 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
             if expanded:
                 stack, fresh = expand(source_blocks(gt, gene.convention), tpl.depth, shape, gt.role)
             elif selected:
-                stack = select(gt, tpl.depth, shape, gene.convention, leading=gene.unit_order == "importance")
+                stack = select(gt, tpl.depth, shape, gene.convention, leading=gene.unit_order == "importance",
+                               output_norm=tpl.output_norm and method != "select")
             else:
                 stack = materialize(gt, tpl.depth, shape, gene.convention, depth_mode)
             for b, block in enumerate(tpl.blocks):
@@ -186,7 +187,7 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
                                                   dtype=dtypes[s.initializer])
             del stack
         if scale in amplitude.FORMULA_SCALES:
-            _rescaled(gt, tpl, gs, shape, out, depth_mode, scale, selected)
+            _rescaled(gt, tpl, gs, shape, out, depth_mode, scale, selected, tpl.output_norm and method != "select")
         zeroed = identity_blocks(gt, tpl) if depth_mode == "identity" and not selected else []
         for b in zeroed:
             for i in tpl.blocks[b]:
@@ -205,13 +206,13 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
 
 
 def _rescaled(gt: GeneTemplate, tpl: Template, gs: GraphSlots, shape: tuple[int, ...], out: dict[int, np.ndarray],
-              depth_mode: str, scale: str, selected: bool = False) -> None:
+              depth_mode: str, scale: str, selected: bool = False, output_norm: bool = False) -> None:
     """A template's blocks brought to the amplitude ``scale`` asks for (``amplitude``): each
-    block's element std that of the source block it maps to (a selected template's block b
-    is the source's block b), times the fan-in gain."""
+    block's element std that of the source block it maps to (a selected template's block b:
+    ``selection.selected_blocks``), times the fan-in gain."""
     _, stds, floor = _layer_stats(gt, tpl.depth, depth_mode)
     if selected:
-        stds = np.asarray(gt.stds[:tpl.depth], np.float64)
+        stds = np.asarray(gt.stds, np.float64)[selected_blocks(gt.depth, tpl.depth, output_norm)]
     if floor is not None:
         return  # variances: their values are what they are
     first = gs.slots[tpl.blocks[0][0]]

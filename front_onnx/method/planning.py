@@ -122,9 +122,15 @@ def _axis_ops(gene: GeneTemplate, kinds: tuple[str, ...], shape: tuple[int, ...]
     return ops
 
 
-def _select_ops(gene: GeneTemplate, shape: tuple[int, ...], depth: int, leading: bool = False) -> list[str]:
+def _select_ops(gene: GeneTemplate, shape: tuple[int, ...], depth: int, leading: bool = False,
+                output_norm: bool = False) -> list[str]:
     """The operations of Weight Selection on one template, for the plan."""
-    ops = [f"layers: first {depth} of {gene.depth}" if depth != gene.depth else f"layers: {depth} (copy)"]
+    if depth == gene.depth:
+        ops = [f"layers: {depth} (copy)"]
+    elif output_norm and depth > 0:
+        ops = [f"layers: first {depth - 1} of {gene.depth}, then the last (a post-norm block's output norm)"]
+    else:
+        ops = [f"layers: first {depth} of {gene.depth}"]
     how = "leading, importance order" if leading else "uniform"
     for k, (ns, nt) in enumerate(zip(gene.shape, shape)):
         ops.append(f"axis {k}: select {nt} of {ns} ({how})" if nt != ns else f"axis {k}: {nt} (copy)")
@@ -309,7 +315,8 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
             selected.append(key)
         if grown:
             expanded.append(key)
-        ops = [] if src is None or why else _select_ops(src, shape, tpl.depth, gene.unit_order == "importance") \
+        ops = [] if src is None or why else _select_ops(src, shape, tpl.depth, gene.unit_order == "importance",
+                                                         tpl.output_norm and method != "select") \
             if chosen else expand_ops(src, shape, tpl.depth, depth_mode) if grown \
             else _axis_ops(src, kinds, shape, tpl.depth, depth_mode)
         zeroed = set(identity_blocks(src, tpl)) if depth_mode == "identity" and src is not None and ops \

@@ -2,7 +2,9 @@
 the tool: the same structure analysis and templates as FRONT, so it works on any pair of
 graphs the transfer works on and compares with FRONT like for like.
 
-A target block takes the source block of the same index ("first N" layer selection), and
+A target block takes the source block of the same index ("first N" layer selection; with
+'hybrid' and 'expand', a post-norm block's output norm in the last target block is the
+source's last: ``selected_blocks``), and
 every canonical axis that is shorter in the target keeps evenly spaced source indices
 ``floor(i * n_src / n_tgt)`` ("uniform" element selection). Canonical axes carry the parts of
 a fused projection and its heads, so the selection runs inside each part and keeps whole
@@ -77,8 +79,18 @@ def fits(source: tuple[int, ...], target: tuple[int, ...]) -> bool:
     return len(source) == len(target) and all(t <= s for s, t in zip(source, target))
 
 
+def selected_blocks(L: int, depth: int, output_norm: bool = False) -> list[int]:
+    """The source blocks a selection takes for ``depth`` target blocks: the first ones ("first
+    N"); for a post-norm block's output norm (``Template.output_norm``), the last target
+    block takes the source's last one: it normalizes what the next stage or the head reads,
+    and the head is the source's, trained on the last block's normalization."""
+    if output_norm and depth < L:
+        return list(range(depth - 1)) + [L - 1]
+    return list(range(depth))
+
+
 def select(gene: GeneTemplate, depth: int, shape: tuple[int, ...], convention: str,
-           leading: bool = False) -> np.ndarray:
+           leading: bool = False, output_norm: bool = False) -> np.ndarray:
     """The target's depth stack [depth, *shape] selected from the source's blocks: the
     source's own values where the gene holds them (``GeneTemplate.values``, a transfer's),
     else the whole spectrum inverted (float64); ``leading``: the first units of each shorter
@@ -86,7 +98,8 @@ def select(gene: GeneTemplate, depth: int, shape: tuple[int, ...], convention: s
     why = cannot_select(gene, depth, shape)
     if why:
         raise ValueError(why)
-    return _take(source_blocks(gene, convention)[:depth], gene.shape, shape, leading)
+    return _take(source_blocks(gene, convention)[selected_blocks(gene.depth, depth, output_norm)], gene.shape,
+                 shape, leading)
 
 
 def source_blocks(gene: GeneTemplate, convention: str) -> np.ndarray:
