@@ -8,7 +8,8 @@ the dynamo and the legacy exporter. The pairs and criteria are those of the scor
 - identity and cross-exporter identity (keep 1.0): the output reproduces the source
   (relative L2 error <= 1e-5 on onnxruntime outputs), nodes unchanged;
 - shrink / grow: full onnx.checker, finite outputs, nodes unchanged apart from restored bias
-  inputs, >= 95% of the target's parameter elements written;
+  inputs, >= 95% of the target's parameter elements written (a growth kept expanded: the
+  output reproduces the source instead);
 - every pair: every constant initializer of the target (not a torch parameter nor computed
   from one) byte-identical; ``plan`` and ``transfer`` report the same written fraction.
 
