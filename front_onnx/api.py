@@ -32,6 +32,7 @@ from front_onnx.method.pipeline import (
     DEFAULT_KEEP,
     DEFAULT_METHOD,
     DEFAULT_SCALE,
+    expansion_blocked,
     initialize_into,
     pair_analysis,
 )
@@ -163,12 +164,16 @@ def plan(source: PathLike | OnnxModel | Learngene, target: PathLike | OnnxModel,
         source = Learngene.load(source)
     t = _model(target)
     note = None
+    blocked = ""
     if isinstance(source, Learngene):
         gene = source
         gs, st = analyze(t, stage_blocks(gene.templates))
     else:  # as transfer does it: the pair analyzed together
         s = _model(source)
         source_analysis, (gs, st) = pair_analysis(s, t)
+        blocked = expansion_blocked(source_analysis, (gs, st)) if method == "expand" else ""
+        if blocked:
+            method = "hybrid"
         with tempfile.TemporaryDirectory(prefix="front-onnx-align-") as tmp:
             gene, note = transfer_learngene(s, source_analysis, (gs, st), Path(tmp), align=align, keep=keep,
                                             convention=convention, depth=depth, allow_nonfinite=allow_nonfinite,
@@ -183,9 +188,16 @@ def plan(source: PathLike | OnnxModel | Learngene, target: PathLike | OnnxModel,
             done = transfer(source, t, Path(tmp) / "expanded.onnx", keep=keep, convention=convention, depth=depth,
                             allow_nonfinite=allow_nonfinite, method=method, align=align)
         return done.plan
+    if blocked and _transforms(p):
+        p.notes.append(f"expand: {blocked}: the growth is transformed, as --method hybrid")
     if note is not None:
         p.notes.append(note.describe())
     return p
+
+
+def _transforms(p: Plan) -> bool:
+    """Whether a plan transforms a template (one it neither selects nor expands: a growth)."""
+    return any(v == "ok" and k not in p.selected and k not in p.expanded for k, v in p.templates.items())
 
 
 def _init_outputs(output: PathLike, report: PathLike | None) -> list[Path | None]:
@@ -216,7 +228,7 @@ def initialize(target: PathLike | OnnxModel, learngene: PathLike | Learngene, ou
     label = str(learngene) if not isinstance(learngene, Learngene) else (gene.source or "the learngene")
     result = _initialize(t, gene, Path(output), t0, report, external_data, analyze(t, stage_blocks(gene.templates)),
                          depth, label=label, method="hybrid" if method == "expand" else method, scale=scale)
-    if method == "expand" and len(result.plan.selected) < sum(v == "ok" for v in result.plan.templates.values()):
+    if method == "expand" and _transforms(result.plan):
         result.plan.notes.append("expand: from a learngene the growth is transformed, as --method hybrid (an "
                                  "expansion is kept only where it computes the source's outputs, which needs the "
                                  "source model: transfer)")
@@ -261,6 +273,9 @@ def transfer(source: PathLike | OnnxModel, target: PathLike | OnnxModel, output:
     if isinstance(calibration_inputs, (str, Path)):
         calibration_inputs = load_npz(calibration_inputs)
     source_analysis, analysis = pair_analysis(s, t)
+    blocked = expansion_blocked(source_analysis, analysis) if method == "expand" else ""
+    if blocked:  # decided before anything is extracted: the growth is transformed, as 'hybrid'
+        method = "hybrid"
     with tempfile.TemporaryDirectory(prefix="front-onnx-align-") as tmp:
         gene, note = transfer_learngene(s, source_analysis, analysis, Path(tmp), align=align, keep=keep,
                                         convention=convention, depth=depth, allow_nonfinite=allow_nonfinite,
@@ -279,6 +294,8 @@ def transfer(source: PathLike | OnnxModel, target: PathLike | OnnxModel, output:
         del s  # an inline source's weights need not stay in memory while the target is written
         result = _initialize(t, gene, Path(output), t0, report, external_data, analysis, depth, release=True,
                              label=str(source_path), method=method, scale=scale, calibrator=calibrate)
+    if blocked and _transforms(result.plan):
+        result.plan.notes.append(f"expand: {blocked}: the growth is transformed, as --method hybrid")
     if note is not None:
         result.plan.notes.append(note.describe())
     _finish(result, validate, t, source_path, device, strict, keep_invalid,

@@ -204,3 +204,19 @@ def test_the_last_output_norm_of_a_shallower_target_is_the_source_last(tmp_path,
     np.testing.assert_array_equal(out["fc2.1.weight"], want["fc2.1.weight"].numpy())   # the rest: first N
     said = [s.operations[0] for s in r.plan.written if s.role in ("norm.scale", "norm.bias")]
     assert len(said) == 4 and all(("then the last" in op) == (method == "hybrid") for op in said)
+
+
+def test_an_expansion_the_check_rejects_is_rewritten_as_hybrid(tmp_path):
+    """Every grown template of a widened LayerNorm MLP stack can be expanded, but the
+    LayerNorm averages over the new units too: the written target's outputs differ from the
+    source's, and the transfer writes the 'hybrid' bytes instead, saying why."""
+    from tests.graphs import mlp_stack
+
+    onnx.save(mlp_stack(8, 2, seed=0), tmp_path / "s.onnx")
+    onnx.save(mlp_stack(16, 2, seed=1), tmp_path / "t.onnx")
+    e, h = tmp_path / "e" / "o.onnx", tmp_path / "h" / "o.onnx"
+    r = front_onnx.transfer(tmp_path / "s.onnx", tmp_path / "t.onnx", e)
+    front_onnx.transfer(tmp_path / "s.onnx", tmp_path / "t.onnx", h, method="hybrid")
+    assert not r.plan.expanded and any("would change the source's outputs" in n for n in r.plan.notes)
+    assert e.read_bytes() == h.read_bytes()
+    assert sorted(p.name for p in e.parent.iterdir()) == ["o.onnx"]   # nothing of the rejected write left

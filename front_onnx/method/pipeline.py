@@ -35,7 +35,7 @@ DEFAULT_METHOD = "expand"     # measured best (docs/results.md): selection when 
 DEFAULT_SCALE = "none"
 
 __all__ = ["DEFAULT_CONVENTION", "DEFAULT_DEPTH", "DEFAULT_KEEP", "DEFAULT_METHOD", "DEFAULT_SCALE",
-           "initialize_into", "pair_analysis", "pair_learngene", "selects_any"]
+           "expansion_blocked", "initialize_into", "pair_analysis", "pair_learngene", "selects_any"]
 
 
 def pair_analysis(s: OnnxModel, t: OnnxModel) -> tuple[tuple, tuple]:
@@ -81,16 +81,35 @@ def _selected_targets(source_analysis, analysis, sources: dict[str, str]) -> set
 
 def _expandable_targets(source_analysis, analysis, sources: dict[str, str]) -> set[str]:
     """The target templates expansion can fill (``expansion.expandable``)."""
+    return {k for k, why in _expansion_verdicts(source_analysis, analysis, sources).items() if not why}
+
+
+def _expansion_verdicts(source_analysis, analysis, sources: dict[str, str]) -> dict[str, str]:
+    """Target template -> why expansion cannot fill it ('' when it can), for those with a source."""
     have = target_shapes(*source_analysis)
     gs, st = analysis
-    out = set()
+    out = {}
     for k, shape in target_shapes(*analysis).items():
         src = have.get(sources.get(k, ""))
         first = gs.slots[st.templates[k].blocks[0][0]]
-        if src is not None and len(src) == len(shape) and first.layout is not None and \
-                not expandable(st.templates[k].role, first.layout, src[1:], shape[1:]):
-            out.add(k)
+        if src is not None and len(src) == len(shape) and first.layout is not None:
+            out[k] = expandable(st.templates[k].role, first.layout, src[1:], shape[1:])
     return out
+
+
+def expansion_blocked(source_analysis, analysis) -> str:
+    """Why 'expand' cannot keep this pair's growth ('' when it may: the written target is then
+    checked): a template the target holds more of that expansion cannot fill is transformed,
+    and a transformed growth does not compute the source's function."""
+    sources = source_templates([asdict(seg) for seg in source_analysis[1].segments], analysis[1].segments,
+                               analysis[1].templates)
+    selected = _selected_targets(source_analysis, analysis, sources)
+    blocked = {k: why for k, why in _expansion_verdicts(source_analysis, analysis, sources).items()
+               if why and k not in selected}
+    if not blocked:
+        return ""
+    key = sorted(blocked)[0]
+    return f"{len(blocked)} grown templates cannot be expanded ({key}: {blocked[key]})"
 
 
 def selects_any(source_analysis, analysis) -> bool:
