@@ -322,7 +322,6 @@ def _expanded(s: OnnxModel, t: OnnxModel, gene: Learngene, transformed, output: 
             else:
                 for p in tmp.parent.iterdir():
                     p.unlink()
-                del gene
                 result = _initialize(t, transformed(), tmp, t0, report, external_data, analysis, depth,
                                      release=True, label=label, method="hybrid", scale=scale, calibrator=calibrate)
                 result.plan.notes.append(f"expand: expanding the growth would change the source's outputs ({why}): "

@@ -214,20 +214,21 @@ def _upstream(nodes, made: dict[str, int], skips: dict[int, str], anchors: set[i
     return reach, free
 
 
-def _after_residual(units: list[_Unit], model: onnx.ModelProto) -> set[int]:
-    """Units whose layer reads a residual Add's output: a post-norm block's norms."""
+def _after_residual(units: list[_Unit], model: onnx.ModelProto, residual: list[tuple[int, int, int]]) -> set[int]:
+    """Units whose layer reads a residual Add's output (``residual``: ``_residual_adds``): a
+    post-norm block's norms."""
     nodes = model.graph.node
-    adds = {nodes[k].output[0] for k, _, _ in _residual_adds(model, {u.anchor for u in units})}
+    adds = {nodes[k].output[0] for k, _, _ in residual}
     return {i for i, u in enumerate(units) if nodes[u.anchor].input and nodes[u.anchor].input[0] in adds}
 
 
-def _block_starts(units: list[_Unit], model: onnx.ModelProto) -> set[int]:
+def _block_starts(units: list[_Unit], residual: list[tuple[int, int, int]]) -> set[int]:
     """Units at which a residual block starts: for each residual Add, the first unit after
     the node that made the earlier input (the skip). Where a model repeats a block with no
     residual in it, these say where its copies begin."""
     anchors = [u.anchor for u in units]
     out: set[int] = set()
-    for k, skip, _ in _residual_adds(model, set(anchors)):
+    for k, skip, _ in residual:
         first = next((i for i, a in enumerate(anchors) if a > skip), None)
         if first is not None and anchors[first] < k:
             out.add(first)
@@ -240,7 +241,7 @@ _KEEPS_ZERO = {"Identity", "Dropout", "Reshape", "Transpose", "Squeeze", "Unsque
                "Div", "Add"}
 
 
-def _branch_ends(units: list[_Unit], model: onnx.ModelProto) -> set[int]:
+def _branch_ends(units: list[_Unit], model: onnx.ModelProto, residual: list[tuple[int, int, int]]) -> set[int]:
     """Units whose layer is the last of a residual branch: walking back from each residual
     Add's later input through ``_KEEPS_ZERO`` nodes with one computed input to a weighted
     unit. A branch whose last layer gives zero adds nothing, so its block is the identity
@@ -249,7 +250,7 @@ def _branch_ends(units: list[_Unit], model: onnx.ModelProto) -> set[int]:
     made = {o: k for k, n in enumerate(nodes) for o in n.output}
     unit_at = {u.anchor: i for i, u in enumerate(units)}
     out: set[int] = set()
-    for _, _, k in _residual_adds(model, set(unit_at)):
+    for _, _, k in residual:
         while k >= 0:
             if k in unit_at:
                 out.add(unit_at[k])
@@ -387,7 +388,9 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto, known_blocks: dict[st
     stages: dict[str, list[str]] = {}
     in_run: set[int] = set()
     seen_stage: dict[str, int] = defaultdict(int)
-    starts, ends, after = _block_starts(units, model), _branch_ends(units, model), _after_residual(units, model)
+    residual = _residual_adds(model, {u.anchor for u in units})  # once: starts, branch ends and norms read it
+    starts, ends = _block_starts(units, residual), _branch_ends(units, model, residual)
+    after = _after_residual(units, model, residual)
     runs = _runs(units, starts=starts)
     # a block seen as a stage here, or in the source, is looked for first, so that a lone copy
     # of it is a one-block stage (on both sides alike: a source and a target of one
