@@ -968,6 +968,12 @@ def run(quick: bool = False, seeds: int = 3, out: Path = Path("bench-out/converg
         results["merged_from"] = str(merge)
         metas.update({k: v["source"] for k, v in kept.items()})
         chosen = [x for x in settings(quick) if x.name in results["settings"]]
+        if write_docs:  # a kept setting's plot lies where its run wrote it: draw it beside the others
+            for x in chosen:
+                st = results["settings"][x.name]
+                if x.name not in runs:
+                    st["png"] = str(img_dir / f"convergence-{x.name}.png")
+                    plot(x, st["summary"], st["train_flops_per_epoch"], Path(st["png"]))
     (out / "results.json").write_text(json.dumps(results, indent=1))
     title = f"# Convergence results ({'QUICK smoke run' if quick else 'full protocol'}, {seeds} seeds)\n\n"
     (out / "results.md").write_text(title + report(results, chosen, metas, out))
