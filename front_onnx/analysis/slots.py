@@ -129,6 +129,18 @@ class Layout:
     def canonical_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return self._split(tuple(shape[p] for p in self.perm))
 
+    @property
+    def head_axes(self) -> tuple[int, ...]:
+        """Canonical indices of the heads axes (each followed by its head_dim axis)."""
+        out, pos = [], 1 if self.parts > 1 else 0
+        for k in range(len(self.perm)):
+            if k < len(self.heads) and self.heads[k]:
+                out.append(pos)
+                pos += 2
+            else:
+                pos += 1
+        return tuple(out)
+
 
 @dataclass
 class Slot:

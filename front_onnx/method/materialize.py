@@ -166,7 +166,7 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
         assert first.layout is not None
         shape = first.layout.canonical_shape(first.shape)
         gt = gene.templates[skey]
-        selected = selects(method, gt, tpl.depth, shape, gene.keep)
+        selected = selects(method, gt, tpl.depth, shape, gene.keep, first.layout.head_axes)
         expanded = not selected and expands(method, gt, tpl.depth, shape, first.layout, gene.keep)
         done = None if selected or expanded else _streamed(gt, tpl, gs, shape, gene.convention, dtypes, depth_mode)
         fresh = None
@@ -177,7 +177,7 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
                 stack, fresh = expand(source_blocks(gt, gene.convention), tpl.depth, shape, gt.role)
             elif selected:
                 stack = select(gt, tpl.depth, shape, gene.convention, leading=gene.unit_order == "importance",
-                               output_norm=tpl.output_norm and method != "select")
+                               output_norm=tpl.output_norm and method != "select", heads=first.layout.head_axes)
             else:
                 stack = materialize(gt, tpl.depth, shape, gene.convention, depth_mode)
             for b, block in enumerate(tpl.blocks):

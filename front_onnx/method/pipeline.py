@@ -75,8 +75,10 @@ def pair_learngene(s: OnnxModel, source_analysis, analysis, *, keep: float, conv
 def _selected_targets(source_analysis, analysis, sources: dict[str, str]) -> set[str]:
     """The target templates selection can fill: nowhere longer than their source template."""
     have = target_shapes(*source_analysis)
+    gs, st = analysis
     return {k for k, shape in target_shapes(*analysis).items()
-            if k in sources and sources[k] in have and fits(have[sources[k]], shape)}
+            if k in sources and sources[k] in have
+            and fits(have[sources[k]], shape, gs.slots[st.templates[k].blocks[0][0]].layout.head_axes)}
 
 
 def _expandable_targets(source_analysis, analysis, sources: dict[str, str]) -> set[str]:

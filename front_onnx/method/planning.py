@@ -13,7 +13,7 @@ from front_onnx.analysis.structure import Segment, Structure, Template
 from front_onnx.errors import FrontError
 from front_onnx.method.expansion import expand_ops, expands, fresh_count
 from front_onnx.method.learngene import GeneTemplate, Learngene
-from front_onnx.method.selection import METHODS, cannot_select, selects
+from front_onnx.method.selection import METHODS, cannot_select, regroups, selects
 from front_onnx.numeric import spectral
 from front_onnx.numeric.spectral import DEPTH_MODES
 
@@ -123,7 +123,7 @@ def _axis_ops(gene: GeneTemplate, kinds: tuple[str, ...], shape: tuple[int, ...]
 
 
 def _select_ops(gene: GeneTemplate, shape: tuple[int, ...], depth: int, leading: bool = False,
-                output_norm: bool = False) -> list[str]:
+                output_norm: bool = False, heads: tuple[int, ...] = ()) -> list[str]:
     """The operations of Weight Selection on one template, for the plan."""
     if depth == gene.depth:
         ops = [f"layers: {depth} (copy)"]
@@ -132,8 +132,14 @@ def _select_ops(gene: GeneTemplate, shape: tuple[int, ...], depth: int, leading:
     else:
         ops = [f"layers: first {depth} of {gene.depth}"]
     how = "leading, importance order" if leading else "uniform"
+    merged = regroups(tuple(gene.shape), tuple(shape), heads)
     for k, (ns, nt) in enumerate(zip(gene.shape, shape)):
-        ops.append(f"axis {k}: select {nt} of {ns} ({how})" if nt != ns else f"axis {k}: {nt} (copy)")
+        if k in merged:
+            r = shape[k + 1] // gene.shape[k + 1]
+            ops.append(f"axes {k}-{k + 1}: {nt * r} of {ns} whole heads ({how}), {r} side by side per target head "
+                       f"({gene.shape[k + 1]} -> {shape[k + 1]})")
+        elif k - 1 not in merged:
+            ops.append(f"axis {k}: select {nt} of {ns} ({how})" if nt != ns else f"axis {k}: {nt} (copy)")
     return ops
 
 
@@ -307,16 +313,18 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
         else:
             why = check_template(src, tpl.role, kinds, shape)
             if method == "select" and not why:
-                why = cannot_select(src, tpl.depth, shape)
+                why = cannot_select(src, tpl.depth, shape, first.layout.head_axes)
         verdicts[key] = why or "ok"
-        chosen = src is not None and not why and selects(method, src, tpl.depth, shape, gene.keep)
+        chosen = src is not None and not why and selects(method, src, tpl.depth, shape, gene.keep,
+                                                         first.layout.head_axes)
         grown = src is not None and not why and expands(method, src, tpl.depth, shape, first.layout, gene.keep)
         if chosen:
             selected.append(key)
         if grown:
             expanded.append(key)
         ops = [] if src is None or why else _select_ops(src, shape, tpl.depth, gene.unit_order == "importance",
-                                                         tpl.output_norm and method != "select") \
+                                                         tpl.output_norm and method != "select",
+                                                         first.layout.head_axes) \
             if chosen else expand_ops(src, shape, tpl.depth, depth_mode) if grown \
             else _axis_ops(src, kinds, shape, tpl.depth, depth_mode)
         zeroed = set(identity_blocks(src, tpl)) if depth_mode == "identity" and src is not None and ops \

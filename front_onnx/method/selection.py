@@ -11,6 +11,12 @@ a fused projection and its heads, so the selection runs inside each part and kee
 heads (of equal head size; across heads, every k-th head). The indices depend on the two
 lengths only, so a unit is selected alike in every tensor that indexes it. Weight Selection
 cannot grow: a template whose target is longer anywhere (or deeper) is left, with the reason.
+One exception: fewer, larger heads whose size is a multiple k of the source's (MiniLM's 12
+heads of 32 into 3 heads of 64) take k whole source heads each, side by side (``regroups``):
+every selected query unit still meets its own key unit, so a target head's scores are the sum
+of its source heads' (their scale kept by the larger head's 1/sqrt(head size) when the heads'
+scores are uncorrelated), where spreading a head's size over more source heads would cut
+every head's dot products short.
 
 With a source whose units were ordered by importance (``alignment``, order 'importance'), the
 selection keeps the *leading* units of every shorter axis instead: the units that carry most of
@@ -49,10 +55,12 @@ def whole_source(gene: GeneTemplate) -> bool:
     return gene.values is not None or tuple(gene.coefficients.shape) == (gene.depth,) + tuple(gene.shape)
 
 
-def selects(method: str, gene: GeneTemplate, depth: int, shape: tuple[int, ...], keep: float = 1.0) -> bool:
+def selects(method: str, gene: GeneTemplate, depth: int, shape: tuple[int, ...], keep: float = 1.0,
+            heads: tuple[int, ...] = ()) -> bool:
     """Whether ``method`` fills this template by selection (else by FRONT's transform): 'hybrid'
-    where the target holds no more of it than the source, from a learngene it can select from."""
-    return method == "select" or (reads_whole(method, keep) and not cannot_select(gene, depth, shape))
+    where the target holds no more of it than the source, from a learngene it can select from.
+    ``heads``: the canonical heads axes (``Layout.head_axes``)."""
+    return method == "select" or (reads_whole(method, keep) and not cannot_select(gene, depth, shape, heads))
 
 
 def uniform_indices(n_src: int, n_tgt: int) -> np.ndarray:
@@ -60,11 +68,25 @@ def uniform_indices(n_src: int, n_tgt: int) -> np.ndarray:
     return (np.arange(n_tgt) * n_src) // n_tgt
 
 
-def cannot_select(gene: GeneTemplate, depth: int, shape: tuple[int, ...]) -> str:
+def regroups(source: tuple[int, ...], target: tuple[int, ...], heads: tuple[int, ...]) -> list[int]:
+    """The heads axes whose target heads take several whole source heads each: a head size k
+    times the source's, with no more units than the source's heads hold."""
+    return [a for a in heads if a + 1 < min(len(source), len(target)) and target[a + 1] > source[a + 1]
+            and target[a + 1] % source[a + 1] == 0 and target[a] * target[a + 1] <= source[a] * source[a + 1]]
+
+
+def grown_axes(source: tuple[int, ...], target: tuple[int, ...], heads: tuple[int, ...] = ()) -> list[int]:
+    """The axes along which the target is longer than the source, but for head sizes that
+    whole source heads fill (``regroups``)."""
+    filled = {a + 1 for a in regroups(source, target, heads)}
+    return [k for k, (ns, nt) in enumerate(zip(source, target)) if nt > ns and k not in filled]
+
+
+def cannot_select(gene: GeneTemplate, depth: int, shape: tuple[int, ...], heads: tuple[int, ...] = ()) -> str:
     """Why a template cannot be filled by selection ('' when it can)."""
     if depth > gene.depth:
         return f"Weight Selection cannot add blocks ({gene.depth} in the source, {depth} in the target)"
-    longer = [k for k, (ns, nt) in enumerate(zip(gene.shape, shape)) if nt > ns]
+    longer = grown_axes(tuple(gene.shape), tuple(shape), heads)
     if longer:
         k = longer[0]
         return f"Weight Selection cannot grow an axis (axis {k}: {gene.shape[k]} -> {shape[k]})"
@@ -73,10 +95,11 @@ def cannot_select(gene: GeneTemplate, depth: int, shape: tuple[int, ...]) -> str
     return ""
 
 
-def fits(source: tuple[int, ...], target: tuple[int, ...]) -> bool:
+def fits(source: tuple[int, ...], target: tuple[int, ...], heads: tuple[int, ...] = ()) -> bool:
     """Whether a target template [depth, *shape] can be selected from a source one: nowhere
-    longer (depth included)."""
-    return len(source) == len(target) and all(t <= s for s, t in zip(source, target))
+    longer (depth included; ``heads`` index the shapes without depth)."""
+    return len(source) == len(target) and target[0] <= source[0] \
+        and not grown_axes(tuple(source[1:]), tuple(target[1:]), heads)
 
 
 def selected_blocks(L: int, depth: int, output_norm: bool = False) -> list[int]:
@@ -90,16 +113,16 @@ def selected_blocks(L: int, depth: int, output_norm: bool = False) -> list[int]:
 
 
 def select(gene: GeneTemplate, depth: int, shape: tuple[int, ...], convention: str,
-           leading: bool = False, output_norm: bool = False) -> np.ndarray:
+           leading: bool = False, output_norm: bool = False, heads: tuple[int, ...] = ()) -> np.ndarray:
     """The target's depth stack [depth, *shape] selected from the source's blocks: the
     source's own values where the gene holds them (``GeneTemplate.values``, a transfer's),
     else the whole spectrum inverted (float64); ``leading``: the first units of each shorter
-    axis (a source ordered by importance)."""
-    why = cannot_select(gene, depth, shape)
+    axis (a source ordered by importance); ``heads``: the canonical heads axes."""
+    why = cannot_select(gene, depth, shape, heads)
     if why:
         raise ValueError(why)
     return _take(source_blocks(gene, convention)[selected_blocks(gene.depth, depth, output_norm)], gene.shape,
-                 shape, leading)
+                 shape, leading, heads)
 
 
 def source_blocks(gene: GeneTemplate, convention: str) -> np.ndarray:
@@ -114,8 +137,17 @@ def source_blocks(gene: GeneTemplate, convention: str) -> np.ndarray:
     return z * np.asarray(gene.stds, np.float64).reshape(bshape) + np.asarray(gene.means, np.float64).reshape(bshape)
 
 
-def _take(z: np.ndarray, have: tuple[int, ...], shape: tuple[int, ...], leading: bool) -> np.ndarray:
-    for axis, (ns, nt) in enumerate(zip(have, shape), start=1):
-        if nt < ns:
-            z = np.take(z, np.arange(nt) if leading else uniform_indices(ns, nt), axis=axis)
+def _take(z: np.ndarray, have: tuple[int, ...], shape: tuple[int, ...], leading: bool,
+          heads: tuple[int, ...] = ()) -> np.ndarray:
+    """Select along each shorter axis of the stack ``z`` [depth, *have]; regrouped heads
+    (``regroups``) take k whole source heads per target head, in order."""
+    merged = {a: shape[a + 1] // have[a + 1] for a in regroups(tuple(have), tuple(shape), heads)}
+    for a, (ns, nt) in enumerate(zip(have, shape)):
+        if a - 1 in merged:
+            continue
+        n = nt * merged.get(a, 1)
+        if n < ns:
+            z = np.take(z, np.arange(n) if leading else uniform_indices(ns, n), axis=a + 1)
+        if a in merged:  # [.., n heads, size, ..] -> [.., nt heads, k * size, ..]: heads side by side
+            z = z.reshape(z.shape[:a + 1] + (nt, merged[a] * have[a + 1]) + z.shape[a + 3:])
     return np.ascontiguousarray(z)
