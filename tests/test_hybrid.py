@@ -195,3 +195,34 @@ def test_hf_bert_module_shrink_loads_strictly():
     a = module.state_dict()["bert.embeddings.word_embeddings.weight"].numpy()
     b = src.state_dict()["bert.embeddings.word_embeddings.weight"].numpy()
     assert all(min(np.abs(a[:, j] - b[:, k]).max() for k in range(b.shape[1])) <= 1e-6 for j in range(a.shape[1]))
+
+
+def test_fewer_larger_heads_take_whole_source_heads():
+    """A BERT of 4 heads of 8 into one of 1 head of 16 (MiniLM's 12x32 -> 3x64 in small): the
+    target head is two whole source heads side by side (evenly spaced: heads 0 and 2), so each
+    query unit still meets its own key unit; checked against the HF module's tensors
+    directly, after a strict load."""
+    transformers = pytest.importorskip("transformers")
+    cfg = dict(vocab_size=40, max_position_embeddings=16, intermediate_size=64, num_labels=3)
+    torch.manual_seed(0)
+    src = transformers.BertForSequenceClassification(transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, **cfg)).eval()
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    tgt = transformers.BertForSequenceClassification(transformers.BertConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=1, **cfg)).eval()
+    feeds = {"input_ids": torch.randint(0, 40, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.int64)}
+    module, plan = transfer_module(src, tgt, feeds, method="select", align="none")
+    assert plan.summary()["written_fraction"] == 1.0
+    assert any("whole heads" in op for s in plan.slots for op in s.operations)
+    a, b = module.state_dict(), src.state_dict()
+    heads = np.r_[0:8, 16:24]          # source heads 0 and 2, side by side
+    resid = np.arange(16) * 2          # evenly spaced residual units
+    pre = "bert.encoder.layer.0.attention."
+    for name in ("self.query", "self.key", "self.value"):
+        w, bias = b[pre + name + ".weight"].numpy(), b[pre + name + ".bias"].numpy()
+        np.testing.assert_array_equal(a[pre + name + ".weight"].numpy(), w[heads][:, resid], err_msg=name)
+        np.testing.assert_array_equal(a[pre + name + ".bias"].numpy(), bias[heads], err_msg=name)
+    w = b[pre + "output.dense.weight"].numpy()
+    np.testing.assert_array_equal(a[pre + "output.dense.weight"].numpy(), w[resid][:, heads])
