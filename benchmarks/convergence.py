@@ -778,6 +778,24 @@ def analyze(s: Setting, runs: dict[int, dict], flops_per_epoch: float) -> dict:
     return out
 
 
+def versus(s: Setting, runs: dict, name: str, other: str) -> str:
+    """One line: at how many evaluations after the initialization ``name``'s seed-mean is
+    ahead of ``other``'s, and where it trails, by how much (mean over seeds of the paired
+    difference ± its standard error), or '' when either is missing."""
+    higher = s.family != "gpt"
+    pairs = [(r[name]["curve"], r[other]["curve"]) for r in runs.values()
+             if "curve" in r.get(name, {}) and "curve" in r.get(other, {})]
+    if not pairs:
+        return ""
+    d = np.array([np.subtract(a, b) if higher else np.subtract(b, a) for a, b in pairs])[:, 1:]
+    m = d.mean(0)
+    se = d.std(0, ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.zeros_like(m)
+    behind = [f"{k + 1} ({-m[k]:.3f} ± {se[k]:.3f})" for k in range(len(m)) if m[k] < 0]
+    return (f"*{name}* vs *{other}*: ahead at {int((m > 0).sum())} of {len(m)} evaluations"
+            + (f"; behind after epoch(s) {', '.join(behind)} (gap ± standard error over seeds)" if behind else "")
+            + ".\n")
+
+
 METRIC = {"vit": "test accuracy", "resnet": "test accuracy", "gpt": "validation loss (nats/byte)",
           "bert": "Spearman vs teacher"}
 
@@ -1002,6 +1020,7 @@ def report(results: dict, chosen: list[Setting], metas: dict, rel_to: Path) -> s
         st = results["settings"][s.name]
         shown = sorted({1, min(3, s.epochs), s.epochs})
         md.append(markdown(s, st["summary"], metas[s.name], shown))
+        md.append(versus(s, st["runs"], front_default().name, WS.name))
         fpe = st["train_flops_per_epoch"]
         md.append(f"Training FLOPs per epoch: {fpe:.3g} (3 x {st['forward_flops_per_sample']:.3g} forward FLOPs "
                   f"per sample x {samples_per_epoch(s):,d} samples); FLOPs to a target = epochs to it x this.\n")
