@@ -20,8 +20,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) samples/demo.py
 
+# Two workers (the CI machine's two cores); a test file stays on one worker, so its
+# module-scoped fixtures (exported models, the corpus scoreboard) are built once.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The long fuzz run (docs/reliability.md): `make test` runs the same tests with a short budget.
 FUZZ_EXAMPLES ?= 2000
