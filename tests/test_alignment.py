@@ -229,3 +229,39 @@ def test_classes_only_an_output_holds_are_never_reordered(exporter, tmp_path):
     _, al = aligned_source(m, weight_slots(m), tmp_path / "al", order="importance")
     outs = {("head.weight", 0), ("head_dist.weight", 0)}   # the heads' out axes: the classes
     assert not any(outs & set(sp.members) for sp in al.spaces)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_the_strongest_attention_head_leads_in_both_of_its_spaces(exporter, tmp_path):
+    """An HF BERT whose head 2 (of 4) is planted the strongest in q, k, v and o: the importance
+    order puts it first in the query/key space and in the value/output space alike (an
+    attention's heads move together), and the ordered source computes the same function."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=16, num_labels=3)).eval()
+    att = model.bert.encoder.layer[0].attention
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        for lin in (att.self.query, att.self.key, att.self.value):
+            lin.weight[16:24] *= 4
+        att.output.dense.weight[:, 16:24] *= 4
+    feeds = {"input_ids": torch.randint(0, 40, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.int64)}
+    from front_onnx.torch.modules import export_module
+    path = tmp_path / "b.onnx"
+    export_module(model, feeds, path) if exporter == "dynamo" else \
+        torch.onnx.export(model, (), path, kwargs=feeds, dynamo=False)
+    m = load_model(path)
+    aligned, al = aligned_source(m, weight_slots(m), tmp_path / "al", order="importance")
+    paired = [sp for sp in al.spaces if sp.heads_with]
+    assert len(paired) == 2 and {sp.heads_with for sp in paired} == {sp.id for sp in paired}
+    for sp in paired:
+        assert set(sp.order[:8] // 8) == {2}, sp.id
+    import onnxruntime as ort
+    names = [i.name for i in ort.InferenceSession(str(path)).get_inputs()]   # in forward's order
+    x = dict(zip(names, (v.numpy() for v in feeds.values())))
+    ref = ort.InferenceSession(str(path)).run(None, x)[0]
+    got = ort.InferenceSession(str(aligned.path)).run(None, x)[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)

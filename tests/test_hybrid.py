@@ -24,7 +24,7 @@ pytest.importorskip("onnxruntime")
 
 import front_onnx  # noqa: E402
 from front_onnx.method.learngene import Learngene  # noqa: E402
-from front_onnx.numeric.seriation import importance_order, unit_shares  # noqa: E402
+from front_onnx.numeric.seriation import group_order, importance_order, unit_shares  # noqa: E402
 from front_onnx.torch import transfer_module  # noqa: E402
 from samples.export import export  # noqa: E402
 from tests.conftest import small_vit  # noqa: E402
@@ -49,6 +49,22 @@ def test_importance_order_is_strongest_first_within_each_group():
         part = order[g * 8:(g + 1) * 8]
         assert sorted(part.tolist()) == list(range(g * 8, (g + 1) * 8))   # units stay in their group
         assert np.all(np.diff(norms[part]) <= 0)                          # strongest first
+
+
+def test_groups_ordered_by_their_summed_shares():
+    """Heads by importance: each score vector's per-head share, summed over the vectors (a
+    vector of large scores has no more say than one of small scores), strongest head first;
+    the units of each head stay together, in their own order."""
+    rng = np.random.default_rng(1)
+    a, b = rng.uniform(0, 1, 12), 1000 * rng.uniform(0, 1, 12)   # two spaces of 3 heads of 4
+    ga, gb = a.reshape(3, 4).sum(1) / a.sum(), b.reshape(3, 4).sum(1) / b.sum()
+    expect = sorted(range(3), key=lambda h: -(ga[h] + gb[h]))
+    heads = group_order([a, b], 3)
+    assert heads.tolist() == expect
+    order = importance_order(a, 3, heads)
+    for k, h in enumerate(heads):
+        part = order[4 * k:4 * k + 4]
+        assert sorted(part.tolist()) == list(range(4 * h, 4 * h + 4)) and np.all(np.diff(a[part]) <= 0)
 
 
 def _chain(hidden: int, seed: int) -> torch.nn.Module:

@@ -8,7 +8,9 @@ units' concatenated weight vectors (``numeric.seriation``), each member's rows s
 norm so that every tensor of the space has a say. A space split by attention heads (a query's
 and key's projections, or a value's and the output projection's input: one space each,
 ``dimflow``) is ordered head by head, each head's units among themselves, so that heads stay
-whole and a head-size resampling blends similar units. A space is not aligned when a member is
+whole and a head-size resampling blends similar units; ordered by importance, the heads
+themselves are also put strongest first, one order for an attention's two spaces
+(``_pair_heads``), so that a selection of fewer heads keeps the strongest. A space is not aligned when a member is
 not a plain stored tensor (a view, a quantized weight, an absent bias), when it is split in more
 than one way, or when it indexes classes or a vocabulary.
 
@@ -27,7 +29,8 @@ import scipy.optimize
 from front_onnx.analysis.dimflow import ChannelSpace, dimension_flow, unsplit
 from front_onnx.analysis.slots import INDEX, GraphSlots, Slot
 from front_onnx.analysis.structure import Structure, find_structure
-from front_onnx.numeric.seriation import MAX_COLUMNS, grouped_order, importance_order, roughness, unit_rows, unit_shares
+from front_onnx.numeric.seriation import (MAX_COLUMNS, group_order, grouped_order, importance_order, roughness, unit_rows,
+                                          unit_shares)
 from front_onnx.onnxio import OnnxModel, load_model, save_model
 
 
@@ -50,6 +53,7 @@ class SpaceOrder:
     # width that is the model's output): the function check compares them in the permuted order.
     # Units only an output holds (classes, whatever the slot analysis calls them) are never in it.
     outputs: list[tuple[str, int]] = field(default_factory=list)
+    heads_with: str = ""                    # importance: the space whose heads move with these (``_pair_heads``)
 
 
 @dataclass
@@ -97,11 +101,13 @@ def _stored_axis(s: Slot, k: int) -> int | None:
 ORDERS = ("smooth", "importance")
 
 
-def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False, order: str = "smooth") -> Alignment:
+def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False, order: str = "smooth",
+                   heads: bool = True) -> Alignment:
     """The permutation of every channel space that can be aligned. ``across_depth``: a block's
     spaces are also matched to the same spaces of the block before it (``_match_depth``).
     ``order`` 'smooth' is spectral seriation; 'importance' sorts units by descending importance
-    (``_importance``), for a selection of the leading units."""
+    (``_importance``), for a selection of the leading units; with ``heads``, an attention's
+    heads too (``_pair_heads``)."""
     if order not in ORDERS:
         raise ValueError(f"unknown alignment order {order!r}; use one of {', '.join(ORDERS)}")
     if across_depth and order != "smooth":
@@ -119,6 +125,7 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
     out = Alignment(order=order)
     arrays: dict[str, np.ndarray] = {}
     vectors: dict[str, tuple[np.ndarray, tuple[int, int] | None, int | None]] = {}  # id -> (units, heads, producer)
+    headed: list[tuple[SpaceOrder, np.ndarray, tuple[int, int], list[str]]] = []  # importance, split by heads
     for sp in flow.spaces:
         why = ""
         members: list[tuple[str, int]] = []
@@ -172,8 +179,11 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
         outputs = [(name, k) for name, axes in flow.outputs.items() for k, a in enumerate(axes)
                    if a == sp.id] if "consumer" in roles else []
         if order == "importance":
-            out.spaces.append(SpaceOrder(sp.id, sp.size, members, importance_order(_importance(folded, roles), groups),
+            score = _importance(folded, roles)
+            out.spaces.append(SpaceOrder(sp.id, sp.size, members, importance_order(score, groups),
                                          parts=parts, outputs=outputs))
+            if split:
+                headed.append((out.spaces[-1], score, split, roles))
             continue
         vec = _unit_vectors(folded, sp.size)
         perm, before, after = grouped_order(vec, groups)
@@ -183,7 +193,32 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
             vectors[sp.id] = (vec.astype(np.float32), split, producer)
     if across_depth:
         _match_depth(out, vectors, find_structure(gs, model.proto))
+    if heads:
+        _pair_heads(headed)
     return out
+
+
+def _pair_heads(headed: list[tuple[SpaceOrder, np.ndarray, tuple[int, int], list[str]]]) -> None:
+    """Heads by importance: an attention's query/key space (its members all produce it) and
+    the value/output space that follows it (the value produces it, the output projection
+    reads it) are one attention's heads, so they move together: both spaces take one head
+    order, by the heads' summed shares of the two importances, and within each head their
+    units as before. So a selection of the leading heads keeps the strongest ones. Pairing by
+    the flow's order is a reading of the graph, not a proof: ``validation.equivalence`` checks
+    the permuted source and falls back to heads in place when it does not hold."""
+    pending: tuple[SpaceOrder, np.ndarray, tuple[int, int]] | None = None
+    for sp, score, split, roles in headed:
+        if "consumer" not in roles:     # a query/key space
+            pending = (sp, score, split)
+            continue
+        if pending is None or pending[2] != split:
+            continue
+        qk, qk_score, _ = pending
+        pending = None
+        order = group_order([qk_score, score], split[0])
+        qk.order = importance_order(qk_score, split[0], order)
+        sp.order = importance_order(score, split[0], order)
+        qk.heads_with, sp.heads_with = sp.id, qk.id
 
 
 def _member_role(s: Slot, ax: int) -> str:

@@ -88,13 +88,25 @@ def unit_shares(a: np.ndarray, axis: int) -> np.ndarray:
     return sq / total if total > 0 else sq
 
 
-def importance_order(score: np.ndarray, groups: int = 1) -> np.ndarray:
+def importance_order(score: np.ndarray, groups: int = 1, group_order: np.ndarray | None = None) -> np.ndarray:
     """Units by descending ``score`` within each of ``groups`` equal runs (heads: units move
     only inside their head); ties keep their order. Selecting the leading units of this order
-    keeps the most important ones (structured magnitude pruning)."""
+    keeps the most important ones (structured magnitude pruning). ``group_order``: the runs
+    themselves in this order (heads by importance), else as they are."""
     score = np.asarray(score, np.float64)
     d = score.shape[0] // groups
-    return np.concatenate([j * d + np.argsort(-score[j * d:(j + 1) * d], kind="stable") for j in range(groups)])
+    runs = range(groups) if group_order is None else [int(j) for j in group_order]
+    return np.concatenate([j * d + np.argsort(-score[j * d:(j + 1) * d], kind="stable") for j in runs])
+
+
+def group_order(scores: list[np.ndarray], groups: int) -> np.ndarray:
+    """Groups (heads) by descending importance: each score vector's share per group, summed
+    over the vectors (so each space of an attention has an equal say), ties in order."""
+    total = np.zeros(groups)
+    for s in scores:
+        g = np.asarray(s, np.float64).reshape(groups, -1).sum(1)
+        total += g / max(float(g.sum()), 1e-300)
+    return np.argsort(-total, kind="stable")
 
 
 def _order(u: np.ndarray) -> np.ndarray:

@@ -97,6 +97,11 @@ def aligned_source(model: OnnxModel, gs: GraphSlots, folder: Path,
     whole = write_aligned(model, al, folder / "all")
     if same_function(model, whole, _permuted(reference, names, al)):
         return whole, al
+    if any(sp.heads_with for sp in al.spaces):  # heads paired wrongly: heads stay, units within them move
+        al = plan_alignment(model, gs, across_depth, order, heads=False)
+        whole = write_aligned(model, al, folder / "all-heads-kept")
+        if same_function(model, whole, _permuted(reference, names, al)):
+            return whole, al
     kept = []
     for sp in al.spaces:
         one = write_aligned(model, al, folder / f"one-{sp.id}", {sp.id})
