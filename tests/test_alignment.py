@@ -259,6 +259,7 @@ def test_the_strongest_attention_head_leads_in_both_of_its_spaces(exporter, tmp_
     assert len(paired) == 2 and {sp.heads_with for sp in paired} == {sp.id for sp in paired}
     for sp in paired:
         assert set(sp.order[:8] // 8) == {2}, sp.id
+    assert "the heads of 1 attention strongest first" in al.describe()
     import onnxruntime as ort
     names = [i.name for i in ort.InferenceSession(str(path)).get_inputs()]   # in forward's order
     x = dict(zip(names, (v.numpy() for v in feeds.values())))

@@ -71,7 +71,10 @@ class Alignment:
         matched = sum(s.depth_matched for s in self.spaces)
         what = (f"into a smooth order (mean neighbour cosine distance {b:.3f} -> {a:.3f})" if self.order == "smooth"
                 else "strongest units first (importance)")
+        attentions = sum(1 for s in self.spaces if s.heads_with) // 2
         return (f"align: {done} channel spaces permuted {what}"
+                + (f", the heads of {attentions} attention{'s' if attentions > 1 else ''} strongest first"
+                   if attentions else "")
                 + (f", {matched} of them matched to the block before" if matched else "")
                 + f"; {len(self.skipped)} left as they are")
 
