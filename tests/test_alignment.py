@@ -266,3 +266,36 @@ def test_the_strongest_attention_head_leads_in_both_of_its_spaces(exporter, tmp_
     ref = ort.InferenceSession(str(path)).run(None, x)[0]
     got = ort.InferenceSession(str(aligned.path)).run(None, x)[0]
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_a_fused_qkv_attention_orders_its_heads_as_one_space(exporter, tmp_path):
+    """The corpus's timm ViT (one fused qkv projection per block) with head 2 of block 0
+    planted the strongest: that block's space holds q, k, v and the output projection's
+    input, so it orders its heads alone, head 2 first; the ordered source computes the same
+    function."""
+    pytest.importorskip("timm")
+    from tests.corpus.build import FAMILIES as CORPUS_FAMILIES, build_module, example_inputs, export as corpus_export
+
+    family = CORPUS_FAMILIES["vit"]
+    model = build_module(family, "source")
+    att = model.blocks[0].attn
+    d, width = att.head_dim, att.qkv.weight.shape[1]
+    with torch.no_grad():
+        for part in range(3):
+            att.qkv.weight[part * width + 2 * d:part * width + 3 * d] *= 4
+        att.proj.weight[:, 2 * d:3 * d] *= 4
+    path = tmp_path / "v.onnx"
+    corpus_export(model, family, exporter, path)
+    m = load_model(path)
+    aligned, al = aligned_source(m, weight_slots(m), tmp_path / "al", order="importance")
+    fused = [sp for sp in al.spaces if sp.heads_with == sp.id]
+    assert fused and all(sp.parts for sp in fused)
+    first = [sp for sp in fused if any("blocks.0." in init for init, _ in sp.members)]
+    assert len(first) == 1 and set(first[0].order[:d] // d) == {2}
+    assert f"the heads of {len(fused)} attention" in al.describe()
+    import onnxruntime as ort
+    feeds = example_inputs(family)
+    ref = ort.InferenceSession(str(path)).run(None, feeds)[0]
+    got = ort.InferenceSession(str(aligned.path)).run(None, feeds)[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)

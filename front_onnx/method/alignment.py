@@ -71,7 +71,8 @@ class Alignment:
         matched = sum(s.depth_matched for s in self.spaces)
         what = (f"into a smooth order (mean neighbour cosine distance {b:.3f} -> {a:.3f})" if self.order == "smooth"
                 else "strongest units first (importance)")
-        attentions = sum(1 for s in self.spaces if s.heads_with) // 2
+        attentions = sum(1 if s.heads_with == s.id else 0.5 for s in self.spaces if s.heads_with)
+        attentions = int(attentions)
         return (f"align: {done} channel spaces permuted {what}"
                 + (f", the heads of {attentions} attention{'s' if attentions > 1 else ''} strongest first"
                    if attentions else "")
@@ -208,9 +209,15 @@ def _pair_heads(headed: list[tuple[SpaceOrder, np.ndarray, tuple[int, int], list
     order, by the heads' summed shares of the two importances, and within each head their
     units as before. So a selection of the leading heads keeps the strongest ones. Pairing by
     the flow's order is a reading of the graph, not a proof: ``validation.equivalence`` checks
-    the permuted source and falls back to heads in place when it does not hold."""
+    the permuted source and falls back to heads in place when it does not hold. A fused qkv
+    projection's space holds the whole attention (its three parts and the output projection's
+    input): its heads are ordered by its own importance."""
     pending: tuple[SpaceOrder, np.ndarray, tuple[int, int]] | None = None
     for sp, score, split, roles in headed:
+        if sp.parts and "consumer" in roles:  # a fused qkv's parts and the output projection: the whole attention
+            sp.order = importance_order(score, split[0], group_order([score], split[0]))
+            sp.heads_with = sp.id
+            continue
         if "consumer" not in roles:     # a query/key space
             pending = (sp, score, split)
             continue
