@@ -1009,7 +1009,9 @@ those). *speed-up*: random's epochs-to-target divided by the initialization's, p
 mean ± std; *> s*: random never reached the target within the budget, so the speed-up is at
 least budget / epochs (the smallest over seeds). *mean, epochs 1-N*: the metric averaged over
 the evaluations after each epoch (the area under the learning curve): one number per run that
-ranks initializations without choosing a target.
+ranks initializations without choosing a target. *front default vs weight selection*: at how
+many evaluations after the initialization the default's seed-mean is ahead, and where it
+trails, the gap (mean over seeds of the paired difference ± its standard error).
 """
 
 
