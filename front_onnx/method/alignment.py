@@ -53,7 +53,14 @@ class SpaceOrder:
     # width that is the model's output): the function check compares them in the permuted order.
     # Units only an output holds (classes, whatever the slot analysis calls them) are never in it.
     outputs: list[tuple[str, int]] = field(default_factory=list)
-    heads_with: str = ""                    # importance: the space whose heads move with these (``_pair_heads``)
+    heads_with: str = ""                    # importance: the space whose heads move with these (``_pair_heads``;
+    #                                         itself for a fused attention's one space)
+    in_place: np.ndarray | None = None      # with heads_with: the order with the heads in place (``heads_in_place``)
+
+    def heads_in_place(self) -> None:
+        """Back to the heads' own order, units still ordered within each head."""
+        if self.in_place is not None:
+            self.order, self.in_place, self.heads_with = self.in_place, None, ""
 
 
 @dataclass
@@ -71,8 +78,7 @@ class Alignment:
         matched = sum(s.depth_matched for s in self.spaces)
         what = (f"into a smooth order (mean neighbour cosine distance {b:.3f} -> {a:.3f})" if self.order == "smooth"
                 else "strongest units first (importance)")
-        attentions = sum(1 if s.heads_with == s.id else 0.5 for s in self.spaces if s.heads_with)
-        attentions = int(attentions)
+        attentions = len({frozenset((s.id, s.heads_with)) for s in self.spaces if s.heads_with})
         return (f"align: {done} channel spaces permuted {what}"
                 + (f", the heads of {attentions} attention{'s' if attentions > 1 else ''} strongest first"
                    if attentions else "")
@@ -105,13 +111,12 @@ def _stored_axis(s: Slot, k: int) -> int | None:
 ORDERS = ("smooth", "importance")
 
 
-def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False, order: str = "smooth",
-                   heads: bool = True) -> Alignment:
+def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False, order: str = "smooth") -> Alignment:
     """The permutation of every channel space that can be aligned. ``across_depth``: a block's
     spaces are also matched to the same spaces of the block before it (``_match_depth``).
     ``order`` 'smooth' is spectral seriation; 'importance' sorts units by descending importance
-    (``_importance``), for a selection of the leading units; with ``heads``, an attention's
-    heads too (``_pair_heads``)."""
+    (``_importance``), for a selection of the leading units, an attention's heads too
+    (``_pair_heads``; ``SpaceOrder.heads_in_place`` undoes that)."""
     if order not in ORDERS:
         raise ValueError(f"unknown alignment order {order!r}; use one of {', '.join(ORDERS)}")
     if across_depth and order != "smooth":
@@ -197,8 +202,7 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
             vectors[sp.id] = (vec.astype(np.float32), split, producer)
     if across_depth:
         _match_depth(out, vectors, find_structure(gs, model.proto))
-    if heads:
-        _pair_heads(headed)
+    _pair_heads(headed)
     return out
 
 
@@ -209,14 +213,14 @@ def _pair_heads(headed: list[tuple[SpaceOrder, np.ndarray, tuple[int, int], list
     order, by the heads' summed shares of the two importances, and within each head their
     units as before. So a selection of the leading heads keeps the strongest ones. Pairing by
     the flow's order is a reading of the graph, not a proof: ``validation.equivalence`` checks
-    the permuted source and falls back to heads in place when it does not hold. A fused qkv
+    the permuted source and puts the heads back in place when it does not hold. A fused qkv
     projection's space holds the whole attention (its three parts and the output projection's
     input): its heads are ordered by its own importance."""
     pending: tuple[SpaceOrder, np.ndarray, tuple[int, int]] | None = None
     for sp, score, split, roles in headed:
         if sp.parts and "consumer" in roles:  # a fused qkv's parts and the output projection: the whole attention
+            sp.in_place, sp.heads_with = sp.order, sp.id
             sp.order = importance_order(score, split[0], group_order([score], split[0]))
-            sp.heads_with = sp.id
             continue
         if "consumer" not in roles:     # a query/key space
             pending = (sp, score, split)
@@ -226,6 +230,7 @@ def _pair_heads(headed: list[tuple[SpaceOrder, np.ndarray, tuple[int, int], list
         qk, qk_score, _ = pending
         pending = None
         order = group_order([qk_score, score], split[0])
+        qk.in_place, sp.in_place = qk.order, sp.order
         qk.order = importance_order(qk_score, split[0], order)
         sp.order = importance_order(score, split[0], order)
         qk.heads_with, sp.heads_with = sp.id, qk.id

@@ -98,7 +98,8 @@ def aligned_source(model: OnnxModel, gs: GraphSlots, folder: Path,
     if same_function(model, whole, _permuted(reference, names, al)):
         return whole, al
     if any(sp.heads_with for sp in al.spaces):  # heads paired wrongly: heads stay, units within them move
-        al = plan_alignment(model, gs, across_depth, order, heads=False)
+        for sp in al.spaces:
+            sp.heads_in_place()
         whole = write_aligned(model, al, folder / "all-heads-kept")
         if same_function(model, whole, _permuted(reference, names, al)):
             return whole, al
