@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -279,34 +280,56 @@ def test_the_strongest_attention_head_leads_in_both_of_its_spaces(exporter, tmp_
     np.testing.assert_allclose(ort.InferenceSession(str(kept.path)).run(None, x)[0], ref, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
-def test_a_fused_qkv_attention_orders_its_heads_as_one_space(exporter, tmp_path):
-    """The corpus's timm ViT (one fused qkv projection per block) with head 2 of block 0
-    planted the strongest: that block's space holds q, k, v and the output projection's
-    input, so it orders its heads alone, head 2 first; the ordered source computes the same
+def _plant_strongest_head(model, name: str) -> tuple[int, str]:
+    """Make head 2 of block 0 the strongest (its q, k, v units and the output projection's
+    inputs x4); (head size, block 0's initializer prefix)."""
+    with torch.no_grad():
+        if name == "vit":   # timm: qkv [3C, C], proj [C, C] (out, in)
+            att = model.blocks[0].attn
+            d, width = att.head_dim, att.qkv.weight.shape[1]
+            for part in range(3):
+                att.qkv.weight[part * width + 2 * d:part * width + 3 * d] *= 4
+            att.proj.weight[:, 2 * d:3 * d] *= 4
+            return d, "blocks.0."
+        att = model.transformer.h[0].attn  # HF GPT-2's Conv1D: c_attn [C, 3C], c_proj [C, C] (in, out)
+        d, width = att.head_dim, att.embed_dim
+        for part in range(3):
+            att.c_attn.weight[:, part * width + 2 * d:part * width + 3 * d] *= 4
+        att.c_proj.weight[2 * d:3 * d] *= 4
+        return d, "h.0."
+
+
+@pytest.mark.parametrize("name,exporter", [("vit", "dynamo"), ("vit", "legacy"), ("gpt2", "dynamo"),
+                                           ("gpt2", "legacy"), ("gpt2", "module")])
+def test_a_fused_qkv_attention_orders_its_heads_as_one_space(name, exporter, tmp_path):
+    """A fused qkv projection per block with head 2 of block 0 planted the strongest: the
+    corpus's timm ViT (its output reshaped into (3, heads, head size)) and HF GPT-2 (its
+    output cut by a Split, or by a SplitToSequence in ``transfer_module``'s unoptimized
+    export: "module"). That block's space holds q, k, v and the output projection's input,
+    so it orders its heads alone, head 2 first; the ordered source computes the same
     function."""
-    pytest.importorskip("timm")
+    pytest.importorskip("timm" if name == "vit" else "transformers")
     from tests.corpus.build import FAMILIES as CORPUS_FAMILIES, build_module, example_inputs, export as corpus_export
 
-    family = CORPUS_FAMILIES["vit"]
+    family = CORPUS_FAMILIES[name]
     model = build_module(family, "source")
-    att = model.blocks[0].attn
-    d, width = att.head_dim, att.qkv.weight.shape[1]
-    with torch.no_grad():
-        for part in range(3):
-            att.qkv.weight[part * width + 2 * d:part * width + 3 * d] *= 4
-        att.proj.weight[:, 2 * d:3 * d] *= 4
+    d, block0 = _plant_strongest_head(model, name)
     path = tmp_path / "v.onnx"
-    corpus_export(model, family, exporter, path)
+    feeds = example_inputs(family)
+    if exporter == "module":
+        from front_onnx.torch.modules import export_module
+        export_module(model, {k: torch.from_numpy(v) for k, v in feeds.items()}, path)
+        assert any(n.op_type == "SplitToSequence" for n in onnx.load(str(path), load_external_data=False).graph.node)
+    else:
+        corpus_export(model, family, exporter, path)
     m = load_model(path)
     aligned, al = aligned_source(m, weight_slots(m), tmp_path / "al", order="importance")
     fused = [sp for sp in al.spaces if sp.heads_with == sp.id]
     assert fused and all(sp.parts for sp in fused)
-    first = [sp for sp in fused if any("blocks.0." in init for init, _ in sp.members)]
+    first = [sp for sp in fused if any(block0 in init for init, _ in sp.members)]
     assert len(first) == 1 and set(first[0].order[:d] // d) == {2}
     assert f"the heads of {len(fused)} attention" in al.describe()
     import onnxruntime as ort
-    feeds = example_inputs(family)
     ref = ort.InferenceSession(str(path)).run(None, feeds)[0]
     got = ort.InferenceSession(str(aligned.path)).run(None, feeds)[0]
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)

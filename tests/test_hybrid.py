@@ -242,3 +242,49 @@ def test_fewer_larger_heads_take_whole_source_heads():
         np.testing.assert_array_equal(a[pre + name + ".bias"].numpy(), bias[heads], err_msg=name)
     w = b[pre + "output.dense.weight"].numpy()
     np.testing.assert_array_equal(a[pre + "output.dense.weight"].numpy(), w[resid][:, heads])
+
+
+def _source_columns(a: np.ndarray, b: np.ndarray) -> list[int]:
+    """For each column of ``a``, the column of ``b`` it equals (it must equal one)."""
+    out = []
+    for j in range(a.shape[1]):
+        d = np.abs(b - a[:, j:j + 1]).max(axis=0)
+        assert d.min() == 0.0, f"column {j} is none of the source's"
+        out.append(int(d.argmin()))
+    return out
+
+
+@pytest.mark.parametrize("width,heads", [(16, 4), (16, 2)])
+def test_hf_gpt2_fused_qkv_parts_take_the_units_the_output_projection_reads(width, heads):
+    """HF GPT-2 (one Conv1D c_attn for q|k|v, cut by ``split``: a SplitToSequence in
+    ``transfer_module``'s export) 4 heads of 8 into 4 heads of 4 (head size halved) and into
+    2 heads of 8, at the defaults (strongest units and heads): after a strict load, the
+    target's q, k and v columns each take the same source units, the units c_proj reads, whole
+    heads of the source, and every tensor equals the source's at those units."""
+    transformers = pytest.importorskip("transformers")
+    from tests.corpus.build import perturb
+
+    def gpt2(d: int, h: int, layers: int) -> torch.nn.Module:
+        return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=64, n_positions=16, n_embd=d, n_inner=2 * d, n_layer=layers, n_head=h, use_cache=False,
+            bos_token_id=0, eos_token_id=0)).eval()
+
+    torch.manual_seed(0)
+    src = gpt2(32, 4, 2)
+    perturb(src)
+    module, plan = transfer_module(src, gpt2(width, heads, 1), {"input_ids": torch.randint(0, 64, (2, 8))})
+    assert plan.summary()["written_fraction"] == 1.0
+    a, b = ({k: v.numpy() for k, v in m.state_dict().items()} for m in (module, src))
+    resid = _source_columns(a["transformer.wte.weight"], b["transformer.wte.weight"])
+    pre = "transformer.h.0.attn."
+    w, bias = b[pre + "c_attn.weight"][resid], b[pre + "c_attn.bias"]
+    parts = [_source_columns(a[pre + "c_attn.weight"][:, p * width:(p + 1) * width], w[:, p * 32:(p + 1) * 32])
+             for p in range(3)]
+    units = np.array(parts[0])
+    assert parts[1] == parts[2] == list(units)
+    d = width // heads
+    assert all(len(set(units[h * d:(h + 1) * d] // 8)) == 1 for h in range(heads))  # whole source heads
+    cols = np.concatenate([p * 32 + units for p in range(3)])
+    np.testing.assert_array_equal(a[pre + "c_attn.weight"], w[:, cols])
+    np.testing.assert_array_equal(a[pre + "c_attn.bias"], bias[cols])
+    np.testing.assert_array_equal(a[pre + "c_proj.weight"], b[pre + "c_proj.weight"][units][:, resid])

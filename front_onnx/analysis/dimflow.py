@@ -199,6 +199,8 @@ class _Flow:
         self.factors: dict[tuple, list[tuple]] = {}
         self.split_axes: dict[tuple, list[tuple[tuple, ...]]] = {}  # whole axis -> the value axes of its factors
         self.part_axes: dict[int, tuple] = {}  # fused projection's slot -> its within-part axis (``fused_parts``)
+        self.split_outs: dict[tuple, list[tuple[tuple, ...]]] = {}  # axis split by a Split -> its parts' axes
+        self.sequences: dict[str, tuple[str, int, dict[int, str]]] = {}  # SplitToSequence: (input, axis, part values)
         self.heads: dict[tuple, set[tuple[int, ...]]] = {}   # value axis -> (heads, head_dim) splits
         self.prod = {o: i for i, n in enumerate(self.g.node) for o in n.output if o}
         self.cons: dict[str, list[int]] = {}
@@ -369,6 +371,21 @@ class _Flow:
                 if None not in parts:
                     self.factors.setdefault(self.ax(ins[0], axis), [])
                     self.factors[self.ax(ins[0], axis)].append(("parts", tuple(parts)))
+                    self.split_outs.setdefault(self.ax(ins[0], axis), []).append(tuple(self.ax(o, axis) for o in outs))
+        elif op == "SplitToSequence":  # the dynamo exporter's split/chunk without its optimizer
+            r = self.rank(ins[0]) or 0
+            if r:
+                self.sequences[y] = (ins[0], _attr(n, "axis", 0) % r, {})
+        elif op == "SequenceAt" and ins[0] in self.sequences and len(ins) > 1:
+            x, axis, parts = self.sequences[ins[0]]
+            v = self.constants.value(ins[1])
+            r = self.rank(x) or 0
+            if v is None or v.size != 1 or self.rank(y) != r:
+                return
+            parts[int(v.reshape(-1)[0])] = y
+            for k in range(r):
+                if k != axis:
+                    self.same(self.ax(x, k), self.ax(y, k))
         elif op == "Gather":
             rd, ri, ry = self.rank(ins[0]), self.rank(ins[1]), self.rank(y)
             if None in (rd, ri, ry):
@@ -439,15 +456,35 @@ class _Flow:
                 if len(f) == 2 and self._attention_near(x, forward=False, steps=3):
                     self.heads.setdefault(self.ax(y, gj[0]), set()).add(f)
 
+    def _sequence_splits(self) -> None:
+        """Each SplitToSequence whose parts were all taken (SequenceAt 0..p-1, or -p..-1) as
+        a Split: its input axis split into the parts' axes (``split_outs``, with the factors)."""
+        for x, axis, parts in self.sequences.values():
+            p = len(parts)
+            taken = {i % p: v for i, v in parts.items()} if p else {}
+            if p < 2 or sorted(taken) != list(range(p)):
+                continue
+            sizes = tuple(self.dim(taken[i], axis) for i in range(p))
+            if None in sizes or sum(sizes) != self.dim(x, axis):  # type: ignore[arg-type]
+                continue
+            self.factors.setdefault(self.ax(x, axis), []).append(("parts", sizes))
+            self.split_outs.setdefault(self.ax(x, axis), []).append(tuple(self.ax(taken[i], axis) for i in range(p)))
+
     def fused_parts(self) -> None:
         """A fused projection whose output is split into (parts, ...) (a timm-style qkv:
         (3, heads, head_dim)): the within-part axis of its weight is one axis for every part,
         factored as the rest of the split, so that the heads the parts share join the
         attention output's space (one permutation, head by head, for all parts). A fused
-        projection split into parts by a Split op (each part its own heads) is left."""
+        projection whose output a Split (or SplitToSequence) cuts into equal parts (a GPT-2
+        qkv) is treated the same way: its parts' axes are that one within-part axis, so the
+        query/key and value/output spaces become one, whose heads the parts share."""
+        self._sequence_splits()
         by_class: dict[tuple, list[tuple[tuple, ...]]] = {}
         for whole, splits in self.split_axes.items():
             by_class.setdefault(self.uf.find(whole), []).extend(splits)
+        cut: dict[tuple, list[tuple[tuple, ...]]] = {}
+        for whole, outs in self.split_outs.items():
+            cut.setdefault(self.uf.find(whole), []).extend(outs)
         for i, s in enumerate(self.gs.slots):
             if s.role not in ("linear.weight", "linear.bias") or s.layout is None or s.layout.parts <= 1:
                 continue
@@ -467,6 +504,17 @@ class _Flow:
                     self.same(key, keys[1])
                 else:
                     self.split_axes.setdefault(key, []).append(tuple(keys[1:]))
+                self.part_axes[i] = key
+                break
+            if i in self.part_axes:
+                continue
+            for outs in cut.get(self.uf.find(y), ()):
+                sizes = {self.size(a) for a in outs}
+                if len(outs) != s.layout.parts or len(sizes) != 1:
+                    continue
+                key = ("p", node.output[0], s.layout.parts, sizes.pop())
+                for a in outs:
+                    self.same(key, a)
                 self.part_axes[i] = key
                 break
 
@@ -673,6 +721,10 @@ def _projection_heads(f: _Flow, gs: GraphSlots) -> dict[int, tuple[int, ...]]:
                 h_out = fs[0]
             elif parts > 1 and len(fs) == 3 and fs[0] == parts and fs[0] * fs[1] * fs[2] == n_out:
                 h_out = fs[1]
+        if parts > 1 and not h_out and i in f.part_axes:  # parts cut by a Split, each split into heads
+            for fs in splits.get(f.uf.find(f.part_axes[i]), ()):
+                if len(fs) == 2 and fs[0] * fs[1] == canon[1]:
+                    h_out = fs[0]
         h_in = 0
         if s.role == "linear.weight":
             n_in = canon[-1]

@@ -334,17 +334,36 @@ class _Analyzer:
                 sizes = self._static_int_values(n.input[1]) if len(n.input) > 1 and n.input[1] else None
                 if k > 1 and (sizes is None or len(set(sizes)) == 1):
                     return k, f"output split into {k} equal parts"
+            if n.op_type == "SplitToSequence":
+                k = self._sequence_parts(n, out_features)
+                if k > 1:
+                    return k, f"output split into a sequence of {k} equal parts"
             if n.op_type == "Reshape":
-                p = self._gathered_parts(n.output[0])
+                p = self._gathered_parts(n.output[0], width=out_features)
                 if p > 1 and out_features % p == 0:
                     return p, f"output reshaped and indexed into {p} parts"
         return 1, ""
 
-    def _gathered_parts(self, value: str, depth: int = 3) -> int:
+    def _sequence_parts(self, n: onnx.NodeProto, width: int | None) -> int:
+        """How many equal parts a SplitToSequence makes (the dynamo exporter's ``split`` /
+        ``chunk`` without its optimizer): its ``split`` input is a list of equal lengths, or
+        one length (a chunk size) that divides ``width``; 1 when that is not known."""
+        sizes = self._static_int_values(n.input[1]) if len(n.input) > 1 and n.input[1] else None
+        if not sizes or None in sizes:
+            return 1
+        if len(sizes) > 1:
+            return len(sizes) if len(set(sizes)) == 1 else 1
+        chunk = sizes[0]
+        if width is None or chunk is None or chunk <= 0 or width % chunk:
+            return 1
+        return width // chunk
+
+    def _gathered_parts(self, value: str, depth: int = 3, width: int | None = None) -> int:
         """How many equal parts a reshaped projection output is indexed into: scalar-index
         Gathers on one axis (through Transposes) taking indices 0..p-1 (the legacy exporter's
         ``unbind``), unit Slices on one axis taking [i, i+1) for i in 0..p-1 (the dynamo
-        exporter's), or a p-way Split."""
+        exporter's), or a p-way Split or SplitToSequence (``width``: the projection's out
+        features, which a chunk size divides)."""
         by_axis: dict[int, set[int]] = defaultdict(set)
         for ci, _ in self.cons.get(value, []):
             n = self.g.node[ci]
@@ -358,8 +377,10 @@ class _Analyzer:
                     by_axis[unit[0]].add(unit[1])
             elif n.op_type == "Split" and len(n.output) > 1:
                 return len(n.output)
+            elif n.op_type == "SplitToSequence":
+                return self._sequence_parts(n, width)
             elif n.op_type in ("Transpose", "Identity") and depth > 0:
-                p = self._gathered_parts(n.output[0], depth - 1)
+                p = self._gathered_parts(n.output[0], depth - 1, width)
                 if p > 1:
                     return p
         for idx in by_axis.values():
