@@ -20,6 +20,7 @@ from front_onnx.analysis.dimflow import dimension_flow  # noqa: E402
 from front_onnx.numeric.seriation import roughness, smooth_order  # noqa: E402
 from front_onnx.onnxio import load_model  # noqa: E402
 from front_onnx.validation.equivalence import aligned_source, same_function  # noqa: E402
+from front_onnx.method.alignment import plan_alignment  # noqa: E402
 from samples.export import export  # noqa: E402
 from tests.conftest import small_vit  # noqa: E402
 from samples.models import FAMILIES, perturb  # noqa: E402
@@ -284,7 +285,7 @@ def _plant_strongest_head(model, name: str) -> tuple[int, str]:
     """Make head 2 of block 0 the strongest (its q, k, v units and the output projection's
     inputs x4); (head size, block 0's initializer prefix)."""
     with torch.no_grad():
-        if name == "vit":   # timm: qkv [3C, C], proj [C, C] (out, in)
+        if name in ("vit", "deit"):   # timm: qkv [3C, C], proj [C, C] (out, in)
             att = model.blocks[0].attn
             d, width = att.head_dim, att.qkv.weight.shape[1]
             for part in range(3):
@@ -299,16 +300,17 @@ def _plant_strongest_head(model, name: str) -> tuple[int, str]:
         return d, "h.0."
 
 
-@pytest.mark.parametrize("name,exporter", [("vit", "dynamo"), ("vit", "legacy"), ("gpt2", "dynamo"),
-                                           ("gpt2", "legacy"), ("gpt2", "module")])
+@pytest.mark.parametrize("name,exporter", [("vit", "dynamo"), ("vit", "legacy"), ("vit", "module"), ("deit", "dynamo"),
+                                           ("gpt2", "dynamo"), ("gpt2", "legacy"), ("gpt2", "module")])
 def test_a_fused_qkv_attention_orders_its_heads_as_one_space(name, exporter, tmp_path):
     """A fused qkv projection per block with head 2 of block 0 planted the strongest: the
-    corpus's timm ViT (its output reshaped into (3, heads, head size)) and HF GPT-2 (its
-    output cut by a Split, or by a SplitToSequence in ``transfer_module``'s unoptimized
-    export: "module"). That block's space holds q, k, v and the output projection's input,
-    so it orders its heads alone, head 2 first; the ordered source computes the same
-    function."""
-    pytest.importorskip("timm" if name == "vit" else "transformers")
+    corpus's timm ViT and DeiT (the output reshaped into (3, heads, head size), then sliced:
+    constants given as ``value_ints`` in ``transfer_module``'s unoptimized export, "module";
+    DeiT's two classifier heads averaged into the output) and HF GPT-2 (its output cut by a
+    Split, or by a SplitToSequence in the unoptimized export). That block's space holds q, k,
+    v and the output projection's input, so it orders its heads alone, head 2 first; the
+    ordered source computes the same function."""
+    pytest.importorskip("transformers" if name == "gpt2" else "timm")
     from tests.corpus.build import FAMILIES as CORPUS_FAMILIES, build_module, example_inputs, export as corpus_export
 
     family = CORPUS_FAMILIES[name]
@@ -319,7 +321,8 @@ def test_a_fused_qkv_attention_orders_its_heads_as_one_space(name, exporter, tmp
     if exporter == "module":
         from front_onnx.torch.modules import export_module
         export_module(model, {k: torch.from_numpy(v) for k, v in feeds.items()}, path)
-        assert any(n.op_type == "SplitToSequence" for n in onnx.load(str(path), load_external_data=False).graph.node)
+        ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+        assert name != "gpt2" or "SplitToSequence" in ops
     else:
         corpus_export(model, family, exporter, path)
     m = load_model(path)
@@ -333,3 +336,27 @@ def test_a_fused_qkv_attention_orders_its_heads_as_one_space(name, exporter, tmp
     ref = ort.InferenceSession(str(path)).run(None, feeds)[0]
     got = ort.InferenceSession(str(aligned.path)).run(None, feeds)[0]
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["bert", "deit", "gpt2", "hf_vit", "vit"])
+def test_every_planned_space_holds_in_the_legacy_exports(name, tmp_path):
+    """The legacy exporter reads some residual-width parameters through views (GPT-2's
+    ``wpe[:T]``, a class token expanded to the batch, BERT's token-type row gathered): those
+    read every unit one to one, so the residual width is ordered like any space, and every
+    space the plan finds holds the function check (outputs compared here with onnxruntime)."""
+    from tests.corpus.build import FAMILIES as CORPUS_FAMILIES, example_inputs
+
+    path = CORPUS / name / "legacy" / "source.onnx"
+    m = load_model(path)
+    gs = weight_slots(m)
+    planned = plan_alignment(m, gs, order="importance")
+    viewed = {s.initializer for s in gs.slots if s.view is not None}
+    assert any(init in viewed for sp in planned.spaces for init, _ in sp.members)
+    aligned, al = aligned_source(m, gs, tmp_path / "al", order="importance")
+    assert [sp.id for sp in al.spaces] == [sp.id for sp in planned.spaces], al.skipped
+    import onnxruntime as ort
+    feeds = example_inputs(CORPUS_FAMILIES[name])
+    ref = ort.InferenceSession(str(path)).run(None, feeds)
+    got = ort.InferenceSession(str(aligned.path)).run(None, feeds)
+    for r, g in zip(ref, got):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)

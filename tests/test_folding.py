@@ -167,3 +167,32 @@ def test_a_learngene_keeps_the_sources_masked_entries(tmp_path):
     Learngene({t.key: t}, 1.0, "ortho").save(tmp_path / "bad.safetensors")
     with pytest.raises(front_onnx.LearngeneError, match="masked entries"):
         Learngene.load(tmp_path / "bad.safetensors")
+
+
+def _view_of(stored_shape: tuple[int, ...], pick) -> tuple[View, tuple[int, ...]]:
+    """The View that ``pick`` (numpy indexing of an index array) makes of a stored tensor."""
+    idx = np.asarray(pick(np.arange(int(np.prod(stored_shape))).reshape(stored_shape)))
+    return View(["test"], stored_shape, idx.reshape(-1), covered=int(np.unique(idx).size)), idx.shape
+
+
+@pytest.mark.parametrize("stored,pick,k,want", [
+    ((16, 6), lambda a: a[:8], 1, 1),                                   # wpe[:T]: the width is read whole
+    ((16, 6), lambda a: a[:8], 0, None),                                # positions: only 8 of 16
+    ((1, 1, 6), lambda a: np.broadcast_to(a, (3, 1, 6)), 2, 2),         # a class token expanded to the batch
+    ((2, 6), lambda a: a[[0, 0, 0]], 1, 1),                             # rows gathered (token type 0)
+    ((4, 6), lambda a: a.T, 0, 1),                                      # transposed
+    ((4, 6), lambda a: a[:, ::-1], 1, None),                            # reversed: not in order
+    ((6, 6), lambda a: np.stack([np.diag(a)] * 2), 1, None),            # the diagonal: the row moves with it
+    ((4, 6), lambda a: a[:, :3], 1, None),                              # half the width
+])
+def test_a_views_stored_axis_is_the_one_it_reads_one_to_one(stored, pick, k, want):
+    """``View.stored_axis``: and where it names an axis, permuting the stored tensor along it
+    permutes the view alike (checked directly on values)."""
+    view, shape = _view_of(stored, pick)
+    assert view.stored_axis(shape, k) == want
+    if want is not None:
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal(stored)
+        perm = rng.permutation(stored[want])
+        np.testing.assert_array_equal(view.read(np.take(a, perm, axis=want)).reshape(shape),
+                                      np.take(view.read(a).reshape(shape), perm, axis=k))

@@ -288,3 +288,32 @@ def test_hf_gpt2_fused_qkv_parts_take_the_units_the_output_projection_reads(widt
     np.testing.assert_array_equal(a[pre + "c_attn.weight"], w[:, cols])
     np.testing.assert_array_equal(a[pre + "c_attn.bias"], bias[cols])
     np.testing.assert_array_equal(a[pre + "c_proj.weight"], b[pre + "c_proj.weight"][units][:, resid])
+
+
+def test_timm_vit_module_shrink_keeps_q_k_v_apart():
+    """timm's ViT through ``transfer_module`` (its unoptimized export slices the fused qkv
+    output with ``value_ints`` constants): the corpus source into its narrower, shallower
+    target, after a strict load: the target's q, k and v rows each take the same source units
+    of their own part, the units the output projection reads, whole heads."""
+    pytest.importorskip("timm")
+    from tests.corpus.build import FAMILIES as CORPUS_FAMILIES, build_module, example_inputs
+
+    family = CORPUS_FAMILIES["vit"]
+    src, tgt = build_module(family, "source"), build_module(family, "shrink")
+    feeds = {k: torch.from_numpy(v) for k, v in example_inputs(family).items()}
+    module, plan = transfer_module(src, tgt, feeds)
+    assert plan.summary()["written_fraction"] == 1.0
+    a, b = ({k: v.numpy() for k, v in m.state_dict().items()} for m in (module, src))
+    width, source_width = a["cls_token"].shape[-1], b["cls_token"].shape[-1]
+    resid = _source_columns(a["cls_token"].reshape(1, -1), b["cls_token"].reshape(1, -1))
+    w = b["blocks.0.attn.qkv.weight"][:, resid]
+    parts = [_source_columns(a["blocks.0.attn.qkv.weight"][p * width:(p + 1) * width].T,
+                             w[p * source_width:(p + 1) * source_width].T) for p in range(3)]
+    units = np.array(parts[0])
+    assert parts[1] == parts[2] == list(units)
+    d = src.blocks[0].attn.head_dim
+    assert all(len(set(units[h * d:(h + 1) * d] // d)) == 1 for h in range(width // d))  # whole source heads
+    rows = np.concatenate([p * source_width + units for p in range(3)])
+    np.testing.assert_array_equal(a["blocks.0.attn.qkv.weight"], w[rows])
+    np.testing.assert_array_equal(a["blocks.0.attn.qkv.bias"], b["blocks.0.attn.qkv.bias"][rows])
+    np.testing.assert_array_equal(a["blocks.0.attn.proj.weight"], b["blocks.0.attn.proj.weight"][resid][:, units])

@@ -60,6 +60,29 @@ class View:
     covered: int = 0                  # distinct stored elements the view reads
     copies: int = 1                   # the stored tensor is this many copies of the view along axis 0
 
+    def stored_axis(self, shape: tuple[int, ...], k: int) -> int | None:
+        """The stored axis that axis ``k`` of this view (of ``shape``) reads one to one and in
+        order, every other coordinate it reads not depending on it (a slice or broadcast of
+        other axes: ``wpe[:T]``, a class token expanded to the batch), or None. Permuting the
+        stored tensor along that axis permutes the view along ``k`` alike."""
+        if self.offset is not None or (self.masked is not None and self.masked.any()):
+            return None
+        if self.index is None:
+            return k if tuple(self.stored_shape) == tuple(shape) else None
+        idx = np.asarray(self.index)
+        if idx.size != int(np.prod(shape)):
+            return None
+        coords = np.unravel_index(idx.reshape(shape), self.stored_shape)
+        n = shape[k]
+        ramp = np.arange(n).reshape([-1 if a == k else 1 for a in range(len(shape))])
+        for axis, c in enumerate(coords):
+            if self.stored_shape[axis] != n or not np.array_equal(c, np.broadcast_to(ramp, c.shape)):
+                continue
+            if all(np.array_equal(o, np.take(o, [0], axis=k).repeat(n, axis=k))
+                   for j, o in enumerate(coords) if j != axis):
+                return axis
+        return None
+
     def read(self, stored: np.ndarray) -> np.ndarray:
         flat = np.asarray(stored).reshape(-1)
         a = flat[self.index] if self.index is not None else np.asarray(stored).copy()

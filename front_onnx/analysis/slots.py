@@ -298,11 +298,15 @@ class _Analyzer:
         if name not in self.prod:
             return None
         n = self.g.node[self.prod[name]]
-        if n.op_type == "Constant":
+        if n.op_type == "Constant":  # value (a tensor), or value_ints / value_int (the unoptimized dynamo export's)
             v = _attr(n, "value")
             if isinstance(v, onnx.TensorProto):
                 return [int(x) for x in numpy_helper.to_array(v).reshape(-1)]
-            return None
+            ints = _attr(n, "value_ints")
+            if ints is not None:
+                return [int(x) for x in ints]
+            one = _attr(n, "value_int")
+            return None if one is None else [int(one)]
         if n.op_type == "Unsqueeze":
             return self._static_int_values(n.input[0])
         if n.op_type == "Concat":

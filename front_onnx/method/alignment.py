@@ -98,14 +98,17 @@ def _produces(s: Slot | None, k: int) -> bool:
 
 
 def _stored_axis(s: Slot, k: int) -> int | None:
-    """The stored axis of a slot's unsplit canonical axis ``k`` (None for a parts axis)."""
+    """The stored axis of a slot's unsplit canonical axis ``k`` (None for a parts axis, or
+    for an axis of a view that does not read the stored tensor's units one to one)."""
     lay = s.layout
     assert lay is not None
     if lay.parts > 1:
         if k == 0:
             return None
         k -= 1
-    return lay.perm[k] if k < len(lay.perm) else None
+    if k >= len(lay.perm):
+        return None
+    return lay.perm[k] if s.view is None else s.view.stored_axis(tuple(s.shape), lay.perm[k])
 
 
 ORDERS = ("smooth", "importance")
@@ -154,8 +157,7 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
             if init in absent:
                 continue
             s = by_init.get(init)
-            if s is None or s.view is not None or s.quant is not None or s.layout is None \
-                    or model.constant_node(init) is not None:
+            if s is None or s.quant is not None or s.layout is None or model.constant_node(init) is not None:
                 why = f"{init} is not a plain stored tensor"
                 break
             s = unsplit(s)  # the flow's axes are whole (heads merged back)
@@ -167,7 +169,8 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
                 break
             ax = _stored_axis(s, k)
             if ax is None:
-                why = f"{init}: a fused projection's parts"
+                why = (f"{init}: a fused projection's parts" if s.view is None else
+                       f"{init} is read through a view that does not take its units one to one")
                 break
             if (init, ax) not in members:
                 members.append((init, ax))
@@ -184,6 +187,9 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
         split = _heads(sp) if sp.id in heads_split else None
         groups = split[0] if split else 1  # heads: units move within their head
         roles = [_member_role(by_init[init], ax) for init, ax in members]
+        if "consumer" not in roles and any(a == sp.id for axes in flow.outputs.values() for a in axes):
+            out.skipped[sp.id] = "the model's output units, which no later layer reads (classes)"
+            continue
         # a graph output holding a width later layers also read (an embedding model's output)
         outputs = [(name, k) for name, axes in flow.outputs.items() for k, a in enumerate(axes)
                    if a == sp.id] if "consumer" in roles else []
