@@ -360,3 +360,33 @@ def test_every_planned_space_holds_in_the_legacy_exports(name, tmp_path):
     got = ort.InferenceSession(str(aligned.path)).run(None, feeds)
     for r, g in zip(ref, got):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_a_tied_embedding_joins_the_spaces_it_indexes(exporter, tmp_path):
+    """T5 reads one embedding table in the encoder, in the decoder and as its output layer:
+    the encoder's and the decoder's residual widths are one space for a permutation (two
+    orders would permute the table twice). Joined, every planned space holds the function
+    check; the encoder's hidden states (an output) come out in the joined space's order."""
+    from tests.corpus.build import FAMILIES as CORPUS_FAMILIES, example_inputs
+
+    path = CORPUS / "t5" / exporter / "source.onnx"
+    m = load_model(path)
+    gs = weight_slots(m)
+    planned = plan_alignment(m, gs, order="importance")
+    joined = [sp for sp in planned.spaces if "+" in sp.id]
+    assert len(joined) == 1 and len(joined[0].id.split("+")) == 2
+    aligned, al = aligned_source(m, gs, tmp_path / "al", order="importance")
+    assert [sp.id for sp in al.spaces] == [sp.id for sp in planned.spaces], al.skipped
+    import onnxruntime as ort
+    feeds = example_inputs(CORPUS_FAMILIES["t5"])
+    ref = ort.InferenceSession(str(path)).run(None, feeds)
+    got = ort.InferenceSession(str(aligned.path)).run(None, feeds)
+    names = [o.name for o in m.proto.graph.output]
+    for sp in al.spaces:
+        for name, axis in sp.outputs:
+            j = names.index(name)
+            ref[j] = np.take(ref[j], sp.order, axis=axis)
+    assert any(sp.outputs for sp in al.spaces)
+    for r, g in zip(ref, got):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)

@@ -138,6 +138,7 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
     arrays: dict[str, np.ndarray] = {}
     vectors: dict[str, tuple[np.ndarray, tuple[int, int] | None, int | None]] = {}  # id -> (units, heads, producer)
     headed: list[tuple[SpaceOrder, np.ndarray, tuple[int, int], list[str]]] = []  # importance, split by heads
+    found: list[_Found] = []
     for sp in flow.spaces:
         why = ""
         members: list[tuple[str, int]] = []
@@ -179,36 +180,88 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
         if why or not members:
             out.skipped[sp.id] = why or "no member"
             continue
+        found.append(_Found([sp.id], sp, members, parts, _heads(sp) if sp.id in heads_split else None))
+    for f in _tied(found, out.skipped):
+        sp, members, parts, split = f.sp, f.members, f.parts, f.split
+        sid = "+".join(f.ids)
         for init, _ in members:
             if init not in arrays:
                 arrays[init] = np.asarray(model.array(init))
         folded = [(_parts_folded(arrays[init], ax, parts.get(init, 1)), ax if init not in parts else 0)
                   for init, ax in members]
-        split = _heads(sp) if sp.id in heads_split else None
         groups = split[0] if split else 1  # heads: units move within their head
         roles = [_member_role(by_init[init], ax) for init, ax in members]
-        if "consumer" not in roles and any(a == sp.id for axes in flow.outputs.values() for a in axes):
-            out.skipped[sp.id] = "the model's output units, which no later layer reads (classes)"
+        if "consumer" not in roles and any(a in f.ids for axes in flow.outputs.values() for a in axes):
+            for x in f.ids:
+                out.skipped[x] = "the model's output units, which no later layer reads (classes)"
             continue
         # a graph output holding a width later layers also read (an embedding model's output)
         outputs = [(name, k) for name, axes in flow.outputs.items() for k, a in enumerate(axes)
-                   if a == sp.id] if "consumer" in roles else []
+                   if a in f.ids] if "consumer" in roles else []
         if order == "importance":
             score = _importance(folded, roles)
-            out.spaces.append(SpaceOrder(sp.id, sp.size, members, importance_order(score, groups),
+            out.spaces.append(SpaceOrder(sid, sp.size, members, importance_order(score, groups),
                                          parts=parts, outputs=outputs))
             if split:
                 headed.append((out.spaces[-1], score, split, roles))
             continue
         vec = _unit_vectors(folded, sp.size)
         perm, before, after = grouped_order(vec, groups)
-        out.spaces.append(SpaceOrder(sp.id, sp.size, members, perm, before, after, parts, outputs=outputs))
+        out.spaces.append(SpaceOrder(sid, sp.size, members, perm, before, after, parts, outputs=outputs))
         if across_depth:  # kept for matching along depth only (a DeiT-B's spaces hold ~0.8 GB of them)
             producer = next((index[init] for init, k in sp.axes if init in index and _produces(by_init[init], k)), None)
-            vectors[sp.id] = (vec.astype(np.float32), split, producer)
+            vectors[sid] = (vec.astype(np.float32), split, producer)
     if across_depth:
         _match_depth(out, vectors, find_structure(gs, model.proto))
     _pair_heads(headed)
+    return out
+
+
+@dataclass
+class _Found:
+    """A space (or spaces sharing a tensor, ``_tied``) that can be aligned, before its order."""
+
+    ids: list[str]
+    sp: ChannelSpace                          # the first of them (length, axes)
+    members: list[tuple[str, int]]            # (initializer, stored axis)
+    parts: dict[str, int]
+    split: tuple[int, int] | None             # (heads, head size)
+
+
+def _tied(found: list[_Found], skipped: dict[str, str]) -> list[_Found]:
+    """Spaces that permute one stored tensor along one axis are one space for a permutation
+    (a tied table: T5's encoder and decoder residual widths read one embedding, which is also
+    its output layer): merged when their lengths and heads agree, else none is aligned."""
+    parent = list(range(len(found)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[tuple[str, int], int] = {}
+    for i, f in enumerate(found):
+        for m in f.members:
+            if m in owner:
+                parent[root(i)] = root(owner[m])
+            else:
+                owner[m] = i
+    groups: dict[int, list[_Found]] = {}
+    for i, f in enumerate(found):
+        groups.setdefault(root(i), []).append(f)
+    out = []
+    for fs in sorted(groups.values(), key=lambda g: found.index(g[0])):
+        if len(fs) == 1:
+            out.append(fs[0])
+            continue
+        ids = [x for f in fs for x in f.ids]
+        if len({f.sp.size for f in fs}) > 1 or len({f.split for f in fs}) > 1:
+            for x in ids:
+                skipped[x] = f"shares a tensor with {', '.join(i for i in ids if i != x)}, of another length or heads"
+            continue
+        out.append(_Found(ids, fs[0].sp, list(dict.fromkeys(m for f in fs for m in f.members)),
+                          {k: v for f in fs for k, v in f.parts.items()}, fs[0].split))
     return out
 
 
