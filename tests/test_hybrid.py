@@ -317,3 +317,57 @@ def test_timm_vit_module_shrink_keeps_q_k_v_apart():
     np.testing.assert_array_equal(a["blocks.0.attn.qkv.weight"], w[rows])
     np.testing.assert_array_equal(a["blocks.0.attn.qkv.bias"], b["blocks.0.attn.qkv.bias"][rows])
     np.testing.assert_array_equal(a["blocks.0.attn.proj.weight"], b["blocks.0.attn.proj.weight"][resid][:, units])
+
+
+SELECT_EVENLY = {"method": "select", "align": "none"}
+
+
+@pytest.mark.parametrize("source_kv,heads,kv,kw", [
+    (2, 4, 2, {}),               # 4 query heads per group -> 2: the first 4 would all be group 0's
+    (4, 4, 2, SELECT_EVENLY),    # evenly spaced over all 8 would put heads of groups 1, 3 with kv 0, 2
+    pytest.param(4, 2, 1, SELECT_EVENLY, marks=pytest.mark.xfail(
+        strict=True, reason="a multi-query target (one key/value head) is not recognized as grouped")),
+])
+def test_grouped_query_heads_stay_with_their_key_value_heads(source_kv, heads, kv, kw):
+    """HF Llama with 8 query heads in grouped-query attention into fewer heads and groups, at
+    the defaults and as Weight Selection: after a strict load, every target query head is a
+    source query head of the group whose key/value head its target group's key/value head is."""
+    transformers = pytest.importorskip("transformers")
+    from tests.corpus.build import perturb
+
+    def llama(h: int, k: int, layers: int) -> torch.nn.Module:
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=h,
+            num_key_value_heads=k, head_dim=8, max_position_embeddings=32, use_cache=False)).eval()
+
+    torch.manual_seed(0)
+    src = llama(8, source_kv, 2)
+    perturb(src)
+    feeds = {"input_ids": torch.randint(1, 64, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.int64)}
+    module, plan = transfer_module(src, llama(heads, kv, 1), feeds, **kw)
+    assert plan.summary()["written_fraction"] == 1.0
+    a, b = module.state_dict(), src.state_dict()
+    pre = "model.layers.0.self_attn."
+
+    def source_heads(name: str) -> list[int]:  # each target head's source head (rows equal up to the residual's order)
+        t, s = a[pre + name].numpy(), np.sort(b[pre + name].numpy(), axis=1)
+        found = []
+        for r in range(0, t.shape[0], 8):
+            d = np.abs(s - np.sort(t[r])).max(axis=1)
+            assert d.min() == 0.0
+            found.append(int(d.argmin()) // 8)
+        return found
+
+    q, k, v = source_heads("q_proj.weight"), source_heads("k_proj.weight"), source_heads("v_proj.weight")
+    assert k == v
+    assert [h // (8 // source_kv) for h in q] == [k[j // (heads // kv)] for j in range(heads)], (q, k)
+
+
+def test_a_learngene_keeps_the_key_value_groups_of_grouped_query_heads(tmp_path):
+    """The corpus Llama's query projections and the output projections' inputs hold 4 heads in
+    2 key/value groups: their templates record it, through a save and a load."""
+    gene = front_onnx.extract(CORPUS / "llama" / "dynamo" / "source.onnx", keep=1.0)
+    grouped = {k: t.groups for k, t in gene.templates.items() if t.groups}
+    assert grouped and all(g == {0: 2} or g == {1: 2} for g in grouped.values())
+    back = Learngene.load(gene.save(tmp_path / "g.safetensors"))
+    assert {k: t.groups for k, t in back.templates.items() if t.groups} == grouped

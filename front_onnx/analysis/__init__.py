@@ -18,7 +18,8 @@ __all__ = ["analyze", "weight_slots", "GraphSlots", "Structure"]
 def weight_slots(model: OnnxModel) -> GraphSlots:
     """The slots of a model, attention projections split by heads (``dimflow``)."""
     gs = analyze_slots(model.proto, model.array)
-    with_heads(gs, dimension_flow(model.proto, gs).heads)
+    flow = dimension_flow(model.proto, gs)
+    with_heads(gs, flow.heads, flow.groups)
     return gs
 
 

@@ -61,6 +61,7 @@ class DimensionFlow:
     spaces: list[ChannelSpace]
     slot_axes: dict[int, list[str | None]]          # slot index -> space id per canonical axis
     heads: dict[int, tuple[int, ...]] = field(default_factory=dict)  # slot -> Layout.heads of its projection
+    groups: dict[int, tuple[int, ...]] = field(default_factory=dict)  # slot -> Layout.groups (grouped-query heads)
     outputs: dict[str, list[str | None]] = field(default_factory=dict)  # graph output -> space id per axis
 
 
@@ -276,6 +277,11 @@ class _Flow:
                 if axes is not None:
                     drop = {x % len(first) for x in axes}
                     want = [d for i, d in enumerate(first) if i not in drop]
+            elif op == "Expand" and len(ins) > 1 and ins[1]:  # the shape input folded from constants
+                v = self.constants.value(ins[1])
+                if v is not None and v.ndim == 1 and len(v) == len(out):
+                    pad = [1] * (len(out) - len(first)) + list(first)
+                    want = [None if a is None else (int(b) if a == 1 else a) for a, b in zip(pad, v)]
             elif op in _BROADCAST and op != "Expand":
                 shapes = [self.shape.get(x) for x in ins if x]
                 if all(sh is not None for sh in shapes):
@@ -678,7 +684,8 @@ def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
         r = f.rank(o.name)
         if r:
             outputs[o.name] = [ids.get(f.uf.find(f.ax(o.name, k))) for k in range(r)]
-    return DimensionFlow(spaces, slot_axes, _projection_heads(f, gs), outputs)
+    heads = _projection_heads(f, gs)
+    return DimensionFlow(spaces, slot_axes, heads, groups=_head_groups(f, gs, heads), outputs=outputs)
 
 
 def unsplit(s: Slot) -> Slot:
@@ -737,9 +744,54 @@ def _projection_heads(f: _Flow, gs: GraphSlots) -> dict[int, tuple[int, ...]]:
     return out
 
 
-def with_heads(gs: GraphSlots, heads: dict[int, tuple[int, ...]]) -> None:
+def _head_groups(f: _Flow, gs: GraphSlots, heads: dict[int, tuple[int, ...]]) -> dict[int, tuple[int, ...]]:
+    """``Layout.groups`` of the projections whose heads axis is grouped-query attention's: the
+    flow shows it merged from (groups, heads per group), its groups axis being another
+    projection's heads axis (the key/value heads, repeated for each query head of their
+    group). A selection of such heads must keep each query head with its key/value head."""
+    find = f.uf.find
+
+    def heads_class(i: int, k: int) -> tuple | None:  # the heads axis class of slot i's axis k (0 out, 1 in)
+        node = f.g.node[gs.slots[i].anchor]
+        gemm = node.op_type == "Gemm"
+        whole = f.ax(node.output[0], 1 if gemm else -1) if k == 0 else \
+            f.ax(node.input[0], (0 if _attr(node, "transA", 0) else 1) if gemm else -1)
+        h = heads[i][k]
+        for w, splits in f.split_axes.items():
+            if find(w) == find(whole):
+                for keys in splits:
+                    if len(keys) == 2 and f.size(keys[0]) == h:
+                        return find(keys[0])
+        return None
+
+    classes = {(i, k): heads_class(i, k) for i, h in heads.items() for k in range(len(h)) if h[k]}
+    known = {c for c in classes.values() if c is not None}
+    merged: dict[tuple, int] = {}   # heads class -> its groups
+    for w, splits in f.split_axes.items():
+        for keys in splits:
+            if len(keys) != 2 or find(w) not in known:
+                continue
+            g, per = f.size(keys[0]), f.size(keys[1])
+            if not g or not per or per < 2:
+                continue
+            # several key/value heads: their axis is another projection's heads; one (multi-query
+            # attention): a length-1 axis, which the flow does not join, merged with all the heads
+            if (g > 1 and find(keys[0]) in known and find(keys[0]) != find(w)) or (g == 1 and per == f.size(w)):
+                merged.setdefault(find(w), g)
+    out: dict[int, tuple[int, ...]] = {}
+    for i, h in heads.items():
+        gr = tuple(merged.get(classes.get((i, k)), 0) if h[k] else 0 for k in range(len(h)))  # type: ignore[arg-type]
+        if any(gr):
+            out[i] = gr
+    return out
+
+
+def with_heads(gs: GraphSlots, heads: dict[int, tuple[int, ...]], groups: dict[int, tuple[int, ...]] | None = None
+               ) -> None:
     """Give the projections' layouts their heads (``Layout.heads``): each split axis becomes
-    (heads, head_dim), both of the axis's kind."""
+    (heads, head_dim), both of the axis's kind; grouped-query heads their key/value groups
+    (``Layout.groups``)."""
+    groups = groups or {}
     for i, h in heads.items():
         s = gs.slots[i]
         lay = s.layout
@@ -750,6 +802,8 @@ def with_heads(gs: GraphSlots, heads: dict[int, tuple[int, ...]]) -> None:
         kinds = list(lay.kinds[:off])
         for k, kind in enumerate(lay.kinds[off:]):
             kinds += [kind, kind] if k < len(h) and h[k] else [kind]
-        s.layout = Layout(lay.perm, tuple(kinds), lay.parts, lay.name + " by heads", heads=h)
-        s.evidence.append("heads: " + " and ".join(f"{'out' if k == 0 else 'in'} axis {n} heads"
-                                                    for k, n in enumerate(h) if n) + " (dimension flow)")
+        g = groups.get(i, ())
+        s.layout = Layout(lay.perm, tuple(kinds), lay.parts, lay.name + " by heads", heads=h, groups=g)
+        s.evidence.append("heads: " + " and ".join(
+            f"{'out' if k == 0 else 'in'} axis {n} heads" + (f" in {g[k]} key/value groups" if k < len(g) and g[k] else "")
+            for k, n in enumerate(h) if n) + " (dimension flow)")

@@ -82,6 +82,11 @@ class Layout:
     parts: int = 1
     name: str = ""
     heads: tuple[int, ...] = ()
+    # per entry of ``heads``: the key/value groups those heads fall into (grouped-query
+    # attention: a query head reads the key/value head of its group; 1: multi-query), 0 when
+    # not known to be grouped;
+    # the canonical shape does not change, a selection of heads keeps groups whole
+    groups: tuple[int, ...] = ()
 
     def _split(self, s: tuple[int, ...]) -> tuple[int, ...]:
         """The canonical shape from the permuted one (parts and heads split)."""
@@ -128,6 +133,13 @@ class Layout:
 
     def canonical_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return self._split(tuple(shape[p] for p in self.perm))
+
+    @property
+    def head_groups(self) -> dict[int, int]:
+        """Canonical heads axis -> its key/value groups, for the grouped ones."""
+        k_of = [k for k in range(len(self.perm)) if k < len(self.heads) and self.heads[k]]
+        return {a: self.groups[k] for a, k in zip(self.head_axes, k_of)
+                if k < len(self.groups) and self.groups[k] > 0}
 
     @property
     def head_axes(self) -> tuple[int, ...]:

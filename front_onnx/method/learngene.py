@@ -79,6 +79,9 @@ class GeneTemplate:
     # for the templates it selects from: selection copies units, so it needs no spectrum, and
     # copies them exactly (a spectrum stored in float32 gives them back to its rounding); never saved
     values: np.ndarray | None = None
+    # canonical heads axis -> key/value groups of grouped-query heads (``Layout.head_groups``):
+    # a selection keeps each query head with its key/value head
+    groups: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.kept:
@@ -95,6 +98,7 @@ class GeneTemplate:
             "key": self.key, "stage": self.stage, "role": self.role, "layout": self.layout,
             "kinds": list(self.kinds), "shape": list(self.shape), "depth": self.depth,
             "dtype": self.dtype, "kept": list(self.kept),
+            **({"groups": {str(a): g for a, g in sorted(self.groups.items())}} if self.groups else {}),
         }
 
 
@@ -180,7 +184,10 @@ class Learngene:
                 t = GeneTemplate(
                     key=str(tm["key"]), stage=str(tm["stage"]), role=str(tm["role"]), layout=str(tm["layout"]),
                     kinds=tuple(str(k) for k in tm["kinds"]), shape=tuple(int(d) for d in tm["shape"]),
-                    depth=int(tm["depth"]), dtype=str(tm["dtype"]), coefficients=coef, means=means, stds=stds)
+                    depth=int(tm["depth"]), dtype=str(tm["dtype"]), coefficients=coef, means=means, stds=stds,
+                    groups={int(a): int(g) for a, g in tm.get("groups", {}).items()})
+                if any(not 0 <= a < len(t.shape) or g < 1 or t.shape[a] % g for a, g in t.groups.items()):
+                    raise ValueError(f"template {t.key!r}: key/value groups that do not divide its heads")
                 if (list(coef.shape) != list(tm["kept"]) or coef.ndim != len(t.kinds) + 1
                         or means.shape != (t.depth,) or stds.shape != (t.depth,)):
                     raise ValueError(f"template {t.key!r}: array shapes disagree with the metadata")

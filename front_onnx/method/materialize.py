@@ -177,7 +177,8 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
                 stack, fresh = expand(source_blocks(gt, gene.convention), tpl.depth, shape, gt.role)
             elif selected:
                 stack = select(gt, tpl.depth, shape, gene.convention, leading=gene.unit_order == "importance",
-                               output_norm=tpl.output_norm and method != "select", heads=first.layout.head_axes)
+                               output_norm=tpl.output_norm and method != "select", heads=first.layout.head_axes,
+                               groups=first.layout.head_groups)
             else:
                 stack = materialize(gt, tpl.depth, shape, gene.convention, depth_mode)
             for b, block in enumerate(tpl.blocks):

@@ -13,7 +13,7 @@ from front_onnx.analysis.structure import Segment, Structure, Template
 from front_onnx.errors import FrontError
 from front_onnx.method.expansion import expand_ops, expands, fresh_count
 from front_onnx.method.learngene import GeneTemplate, Learngene
-from front_onnx.method.selection import METHODS, cannot_select, regroups, selects
+from front_onnx.method.selection import METHODS, cannot_select, head_groups, keeps_groups, regroups, selects
 from front_onnx.numeric import spectral
 from front_onnx.numeric.spectral import DEPTH_MODES
 
@@ -123,7 +123,8 @@ def _axis_ops(gene: GeneTemplate, kinds: tuple[str, ...], shape: tuple[int, ...]
 
 
 def _select_ops(gene: GeneTemplate, shape: tuple[int, ...], depth: int, leading: bool = False,
-                output_norm: bool = False, heads: tuple[int, ...] = ()) -> list[str]:
+                output_norm: bool = False, heads: tuple[int, ...] = (), groups: dict[int, int] | None = None
+                ) -> list[str]:
     """The operations of Weight Selection on one template, for the plan."""
     if depth == gene.depth:
         ops = [f"layers: {depth} (copy)"]
@@ -133,13 +134,16 @@ def _select_ops(gene: GeneTemplate, shape: tuple[int, ...], depth: int, leading:
         ops = [f"layers: first {depth} of {gene.depth}"]
     how = "leading, importance order" if leading else "uniform"
     merged = regroups(tuple(gene.shape), tuple(shape), heads)
+    grouped = head_groups(gene, groups)
     for k, (ns, nt) in enumerate(zip(gene.shape, shape)):
         if k in merged:
             r = shape[k + 1] // gene.shape[k + 1]
             ops.append(f"axes {k}-{k + 1}: {nt * r} of {ns} whole heads ({how}), {r} side by side per target head "
                        f"({gene.shape[k + 1]} -> {shape[k + 1]})")
         elif k - 1 not in merged:
-            ops.append(f"axis {k}: select {nt} of {ns} ({how})" if nt != ns else f"axis {k}: {nt} (copy)")
+            g, tg = grouped.get(k, (0, 0))
+            within = f", within {tg} of {g} key/value groups" if keeps_groups(ns, nt, g, tg) else ""
+            ops.append(f"axis {k}: select {nt} of {ns} ({how}{within})" if nt != ns else f"axis {k}: {nt} (copy)")
     return ops
 
 
@@ -324,7 +328,7 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
             expanded.append(key)
         ops = [] if src is None or why else _select_ops(src, shape, tpl.depth, gene.unit_order == "importance",
                                                          tpl.output_norm and method != "select",
-                                                         first.layout.head_axes) \
+                                                         first.layout.head_axes, first.layout.head_groups) \
             if chosen else expand_ops(src, shape, tpl.depth, depth_mode) if grown \
             else _axis_ops(src, kinds, shape, tpl.depth, depth_mode)
         zeroed = set(identity_blocks(src, tpl)) if depth_mode == "identity" and src is not None and ops \

@@ -68,6 +68,27 @@ def uniform_indices(n_src: int, n_tgt: int) -> np.ndarray:
     return (np.arange(n_tgt) * n_src) // n_tgt
 
 
+def head_indices(ns: int, n: int, leading: bool, groups: int = 0, target_groups: int = 0) -> np.ndarray:
+    """Which of ``ns`` heads the target's ``n`` take: the first (``leading``) or evenly spaced.
+    Grouped-query heads (``groups`` key/value groups in the source, ``target_groups`` in the
+    target; 1: multi-query; 0: not known, then heads are taken as any others) keep every
+    query head with its key/value head:
+    the groups kept are those the key/value projections keep (the same rule on the groups),
+    and within each, the first or evenly spaced of its heads."""
+    pick = (lambda a, b: np.arange(b)) if leading else uniform_indices
+    if keeps_groups(ns, n, groups, target_groups):
+        per = ns // groups
+        return np.concatenate([k * per + pick(per, n // target_groups) for k in pick(groups, target_groups)])
+    return pick(ns, n)
+
+
+def keeps_groups(ns: int, n: int, groups: int, target_groups: int) -> bool:
+    """Whether ``n`` heads in ``target_groups`` groups can be taken from ``ns`` in ``groups``
+    whole groups (both known; no more groups, nor heads per group, than the source's)."""
+    return groups > 0 and target_groups > 0 and ns % groups == 0 and n % target_groups == 0 \
+        and target_groups <= groups and n // target_groups <= ns // groups
+
+
 def regroups(source: tuple[int, ...], target: tuple[int, ...], heads: tuple[int, ...]) -> list[int]:
     """The heads axes whose target heads take several whole source heads each: a head size k
     times the source's, with no more units than the source's heads hold."""
@@ -113,16 +134,23 @@ def selected_blocks(L: int, depth: int, output_norm: bool = False) -> list[int]:
 
 
 def select(gene: GeneTemplate, depth: int, shape: tuple[int, ...], convention: str,
-           leading: bool = False, output_norm: bool = False, heads: tuple[int, ...] = ()) -> np.ndarray:
+           leading: bool = False, output_norm: bool = False, heads: tuple[int, ...] = (),
+           groups: dict[int, int] | None = None) -> np.ndarray:
     """The target's depth stack [depth, *shape] selected from the source's blocks: the
     source's own values where the gene holds them (``GeneTemplate.values``, a transfer's),
     else the whole spectrum inverted (float64); ``leading``: the first units of each shorter
-    axis (a source ordered by importance); ``heads``: the canonical heads axes."""
+    axis (a source ordered by importance); ``heads``: the canonical heads axes; ``groups``:
+    the target's key/value groups of its grouped-query heads (``Layout.head_groups``)."""
     why = cannot_select(gene, depth, shape, heads)
     if why:
         raise ValueError(why)
     return _take(source_blocks(gene, convention)[selected_blocks(gene.depth, depth, output_norm)], gene.shape,
-                 shape, leading, heads)
+                 shape, leading, heads, head_groups(gene, groups))
+
+
+def head_groups(gene: GeneTemplate, target: dict[int, int] | None) -> dict[int, tuple[int, int]]:
+    """Heads axis -> (source groups, target groups) where the source's heads are grouped."""
+    return {a: (g, (target or {}).get(a, 0)) for a, g in gene.groups.items()}
 
 
 def source_blocks(gene: GeneTemplate, convention: str) -> np.ndarray:
@@ -138,16 +166,20 @@ def source_blocks(gene: GeneTemplate, convention: str) -> np.ndarray:
 
 
 def _take(z: np.ndarray, have: tuple[int, ...], shape: tuple[int, ...], leading: bool,
-          heads: tuple[int, ...] = ()) -> np.ndarray:
+          heads: tuple[int, ...] = (), groups: dict[int, tuple[int, int]] | None = None) -> np.ndarray:
     """Select along each shorter axis of the stack ``z`` [depth, *have]; regrouped heads
-    (``regroups``) take k whole source heads per target head, in order."""
+    (``regroups``) take k whole source heads per target head, in order; grouped-query heads
+    (``groups``: axis -> source and target key/value groups) stay with their key/value heads."""
     merged = {a: shape[a + 1] // have[a + 1] for a in regroups(tuple(have), tuple(shape), heads)}
+    groups = groups or {}
     for a, (ns, nt) in enumerate(zip(have, shape)):
         if a - 1 in merged:
             continue
         n = nt * merged.get(a, 1)
         if n < ns:
-            z = np.take(z, np.arange(n) if leading else uniform_indices(ns, n), axis=a + 1)
+            idx = head_indices(ns, n, leading, *groups[a]) if a in groups and a not in merged else \
+                np.arange(n) if leading else uniform_indices(ns, n)
+            z = np.take(z, idx, axis=a + 1)
         if a in merged:  # [.., n heads, size, ..] -> [.., nt heads, k * size, ..]: heads side by side
             z = z.reshape(z.shape[:a + 1] + (nt, merged[a] * have[a + 1]) + z.shape[a + 3:])
     return np.ascontiguousarray(z)
