@@ -63,6 +63,9 @@ class DimensionFlow:
     heads: dict[int, tuple[int, ...]] = field(default_factory=dict)  # slot -> Layout.heads of its projection
     groups: dict[int, tuple[int, ...]] = field(default_factory=dict)  # slot -> Layout.groups (grouped-query heads)
     outputs: dict[str, list[str | None]] = field(default_factory=dict)  # graph output -> space id per axis
+    # space -> the spaces of its factors, one tuple per split (a query/key space's heads axis is
+    # also a relative-position bias table's, when one is added to the scores)
+    factor_spaces: dict[str, set[tuple[str | None, ...]]] = field(default_factory=dict)
 
 
 _ATTENTION_OPS = {"GroupQueryAttention", "MultiHeadAttention"}  # onnxruntime's, splitting heads by attribute
@@ -657,6 +660,12 @@ def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
         r = f.uf.find(key)
         if r in ids:
             factors.setdefault(r, set()).update(x[1] for x in fs)
+    factor_spaces: dict[str, set[tuple[str | None, ...]]] = {}  # space -> its factors' spaces, per split
+    for whole, splits in f.split_axes.items():
+        r = f.uf.find(whole)
+        if r in ids:
+            for keys in splits:
+                factor_spaces.setdefault(ids[r], set()).add(tuple(ids.get(f.uf.find(k)) for k in keys))
     spaces = []
     for r in order:
         first = members[r][0]
@@ -685,7 +694,8 @@ def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
         if r:
             outputs[o.name] = [ids.get(f.uf.find(f.ax(o.name, k))) for k in range(r)]
     heads = _projection_heads(f, gs)
-    return DimensionFlow(spaces, slot_axes, heads, groups=_head_groups(f, gs, heads), outputs=outputs)
+    return DimensionFlow(spaces, slot_axes, heads, groups=_head_groups(f, gs, heads), outputs=outputs,
+                         factor_spaces=factor_spaces)
 
 
 def unsplit(s: Slot) -> Slot:

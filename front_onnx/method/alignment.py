@@ -56,11 +56,12 @@ class SpaceOrder:
     heads_with: str = ""                    # importance: the space whose heads move with these (``_pair_heads``;
     #                                         itself for a fused attention's one space)
     in_place: np.ndarray | None = None      # with heads_with: the order with the heads in place (``heads_in_place``)
+    heads_group: int = -1                   # the spaces whose heads take one order (``_pair_heads``): one group
 
     def heads_in_place(self) -> None:
         """Back to the heads' own order, units still ordered within each head."""
         if self.in_place is not None:
-            self.order, self.in_place, self.heads_with = self.in_place, None, ""
+            self.order, self.in_place, self.heads_with, self.heads_group = self.in_place, None, "", -1
 
 
 @dataclass
@@ -139,19 +140,12 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
     vectors: dict[str, tuple[np.ndarray, tuple[int, int] | None, int | None]] = {}  # id -> (units, heads, producer)
     headed: list[tuple[SpaceOrder, np.ndarray, tuple[int, int], list[str]]] = []  # importance, split by heads
     found: list[_Found] = []
-    for sp in flow.spaces:
-        why = ""
+
+    def members_of(sp: ChannelSpace) -> tuple[list[tuple[str, int]], dict[str, int], str]:
+        """(initializer, stored axis) of every tensor indexing ``sp``, the fused ones' parts, or why not."""
         members: list[tuple[str, int]] = []
         parts: dict[str, int] = {}
-        if sp.size < 3:
-            why = "fewer than 3 units"
-        elif sp.id in heads_split and _heads(sp) is None:
-            why = "split by attention heads in more than one way"
-        elif not any(by_init.get(init) is not None and by_init[init].role in _UNIT_ROLES for init, _ in sp.axes):
-            why = "no projection or convolution indexes it (a position or token axis, not units)"
-        elif not any(_produces(by_init.get(init), k) for init, k in sp.axes):
-            why = ("none of its weights produces its values (a graph input's channels, or one part of a fused "
-                   "projection, which is not aligned)")
+        why = ""
         for init, k in sp.axes:
             if why:
                 break
@@ -177,6 +171,23 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
                 members.append((init, ax))
                 if s.layout.parts > 1 and k == 1:  # the out axis within each part
                     parts[init] = s.layout.parts
+        return members, parts, why
+
+    for sp in flow.spaces:
+        why = ""
+        members: list[tuple[str, int]] = []
+        parts: dict[str, int] = {}
+        if sp.size < 3:
+            why = "fewer than 3 units"
+        elif sp.id in heads_split and _heads(sp) is None:
+            why = "split by attention heads in more than one way"
+        elif not any(by_init.get(init) is not None and by_init[init].role in _UNIT_ROLES for init, _ in sp.axes):
+            why = "no projection or convolution indexes it (a position or token axis, not units)"
+        elif not any(_produces(by_init.get(init), k) for init, k in sp.axes):
+            why = ("none of its weights produces its values (a graph input's channels, or one part of a fused "
+                   "projection, which is not aligned)")
+        if not why:
+            members, parts, why = members_of(sp)
         if why or not members:
             out.skipped[sp.id] = why or "no member"
             continue
@@ -213,7 +224,20 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
             vectors[sid] = (vec.astype(np.float32), split, producer)
     if across_depth:
         _match_depth(out, vectors, find_structure(gs, model.proto))
-    _pair_heads(headed)
+    by_id = {sp.id: sp for sp in flow.spaces}
+    tables: dict[str, tuple[str, list[tuple[str, int]] | None]] = {}
+    for so, _, split, _ in headed:   # a heads axis other tensors index too: a relative-position bias table
+        ids = {t[0] for t in flow.factor_spaces.get(so.id.split("+")[0], ()) if len(t) == 2 and t[0] is not None
+               and by_id[t[0]].size == split[0]}
+        if len(ids) == 1:
+            hid = ids.pop()
+            members, parts, why = members_of(by_id[hid])
+            tables[so.id] = (hid, members if members and not parts and not why else None)
+        elif ids:
+            tables[so.id] = ("+".join(sorted(ids)), None)
+    for table in _pair_heads(headed, tables):
+        out.spaces.append(table)
+        out.skipped.pop(table.id, None)
     return out
 
 
@@ -265,7 +289,8 @@ def _tied(found: list[_Found], skipped: dict[str, str]) -> list[_Found]:
     return out
 
 
-def _pair_heads(headed: list[tuple[SpaceOrder, np.ndarray, tuple[int, int], list[str]]]) -> None:
+def _pair_heads(headed: list[tuple[SpaceOrder, np.ndarray, tuple[int, int], list[str]]],
+                tables: dict[str, tuple[str, list[tuple[str, int]] | None]]) -> list[SpaceOrder]:
     """Heads by importance: an attention's query/key space (its members all produce it) and
     the value/output space that follows it (the value produces it, the output projection
     reads it) are one attention's heads, so they move together: both spaces take one head
@@ -274,25 +299,46 @@ def _pair_heads(headed: list[tuple[SpaceOrder, np.ndarray, tuple[int, int], list
     the flow's order is a reading of the graph, not a proof: ``validation.equivalence`` checks
     the permuted source and puts the heads back in place when it does not hold. A fused qkv
     projection's space holds the whole attention (its three parts and the output projection's
-    input): its heads are ordered by its own importance."""
+    input): its heads are ordered by its own importance.
+
+    ``tables``: a query/key space -> the space of its heads axis and that space's tensors (a
+    relative-position bias table added to the scores; None when they cannot be permuted).
+    The attentions sharing a table (T5's layers all add their stack's one table) take one
+    head order, from all their shares, and the table is permuted with it (returned: one
+    space per table); an attention whose table cannot be permuted keeps its heads in place."""
+    attentions: list[tuple[list[SpaceOrder], list[np.ndarray], int]] = []
     pending: tuple[SpaceOrder, np.ndarray, tuple[int, int]] | None = None
     for sp, score, split, roles in headed:
         if sp.parts and "consumer" in roles:  # a fused qkv's parts and the output projection: the whole attention
-            sp.in_place, sp.heads_with = sp.order, sp.id
-            sp.order = importance_order(score, split[0], group_order([score], split[0]))
+            attentions.append(([sp], [score], split[0]))
             continue
         if "consumer" not in roles:     # a query/key space
             pending = (sp, score, split)
             continue
         if pending is None or pending[2] != split:
             continue
-        qk, qk_score, _ = pending
+        attentions.append(([pending[0], sp], [pending[1], score], split[0]))
         pending = None
-        order = group_order([qk_score, score], split[0])
-        qk.in_place, sp.in_place = qk.order, sp.order
-        qk.order = importance_order(qk_score, split[0], order)
-        sp.order = importance_order(score, split[0], order)
-        qk.heads_with, sp.heads_with = sp.id, qk.id
+    together: dict[tuple, list[tuple[list[SpaceOrder], list[np.ndarray], int]]] = {}
+    for n, att in enumerate(attentions):
+        table = tables.get(att[0][0].id)
+        if table is not None and table[1] is None:
+            continue
+        together.setdefault(("table", tuple(table[1])) if table else ("alone", n), []).append(att)
+    out = []
+    for g, (key, atts) in enumerate(together.items()):
+        heads = atts[0][2]
+        if any(h != heads for _, _, h in atts):
+            continue
+        order = group_order([sc for _, scores, _ in atts for sc in scores], heads)
+        for spaces, scores, _ in atts:
+            for sp, score in zip(spaces, scores):
+                sp.in_place, sp.order, sp.heads_group = sp.order, importance_order(score, heads, order), g
+            spaces[0].heads_with, spaces[-1].heads_with = spaces[-1].id, spaces[0].id
+        if key[0] == "table":
+            tid = tables[atts[0][0][0].id][0]
+            out.append(SpaceOrder(tid, heads, list(key[1]), order, in_place=np.arange(heads), heads_group=g))
+    return out
 
 
 def _member_role(s: Slot, ax: int) -> str:
