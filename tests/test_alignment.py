@@ -136,7 +136,9 @@ def test_attention_spaces_are_aligned_head_by_head(exporter, tmp_path):
 
 def test_rotary_attention_is_left_in_its_order(tmp_path):
     """Llama's rotary embedding pairs units i and i + d/2 of each head: a permutation of the
-    query/key space changes the function, so the check leaves it, and says so."""
+    query space changes the function. One projection makes it and no weight reads it (the
+    key's space is another, the rotary embedding between them), so it is left at planning,
+    and the reason says so; the permuted source computes the same function."""
     m = load_model(CORPUS / "llama" / "dynamo" / "source.onnx")
     gs = weight_slots(m)
     aligned, al = aligned_source(m, gs, tmp_path)
@@ -145,7 +147,7 @@ def test_rotary_attention_is_left_in_its_order(tmp_path):
     names = {s.initializer: (s.module or "") for s in gs.slots}
     qk = [sp for sp in flow.spaces if sp.id in by_heads
           and any("q_proj" in names.get(init, "") and k == 0 for init, k in sp.axes)]
-    assert qk and all("changes the source's outputs" in al.skipped.get(sp.id, "") for sp in qk), al.skipped
+    assert qk and all("a rotary embedding" in al.skipped.get(sp.id, "") for sp in qk), al.skipped
     assert not any(sp.id in by_heads for sp in al.spaces)
     assert same_function(m, aligned)
 
@@ -424,3 +426,23 @@ def test_a_position_bias_table_takes_its_attentions_head_order(name, exporter, t
     got = ort.InferenceSession(str(aligned.path)).run(None, feeds)
     for r, g in zip(ref, got):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_spaces_one_projection_makes_and_no_weight_reads_are_not_planned(name, tmp_path):
+    """Llama's and Qwen2's query, key and value spaces (rotary embedding, grouped-query
+    attention: each is made by one projection and read by no weight) would only fail the
+    function check, one full-model check each: they are left at planning, with the reason,
+    and every space planned holds."""
+    path = CORPUS / name / "dynamo" / "source.onnx"
+    m = load_model(path)
+    gs = weight_slots(m)
+    planned = plan_alignment(m, gs, order="importance")
+    left = [k for k, why in planned.skipped.items() if why.startswith("one projection makes it")]
+    layers = 3 if name == "llama" else 2
+    assert len(left) == 3 * layers
+    for sp in dimension_flow(m.proto, gs).spaces:
+        if sp.id in left:
+            assert len(sp.factors) == 1 and len(sp.factors[0]) == 2   # split into heads: q, k and v
+    _, al = aligned_source(m, gs, tmp_path, order="importance")
+    assert [sp.id for sp in al.spaces] == [sp.id for sp in planned.spaces]

@@ -206,6 +206,12 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
             for x in f.ids:
                 out.skipped[x] = "the model's output units, which no later layer reads (classes)"
             continue
+        makers = {init for (init, _), r in zip(members, roles) if r == "producer" and by_init[init].role in _UNIT_ROLES}
+        if "consumer" not in roles and len(makers) == 1:  # Llama's q, k and v: the check would only fail, slowly
+            for x in f.ids:
+                out.skipped[x] = ("one projection makes it and no weight reads it: what reads it (an attention "
+                                  "product, a rotary embedding) would see its units moved")
+            continue
         # a graph output holding a width later layers also read (an embedding model's output)
         outputs = [(name, k) for name, axes in flow.outputs.items() for k, a in enumerate(axes)
                    if a in f.ids] if "consumer" in roles else []
