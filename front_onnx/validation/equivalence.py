@@ -103,7 +103,7 @@ def aligned_source(model: OnnxModel, gs: GraphSlots, folder: Path,
             sp.heads_in_place()
         whole = write_aligned(model, al, folder / "all-heads-kept")
         if same_function(model, whole, _permuted(reference, names, al)):
-            return _heads_group_by_group(model, al, whole, sorted_heads, reference, names, folder), al
+            return _heads_group_by_group(model, al, whole, sorted_heads, reference, names, folder, True), al
     kept = []
     for sp in al.spaces:
         one = write_aligned(model, al, folder / f"one-{sp.id}", {sp.id})
@@ -124,25 +124,46 @@ def aligned_source(model: OnnxModel, gs: GraphSlots, folder: Path,
 
 
 def _heads_group_by_group(model: OnnxModel, al: Alignment, whole: OnnxModel, sorted_heads: dict,
-                          reference: list[np.ndarray], names: list[str], folder: Path) -> OnnxModel:
-    """With every head in place the permuted source holds (``whole``): sort the heads again
-    one group of attentions at a time (``SpaceOrder.heads_group``; ``sorted_heads``: the
-    orders as planned, by space), each group kept if the function still holds. So one
-    attention whose heads something else indexes that the flow does not see (T5's decoder,
-    whose position bias the legacy export computes), or a space that fails on its own (Swin's
-    residual width), leaves the other attentions' heads sorted."""
-    groups = sorted({v[3] for v in sorted_heads.values() if v[3] >= 0})
-    for g in groups:
-        saved = {id(sp): (sp.order, sp.in_place, sp.heads_with, sp.heads_group) for sp in al.spaces}
+                          reference: list[np.ndarray], names: list[str], folder: Path,
+                          all_failed: bool = False) -> OnnxModel:
+    """With every head in place the permuted source holds (``whole``): sort the heads again,
+    groups of attentions (``SpaceOrder.heads_group``; ``sorted_heads``: the orders as
+    planned, by space) kept when the function still holds: all at once, else each half in
+    turn (bisection: a few full-model checks, not one per attention). So one attention whose
+    heads something else indexes that the flow does not see (T5's decoder, whose position
+    bias the legacy export computes), or a space that fails on its own (Swin's residual
+    width), leaves the other attentions' heads sorted. ``all_failed``: all at once is known
+    to fail (the whole alignment just did), start with the halves."""
+    def state() -> dict:
+        return {id(sp): (sp.order, sp.in_place, sp.heads_with, sp.heads_group) for sp in al.spaces}
+
+    def restore(st: dict) -> None:
         for sp in al.spaces:
-            if sorted_heads[id(sp)][3] == g:
+            sp.order, sp.in_place, sp.heads_with, sp.heads_group = st[id(sp)]
+
+    def sort(groups: list[int]) -> None:
+        nonlocal whole
+        if not groups:
+            return
+        before = state()
+        for sp in al.spaces:
+            if sorted_heads[id(sp)][3] in groups:
                 sp.order, sp.in_place, sp.heads_with, sp.heads_group = sorted_heads[id(sp)]
-        trial = write_aligned(model, al, folder / f"heads-{g}")
+        trial = write_aligned(model, al, folder / f"heads-{groups[0]}-{len(groups)}")
         if same_function(model, trial, _permuted(reference, names, al)):
             whole = trial
-        else:
-            for sp in al.spaces:
-                sp.order, sp.in_place, sp.heads_with, sp.heads_group = saved[id(sp)]
+            return
+        restore(before)
+        if len(groups) > 1:
+            sort(groups[:len(groups) // 2])
+            sort(groups[len(groups) // 2:])
+
+    groups = sorted({v[3] for v in sorted_heads.values() if v[3] >= 0})
+    if all_failed and len(groups) > 1:
+        sort(groups[:len(groups) // 2])
+        sort(groups[len(groups) // 2:])
+    elif not all_failed:
+        sort(groups)
     return whole
 
 
