@@ -27,7 +27,7 @@ import onnx
 from onnx import TensorProto
 
 from front_onnx.analysis.folding import Constants
-from front_onnx.analysis.slots import INDEX, GraphSlots, Layout, Slot
+from front_onnx.analysis.slots import CUT, INDEX, GraphSlots, Layout, Slot
 from front_onnx.onnxio import attribute as _attr
 
 _SAME = {"Relu", "Gelu", "Erf", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Cast", "Identity", "Dropout",
@@ -66,6 +66,9 @@ class DimensionFlow:
     # space -> the spaces of its factors, one tuple per split (a query/key space's heads axis is
     # also a relative-position bias table's, when one is added to the scores)
     factor_spaces: dict[str, set[tuple[str | None, ...]]] = field(default_factory=dict)
+    # slot -> why its out axis cannot be resampled: the graph cuts the projection's output into
+    # pieces its layout does not express (q|k|v of unequal widths, interleaved with the heads)
+    cuts: dict[int, str] = field(default_factory=dict)
 
 
 _ATTENTION_OPS = {"GroupQueryAttention", "MultiHeadAttention"}  # onnxruntime's, splitting heads by attribute
@@ -205,6 +208,7 @@ class _Flow:
         self.part_axes: dict[int, tuple] = {}  # fused projection's slot -> its within-part axis (``fused_parts``)
         self.split_outs: dict[tuple, list[tuple[tuple, ...]]] = {}  # axis split by a Split -> its parts' axes
         self.sequences: dict[str, tuple[str, int, dict[int, str]]] = {}  # SplitToSequence: (input, axis, part values)
+        self.cut: set[tuple] = set()  # activation axes a Slice takes part of, a Gather indexes or a Split cuts unevenly
         self.heads: dict[tuple, set[tuple[int, ...]]] = {}   # value axis -> (heads, head_dim) splits
         self.prod = {o: i for i, n in enumerate(self.g.node) for o in n.output if o}
         self.cons: dict[str, list[int]] = {}
@@ -374,9 +378,13 @@ class _Flow:
             for o in outs:
                 for k in range(r):
                     self.same(self.ax(ins[0], k), self.ax(o, k))
+            if op == "Slice":
+                self._cut_by_slice(n)
             if op == "Split" and len(outs) > 1:
                 axis = _attr(n, "axis", 0) % r if r else 0
                 parts = [self.dim(o, axis) for o in outs]
+                if None in parts or len(set(parts)) > 1:
+                    self.cut.add(self.ax(ins[0], axis))
                 if None not in parts:
                     self.factors.setdefault(self.ax(ins[0], axis), [])
                     self.factors[self.ax(ins[0], axis)].append(("parts", tuple(parts)))
@@ -404,6 +412,8 @@ class _Flow:
                 self.same(self.ax(ins[0], k), self.ax(y, k))
             for k in range(axis + 1, rd):
                 self.same(self.ax(ins[0], k), self.ax(y, k - 1 + ri))
+            if ins[0] not in self.const:  # indexing an activation (a table's lookup is the table's own)
+                self.cut.add(self.ax(ins[0], axis))
         elif op.startswith("Reduce") and ins:
             if _attr(n, "keepdims", 1) and self.rank(ins[0]) == self.rank(y):
                 for k in range(self.rank(y) or 0):
@@ -464,6 +474,29 @@ class _Flow:
                 self.split_axes.setdefault(self.ax(y, gj[0]), []).append(tuple(self.ax(x, k) for k in gi))
                 if len(f) == 2 and self._attention_near(x, forward=False, steps=3):
                     self.heads.setdefault(self.ax(y, gj[0]), set()).add(f)
+
+    def _cut_by_slice(self, n: onnx.NodeProto) -> None:
+        """The axes a Slice takes a strict part of; an axis it names with bounds that are not
+        constants counts as cut, and nothing when the axes it slices are not known."""
+        ins = list(n.input) + [""] * 5
+        r = self.rank(ins[0]) or 0
+        starts, ends, axes_v, steps_v = (self.constants.value(x) if x else None for x in ins[1:5])
+        if not r or (ins[3] and axes_v is None):
+            return
+        if axes_v is not None:
+            axes = [int(a) % r for a in axes_v.reshape(-1)]
+        elif starts is not None:
+            axes = list(range(starts.size))
+        else:
+            return
+        if starts is None or ends is None or (ins[4] and steps_v is None):
+            self.cut.update(self.ax(ins[0], a) for a in axes)
+            return
+        steps = steps_v.reshape(-1) if steps_v is not None else [1] * len(axes)
+        for a, b, e, st in zip(axes, starts.reshape(-1), ends.reshape(-1), steps):
+            d = self.dim(ins[0], a)
+            if d is None or int(st) != 1 or int(b) > 0 or (int(b) < 0 and int(b) > -d) or int(e) < d:
+                self.cut.add(self.ax(ins[0], a))
 
     def _sequence_splits(self) -> None:
         """Each SplitToSequence whose parts were all taken (SequenceAt 0..p-1, or -p..-1) as
@@ -693,9 +726,10 @@ def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
         r = f.rank(o.name)
         if r:
             outputs[o.name] = [ids.get(f.uf.find(f.ax(o.name, k))) for k in range(r)]
-    heads = _projection_heads(f, gs)
+    cuts = _cut_projections(f, gs)
+    heads = {i: h for i, h in _projection_heads(f, gs).items() if i not in cuts}
     return DimensionFlow(spaces, slot_axes, heads, groups=_head_groups(f, gs, heads), outputs=outputs,
-                         factor_spaces=factor_spaces)
+                         factor_spaces=factor_spaces, cuts=cuts)
 
 
 def unsplit(s: Slot) -> Slot:
@@ -723,7 +757,8 @@ def _projection_heads(f: _Flow, gs: GraphSlots) -> dict[int, tuple[int, ...]]:
         splits.setdefault(f.uf.find(key), set()).update(fs)
     out: dict[int, tuple[int, ...]] = {}
     for i, s in enumerate(gs.slots):
-        if s.role not in ("linear.weight", "linear.bias") or s.layout is None or INDEX in s.layout.kinds:
+        if s.role not in ("linear.weight", "linear.bias") or s.layout is None or INDEX in s.layout.kinds \
+                or CUT in s.layout.kinds:
             continue
         node = f.g.node[s.anchor]
         if node.op_type not in ("MatMul", "Gemm", "MatMulNBits") or not node.output:
@@ -751,6 +786,38 @@ def _projection_heads(f: _Flow, gs: GraphSlots) -> dict[int, tuple[int, ...]]:
                     h_in = fs[0]
         if h_out or h_in:
             out[i] = (h_out, h_in) if s.role == "linear.weight" else (h_out,)
+    return out
+
+
+def _cut_projections(f: _Flow, gs: GraphSlots) -> dict[int, str]:
+    """Projections whose output the graph cuts into pieces that their layout does not express,
+    with why: a fused projection whose parts the flow does not confirm as the outermost
+    factor (Bloom's and GPT-NeoX's q|k|v interleaved with the heads); or one read as whole
+    whose output, or a factor of it other than the last (head size, where a rotary embedding
+    slices), a Slice, Split or Gather cuts (Phi-3's q|k|v of unequal widths, Falcon's q heads
+    then k then v). Resampling their out axis would mix the pieces: it can only be copied."""
+    find = f.uf.find
+    cut = {find(a) for a in f.cut}
+    factors: dict[tuple, list[tuple[tuple, ...]]] = {}
+    for whole, splits in f.split_axes.items():
+        factors.setdefault(find(whole), []).extend(splits)
+    head_sizes = {find(keys[-1]) for splits in f.split_axes.values() for keys in splits if len(keys) > 1}
+    out: dict[int, str] = {}
+    for i, s in enumerate(gs.slots):
+        if s.role not in ("linear.weight", "linear.bias") or s.layout is None or INDEX in s.layout.kinds:
+            continue
+        node = f.g.node[s.anchor]
+        if node.op_type not in ("MatMul", "Gemm") or not node.output:
+            continue
+        whole = find(f.ax(node.output[0], 1 if node.op_type == "Gemm" else -1))
+        if s.layout.parts > 1:
+            if i not in f.part_axes:
+                out[i] = (f"its output is indexed into {s.layout.parts} parts that are not its outermost factor "
+                          "(q|k|v interleaved with the heads)")
+        elif whole in cut and whole not in head_sizes:  # one head's units: a rotary embedding slices them
+            out[i] = "a Slice, Split or Gather takes pieces of its output (fused q|k|v of unequal widths)"
+        elif any(find(k) in cut for keys in factors.get(whole, ()) for k in keys[:-1]):
+            out[i] = "a Slice or Gather takes pieces of its heads axis (fused q|k|v heads)"
     return out
 
 
@@ -796,6 +863,19 @@ def _head_groups(f: _Flow, gs: GraphSlots, heads: dict[int, tuple[int, ...]]) ->
     return out
 
 
+def with_cuts(gs: GraphSlots, cuts: dict[int, str]) -> None:
+    """Mark the out axis of projections whose output the graph cuts (``_cut_projections``)
+    ``CUT``: copied whole when source and target agree, never resampled (else left, and why)."""
+    for i, why in cuts.items():
+        s = gs.slots[i]
+        lay = s.layout
+        assert lay is not None
+        kinds = (CUT,) + lay.kinds[2 if lay.parts > 1 else 1:]  # parts the flow does not confirm: one whole axis
+        heads = tuple(0 if k == 0 else h for k, h in enumerate(lay.heads))  # the out axis stays whole
+        s.layout = Layout(lay.perm, kinds, 1, lay.name, heads=heads, groups=lay.groups)
+        s.evidence.append(f"out axis not resampled: {why} (dimension flow)")
+
+
 def with_heads(gs: GraphSlots, heads: dict[int, tuple[int, ...]], groups: dict[int, tuple[int, ...]] | None = None
                ) -> None:
     """Give the projections' layouts their heads (``Layout.heads``): each split axis becomes
@@ -815,5 +895,6 @@ def with_heads(gs: GraphSlots, heads: dict[int, tuple[int, ...]], groups: dict[i
         g = groups.get(i, ())
         s.layout = Layout(lay.perm, tuple(kinds), lay.parts, lay.name + " by heads", heads=h, groups=g)
         s.evidence.append("heads: " + " and ".join(
-            f"{'out' if k == 0 else 'in'} axis {n} heads" + (f" in {g[k]} key/value groups" if k < len(g) and g[k] else "")
-            for k, n in enumerate(h) if n) + " (dimension flow)")
+            f"{'out' if k == 0 else 'in'} axis {n} heads"
+            + (f" in {g[k]} key/value groups" if k < len(g) and g[k] else "") for k, n in enumerate(h) if n)
+            + " (dimension flow)")

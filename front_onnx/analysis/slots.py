@@ -27,6 +27,7 @@ FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, Ten
 # Axis kinds (docs/user-guide.md, 'Axis kinds'): feature axes are resampled by the DCT, index axes must match
 # (or are copied by index), spatial axes are kernel taps, parts split a fused projection.
 FEATURE, INDEX, SPATIAL, PARTS = "feature", "index", "spatial", "parts"
+CUT = "cut"  # an out axis the graph cuts into pieces the layout does not express: copied whole, never resampled
 
 # Ops an initializer may pass through unchanged on its way to the op that gives it a role.
 PASS_THROUGH = {"Identity", "Cast"}

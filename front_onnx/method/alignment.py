@@ -27,7 +27,7 @@ import numpy as np
 import scipy.optimize
 
 from front_onnx.analysis.dimflow import ChannelSpace, dimension_flow, unsplit
-from front_onnx.analysis.slots import INDEX, GraphSlots, Slot
+from front_onnx.analysis.slots import CUT, INDEX, GraphSlots, Slot
 from front_onnx.analysis.structure import Structure, find_structure
 from front_onnx.numeric.seriation import (MAX_COLUMNS, group_order, grouped_order, importance_order, roughness, unit_rows,
                                           unit_shares)
@@ -161,6 +161,9 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
             kk = k - 1 if s.layout.parts > 1 else k
             if kk < len(kinds) and kinds[kk] == INDEX:
                 why = "indexes classes or a vocabulary"
+                break
+            if kk < len(kinds) and kinds[kk] == CUT:
+                why = f"{init}: the graph cuts this output into pieces its layout does not express"
                 break
             ax = _stored_axis(s, k)
             if ax is None:

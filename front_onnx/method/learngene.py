@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from front_onnx.analysis.slots import FEATURE, INDEX, PARTS, SPATIAL
+from front_onnx.analysis.slots import CUT, FEATURE, INDEX, PARTS, SPATIAL
 from front_onnx.errors import LearngeneError
 from front_onnx.numeric.spectral import CONVENTIONS
 from front_onnx.outputs import write_bytes
@@ -24,7 +24,7 @@ FORMAT_VERSION = 1
 
 
 
-AXIS_KINDS = {FEATURE, INDEX, SPATIAL, PARTS}
+AXIS_KINDS = {FEATURE, INDEX, SPATIAL, PARTS, CUT}
 UNIT_ORDERS = ("", "smooth", "importance")
 
 

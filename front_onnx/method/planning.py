@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from front_onnx.analysis.slots import BIAS_ROLES, INDEX, PARTS, GraphSlots
+from front_onnx.analysis.slots import BIAS_ROLES, CUT, INDEX, PARTS, GraphSlots
 from front_onnx.analysis.structure import Segment, Structure, Template
 from front_onnx.errors import FrontError
 from front_onnx.method.expansion import expand_ops, expands, fresh_count
@@ -108,7 +108,7 @@ def _axis_ops(gene: GeneTemplate, kinds: tuple[str, ...], shape: tuple[int, ...]
     ops = []
     for i, (name, s, t) in enumerate(zip(names, src, tgt)):
         kind = "depth" if i == 0 else kinds[i - 1]
-        if kind in (INDEX, PARTS):
+        if kind in (INDEX, PARTS, CUT):
             ops.append(f"{name}: copy {t}")
             continue
         k = kept[i]
@@ -154,8 +154,9 @@ def check_template(gene: GeneTemplate, role: str, kinds: tuple[str, ...], shape:
     if gene.kinds != kinds:
         return f"axis kinds differ (source {list(gene.kinds)}, target {list(kinds)})"
     for i, (kind, s, t) in enumerate(zip(kinds, gene.shape, shape)):
-        if kind in (INDEX, PARTS) and s != t:
-            what = "classes/vocabulary" if kind == INDEX else "parts"
+        if kind in (INDEX, PARTS, CUT) and s != t:
+            what = {INDEX: "classes/vocabulary", PARTS: "parts", CUT: "the graph cuts this output into pieces its "
+                    "layout does not express: copied, never resampled"}[kind]
             return f"{kind} axis {i} ({what}) differs: source {s}, target {t}"
     return ""
 

@@ -60,7 +60,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from front_onnx.analysis.slots import FEATURE, INDEX, PARTS, SPATIAL, Layout
+from front_onnx.analysis.slots import CUT, FEATURE, INDEX, PARTS, SPATIAL, Layout
 from front_onnx.numeric.spectral import kept_length
 
 __all__ = ["WEIGHTINGS", "module_layouts", "spectral_penalty", "spectral_shares"]
@@ -72,7 +72,7 @@ LayoutLike = Layout | tuple
 #: Largest ``k x n`` DCT matrix (entries) built for an axis; longer axes use the FFT route.
 MATRIX_LIMIT = 1 << 24
 
-_KINDS = (FEATURE, INDEX, SPATIAL, PARTS)
+_KINDS = (FEATURE, INDEX, SPATIAL, PARTS, CUT)
 
 
 # --------------------------------------------------------------------------
