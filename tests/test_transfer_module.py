@@ -27,7 +27,7 @@ XFAIL_IDENTITY: dict[str, str] = {}
 XFAIL_SHRINK = dict(XFAIL_IDENTITY)
 # the ONNX transfer itself (not the load) misses on these graphs; the exception is the assertion
 XFAIL_IDENTITY_WRONG: dict[str, str] = {}
-SHRINK = ("bert", "llama", "resnet", "swin")
+SHRINK = tuple(sorted(FAMILIES))
 
 
 def _feeds(family):
