@@ -74,7 +74,9 @@ class DimensionFlow:
 _ATTENTION_OPS = {"GroupQueryAttention", "MultiHeadAttention"}  # onnxruntime's, splitting heads by attribute
 
 
-class _UF:
+class UnionFind:
+    """Disjoint sets of hashable, mutually comparable keys (tuples); the smallest key of a set is its root."""
+
     def __init__(self) -> None:
         self.parent: dict[tuple, tuple] = {}
 
@@ -202,7 +204,7 @@ class _Flow:
         self.g = model.graph
         self.gs = gs
         self.shape = _shapes(model)
-        self.uf = _UF()
+        self.uf = UnionFind()
         self.factors: dict[tuple, list[tuple]] = {}
         self.split_axes: dict[tuple, list[tuple[tuple, ...]]] = {}  # whole axis -> the value axes of its factors
         self.part_axes: dict[int, tuple] = {}  # fused projection's slot -> its within-part axis (``fused_parts``)
@@ -512,6 +514,13 @@ class _Flow:
             self.factors.setdefault(self.ax(x, axis), []).append(("parts", sizes))
             self.split_outs.setdefault(self.ax(x, axis), []).append(tuple(self.ax(taken[i], axis) for i in range(p)))
 
+    def splits_by_class(self) -> dict[tuple, list[tuple[tuple, ...]]]:
+        """``split_axes`` keyed by the class of the whole axis (as the flow has joined them now)."""
+        out: dict[tuple, list[tuple[tuple, ...]]] = {}
+        for whole, splits in self.split_axes.items():
+            out.setdefault(self.uf.find(whole), []).extend(splits)
+        return out
+
     def fused_parts(self) -> None:
         """A fused projection whose output is split into (parts, ...) (a timm-style qkv:
         (3, heads, head_dim)): the within-part axis of its weight is one axis for every part,
@@ -521,9 +530,7 @@ class _Flow:
         qkv) is treated the same way: its parts' axes are that one within-part axis, so the
         query/key and value/output spaces become one, whose heads the parts share."""
         self._sequence_splits()
-        by_class: dict[tuple, list[tuple[tuple, ...]]] = {}
-        for whole, splits in self.split_axes.items():
-            by_class.setdefault(self.uf.find(whole), []).extend(splits)
+        by_class = self.splits_by_class()
         cut: dict[tuple, list[tuple[tuple, ...]]] = {}
         for whole, outs in self.split_outs.items():
             cut.setdefault(self.uf.find(whole), []).extend(outs)
@@ -798,9 +805,7 @@ def _cut_projections(f: _Flow, gs: GraphSlots) -> dict[int, str]:
     then k then v). Resampling their out axis would mix the pieces: it can only be copied."""
     find = f.uf.find
     cut = {find(a) for a in f.cut}
-    factors: dict[tuple, list[tuple[tuple, ...]]] = {}
-    for whole, splits in f.split_axes.items():
-        factors.setdefault(find(whole), []).extend(splits)
+    factors = f.splits_by_class()
     head_sizes = {find(keys[-1]) for splits in f.split_axes.values() for keys in splits if len(keys) > 1}
     out: dict[int, str] = {}
     for i, s in enumerate(gs.slots):
@@ -827,34 +832,30 @@ def _head_groups(f: _Flow, gs: GraphSlots, heads: dict[int, tuple[int, ...]]) ->
     projection's heads axis (the key/value heads, repeated for each query head of their
     group). A selection of such heads must keep each query head with its key/value head."""
     find = f.uf.find
+    by_class = f.splits_by_class()
 
     def heads_class(i: int, k: int) -> tuple | None:  # the heads axis class of slot i's axis k (0 out, 1 in)
         node = f.g.node[gs.slots[i].anchor]
         gemm = node.op_type == "Gemm"
         whole = f.ax(node.output[0], 1 if gemm else -1) if k == 0 else \
             f.ax(node.input[0], (0 if _attr(node, "transA", 0) else 1) if gemm else -1)
-        h = heads[i][k]
-        for w, splits in f.split_axes.items():
-            if find(w) == find(whole):
-                for keys in splits:
-                    if len(keys) == 2 and f.size(keys[0]) == h:
-                        return find(keys[0])
-        return None
+        return next((find(keys[0]) for keys in by_class.get(find(whole), ())
+                     if len(keys) == 2 and f.size(keys[0]) == heads[i][k]), None)
 
     classes = {(i, k): heads_class(i, k) for i, h in heads.items() for k in range(len(h)) if h[k]}
     known = {c for c in classes.values() if c is not None}
     merged: dict[tuple, int] = {}   # heads class -> its groups
-    for w, splits in f.split_axes.items():
+    for w, splits in by_class.items():
         for keys in splits:
-            if len(keys) != 2 or find(w) not in known:
+            if len(keys) != 2 or w not in known:
                 continue
             g, per = f.size(keys[0]), f.size(keys[1])
             if not g or not per or per < 2:
                 continue
-            # several key/value heads: their axis is another projection's heads; one (multi-query
-            # attention): a length-1 axis, which the flow does not join, merged with all the heads
-            if (g > 1 and find(keys[0]) in known and find(keys[0]) != find(w)) or (g == 1 and per == f.size(w)):
-                merged.setdefault(find(w), g)
+            # the key/value heads' axis is another projection's heads (one key/value head, multi-query
+            # attention, is a length-1 axis that a Reshape's groups leave out: not seen)
+            if g > 1 and find(keys[0]) in known and find(keys[0]) != w:
+                merged.setdefault(w, g)
     out: dict[int, tuple[int, ...]] = {}
     for i, h in heads.items():
         gr = tuple(merged.get(classes.get((i, k)), 0) if h[k] else 0 for k in range(len(h)))  # type: ignore[arg-type]

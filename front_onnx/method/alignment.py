@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import scipy.optimize
 
-from front_onnx.analysis.dimflow import ChannelSpace, dimension_flow, unsplit
+from front_onnx.analysis.dimflow import ChannelSpace, UnionFind, dimension_flow, unsplit
 from front_onnx.analysis.slots import CUT, INDEX, GraphSlots, Slot
 from front_onnx.analysis.structure import Structure, find_structure
 from front_onnx.numeric.seriation import (MAX_COLUMNS, group_order, grouped_order, importance_order, roughness, unit_rows,
@@ -62,6 +62,13 @@ class SpaceOrder:
         """Back to the heads' own order, units still ordered within each head."""
         if self.in_place is not None:
             self.order, self.in_place, self.heads_with, self.heads_group = self.in_place, None, "", -1
+
+    def heads_state(self) -> tuple:
+        """What ``heads_in_place`` changes, for ``restore_heads``."""
+        return self.order, self.in_place, self.heads_with, self.heads_group
+
+    def restore_heads(self, state: tuple) -> None:
+        self.order, self.in_place, self.heads_with, self.heads_group = state
 
 
 @dataclass
@@ -265,26 +272,15 @@ def _tied(found: list[_Found], skipped: dict[str, str]) -> list[_Found]:
     """Spaces that permute one stored tensor along one axis are one space for a permutation
     (a tied table: T5's encoder and decoder residual widths read one embedding, which is also
     its output layer): merged when their lengths and heads agree, else none is aligned."""
-    parent = list(range(len(found)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    owner: dict[tuple[str, int], int] = {}
+    uf = UnionFind()
     for i, f in enumerate(found):
         for m in f.members:
-            if m in owner:
-                parent[root(i)] = root(owner[m])
-            else:
-                owner[m] = i
-    groups: dict[int, list[_Found]] = {}
+            uf.union(("space", i), ("tensor", m))
+    groups: dict[tuple, list[_Found]] = {}
     for i, f in enumerate(found):
-        groups.setdefault(root(i), []).append(f)
+        groups.setdefault(uf.find(("space", i)), []).append(f)
     out = []
-    for fs in sorted(groups.values(), key=lambda g: found.index(g[0])):
+    for fs in groups.values():  # in the order of their first space
         if len(fs) == 1:
             out.append(fs[0])
             continue

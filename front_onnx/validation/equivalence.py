@@ -97,7 +97,7 @@ def aligned_source(model: OnnxModel, gs: GraphSlots, folder: Path,
     whole = write_aligned(model, al, folder / "all")
     if same_function(model, whole, _permuted(reference, names, al)):
         return whole, al
-    sorted_heads = {id(sp): (sp.order, sp.in_place, sp.heads_with, sp.heads_group) for sp in al.spaces}
+    sorted_heads = {id(sp): sp.heads_state() for sp in al.spaces}
     if any(sp.heads_group >= 0 for sp in al.spaces):  # heads paired wrongly: heads stay, units within them move
         for sp in al.spaces:
             sp.heads_in_place()
@@ -134,36 +134,26 @@ def _heads_group_by_group(model: OnnxModel, al: Alignment, whole: OnnxModel, sor
     bias the legacy export computes), or a space that fails on its own (Swin's residual
     width), leaves the other attentions' heads sorted. ``all_failed``: all at once is known
     to fail (the whole alignment just did), start with the halves."""
-    def state() -> dict:
-        return {id(sp): (sp.order, sp.in_place, sp.heads_with, sp.heads_group) for sp in al.spaces}
-
-    def restore(st: dict) -> None:
-        for sp in al.spaces:
-            sp.order, sp.in_place, sp.heads_with, sp.heads_group = st[id(sp)]
-
-    def sort(groups: list[int]) -> None:
+    def sort(groups: list[int], known_to_fail: bool = False) -> None:
         nonlocal whole
-        if not groups:
-            return
-        before = state()
-        for sp in al.spaces:
-            if sorted_heads[id(sp)][3] in groups:
-                sp.order, sp.in_place, sp.heads_with, sp.heads_group = sorted_heads[id(sp)]
-        trial = write_aligned(model, al, folder / f"heads-{groups[0]}-{len(groups)}")
-        if same_function(model, trial, _permuted(reference, names, al)):
-            whole = trial
-            return
-        restore(before)
+        if not known_to_fail:
+            before = {id(sp): sp.heads_state() for sp in al.spaces}
+            for sp in al.spaces:
+                if sorted_heads[id(sp)][3] in groups:
+                    sp.restore_heads(sorted_heads[id(sp)])
+            trial = write_aligned(model, al, folder / f"heads-{groups[0]}-{len(groups)}")
+            if same_function(model, trial, _permuted(reference, names, al)):
+                whole = trial
+                return
+            for sp in al.spaces:
+                sp.restore_heads(before[id(sp)])
         if len(groups) > 1:
             sort(groups[:len(groups) // 2])
             sort(groups[len(groups) // 2:])
 
     groups = sorted({v[3] for v in sorted_heads.values() if v[3] >= 0})
-    if all_failed and len(groups) > 1:
-        sort(groups[:len(groups) // 2])
-        sort(groups[len(groups) // 2:])
-    elif not all_failed:
-        sort(groups)
+    if groups:
+        sort(groups, all_failed)
     return whole
 
 
