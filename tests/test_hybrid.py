@@ -325,8 +325,8 @@ SELECT_EVENLY = {"method": "select", "align": "none"}
 @pytest.mark.parametrize("source_kv,heads,kv,kw", [
     (2, 4, 2, {}),               # 4 query heads per group -> 2: the first 4 would all be group 0's
     (4, 4, 2, SELECT_EVENLY),    # evenly spaced over all 8 would put heads of groups 1, 3 with kv 0, 2
-    pytest.param(4, 2, 1, SELECT_EVENLY, marks=pytest.mark.xfail(
-        strict=True, reason="a multi-query target (one key/value head) is not recognized as grouped")),
+    (2, 2, 2, {}),               # multi-head target: one query head from each group (leading: both of group 0)
+    (4, 2, 1, SELECT_EVENLY),    # multi-query target: both query heads from the group of the one kv head kept
 ])
 def test_grouped_query_heads_stay_with_their_key_value_heads(source_kv, heads, kv, kw):
     """HF Llama with 8 query heads in grouped-query attention into fewer heads and groups, at

@@ -212,6 +212,7 @@ class _Flow:
         self.sequences: dict[str, tuple[str, int, dict[int, str]]] = {}  # SplitToSequence: (input, axis, part values)
         self.cut: set[tuple] = set()  # activation axes a Slice takes part of, a Gather indexes or a Split cuts unevenly
         self.heads: dict[tuple, set[tuple[int, ...]]] = {}   # value axis -> (heads, head_dim) splits
+        self.repeats: list[tuple[tuple, tuple]] = []  # Expand: (an axis it broadcasts from length 1, its last axis)
         self.prod = {o: i for i, n in enumerate(self.g.node) for o in n.output if o}
         self.cons: dict[str, list[int]] = {}
         for i, n in enumerate(self.g.node):
@@ -340,6 +341,8 @@ class _Flow:
             for x in ins:
                 if x:
                     self.right_aligned(x, y)
+            if op == "Expand":
+                self._repeats(ins[0], y)
         elif op == "Transpose":
             r = self.rank(y) or 0
             perm = _attr(n, "perm") or list(reversed(range(r)))
@@ -428,6 +431,18 @@ class _Flow:
         elif op in _POOLS and ins and self.rank(ins[0]) == self.rank(y) and (self.rank(y) or 0) >= 2:
             self.same(self.ax(ins[0], 0), self.ax(y, 0))   # batch and channels; the spatial axes shrink
             self.same(self.ax(ins[0], 1), self.ax(y, 1))
+
+    def _repeats(self, x: str, y: str) -> None:
+        """Record the axes an Expand makes by repeating its input (length 1 -> n), with its
+        output's last axis: one key/value head repeated for every query head is how
+        multi-query attention reaches the query heads (``_head_groups``)."""
+        a, b = self.shape.get(x), self.shape.get(y)
+        if a is None or b is None or len(a) > len(b):
+            return
+        pad = [1] * (len(b) - len(a)) + list(a)
+        for k, (da, db) in enumerate(zip(pad, b)):
+            if da == 1 and db is not None and db > 1 and k < len(b) - 1:
+                self.repeats.append((self.ax(y, k), self.ax(y, -1)))
 
     def _kept_axes(self, n: onnx.NodeProto) -> list[int] | None:
         """The input axes a Reduce with keepdims=0 keeps (None when its axes are not known)."""
@@ -852,10 +867,30 @@ def _head_groups(f: _Flow, gs: GraphSlots, heads: dict[int, tuple[int, ...]]) ->
             g, per = f.size(keys[0]), f.size(keys[1])
             if not g or not per or per < 2:
                 continue
-            # the key/value heads' axis is another projection's heads (one key/value head, multi-query
-            # attention, is a length-1 axis that a Reshape's groups leave out: not seen)
+            # the key/value heads' axis is another projection's heads
             if g > 1 and find(keys[0]) in known and find(keys[0]) != w:
                 merged.setdefault(w, g)
+    # multi-query attention: one key/value head (a length-1 axis, no split to see) repeated for
+    # every query head; the repeated tensor's last axis is the out axis of a one-head projection
+    one_head = set()
+    for i, h in heads.items():
+        if h and h[0] == 1:
+            node = f.g.node[gs.slots[i].anchor]
+            one_head.add(find(f.ax(node.output[0], 1 if node.op_type == "Gemm" else -1)))
+    for rep, last in f.repeats:
+        w = find(rep)
+        if w in known and w not in merged and find(last) in one_head:
+            merged[w] = 1
+    # multi-head attention: the query heads are the key/value projection's heads, one key/value
+    # head per query head (groups = heads); what lets a grouped-query source keep every target
+    # query head with its key/value head (the learngene records only groups of several heads)
+    projections: dict[tuple, set[int]] = {}
+    for (i, _k), c in classes.items():
+        if c is not None:
+            projections.setdefault(c, set()).add(i)
+    for c, slots in projections.items():
+        if c not in merged and len(slots) > 1 and f.size(c):
+            merged[c] = f.size(c)  # type: ignore[assignment]
     out: dict[int, tuple[int, ...]] = {}
     for i, h in heads.items():
         gr = tuple(merged.get(classes.get((i, k)), 0) if h[k] else 0 for k in range(len(h)))  # type: ignore[arg-type]
@@ -897,5 +932,7 @@ def with_heads(gs: GraphSlots, heads: dict[int, tuple[int, ...]], groups: dict[i
         s.layout = Layout(lay.perm, tuple(kinds), lay.parts, lay.name + " by heads", heads=h, groups=g)
         s.evidence.append("heads: " + " and ".join(
             f"{'out' if k == 0 else 'in'} axis {n} heads"
-            + (f" in {g[k]} key/value groups" if k < len(g) and g[k] else "") for k, n in enumerate(h) if n)
+            + (f" in {g[k]} key/value groups" if k < len(g) and 1 < g[k] < n else
+               " sharing 1 key/value head (multi-query)" if k < len(g) and g[k] == 1 < n else "")
+            for k, n in enumerate(h) if n)
             + " (dimension flow)")
