@@ -1,14 +1,18 @@
-"""Fused q|k|v projections whose parts the layout cannot express are copied, never resampled.
+"""Fused q|k|v projections whose parts are not equal outer thirds.
 
 Phi-3 slices its qkv output into q, k, v of unequal widths (grouped-query attention),
 Falcon (multi-query) reshapes it into (query heads + 2, head size) and slices the heads,
-Bloom and GPT-NeoX reshape it into (heads, 3, head size) or (heads, 3 x head size), timm's
-BEiT adds a q|0|v bias built in the graph (so no parts are seen): their parts are not equal
-outer thirds, or not known to be. Resampling the out axis as one axis, or as three equal
-parts, would give the target's k rows from the source's q (what happened before the
-dimension flow marked these axes ``cut``). A shrink now leaves that projection with the
-reason, writes the rest, and a transfer into the same architecture still reproduces the
-source (the axis is copied).
+timm's BEiT adds a q|0|v bias built in the graph (so no parts are seen): the layout cannot
+express their parts, so their out axis is copied, never resampled. Resampling it as one
+axis, or as three equal parts, would give the target's k rows from the source's q (what
+happened before the dimension flow marked these axes ``cut``). A shrink leaves that
+projection with the reason and writes the rest.
+
+Bloom and GPT-NeoX reshape it into (heads, 3, head size) or (heads, 3 x head size): the
+parts sit inside each head (``Layout.interleaved``), and a shrink selects whole heads, the
+same ones in q, k and v, that the output projection reads.
+
+A transfer into the same architecture reproduces the source for all of them.
 """
 from __future__ import annotations
 
@@ -59,6 +63,10 @@ def _logits(model, name: str) -> torch.Tensor:
         return model(IMAGE) if name == "beit" else model(**TEXT).logits
 
 
+INTERLEAVED = ("bloom", "gpt_neox")
+ATTENTION = {"bloom": "transformer.h.0.self_attention.", "gpt_neox": "gpt_neox.layers.0.attention."}
+
+
 def _source(name: str):
     torch.manual_seed(0)
     src = _model(name, 32, 4, 2, 2).eval()
@@ -66,7 +74,7 @@ def _source(name: str):
     return src
 
 
-@pytest.mark.parametrize("name", sorted(FUSED))
+@pytest.mark.parametrize("name", sorted(set(FUSED) - set(INTERLEAVED)))
 def test_a_shrink_leaves_the_fused_projection_and_says_why(name):
     src = _source(name)
     torch.manual_seed(1)
@@ -91,3 +99,46 @@ def test_the_same_architecture_still_reproduces_the_source(name):
     err = float((got - want).abs().max() / want.abs().max())
     assert err <= 1e-5, err
     assert np.isclose(plan.summary()["written_fraction"], 1.0, atol=0.01)
+
+
+def _rows_from(target: np.ndarray, source: np.ndarray) -> list[int]:
+    """For each target row, the one source row holding all its values (perturbed weights are
+    distinct, and a shrink selects a subset of each source row's columns)."""
+    found = []
+    for row in target:
+        hits = [r for r in range(source.shape[0]) if np.isin(row, source[r]).all()]
+        assert len(hits) == 1, hits
+        found.append(hits[0])
+    return found
+
+
+@pytest.mark.parametrize("name", INTERLEAVED)
+def test_parts_inside_heads_are_selected_head_by_head(name):
+    """4 heads of 8 into 2 (residual 32 -> 16). As Weight Selection (evenly spaced): exactly
+    heads 0 and 2 of every part and every other residual unit. At the defaults (strongest
+    units first): every target row of a part comes from that part, one source head per
+    target head, the same units in q, k and v, and the output projection reads those."""
+    src = _source(name)
+    b = {k: v.numpy() for k, v in src.state_dict().items()}
+    pre = ATTENTION[name]
+    source_w = b[pre + "query_key_value.weight"]
+    for kw in ({"method": "select", "align": "none"}, {}):
+        torch.manual_seed(1)
+        module, plan = transfer_module(src, _model(name, 16, 2, 1, 1).eval(), _feeds(name), **kw)
+        assert plan.summary()["written_fraction"] == 1.0
+        a = {k: v.numpy() for k, v in module.state_dict().items()}
+        w, dense = a[pre + "query_key_value.weight"], a[pre + "dense.weight"]
+        if kw:
+            cols = np.arange(0, 32, 2)
+            np.testing.assert_array_equal(w, source_w.reshape(4, 3, 8, 32)[[0, 2]][..., cols].reshape(48, 16))
+            np.testing.assert_array_equal(a[pre + "query_key_value.bias"],
+                                          b[pre + "query_key_value.bias"].reshape(4, 3, 8)[[0, 2]].reshape(48))
+            np.testing.assert_array_equal(dense, b[pre + "dense.weight"][cols].reshape(16, 4, 8)[:, [0, 2]].reshape(16, 16))
+            continue
+        rows = np.array(_rows_from(w, source_w)).reshape(2, 3, 8)        # target (head, part, unit) -> source row
+        head, part, unit = rows // 24, rows // 8 % 3, rows % 8
+        assert (part == np.arange(3)[None, :, None]).all()                # q from q, k from k, v from v
+        assert all(len(set(head[h].ravel())) == 1 for h in range(2))      # one source head per target head
+        assert (unit == unit[:, :1, :]).all()                             # the same units in every part
+        columns = _rows_from(dense.T, b[pre + "dense.weight"].T)          # the output projection's in axis
+        assert columns == list((head[:, 0, :] * 8 + unit[:, 0, :]).ravel())

@@ -19,7 +19,7 @@ def weight_slots(model: OnnxModel) -> GraphSlots:
     """The slots of a model, attention projections split by heads (``dimflow``)."""
     gs = analyze_slots(model.proto, model.array)
     flow = dimension_flow(model.proto, gs)
-    with_heads(gs, flow.heads, flow.groups)
+    with_heads(gs, flow.heads, flow.groups, flow.interleaved)
     with_cuts(gs, flow.cuts)
     return gs
 

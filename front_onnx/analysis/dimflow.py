@@ -27,7 +27,7 @@ import onnx
 from onnx import TensorProto
 
 from front_onnx.analysis.folding import Constants
-from front_onnx.analysis.slots import CUT, INDEX, GraphSlots, Layout, Slot
+from front_onnx.analysis.slots import CUT, INDEX, PARTS, GraphSlots, Layout, Slot
 from front_onnx.onnxio import attribute as _attr
 
 _SAME = {"Relu", "Gelu", "Erf", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Cast", "Identity", "Dropout",
@@ -69,6 +69,8 @@ class DimensionFlow:
     # slot -> why its out axis cannot be resampled: the graph cuts the projection's output into
     # pieces its layout does not express (q|k|v of unequal widths, interleaved with the heads)
     cuts: dict[int, str] = field(default_factory=dict)
+    # slot -> parts of a fused projection whose parts sit inside its heads (Layout.interleaved)
+    interleaved: dict[int, int] = field(default_factory=dict)
 
 
 _ATTENTION_OPS = {"GroupQueryAttention", "MultiHeadAttention"}  # onnxruntime's, splitting heads by attribute
@@ -208,9 +210,11 @@ class _Flow:
         self.factors: dict[tuple, list[tuple]] = {}
         self.split_axes: dict[tuple, list[tuple[tuple, ...]]] = {}  # whole axis -> the value axes of its factors
         self.part_axes: dict[int, tuple] = {}  # fused projection's slot -> its within-part axis (``fused_parts``)
+        self.interleaved: dict[int, int] = {}  # fused projection's slot -> parts, inside its heads (``fused_parts``)
         self.split_outs: dict[tuple, list[tuple[tuple, ...]]] = {}  # axis split by a Split -> its parts' axes
         self.sequences: dict[str, tuple[str, int, dict[int, str]]] = {}  # SplitToSequence: (input, axis, part values)
         self.cut: set[tuple] = set()  # activation axes a Slice takes part of, a Gather indexes or a Split cuts unevenly
+        self.slices: dict[tuple, list[tuple[int, int, tuple]]] = {}  # axis -> (start, end, the piece's axis)
         self.heads: dict[tuple, set[tuple[int, ...]]] = {}   # value axis -> (heads, head_dim) splits
         self.repeats: list[tuple[tuple, tuple]] = []  # Expand: (an axis it broadcasts from length 1, its last axis)
         self.prod = {o: i for i, n in enumerate(self.g.node) for o in n.output if o}
@@ -514,6 +518,23 @@ class _Flow:
             d = self.dim(ins[0], a)
             if d is None or int(st) != 1 or int(b) > 0 or (int(b) < 0 and int(b) > -d) or int(e) < d:
                 self.cut.add(self.ax(ins[0], a))
+                if d is not None and int(st) == 1 and len(axes) == 1:
+                    lo, hi = (min(max(int(x) + d if int(x) < 0 else int(x), 0), d) for x in (b, e))
+                    self.slices.setdefault(self.ax(ins[0], a), []).append((lo, hi, self.ax(n.output[0], a)))
+
+    def _slice_partitions(self) -> None:
+        """Slices that take an axis in equal consecutive pieces, every piece, as a Split
+        (``split_outs``): the legacy exporter's q|k|v cut of GPT-NeoX's (heads, 3 x head size)."""
+        for x, pieces in self.slices.items():
+            d = self.size(x)
+            for p in range(2, 9):
+                if not d or d % p:
+                    continue
+                w = d // p
+                outs = [next((o for lo, hi, o in pieces if (lo, hi) == (k * w, (k + 1) * w)), None) for k in range(p)]
+                if all(o is not None for o in outs):
+                    self.split_outs.setdefault(x, []).append(tuple(outs))  # type: ignore[arg-type]
+                    break
 
     def _sequence_splits(self) -> None:
         """Each SplitToSequence whose parts were all taken (SequenceAt 0..p-1, or -p..-1) as
@@ -545,6 +566,7 @@ class _Flow:
         qkv) is treated the same way: its parts' axes are that one within-part axis, so the
         query/key and value/output spaces become one, whose heads the parts share."""
         self._sequence_splits()
+        self._slice_partitions()
         by_class = self.splits_by_class()
         cut: dict[tuple, list[tuple[tuple, ...]]] = {}
         for whole, outs in self.split_outs.items():
@@ -581,6 +603,48 @@ class _Flow:
                     self.same(key, a)
                 self.part_axes[i] = key
                 break
+            if i in self.part_axes:
+                continue
+            found = self._interleaved(y, by_class, cut)
+            if found is not None:
+                p, h, ds = found
+                key = ("p", node.output[0], p, (self.size(h) or 0) * (self.size(ds[0]) or 0))
+                for a in ds[1:]:
+                    self.same(ds[0], a)
+                self.split_axes.setdefault(key, []).append((h, ds[0]))
+                self.part_axes[i] = key
+                self.interleaved[i] = p
+                nh = self.size(h)
+                if any(fs[0] == nh for a, fss in self.heads.items() if self.uf.find(a) == self.uf.find(y)
+                       for fs in fss):  # the output was split into heads before attention
+                    self.heads.setdefault(key, set()).add((nh, key[3] // nh))  # type: ignore[operator]
+
+    def _interleaved(self, y: tuple, by_class: dict[tuple, list[tuple[tuple, ...]]],
+                     cut: dict[tuple, list[tuple[tuple, ...]]]) -> tuple[int, tuple, list[tuple]] | None:
+        """Parts inside each head, as (parts, heads axis, the parts' head_dim axes): an output
+        split into (heads, parts, head_dim) whose parts axis is indexed (Bloom), or into
+        (heads, parts x head_dim) whose second factor a Split cuts into equal parts (GPT-NeoX)."""
+        find = self.uf.find
+        indexed = {find(a) for a in self.cut}
+        for keys in by_class.get(find(y), ()):
+            sizes = [self.size(k) for k in keys]
+            if None in sizes or min(sizes) < 2:  # type: ignore[type-var]
+                continue
+            if len(keys) == 3 and find(keys[1]) in indexed and find(keys[0]) not in indexed:
+                return sizes[1], keys[0], [keys[2]]  # type: ignore[return-value]
+            if len(keys) == 2 and find(keys[0]) not in indexed:
+                for outs in cut.get(find(keys[1]), ()):
+                    if len(outs) > 1 and len({self.size(a) for a in outs}) == 1:
+                        return len(outs), keys[0], list(outs)
+        return None
+
+    def read(self, i: int, s: Slot) -> Slot:
+        """A slot as the flow reads it: a fused projection with its parts inside its heads has
+        the parts the flow found (the slot analysis counts pieces, which there are not parts)."""
+        p = self.interleaved.get(i)
+        if p is None or s.layout is None or s.layout.parts == p:
+            return s
+        return replace(s, layout=replace(s.layout, parts=p))
 
     def join_factored(self) -> None:
         """Axes split into factors that the flow shows to be the same, factor by factor, are
@@ -691,7 +755,7 @@ def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
     for i, s in enumerate(gs.slots):
         if s.role is None or s.layout is None:
             continue
-        s = unsplit(s)
+        s = f.read(i, unsplit(s))
         canon = s.layout.canonical_shape(tuple(s.shape))  # type: ignore[union-attr]
         try:
             axes = f.weight_axes(i, s)
@@ -724,7 +788,7 @@ def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
     spaces = []
     for r in order:
         first = members[r][0]
-        s = unsplit(gs.slots[first[0]])
+        s = f.read(first[0], unsplit(gs.slots[first[0]]))
         size = int(s.layout.canonical_shape(tuple(s.shape))[first[1]])  # type: ignore[union-attr]
         seen = []
         for i, k in members[r]:
@@ -750,8 +814,12 @@ def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
             outputs[o.name] = [ids.get(f.uf.find(f.ax(o.name, k))) for k in range(r)]
     cuts = _cut_projections(f, gs)
     heads = {i: h for i, h in _projection_heads(f, gs).items() if i not in cuts}
+    for i in f.interleaved:  # parts inside heads the flow does not see: nothing to resample them by
+        if not heads.get(i, (0,))[0]:
+            cuts[i] = "its output is indexed into parts inside its heads, and the heads are not known"
+            heads.pop(i, None)
     return DimensionFlow(spaces, slot_axes, heads, groups=_head_groups(f, gs, heads), outputs=outputs,
-                         factor_spaces=factor_spaces, cuts=cuts)
+                         factor_spaces=factor_spaces, cuts=cuts, interleaved=dict(f.interleaved))
 
 
 def unsplit(s: Slot) -> Slot:
@@ -786,6 +854,8 @@ def _projection_heads(f: _Flow, gs: GraphSlots) -> dict[int, tuple[int, ...]]:
         if node.op_type not in ("MatMul", "Gemm", "MatMulNBits") or not node.output:
             continue
         gemm = node.op_type == "Gemm"
+        s = f.read(i, s)
+        assert s.layout is not None
         canon = s.layout.canonical_shape(tuple(s.shape))
         parts = s.layout.parts
         n_out = canon[0] * canon[1] if parts > 1 else canon[0]
@@ -912,24 +982,30 @@ def with_cuts(gs: GraphSlots, cuts: dict[int, str]) -> None:
         s.evidence.append(f"out axis not resampled: {why} (dimension flow)")
 
 
-def with_heads(gs: GraphSlots, heads: dict[int, tuple[int, ...]], groups: dict[int, tuple[int, ...]] | None = None
-               ) -> None:
+def with_heads(gs: GraphSlots, heads: dict[int, tuple[int, ...]], groups: dict[int, tuple[int, ...]] | None = None,
+               interleaved: dict[int, int] | None = None) -> None:
     """Give the projections' layouts their heads (``Layout.heads``): each split axis becomes
     (heads, head_dim), both of the axis's kind; grouped-query heads their key/value groups
-    (``Layout.groups``)."""
-    groups = groups or {}
+    (``Layout.groups``); a fused projection whose parts sit inside its heads its parts
+    (``Layout.interleaved``)."""
+    groups, interleaved = groups or {}, interleaved or {}
     for i, h in heads.items():
         s = gs.slots[i]
         lay = s.layout
         assert lay is not None
         if lay.heads:
             continue  # split by its attention op already (a packed q|k|v part)
-        off = 1 if lay.parts > 1 else 0
-        kinds = list(lay.kinds[:off])
-        for k, kind in enumerate(lay.kinds[off:]):
+        parts, inner = lay.parts, i in interleaved and bool(h) and h[0] > 0
+        base = lay.kinds
+        if inner:
+            parts, base = interleaved[i], ((PARTS,) + lay.kinds if lay.parts == 1 else lay.kinds)
+            s.evidence.append(f"fused projection of {parts} parts inside each of its {h[0]} heads (dimension flow)")
+        off = 1 if parts > 1 else 0
+        kinds = list(base[:off])
+        for k, kind in enumerate(base[off:]):
             kinds += [kind, kind] if k < len(h) and h[k] else [kind]
         g = groups.get(i, ())
-        s.layout = Layout(lay.perm, tuple(kinds), lay.parts, lay.name + " by heads", heads=h, groups=g)
+        s.layout = Layout(lay.perm, tuple(kinds), parts, lay.name + " by heads", heads=h, groups=g, interleaved=inner)
         s.evidence.append("heads: " + " and ".join(
             f"{'out' if k == 0 else 'in'} axis {n} heads"
             + (f" in {g[k]} key/value groups" if k < len(g) and 1 < g[k] < n else

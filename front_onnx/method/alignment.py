@@ -48,6 +48,7 @@ class SpaceOrder:
     before: float = 0.0                     # roughness of the original order
     after: float = 0.0
     parts: dict[str, int] = field(default_factory=dict)  # fused projection -> its parts, each permuted alike
+    inner: dict[str, int] = field(default_factory=dict)  # fused projection -> its heads, its parts inside them
     depth_matched: bool = False             # ordered by matching to the block before (``_match_depth``)
     # (graph output, axis) holding the units of a space that later layers also read (a residual
     # width that is the model's output): the function check compares them in the permuted order.
@@ -140,6 +141,7 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
             by_init.setdefault(s.initializer, s)
             index.setdefault(s.initializer, i)
     absent = {s.initializer for s in gs.slots if s.absent}  # zero biases a layer lacks: nothing to permute
+    inner = {init: s.layout.heads[0] for init, s in by_init.items() if s.layout is not None and s.layout.interleaved}
     heads_split = {name.rsplit("/", 1)[0] for axes in flow.slot_axes.values() for name in axes
                    if name and "/" in name}
     out = Alignment(order=order)
@@ -208,8 +210,9 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
         for init, _ in members:
             if init not in arrays:
                 arrays[init] = np.asarray(model.array(init))
-        folded = [(_parts_folded(arrays[init], ax, parts.get(init, 1)), ax if init not in parts else 0)
-                  for init, ax in members]
+        folded = [(_parts_folded(arrays[init], ax, parts.get(init, 1), inner.get(init, 0)),
+                   ax if init not in parts else 0) for init, ax in members]
+        inside = {init: inner[init] for init in parts if init in inner}
         groups = split[0] if split else 1  # heads: units move within their head
         roles = [_member_role(by_init[init], ax) for init, ax in members]
         if "consumer" not in roles and any(a in f.ids for axes in flow.outputs.values() for a in axes):
@@ -228,13 +231,13 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
         if order == "importance":
             score = _importance(folded, roles)
             out.spaces.append(SpaceOrder(sid, sp.size, members, importance_order(score, groups),
-                                         parts=parts, outputs=outputs))
+                                         parts=parts, inner=inside, outputs=outputs))
             if split:
                 headed.append((out.spaces[-1], score, split, roles))
             continue
         vec = _unit_vectors(folded, sp.size)
         perm, before, after = grouped_order(vec, groups)
-        out.spaces.append(SpaceOrder(sid, sp.size, members, perm, before, after, parts, outputs=outputs))
+        out.spaces.append(SpaceOrder(sid, sp.size, members, perm, before, after, parts, inside, outputs=outputs))
         if across_depth:  # kept for matching along depth only (a DeiT-B's spaces hold ~0.8 GB of them)
             producer = next((index[init] for init, k in sp.axes if init in index and _produces(by_init[init], k)), None)
             vectors[sid] = (vec.astype(np.float32), split, producer)
@@ -418,14 +421,25 @@ def _match_depth(al: Alignment, vectors: dict, st: Structure) -> None:
             prev = sp
 
 
-def _parts_folded(a: np.ndarray, ax: int, parts: int) -> np.ndarray:
+def part_rows(parts: int, size: int, heads: int = 0) -> np.ndarray:
+    """[parts, size]: the stored row of each part's unit along a fused projection's out axis,
+    the parts outermost (q|k|v), or inside each of ``heads`` heads (stored (heads, parts,
+    head_dim): Bloom, GPT-NeoX)."""
+    if not heads:
+        return np.arange(parts * size).reshape(parts, size)
+    d = size // heads
+    u = np.arange(size)
+    return (u // d)[None, :] * parts * d + np.arange(parts)[:, None] * d + (u % d)[None, :]
+
+
+def _parts_folded(a: np.ndarray, ax: int, parts: int, heads: int = 0) -> np.ndarray:
     """A fused projection's tensor with its parts moved off the space's axis: [size, parts * rest]
     (the unit's rows in every part), the space's axis first."""
     if parts == 1:
         return a
     b = np.moveaxis(a, ax, 0)
     size = b.shape[0] // parts
-    return b.reshape(parts, size, -1).transpose(1, 0, 2).reshape(size, -1)
+    return b[part_rows(parts, size, heads).T.reshape(-1)].reshape(size, -1)
 
 
 def _heads(sp: ChannelSpace) -> tuple[int, int] | None:
@@ -465,7 +479,11 @@ def write_aligned(model: OnnxModel, alignment: Alignment, folder: Path, only: se
         for init, ax in sp.members:
             a = new[init] if init in new else np.array(model.array(init))
             n = sp.parts.get(init, 1)
-            idx = sp.order if n == 1 else np.concatenate([p * sp.size + sp.order for p in range(n)])
+            idx = sp.order
+            if n > 1:  # each part's units take the order: the new row of a part's unit u is its old row order[u]
+                rows = part_rows(n, sp.size, sp.inner.get(init, 0))
+                idx = np.empty(n * sp.size, dtype=np.int64)
+                idx[rows.reshape(-1)] = rows[:, sp.order].reshape(-1)
             new[init] = np.take(a, idx, axis=ax)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "aligned.onnx"
