@@ -142,3 +142,23 @@ def test_parts_inside_heads_are_selected_head_by_head(name):
         assert (unit == unit[:, :1, :]).all()                             # the same units in every part
         columns = _rows_from(dense.T, b[pre + "dense.weight"].T)          # the output projection's in axis
         assert columns == list((head[:, 0, :] * 8 + unit[:, 0, :]).ravel())
+
+
+def test_the_legacy_export_of_gpt_neox_is_read_alike(tmp_path):
+    """The legacy exporter cuts GPT-NeoX's (heads, 3 x head size) with Slices whose bounds it
+    computes from the input's Shape: those lengths are known, so the parts are found inside
+    the heads there too. Into 4 heads of 4 (head size 8 -> 4), strongest units first: each
+    target row of a part comes from that part of the same source head, with the same units
+    in q, k and v (read as heads of 3 x 8 units, the strongest 12 mixed the parts)."""
+    import front_onnx
+    src = _source("gpt_neox")
+    torch.manual_seed(1)
+    for tag, m in (("source", src), ("target", _model("gpt_neox", 16, 4, 1, 1).eval())):
+        torch.onnx.export(m, (), kwargs=dict(TEXT), f=str(tmp_path / f"{tag}.onnx"), dynamo=False)
+    front_onnx.transfer(tmp_path / "source.onnx", tmp_path / "target.onnx", tmp_path / "out.onnx")
+    got = front_onnx.weights(tmp_path / "out.onnx").tensors[ATTENTION["gpt_neox"] + "query_key_value.weight"]
+    rows = np.array(_rows_from(got, src.state_dict()[ATTENTION["gpt_neox"] + "query_key_value.weight"].numpy()))
+    rows = rows.reshape(4, 3, 4)                                           # target (head, part, unit)
+    head, part, unit = rows // 24, rows // 8 % 3, rows % 8
+    assert (part == np.arange(3)[None, :, None]).all()
+    assert (head == head[:, :1, :1]).all() and (unit == unit[:, :1, :]).all()

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from front_onnx.analysis.folding import Constants
 from front_onnx.analysis.slots import CUT, INDEX, PARTS, GraphSlots, Layout, Slot
@@ -226,6 +227,61 @@ class _Flow:
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
         self.constants = Constants(self.g, None, {t.name: t for t in self.g.initializer}, opset)
         self.const = self.constants.constant  # values computed from initializers and Constant nodes only
+        self._shaped: Constants | None = None  # ``_bound``'s
+
+    def _bound(self, x: str) -> np.ndarray | None:
+        """A Slice's bound: a constant, or computed from lengths shape inference knows (the
+        legacy exporter's chunk takes its bounds from its input's Shape)."""
+        v = self.constants.value(x)
+        if v is None:
+            if self._shaped is None:
+                extra = {t.name: t for t in self.g.initializer}
+                extra.update(self._known_lengths())
+                self._shaped = Constants(self.g, None, extra, self.constants.opset)
+            v = self._shaped.value(x)
+        return v
+
+    def _known_lengths(self) -> dict[str, onnx.TensorProto]:
+        """The Shape outputs whose lengths shape inference knows, and the entries of a Shape a
+        Gather takes where only those are known, as constants."""
+        out: dict[str, onnx.TensorProto] = {}
+        for n in self.g.node:
+            if n.op_type != "Shape" or not n.input or not n.output or self.shape.get(n.input[0]) is None:
+                continue
+            dims = list(self.shape[n.input[0]])[_attr(n, "start", 0):_attr(n, "end", None)]
+            if None not in dims:
+                out[n.output[0]] = numpy_helper.from_array(np.array(dims, np.int64), n.output[0])
+                continue
+            for ci in self.cons.get(n.output[0], []):
+                c = self.g.node[ci]
+                idx = self.constants.value(c.input[1]) if c.op_type == "Gather" and len(c.input) > 1 and \
+                    c.input[0] == n.output[0] else None
+                if idx is None or not all(-len(dims) <= int(i) < len(dims) for i in idx.reshape(-1)):
+                    continue
+                vals = [dims[int(i)] for i in idx.reshape(-1)]
+                if None not in vals:
+                    out[c.output[0]] = numpy_helper.from_array(np.array(vals, np.int64).reshape(idx.shape), c.output[0])
+        return out
+
+    def _slice_bounds(self, n: onnx.NodeProto) -> list[tuple[int, int, int, int]] | None:
+        """(axis, start, end, step) of each axis a Slice names, its bounds clamped to the axis
+        (start and end None where the length is unknown); None when its bounds are not known."""
+        ins = list(n.input) + [""] * 5
+        r = self.rank(ins[0]) or 0
+        starts, ends, axes_v, steps_v = (self._bound(x) if x else None for x in ins[1:5])
+        if not r or starts is None or ends is None or (ins[3] and axes_v is None) or (ins[4] and steps_v is None):
+            return None
+        axes = [int(a) % r for a in axes_v.reshape(-1)] if axes_v is not None else list(range(starts.size))
+        steps = [int(x) for x in steps_v.reshape(-1)] if steps_v is not None else [1] * len(axes)
+        out = []
+        for a, b, e, st in zip(axes, starts.reshape(-1), ends.reshape(-1), steps):
+            d = self.dim(ins[0], a)
+            if d is None:
+                out.append((a, None, None, st))
+                continue
+            lo, hi = (min(max(int(x) + d if int(x) < 0 else int(x), 0), d) for x in (b, e))
+            out.append((a, lo, hi, st))
+        return out  # type: ignore[return-value]
 
     def dim(self, v: str, k: int) -> int | None:
         s = self.shape.get(v)
@@ -283,6 +339,12 @@ class _Flow:
             elif op == "Split" and len(first) == len(out):
                 axis = _attr(n, "axis", 0) % len(out)
                 want = [d if i != axis else None for i, d in enumerate(first)]
+            elif op == "Slice" and len(first) == len(out):
+                bounds = self._slice_bounds(n)
+                if bounds is not None:
+                    want = list(first)
+                    for a, lo, hi, st in bounds:
+                        want[a] = max(hi - lo, 0) if lo is not None and hi is not None and st == 1 else None
             elif op == "Squeeze":
                 axes = _attr(n, "axes")
                 if axes is None and len(ins) > 1 and ins[1]:
@@ -501,25 +563,23 @@ class _Flow:
         constants counts as cut, and nothing when the axes it slices are not known."""
         ins = list(n.input) + [""] * 5
         r = self.rank(ins[0]) or 0
-        starts, ends, axes_v, steps_v = (self.constants.value(x) if x else None for x in ins[1:5])
-        if not r or (ins[3] and axes_v is None):
+        if not r:
             return
-        if axes_v is not None:
-            axes = [int(a) % r for a in axes_v.reshape(-1)]
-        elif starts is not None:
-            axes = list(range(starts.size))
-        else:
-            return
-        if starts is None or ends is None or (ins[4] and steps_v is None):
+        bounds = self._slice_bounds(n)
+        if bounds is None:
+            axes_v = self._bound(ins[3]) if ins[3] else None
+            starts = self._bound(ins[1]) if ins[1] else None
+            if ins[3] and axes_v is None:
+                return
+            axes = [int(a) % r for a in axes_v.reshape(-1)] if axes_v is not None else \
+                list(range(starts.size)) if starts is not None else []
             self.cut.update(self.ax(ins[0], a) for a in axes)
             return
-        steps = steps_v.reshape(-1) if steps_v is not None else [1] * len(axes)
-        for a, b, e, st in zip(axes, starts.reshape(-1), ends.reshape(-1), steps):
+        for a, lo, hi, st in bounds:
             d = self.dim(ins[0], a)
-            if d is None or int(st) != 1 or int(b) > 0 or (int(b) < 0 and int(b) > -d) or int(e) < d:
+            if d is None or st != 1 or (lo, hi) != (0, d):
                 self.cut.add(self.ax(ins[0], a))
-                if d is not None and int(st) == 1 and len(axes) == 1:
-                    lo, hi = (min(max(int(x) + d if int(x) < 0 else int(x), 0), d) for x in (b, e))
+                if d is not None and st == 1 and len(bounds) == 1:
                     self.slices.setdefault(self.ax(ins[0], a), []).append((lo, hi, self.ax(n.output[0], a)))
 
     def _slice_partitions(self) -> None:
@@ -572,41 +632,42 @@ class _Flow:
         for whole, outs in self.split_outs.items():
             cut.setdefault(self.uf.find(whole), []).extend(outs)
         for i, s in enumerate(self.gs.slots):
-            if s.role not in ("linear.weight", "linear.bias") or s.layout is None or s.layout.parts <= 1:
+            if s.role not in ("linear.weight", "linear.bias") or s.layout is None:
                 continue
             node = self.g.node[s.anchor]
             if node.op_type not in ("MatMul", "Gemm") or not node.output:
                 continue
             y = self.ax(node.output[0], 1 if node.op_type == "Gemm" else -1)
-            for keys in by_class.get(self.uf.find(y), ()):
-                sizes = [self.size(k) for k in keys]
-                if len(keys) < 2 or sizes[0] != s.layout.parts or not all(sizes[1:]):
+            if s.layout.parts > 1:
+                for keys in by_class.get(self.uf.find(y), ()):
+                    sizes = [self.size(k) for k in keys]
+                    if len(keys) < 2 or sizes[0] != s.layout.parts or not all(sizes[1:]):
+                        continue
+                    width = 1
+                    for n in sizes[1:]:
+                        width *= n  # type: ignore[operator]
+                    key = ("p", node.output[0], s.layout.parts, width)
+                    if len(keys) == 2:
+                        self.same(key, keys[1])
+                    else:
+                        self.split_axes.setdefault(key, []).append(tuple(keys[1:]))
+                    self.part_axes[i] = key
+                    break
+                if i in self.part_axes:
                     continue
-                width = 1
-                for n in sizes[1:]:
-                    width *= n  # type: ignore[operator]
-                key = ("p", node.output[0], s.layout.parts, width)
-                if len(keys) == 2:
-                    self.same(key, keys[1])
-                else:
-                    self.split_axes.setdefault(key, []).append(tuple(keys[1:]))
-                self.part_axes[i] = key
-                break
-            if i in self.part_axes:
-                continue
-            for outs in cut.get(self.uf.find(y), ()):
-                sizes = {self.size(a) for a in outs}
-                if len(outs) != s.layout.parts or len(sizes) != 1:
+                for outs in cut.get(self.uf.find(y), ()):
+                    sizes = {self.size(a) for a in outs}
+                    if len(outs) != s.layout.parts or len(sizes) != 1:
+                        continue
+                    key = ("p", node.output[0], s.layout.parts, sizes.pop())
+                    for a in outs:
+                        self.same(key, a)
+                    self.part_axes[i] = key
+                    break
+                if i in self.part_axes:
                     continue
-                key = ("p", node.output[0], s.layout.parts, sizes.pop())
-                for a in outs:
-                    self.same(key, a)
-                self.part_axes[i] = key
-                break
-            if i in self.part_axes:
-                continue
             found = self._interleaved(y, by_class, cut)
-            if found is not None:
+            if found is not None and (s.layout.parts > 1 or found[0] == 3):  # unseen parts: q|k|v only
                 p, h, ds = found
                 key = ("p", node.output[0], p, (self.size(h) or 0) * (self.size(ds[0]) or 0))
                 for a in ds[1:]:
