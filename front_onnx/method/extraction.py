@@ -130,7 +130,8 @@ def extract_learngene(model: OnnxModel, keep: float = 1.0, convention: str = "or
     return Learngene(templates, float(keep), convention, source=model.path.name,
                      source_sha256="" if partial else file_sha256(model.path),
                      tool_version=__version__, skipped=skipped,
-                     partial=partial, structure=[asdict(seg) for seg in st.segments])
+                     partial=partial, structure=[asdict(seg) for seg in st.segments],
+                     omitted={k: t.role for k, t in st.templates.items() if k not in templates and k not in skipped})
 
 
 def _masked_entries(gs: GraphSlots, tpl: Template, shape: tuple[int, ...]) -> np.ndarray | None:

@@ -118,6 +118,9 @@ class Learngene:
     # how the source's units were ordered before extraction ('' as stored; 'smooth' or 'importance':
     # ``alignment``). Selection keeps the leading units of an 'importance' order.
     unit_order: str = ""
+    # a partial learngene: the role of each source template it does not hold (the target reads
+    # none of them), so a plan can say which of the source's layers the target lacks
+    omitted: dict[str, str] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ persistence
     def metadata(self) -> dict[str, Any]:

@@ -365,10 +365,36 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
     plan = Plan(plans, verdicts, gene.keep, gene.convention, divergence(gene.structure, st.segments), depth_mode,
                 sources={k: v for k, v in sources.items() if verdicts.get(k) == "ok"}, selected=selected,
                 expanded=expanded)
+    unused = unused_source_units(gene, sources)
+    if unused:
+        what = "; ".join(f"{u} ({', '.join(sorted(set(roles)))})" for u, roles in sorted(unused.items()))
+        n = len(unused)
+        note = (f"not transferred: {n} source unit{'s' if n > 1 else ''} no target layer takes values from, in blocks "
+                f"whose other units it takes: {what}")
+        if all(r.startswith("norm.") for roles in unused.values() for r in roles):
+            note += ("; a normalization the target's blocks lack: an exporter may have merged the fresh target's "
+                     "norms that read the same input (identical until trained), as torch.onnx's dynamo exporter's "
+                     "optimizer does; export the target with optimize=False to keep them")
+        plan.notes.append(note)
     if method in ("hybrid", "expand") and gene.keep < 1.0:
         plan.notes.append(f"{method}: nothing selected (selection reads the whole source; this learngene holds "
                           f"keep {gene.keep:g}): every template transformed, as --method front")
     return plan
+
+
+def unused_source_units(gene: Learngene, sources: dict[str, str]) -> dict[str, list[str]]:
+    """Source units (with their templates' roles) of a stage the target takes other units of,
+    that no target template takes: a layer the target's blocks lack, whose values are not
+    transferred and without which the target cannot compute the source's function."""
+    used = {_unit_prefix(v) for v in sources.values()}
+    stages = {u.split("/", 1)[0] for u in used if "/" in u}
+    out: dict[str, list[str]] = {}
+    roles = {**gene.omitted, **{k: t.role for k, t in gene.templates.items()}}
+    for key, role in roles.items():
+        unit = _unit_prefix(key)
+        if "/" in unit and unit.split("/", 1)[0] in stages and unit not in used:
+            out.setdefault(unit, []).append(role)
+    return out
 
 
 # What makes a branch's last layer output zero: its weights and biases, a norm's scale and
