@@ -1,6 +1,6 @@
 """Fused q|k|v projections whose parts are not equal outer thirds.
 
-Phi-3 slices its qkv output into q, k, v of unequal widths (grouped-query attention),
+Phi-3 with grouped-query attention slices its qkv output into q, k, v of unequal widths,
 Falcon (multi-query) reshapes it into (query heads + 2, head size) and slices the heads,
 timm's BEiT adds a q|0|v bias built in the graph (so no parts are seen): the layout cannot
 express their parts, so their out axis is copied, never resampled. Resampling it as one
@@ -11,6 +11,9 @@ projection with the reason and writes the rest.
 Bloom and GPT-NeoX reshape it into (heads, 3, head size) or (heads, 3 x head size): the
 parts sit inside each head (``Layout.interleaved``), and a shrink selects whole heads, the
 same ones in q, k and v, that the output projection reads.
+
+Phi-3 with as many key/value heads as query heads slices it into equal thirds, which the
+slot analysis does not count as parts but the dimension flow does: resampled part by part.
 
 A transfer into the same architecture reproduces the source for all of them.
 """
@@ -162,3 +165,21 @@ def test_the_legacy_export_of_gpt_neox_is_read_alike(tmp_path):
     head, part, unit = rows // 24, rows // 8 % 3, rows % 8
     assert (part == np.arange(3)[None, :, None]).all()
     assert (head == head[:, :1, :1]).all() and (unit == unit[:, :1, :]).all()
+
+
+def test_equal_thirds_sliced_from_the_output_are_parts():
+    """Multi-head Phi-3 (4 heads, 4 key/value heads) into 2 heads: its q|k|v slices of equal
+    widths are outer parts, each target row from its own part, the same source heads and
+    units in q, k and v."""
+    torch.manual_seed(0)
+    src = _model("phi3", 32, 4, 4, 2).eval()
+    perturb(src)
+    torch.manual_seed(1)
+    module, plan = transfer_module(src, _model("phi3", 16, 2, 2, 1).eval(), TEXT)
+    assert plan.summary()["written_fraction"] == 1.0
+    w = module.state_dict()["model.layers.0.self_attn.qkv_proj.weight"].numpy()
+    rows = np.array(_rows_from(w, src.state_dict()["model.layers.0.self_attn.qkv_proj.weight"].numpy()))
+    rows = rows.reshape(3, 2, 8)                                           # target (part, head, unit)
+    part, head, unit = rows // 32, rows // 8 % 4, rows % 8
+    assert (part == np.arange(3)[:, None, None]).all()
+    assert (head == head[:1]).all() and (unit == unit[:1]).all() and (head == head[:, :, :1]).all()

@@ -70,8 +70,9 @@ class DimensionFlow:
     # slot -> why its out axis cannot be resampled: the graph cuts the projection's output into
     # pieces its layout does not express (q|k|v of unequal widths, interleaved with the heads)
     cuts: dict[int, str] = field(default_factory=dict)
-    # slot -> parts of a fused projection whose parts sit inside its heads (Layout.interleaved)
-    interleaved: dict[int, int] = field(default_factory=dict)
+    # slot -> (parts, whether inside its heads: Layout.interleaved) of a fused projection whose
+    # parts the flow found and the slot analysis did not count (or counted otherwise)
+    parts: dict[int, tuple[int, bool]] = field(default_factory=dict)
 
 
 _ATTENTION_OPS = {"GroupQueryAttention", "MultiHeadAttention"}  # onnxruntime's, splitting heads by attribute
@@ -211,7 +212,7 @@ class _Flow:
         self.factors: dict[tuple, list[tuple]] = {}
         self.split_axes: dict[tuple, list[tuple[tuple, ...]]] = {}  # whole axis -> the value axes of its factors
         self.part_axes: dict[int, tuple] = {}  # fused projection's slot -> its within-part axis (``fused_parts``)
-        self.interleaved: dict[int, int] = {}  # fused projection's slot -> parts, inside its heads (``fused_parts``)
+        self.parts: dict[int, tuple[int, bool]] = {}  # slot -> (parts, inside its heads) (``fused_parts``)
         self.split_outs: dict[tuple, list[tuple[tuple, ...]]] = {}  # axis split by a Split -> its parts' axes
         self.sequences: dict[str, tuple[str, int, dict[int, str]]] = {}  # SplitToSequence: (input, axis, part values)
         self.cut: set[tuple] = set()  # activation axes a Slice takes part of, a Gather indexes or a Split cuts unevenly
@@ -666,6 +667,19 @@ class _Flow:
                     break
                 if i in self.part_axes:
                     continue
+            else:  # parts the slot analysis did not see: an output cut into equal thirds (Phi-3's q|k|v
+                # slices) or, outside attention, halves (its gate|up, chunked by the legacy exporter)
+                headed = any(self.uf.find(a) == self.uf.find(y) for a in self.heads)
+                for outs in cut.get(self.uf.find(y), ()):
+                    sizes = {self.size(a) for a in outs}
+                    if (len(outs) == 3 or (len(outs) == 2 and not headed)) and len(sizes) == 1 and None not in sizes:
+                        key = ("p", node.output[0], len(outs), sizes.pop())
+                        for a in outs:
+                            self.same(key, a)
+                        self.part_axes[i], self.parts[i] = key, (len(outs), False)
+                        break
+                if i in self.part_axes:
+                    continue
             found = self._interleaved(y, by_class, cut)
             if found is not None and (s.layout.parts > 1 or found[0] == 3):  # unseen parts: q|k|v only
                 p, h, ds = found
@@ -674,7 +688,7 @@ class _Flow:
                     self.same(ds[0], a)
                 self.split_axes.setdefault(key, []).append((h, ds[0]))
                 self.part_axes[i] = key
-                self.interleaved[i] = p
+                self.parts[i] = (p, True)
                 nh = self.size(h)
                 if any(fs[0] == nh for a, fss in self.heads.items() if self.uf.find(a) == self.uf.find(y)
                        for fs in fss):  # the output was split into heads before attention
@@ -700,10 +714,10 @@ class _Flow:
         return None
 
     def read(self, i: int, s: Slot) -> Slot:
-        """A slot as the flow reads it: a fused projection with its parts inside its heads has
-        the parts the flow found (the slot analysis counts pieces, which there are not parts)."""
-        p = self.interleaved.get(i)
-        if p is None or s.layout is None or s.layout.parts == p:
+        """A slot as the flow reads it: a fused projection with the parts the flow found (the
+        slot analysis did not see them, or counted pieces that are not parts)."""
+        p = self.parts.get(i, (0, False))[0]
+        if not p or s.layout is None or s.layout.parts == p:
             return s
         return replace(s, layout=replace(s.layout, parts=p))
 
@@ -875,12 +889,13 @@ def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
             outputs[o.name] = [ids.get(f.uf.find(f.ax(o.name, k))) for k in range(r)]
     cuts = _cut_projections(f, gs)
     heads = {i: h for i, h in _projection_heads(f, gs).items() if i not in cuts}
-    for i in f.interleaved:  # parts inside heads the flow does not see: nothing to resample them by
-        if not heads.get(i, (0,))[0]:
+    for i, (_, inside) in f.parts.items():  # parts inside heads the flow does not see: nothing to resample them by
+        if inside and not heads.get(i, (0,))[0]:
             cuts[i] = "its output is indexed into parts inside its heads, and the heads are not known"
             heads.pop(i, None)
     return DimensionFlow(spaces, slot_axes, heads, groups=_head_groups(f, gs, heads), outputs=outputs,
-                         factor_spaces=factor_spaces, cuts=cuts, interleaved=dict(f.interleaved))
+                         factor_spaces=factor_spaces, cuts=cuts,
+                         parts={i: p for i, p in f.parts.items() if i not in cuts})
 
 
 def unsplit(s: Slot) -> Slot:
@@ -961,6 +976,8 @@ def _cut_projections(f: _Flow, gs: GraphSlots) -> dict[int, str]:
         if node.op_type not in ("MatMul", "Gemm") or not node.output:
             continue
         whole = find(f.ax(node.output[0], 1 if node.op_type == "Gemm" else -1))
+        s = f.read(i, s)
+        assert s.layout is not None
         if s.layout.parts > 1:
             if i not in f.part_axes:
                 out[i] = (f"its output is indexed into {s.layout.parts} parts that are not its outermost factor "
@@ -1043,30 +1060,39 @@ def with_cuts(gs: GraphSlots, cuts: dict[int, str]) -> None:
         s.evidence.append(f"out axis not resampled: {why} (dimension flow)")
 
 
-def with_heads(gs: GraphSlots, heads: dict[int, tuple[int, ...]], groups: dict[int, tuple[int, ...]] | None = None,
-               interleaved: dict[int, int] | None = None) -> None:
+def with_parts(gs: GraphSlots, parts: dict[int, tuple[int, bool]]) -> None:
+    """Give fused projections the parts the flow found (``DimensionFlow.parts``): a leading
+    parts axis, inside the heads for Bloom's and GPT-NeoX's q|k|v (``Layout.interleaved``)."""
+    for i, (p, inside) in parts.items():
+        s = gs.slots[i]
+        lay = s.layout
+        assert lay is not None
+        kinds = lay.kinds if lay.parts > 1 else (PARTS,) + lay.kinds
+        s.layout = Layout(lay.perm, kinds, p, lay.name, heads=lay.heads, groups=lay.groups, interleaved=inside)
+        s.evidence = [e for e in s.evidence if not e.startswith("fused projection of")]  # pieces, not parts
+        s.evidence.append(f"fused projection of {p} parts " + ("inside each head" if inside else "cut from its output")
+                          + " (dimension flow)")
+
+
+def with_heads(gs: GraphSlots, heads: dict[int, tuple[int, ...]], groups: dict[int, tuple[int, ...]] | None = None
+               ) -> None:
     """Give the projections' layouts their heads (``Layout.heads``): each split axis becomes
     (heads, head_dim), both of the axis's kind; grouped-query heads their key/value groups
-    (``Layout.groups``); a fused projection whose parts sit inside its heads its parts
-    (``Layout.interleaved``)."""
-    groups, interleaved = groups or {}, interleaved or {}
+    (``Layout.groups``)."""
+    groups = groups or {}
     for i, h in heads.items():
         s = gs.slots[i]
         lay = s.layout
         assert lay is not None
         if lay.heads:
             continue  # split by its attention op already (a packed q|k|v part)
-        parts, inner = lay.parts, i in interleaved and bool(h) and h[0] > 0
-        base = lay.kinds
-        if inner:
-            parts, base = interleaved[i], ((PARTS,) + lay.kinds if lay.parts == 1 else lay.kinds)
-            s.evidence.append(f"fused projection of {parts} parts inside each of its {h[0]} heads (dimension flow)")
-        off = 1 if parts > 1 else 0
-        kinds = list(base[:off])
-        for k, kind in enumerate(base[off:]):
+        off = 1 if lay.parts > 1 else 0
+        kinds = list(lay.kinds[:off])
+        for k, kind in enumerate(lay.kinds[off:]):
             kinds += [kind, kind] if k < len(h) and h[k] else [kind]
         g = groups.get(i, ())
-        s.layout = Layout(lay.perm, tuple(kinds), parts, lay.name + " by heads", heads=h, groups=g, interleaved=inner)
+        s.layout = Layout(lay.perm, tuple(kinds), lay.parts, lay.name + " by heads", heads=h, groups=g,
+                          interleaved=lay.interleaved)
         s.evidence.append("heads: " + " and ".join(
             f"{'out' if k == 0 else 'in'} axis {n} heads"
             + (f" in {g[k]} key/value groups" if k < len(g) and 1 < g[k] < n else
