@@ -273,3 +273,19 @@ def test_empty_and_half_precision():
     assert s.dtype == torch.float32
     assert s.item() == pytest.approx(spectral.out_of_band_energy(h.float().numpy(), (0, 1), 0.5), abs=1e-5)
     assert not math.isnan(s.item())
+
+
+@settings(max_examples=20, deadline=None)
+@given(heads=st.integers(1, 4), parts=st.integers(2, 3), d=st.integers(1, 4), n_in=st.integers(1, 5),
+       seed=st.integers(0, 2**16))
+def test_interleaved_parts_read_alike_in_torch_and_numpy(heads, parts, d, n_in, seed):
+    """Parts inside each head (stored (heads, parts, head_dim) rows, Bloom's and GPT-NeoX's
+    q|k|v): the torch side's canonical order is ``Layout.to_canonical``'s, which takes part p
+    of head h's unit j from stored row (h * parts + p) * d + j, and inverts."""
+    lay = Layout((1, 0), (PARTS, FEATURE, FEATURE, FEATURE), parts, "qkv", heads=(heads, 0), interleaved=True)
+    a = np.random.default_rng(seed).standard_normal((n_in, heads * parts * d))
+    c = lay.to_canonical(a)
+    np.testing.assert_array_equal(pen._canonical(torch.from_numpy(a), lay, "w").numpy(), c)
+    h, p, j = heads - 1, parts - 1, d - 1
+    np.testing.assert_array_equal(c[p, h, j], a[:, (h * parts + p) * d + j])
+    np.testing.assert_array_equal(lay.from_canonical(c), a)
