@@ -639,47 +639,13 @@ class _Flow:
             if node.op_type not in ("MatMul", "Gemm") or not node.output:
                 continue
             y = self.ax(node.output[0], 1 if node.op_type == "Gemm" else -1)
-            if s.layout.parts > 1:
-                for keys in by_class.get(self.uf.find(y), ()):
-                    sizes = [self.size(k) for k in keys]
-                    if len(keys) < 2 or sizes[0] != s.layout.parts or not all(sizes[1:]):
-                        continue
-                    width = 1
-                    for n in sizes[1:]:
-                        width *= n  # type: ignore[operator]
-                    key = ("p", node.output[0], s.layout.parts, width)
-                    if len(keys) == 2:
-                        self.same(key, keys[1])
-                    else:
-                        self.split_axes.setdefault(key, []).append(tuple(keys[1:]))
-                    self.part_axes[i] = key
-                    break
-                if i in self.part_axes:
-                    continue
-                for outs in cut.get(self.uf.find(y), ()):
-                    sizes = {self.size(a) for a in outs}
-                    if len(outs) != s.layout.parts or len(sizes) != 1:
-                        continue
-                    key = ("p", node.output[0], s.layout.parts, sizes.pop())
-                    for a in outs:
-                        self.same(key, a)
-                    self.part_axes[i] = key
-                    break
-                if i in self.part_axes:
-                    continue
-            else:  # parts the slot analysis did not see: an output cut into equal thirds (Phi-3's q|k|v
-                # slices) or, outside attention, halves (its gate|up, chunked by the legacy exporter)
-                headed = any(self.uf.find(a) == self.uf.find(y) for a in self.heads)
-                for outs in cut.get(self.uf.find(y), ()):
-                    sizes = {self.size(a) for a in outs}
-                    if (len(outs) == 3 or (len(outs) == 2 and not headed)) and len(sizes) == 1 and None not in sizes:
-                        key = ("p", node.output[0], len(outs), sizes.pop())
-                        for a in outs:
-                            self.same(key, a)
-                        self.part_axes[i], self.parts[i] = key, (len(outs), False)
-                        break
-                if i in self.part_axes:
-                    continue
+            key = self._outer_parts(s.layout.parts, node.output[0], y, by_class, cut) if s.layout.parts > 1 \
+                else self._unseen_parts(node.output[0], y, cut)
+            if key is not None:
+                self.part_axes[i] = key
+                if s.layout.parts <= 1:
+                    self.parts[i] = (key[2], False)
+                continue
             found = self._interleaved(y, by_class, cut)
             if found is not None and (s.layout.parts > 1 or found[0] == 3):  # unseen parts: q|k|v only
                 p, h, ds = found
@@ -693,6 +659,47 @@ class _Flow:
                 if any(fs[0] == nh for a, fss in self.heads.items() if self.uf.find(a) == self.uf.find(y)
                        for fs in fss):  # the output was split into heads before attention
                     self.heads.setdefault(key, set()).add((nh, key[3] // nh))  # type: ignore[operator]
+
+    def _outer_parts(self, parts: int, out: str, y: tuple, by_class: dict[tuple, list[tuple[tuple, ...]]],
+                     cut: dict[tuple, list[tuple[tuple, ...]]]) -> tuple | None:
+        """The within-part axis of an output of ``parts`` outer parts: split into (parts, ...)
+        (timm's qkv), or cut into that many equal parts (GPT-2's Split)."""
+        for keys in by_class.get(self.uf.find(y), ()):
+            sizes = [self.size(k) for k in keys]
+            if len(keys) < 2 or sizes[0] != parts or not all(sizes[1:]):
+                continue
+            width = 1
+            for n in sizes[1:]:
+                width *= n  # type: ignore[operator]
+            key = ("p", out, parts, width)
+            if len(keys) == 2:
+                self.same(key, keys[1])
+            else:
+                self.split_axes.setdefault(key, []).append(tuple(keys[1:]))
+            return key
+        for outs in cut.get(self.uf.find(y), ()):
+            sizes = {self.size(a) for a in outs}
+            if len(outs) != parts or len(sizes) != 1:
+                continue
+            key = ("p", out, parts, sizes.pop())
+            for a in outs:
+                self.same(key, a)
+            return key
+        return None
+
+    def _unseen_parts(self, out: str, y: tuple, cut: dict[tuple, list[tuple[tuple, ...]]]) -> tuple | None:
+        """The within-part axis of parts the slot analysis did not see: an output cut into equal
+        thirds (Phi-3's q|k|v slices) or, outside attention, halves (its gate|up, chunked by the
+        legacy exporter)."""
+        headed = any(self.uf.find(a) == self.uf.find(y) for a in self.heads)
+        for outs in cut.get(self.uf.find(y), ()):
+            sizes = {self.size(a) for a in outs}
+            if (len(outs) == 3 or (len(outs) == 2 and not headed)) and len(sizes) == 1 and None not in sizes:
+                key = ("p", out, len(outs), sizes.pop())
+                for a in outs:
+                    self.same(key, a)
+                return key
+        return None
 
     def _interleaved(self, y: tuple, by_class: dict[tuple, list[tuple[tuple, ...]]],
                      cut: dict[tuple, list[tuple[tuple, ...]]]) -> tuple[int, tuple, list[tuple]] | None:
@@ -1008,6 +1015,7 @@ def _head_groups(f: _Flow, gs: GraphSlots, heads: dict[int, tuple[int, ...]]) ->
     classes = {(i, k): heads_class(i, k) for i, h in heads.items() for k in range(len(h)) if h[k]}
     known = {c for c in classes.values() if c is not None}
     merged: dict[tuple, int] = {}   # heads class -> its groups
+    kv: set[tuple] = set()          # the key/value heads of grouped query heads
     for w, splits in by_class.items():
         for keys in splits:
             if len(keys) != 2 or w not in known:
@@ -1018,6 +1026,7 @@ def _head_groups(f: _Flow, gs: GraphSlots, heads: dict[int, tuple[int, ...]]) ->
             # the key/value heads' axis is another projection's heads
             if g > 1 and find(keys[0]) in known and find(keys[0]) != w:
                 merged.setdefault(w, g)
+                kv.add(find(keys[0]))
     # multi-query attention: one key/value head (a length-1 axis, no split to see) repeated for
     # every query head; the repeated tensor's last axis is the out axis of a one-head projection
     one_head = set()
@@ -1032,12 +1041,12 @@ def _head_groups(f: _Flow, gs: GraphSlots, heads: dict[int, tuple[int, ...]]) ->
     # multi-head attention: the query heads are the key/value projection's heads, one key/value
     # head per query head (groups = heads); what lets a grouped-query source keep every target
     # query head with its key/value head (the learngene records only groups of several heads)
-    projections: dict[tuple, set[int]] = {}
+    projections: dict[tuple, set[int]] = {}  # heads class -> the projections (nodes) whose heads it is
     for (i, _k), c in classes.items():
         if c is not None:
-            projections.setdefault(c, set()).add(i)
-    for c, slots in projections.items():
-        if c not in merged and len(slots) > 1 and f.size(c):
+            projections.setdefault(c, set()).add(gs.slots[i].anchor)
+    for c, nodes in projections.items():
+        if c not in merged and c not in kv and len(nodes) > 1 and f.size(c):
             merged[c] = f.size(c)  # type: ignore[assignment]
     out: dict[int, tuple[int, ...]] = {}
     for i, h in heads.items():
