@@ -2,6 +2,8 @@
 
 Phi-3 with grouped-query attention slices its qkv output into q, k, v of unequal widths,
 Falcon (multi-query) reshapes it into (query heads + 2, head size) and slices the heads,
+GPT-BigCode (multi-query) splits it into q | k | v of unequal widths (a SplitToSequence in
+transfer_module's export, read as one axis before),
 timm's BEiT adds a q|0|v bias built in the graph (so no parts are seen): the layout cannot
 express their parts, so their out axis is copied, never resampled. Resampling it as one
 axis, or as three equal parts, would give the target's k rows from the source's q (what
@@ -42,6 +44,9 @@ def _model(name: str, d: int, heads: int, kv: int, layers: int):
         return transformers.FalconForCausalLM(transformers.FalconConfig(
             vocab_size=64, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
             new_decoder_architecture=False, multi_query=True, use_cache=False))
+    if name == "gpt_bigcode":  # multi-query: q (heads x head size) | k (head size) | v (head size)
+        return transformers.GPTBigCodeForCausalLM(transformers.GPTBigCodeConfig(
+            vocab_size=64, n_embd=d, n_layer=layers, n_head=heads, n_positions=32, multi_query=True, use_cache=False))
     if name == "bloom":
         return transformers.BloomForCausalLM(transformers.BloomConfig(
             vocab_size=64, hidden_size=d, n_layer=layers, n_head=heads, use_cache=False))
@@ -50,7 +55,7 @@ def _model(name: str, d: int, heads: int, kv: int, layers: int):
         max_position_embeddings=32, rotary_pct=0.25, use_cache=False))
 
 
-FUSED = {"phi3": "qkv_proj", "falcon": "query_key_value", "bloom": "query_key_value", "gpt_neox": "query_key_value",
+FUSED = {"phi3": "qkv_proj", "falcon": "query_key_value", "gpt_bigcode": "c_attn", "bloom": "query_key_value", "gpt_neox": "query_key_value",
          "beit": "attn.qkv"}
 TEXT = {"input_ids": torch.tensor([[5, 9, 2, 33, 7, 1, 60, 12], [3, 3, 40, 8, 19, 22, 5, 6]]),
         "attention_mask": torch.ones(2, 8, dtype=torch.int64)}
@@ -183,3 +188,21 @@ def test_equal_thirds_sliced_from_the_output_are_parts():
     part, head, unit = rows // 32, rows // 8 % 4, rows % 8
     assert (part == np.arange(3)[:, None, None]).all()
     assert (head == head[:1]).all() and (unit == unit[:1]).all() and (head == head[:, :, :1]).all()
+
+
+def test_a_rotary_embedding_slicing_one_key_head_is_not_a_cut():
+    """StableLM's partial rotary embedding slices each head's units. A multi-query target's key
+    projection is one head, so the slice falls on its whole output, which was taken for q|k|v
+    of unequal widths and left ('no source unit aligns'): one head's units are a head size."""
+    torch.manual_seed(0)
+
+    def stablelm(d: int, heads: int, kv: int, layers: int):
+        return transformers.StableLmForCausalLM(transformers.StableLmConfig(
+            vocab_size=64, hidden_size=d, intermediate_size=2 * d, num_hidden_layers=layers, num_attention_heads=heads,
+            num_key_value_heads=kv, max_position_embeddings=32, use_cache=False)).eval()
+
+    src = stablelm(32, 4, 2, 2)
+    perturb(src)
+    _, plan = transfer_module(src, stablelm(16, 2, 1, 1), TEXT)
+    assert plan.summary()["written_fraction"] == 1.0
+    assert not any("unequal widths" in e for s in plan.slots for e in s.evidence)

@@ -599,14 +599,16 @@ class _Flow:
 
     def _sequence_splits(self) -> None:
         """Each SplitToSequence whose parts were all taken (SequenceAt 0..p-1, or -p..-1) as
-        a Split: its input axis split into the parts' axes (``split_outs``, with the factors)."""
+        a Split: its input axis split into the parts' axes (``split_outs``, with the factors);
+        cut (``cut``) unless into equal parts, all taken (GPT-BigCode's q | k | v of unequal
+        widths, through transfer_module's export)."""
         for x, axis, parts in self.sequences.values():
             p = len(parts)
             taken = {i % p: v for i, v in parts.items()} if p else {}
-            if p < 2 or sorted(taken) != list(range(p)):
-                continue
-            sizes = tuple(self.dim(taken[i], axis) for i in range(p))
-            if None in sizes or sum(sizes) != self.dim(x, axis):  # type: ignore[arg-type]
+            sizes = tuple(self.dim(taken[i], axis) for i in range(p)) if sorted(taken) == list(range(p)) else ()
+            if p < 2 or not sizes or None in sizes or len(set(sizes)) > 1:
+                self.cut.add(self.ax(x, axis))
+            if p < 2 or not sizes or None in sizes or sum(sizes) != self.dim(x, axis):  # type: ignore[arg-type]
                 continue
             self.factors.setdefault(self.ax(x, axis), []).append(("parts", sizes))
             self.split_outs.setdefault(self.ax(x, axis), []).append(tuple(self.ax(taken[i], axis) for i in range(p)))
@@ -975,6 +977,7 @@ def _cut_projections(f: _Flow, gs: GraphSlots) -> dict[int, str]:
     cut = {find(a) for a in f.cut}
     factors = f.splits_by_class()
     head_sizes = {find(keys[-1]) for splits in f.split_axes.values() for keys in splits if len(keys) > 1}
+    head_sizes |= {find(a) for a, fs in f.heads.items() if any(x[0] == 1 for x in fs)}  # one head: its units
     out: dict[int, str] = {}
     for i, s in enumerate(gs.slots):
         if s.role not in ("linear.weight", "linear.bias") or s.layout is None or INDEX in s.layout.kinds:
