@@ -206,3 +206,41 @@ def test_a_rotary_embedding_slicing_one_key_head_is_not_a_cut():
     _, plan = transfer_module(src, stablelm(16, 2, 1, 1), TEXT)
     assert plan.summary()["written_fraction"] == 1.0
     assert not any("unequal widths" in e for s in plan.slots for e in s.evidence)
+
+
+def test_parts_inside_heads_of_int4_weights_are_selected_head_by_head(tmp_path):
+    """GPT-NeoX quantized to int4 (onnxruntime's MatMulNBits) on both sides, 4 heads of 16 into
+    2: the target's dequantized qkv is heads 0 and 2 of each part (within the int4 error of
+    two roundings), not the rows of outer thirds (what a reading of q|k|v as outer parts
+    selected before: the target's k rows from the source's q)."""
+    import onnx
+
+    import front_onnx
+    from front_onnx.analysis import weight_slots
+    from front_onnx.onnxio import load_model
+    nbits = pytest.importorskip("onnxruntime.quantization.matmul_nbits_quantizer")
+
+    def neox(d: int, heads: int, layers: int):
+        return transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+            vocab_size=64, hidden_size=d, intermediate_size=2 * d, num_hidden_layers=layers, num_attention_heads=heads,
+            max_position_embeddings=32, rotary_pct=0.25, use_cache=False)).eval()
+
+    torch.manual_seed(0)
+    src = neox(64, 4, 2)
+    perturb(src)
+    torch.manual_seed(1)
+    for tag, m in (("source", src), ("target", neox(32, 2, 1))):
+        torch.onnx.export(m, (), kwargs=dict(TEXT), f=str(tmp_path / f"{tag}.onnx"), dynamo=True)
+        q = nbits.MatMulNBitsQuantizer(onnx.load(tmp_path / f"{tag}.onnx"), block_size=32, is_symmetric=True)
+        q.process()
+        q.model.save_model_to_file(str(tmp_path / f"{tag}4.onnx"), False)
+    front_onnx.transfer(tmp_path / "source4.onnx", tmp_path / "target4.onnx", tmp_path / "out.onnx",
+                        method="select", align="none")
+    m = load_model(tmp_path / "out.onnx")
+    s = next(s for s in weight_slots(m).slots if s.quant is not None and s.shape[1] == 96)
+    got = s.quant.decode(m.array, s.initializer)                                   # [in 32, out 96]
+    w = src.state_dict()[ATTENTION["gpt_neox"] + "query_key_value.weight"].numpy()  # [out 192, in 64]
+    want = w.reshape(4, 3, 16, 64)[[0, 2]][..., ::2].reshape(96, 32).T
+    outer = w.reshape(3, 64, 64)[:, ::2][..., ::2].reshape(96, 32).T
+    err, err_outer = np.abs(got - want).max(), np.abs(got - outer).max()
+    assert err < 0.2 * np.abs(want).max() and err < err_outer / 4, (err, err_outer)

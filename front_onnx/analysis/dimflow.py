@@ -638,7 +638,7 @@ class _Flow:
             if s.role not in ("linear.weight", "linear.bias") or s.layout is None:
                 continue
             node = self.g.node[s.anchor]
-            if node.op_type not in ("MatMul", "Gemm") or not node.output:
+            if node.op_type not in ("MatMul", "Gemm", "MatMulNBits") or not node.output:
                 continue
             y = self.ax(node.output[0], 1 if node.op_type == "Gemm" else -1)
             key = self._outer_parts(s.layout.parts, node.output[0], y, by_class, cut) if s.layout.parts > 1 \
@@ -983,7 +983,7 @@ def _cut_projections(f: _Flow, gs: GraphSlots) -> dict[int, str]:
         if s.role not in ("linear.weight", "linear.bias") or s.layout is None or INDEX in s.layout.kinds:
             continue
         node = f.g.node[s.anchor]
-        if node.op_type not in ("MatMul", "Gemm") or not node.output:
+        if node.op_type not in ("MatMul", "Gemm", "MatMulNBits") or not node.output:
             continue
         whole = find(f.ax(node.output[0], 1 if node.op_type == "Gemm" else -1))
         s = f.read(i, s)
