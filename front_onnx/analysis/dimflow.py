@@ -236,9 +236,8 @@ class _Flow:
         v = self.constants.value(x)
         if v is None:
             if self._shaped is None:
-                extra = {t.name: t for t in self.g.initializer}
-                extra.update(self._known_lengths())
-                self._shaped = Constants(self.g, None, extra, self.constants.opset)
+                self._shaped = Constants(self.g, None, {**self.constants.inits, **self._known_lengths()},
+                                         self.constants.opset)
             v = self._shaped.value(x)
         return v
 

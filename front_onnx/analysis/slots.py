@@ -92,15 +92,16 @@ class Layout:
     # q|k|v); canonical order is (parts, heads, head_dim) all the same
     interleaved: bool = False
 
-    def _outer(self, c: np.ndarray, inverse: bool = False) -> np.ndarray:
-        """Stored interleaved parts (heads, parts, head_dim) along canonical axis 0 as outer
-        parts (parts, heads, head_dim), or back (``inverse``)."""
+    def outer_parts(self, c, inverse: bool = False):
+        """Stored interleaved parts (heads, parts, head_dim) along axis 0 of a transposed
+        tensor as outer parts (parts, heads, head_dim), or back (``inverse``); a numpy array
+        or a torch tensor (FRONT+'s penalty reads the same order)."""
         if not self.interleaved:
             return c
         h, p = self.heads[0], self.parts
         d = c.shape[0] // (h * p)
         order = (p, h, d) if inverse else (h, p, d)
-        return np.swapaxes(c.reshape(order + c.shape[1:]), 0, 1).reshape(c.shape)
+        return c.reshape(order + tuple(c.shape[1:])).swapaxes(0, 1).reshape(tuple(c.shape))
 
     def _split(self, s: tuple[int, ...]) -> tuple[int, ...]:
         """The canonical shape from the permuted one (parts and heads split)."""
@@ -134,7 +135,7 @@ class Layout:
         return tuple(out)
 
     def to_canonical(self, a: np.ndarray) -> np.ndarray:
-        c = self._outer(np.transpose(a, self.perm) if self.perm != tuple(range(a.ndim)) else a)
+        c = self.outer_parts(np.transpose(a, self.perm) if self.perm != tuple(range(a.ndim)) else a)
         split = self._split(c.shape)
         return c.reshape(split) if split != c.shape else c
 
@@ -142,7 +143,7 @@ class Layout:
         merged = self._merged(c.shape)
         if merged != c.shape:
             c = c.reshape(merged)
-        c = self._outer(c, inverse=True)
+        c = self.outer_parts(c, inverse=True)
         inv = tuple(int(i) for i in np.argsort(self.perm))
         return np.transpose(c, inv) if inv != tuple(range(c.ndim)) else c
 

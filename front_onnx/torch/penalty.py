@@ -165,10 +165,7 @@ def _canonical(x: torch.Tensor, lay: Layout, name: str) -> torch.Tensor:
         if ndim == 0 or c.shape[0] % lay.parts:
             raise ValueError(f"layout of {name!r}: canonical axis 0 of {tuple(c.shape)} "
                              f"does not split into {lay.parts} parts")
-        if lay.interleaved:  # stored (heads, parts, head_dim): parts brought outermost
-            h = lay.heads[0]
-            c = c.reshape((h, lay.parts, c.shape[0] // (h * lay.parts)) + tuple(c.shape[1:])) \
-                .transpose(0, 1).reshape(c.shape)
+        c = lay.outer_parts(c)  # stored (heads, parts, head_dim): parts brought outermost
     split = lay.canonical_shape(tuple(x.shape))
     if tuple(c.shape) != split:
         c = c.reshape(split)
