@@ -177,7 +177,7 @@ def plan(source: PathLike | OnnxModel | Learngene, target: PathLike | OnnxModel,
         with tempfile.TemporaryDirectory(prefix="front-onnx-align-") as tmp:
             gene, note = transfer_learngene(s, source_analysis, (gs, st), Path(tmp), align=align, keep=keep,
                                             convention=convention, depth=depth, allow_nonfinite=allow_nonfinite,
-                                            method=method)
+                                            method=method, target=t)
     p = make_plan(gene, gs, st, [n.name for n in t.proto.graph.node], depth, method)
     label = gene.source if isinstance(source, Learngene) else str(getattr(source, "path", source))
     p.verdict = overlap_verdict(p, st, str(t.path), label or "the source")  # what transfer would refuse
@@ -279,7 +279,7 @@ def transfer(source: PathLike | OnnxModel, target: PathLike | OnnxModel, output:
     with tempfile.TemporaryDirectory(prefix="front-onnx-align-") as tmp:
         gene, note = transfer_learngene(s, source_analysis, analysis, Path(tmp), align=align, keep=keep,
                                         convention=convention, depth=depth, allow_nonfinite=allow_nonfinite,
-                                        method=method)
+                                        method=method, target=t)
     source_path = s.path
     calibrate = calibrator(s, source_analysis, analysis, calibration_inputs) if scale == "calibrated" else None
     if method == "expand":
@@ -287,7 +287,7 @@ def transfer(source: PathLike | OnnxModel, target: PathLike | OnnxModel, output:
             with tempfile.TemporaryDirectory(prefix="front-onnx-align-") as tmp:
                 return transfer_learngene(s, source_analysis, analysis, Path(tmp), align=align, keep=keep,
                                           convention=convention, depth=depth, allow_nonfinite=allow_nonfinite,
-                                          method="hybrid")[0]
+                                          method="hybrid", target=t)[0]
         result = _expanded(s, t, gene, transformed, Path(output), t0, report, external_data, analysis, depth,
                            scale, calibrate)
     else:

@@ -223,6 +223,35 @@ def test_an_output_holding_an_internal_width_is_compared_in_the_permuted_order(t
     assert not np.allclose(got[0], ref[0])  # it was permuted
 
 
+def test_an_output_width_the_target_keeps_is_not_permuted():
+    """A base model's output is its residual stream (DistilBERT's last_hidden_state). Into a
+    target of the same width whose MLPs are halved, the residual must stay in order (ordering
+    it permuted the output's channels: relative error 1.6), while the MLP units are still
+    taken strongest first: with the dropped units planted inert, the target computes the
+    source's function."""
+    transformers = pytest.importorskip("transformers")
+    from front_onnx.torch import transfer_module
+
+    def make(hidden: int):
+        return transformers.DistilBertModel(transformers.DistilBertConfig(
+            vocab_size=64, dim=32, n_heads=4, n_layers=2, hidden_dim=hidden, max_position_embeddings=16)).eval()
+    torch.manual_seed(0)
+    src = make(64)
+    perturb(src)
+    with torch.no_grad():
+        for layer in src.transformer.layer:   # units 1, 3, 5, ... weak and read by nothing
+            layer.ffn.lin1.weight[1::2] *= 0.01
+            layer.ffn.lin1.bias[1::2] *= 0.01
+            layer.ffn.lin2.weight[:, 1::2] = 0
+    text = {"input_ids": torch.tensor([[5, 9, 2, 33, 7, 1, 60, 12]]), "attention_mask": torch.ones(1, 8, dtype=torch.int64)}
+    torch.manual_seed(1)
+    tgt, plan = transfer_module(src, make(32), text)
+    with torch.no_grad():
+        want, got = src(**text).last_hidden_state, tgt(**text).last_hidden_state
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-5
+    assert any("the target keeps all of them" in n or "permuted" in n for n in plan.notes)
+
+
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
 def test_classes_only_an_output_holds_are_never_reordered(exporter, tmp_path):
     """DeiT's two heads average into the logits; the slot analysis does not call their out

@@ -95,6 +95,18 @@ class Alignment:
                 + f"; {len(self.skipped)} left as they are")
 
 
+def outputs_kept(source: OnnxModel, target: OnnxModel) -> frozenset[tuple[str, int]]:
+    """(source graph output, axis) that the target's output in the same place holds at least
+    as long: the target can give that output's units back in the source's order."""
+    def dims(m: OnnxModel) -> list[tuple[str, list[int]]]:
+        return [(o.name, [d.dim_value if d.HasField("dim_value") else 0 for d in o.type.tensor_type.shape.dim])
+                for o in m.proto.graph.output]
+    kept = set()
+    for (name, a), (_, b) in zip(dims(source), dims(target)):
+        kept.update((name, k) for k, (x, y) in enumerate(zip(a, b)) if x and y and y >= x)
+    return frozenset(kept)
+
+
 def _produces(s: Slot | None, k: int) -> bool:
     """Whether axis ``k`` (unsplit canonical) of a slot's tensor makes the space's values: a
     projection's or convolution's out axis, or the width of a table added into it. A
@@ -123,12 +135,15 @@ def _stored_axis(s: Slot, k: int) -> int | None:
 ORDERS = ("smooth", "importance")
 
 
-def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False, order: str = "smooth") -> Alignment:
+def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False, order: str = "smooth",
+                   kept_outputs: frozenset[tuple[str, int]] = frozenset()) -> Alignment:
     """The permutation of every channel space that can be aligned. ``across_depth``: a block's
     spaces are also matched to the same spaces of the block before it (``_match_depth``).
     ``order`` 'smooth' is spectral seriation; 'importance' sorts units by descending importance
     (``_importance``), for a selection of the leading units, an attention's heads too
-    (``_pair_heads``; ``SpaceOrder.heads_in_place`` undoes that)."""
+    (``_pair_heads``; ``SpaceOrder.heads_in_place`` undoes that). ``kept_outputs``: (graph
+    output, axis) of the source that the target holds whole (``outputs_kept``): a space whose
+    units such an output holds stays in order, or the target's output would come permuted."""
     if order not in ORDERS:
         raise ValueError(f"unknown alignment order {order!r}; use one of {', '.join(ORDERS)}")
     if across_depth and order != "smooth":
@@ -228,6 +243,11 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
         # a graph output holding a width later layers also read (an embedding model's output)
         outputs = [(name, k) for name, axes in flow.outputs.items() for k, a in enumerate(axes)
                    if a in f.ids] if "consumer" in roles else []
+        if any(o in kept_outputs for o in outputs):
+            for x in f.ids:
+                out.skipped[x] = ("a graph output holds its units and the target keeps all of them: ordering "
+                                  "them would permute that output")
+            continue
         if order == "importance":
             score = _importance(folded, roles)
             out.spaces.append(SpaceOrder(sid, sp.size, members, importance_order(score, groups),

@@ -217,7 +217,7 @@ def transfer_module(source, target, example_inputs, *, keep: float = DEFAULT_KEE
         source_analysis, analysis = pair_analysis(s, t)
         gene, note = transfer_learngene(s, source_analysis, analysis, folder / "align", align=align, keep=keep,
                                         convention=convention, depth=depth, allow_nonfinite=allow_nonfinite,
-                                        method=method)
+                                        method=method, target=t)
         calibrate = (calibrator(s, source_analysis, analysis, _example_feeds(s, example_inputs))  # on the examples
                      if scale == "calibrated" else None)
         del s

@@ -13,7 +13,7 @@ import numpy as np
 
 from front_onnx.analysis.slots import GraphSlots
 from front_onnx.errors import FrontError, OnnxFileError
-from front_onnx.method.alignment import ORDERS, Alignment, plan_alignment, write_aligned
+from front_onnx.method.alignment import ORDERS, Alignment, outputs_kept, plan_alignment, write_aligned
 from front_onnx.method.extraction import file_sha256
 from front_onnx.method.learngene import Learngene
 from front_onnx.method.pipeline import pair_learngene, selects_any
@@ -82,13 +82,15 @@ def _permuted(reference: list[np.ndarray], names: list[str], al: Alignment,
     return out
 
 
-def aligned_source(model: OnnxModel, gs: GraphSlots, folder: Path,
-                   across_depth: bool = False, order: str = "smooth") -> tuple[OnnxModel, Alignment]:
+def aligned_source(model: OnnxModel, gs: GraphSlots, folder: Path, across_depth: bool = False,
+                   order: str = "smooth", kept_outputs: frozenset[tuple[str, int]] = frozenset()
+                   ) -> tuple[OnnxModel, Alignment]:
     """The source with every channel space that can be aligned permuted into a smooth order,
     checked to compute the same function; a space whose permutation changes the outputs is
     left (checked one by one when the whole alignment does not hold). ``across_depth``: blocks'
-    spaces matched along depth too (``alignment._match_depth``), for depth modes that mix blocks."""
-    al = plan_alignment(model, gs, across_depth, order)
+    spaces matched along depth too (``alignment._match_depth``), for depth modes that mix blocks.
+    ``kept_outputs``: as in ``plan_alignment``."""
+    al = plan_alignment(model, gs, across_depth, order, kept_outputs)
     if not al.spaces:
         return model, al
     feeds = _feeds(model)
@@ -158,8 +160,8 @@ def _heads_group_by_group(model: OnnxModel, al: Alignment, whole: OnnxModel, sor
 
 
 def ordered_learngene(s: OnnxModel, gs: GraphSlots | None, folder: Path, order: str | None,
-                      extract: Callable[[OnnxModel], Learngene],
-                      across_depth: bool = False) -> tuple[Learngene, Alignment | None]:
+                      extract: Callable[[OnnxModel], Learngene], across_depth: bool = False,
+                      kept_outputs: frozenset[tuple[str, int]] = frozenset()) -> tuple[Learngene, Alignment | None]:
     """``extract`` of the source with its units put in ``order`` first (``aligned_source``; none
     when None), the learngene recording the order (``unit_order``) and naming the user's source,
     not the aligned temporary copy (in errors too: the copy holds the source's values, permuted);
@@ -167,7 +169,7 @@ def ordered_learngene(s: OnnxModel, gs: GraphSlots | None, folder: Path, order: 
     if not order:
         return extract(s), None
     assert gs is not None
-    aligned, note = aligned_source(s, gs, folder, across_depth, order)
+    aligned, note = aligned_source(s, gs, folder, across_depth, order, kept_outputs)
     try:
         gene = extract(aligned)
     except OnnxFileError as e:
@@ -197,11 +199,12 @@ def alignment_order(align: bool | str | None, method: str) -> str | None:
 
 
 def transfer_learngene(s: OnnxModel, source_analysis, analysis, folder: Path, *, align: bool | str | None,
-                       keep: float, convention: str, depth: str, allow_nonfinite: bool,
-                       method: str) -> tuple[Learngene, Alignment | None]:
+                       keep: float, convention: str, depth: str, allow_nonfinite: bool, method: str,
+                       target: OnnxModel) -> tuple[Learngene, Alignment | None]:
     """A transfer's learngene, of the source aligned first as ``align`` asks
     (``alignment_order``), and the alignment (None when none was done). 'hybrid' does not
-    order a source it selects nothing from (a pure growth, or keep < 1)."""
+    order a source it selects nothing from (a pure growth, or keep < 1). A space whose units
+    a graph output holds stays in order where the ``target``'s output keeps them all."""
     order = alignment_order(align, method)
     if order == "importance" and align is None:  # the method's own order: only for what it selects
         if not (reads_whole(method, keep) and selects_any(source_analysis, analysis)):
@@ -211,4 +214,5 @@ def transfer_learngene(s: OnnxModel, source_analysis, analysis, folder: Path, *,
     def extract(m: OnnxModel) -> Learngene:
         return pair_learngene(m, source_analysis, analysis, keep=keep, convention=convention, depth=depth,
                               allow_nonfinite=allow_nonfinite, method=method)
-    return ordered_learngene(s, source_analysis[0], folder, order, extract, across_depth=across)
+    return ordered_learngene(s, source_analysis[0], folder, order, extract, across_depth=across,
+                             kept_outputs=outputs_kept(s, target) if order else frozenset())
