@@ -365,6 +365,16 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
     plan = Plan(plans, verdicts, gene.keep, gene.convention, divergence(gene.structure, st.segments), depth_mode,
                 sources={k: v for k, v in sources.items() if verdicts.get(k) == "ok"}, selected=selected,
                 expanded=expanded)
+    partial = partly_read(gs, plans)
+    if partial:
+        what = ", ".join(f"{name} ({read} of {total} elements)" for name, read, total in partial[:8])
+        plan.notes.append(
+            f"partly written: {len(partial)} tensor{'s' if len(partial) > 1 else ''} the graph reads only in part, "
+            f"through a Gather or Slice at constant positions (an export at a fixed sequence length): {what}"
+            f"{' ...' if len(partial) > 8 else ''}; what the graph does not read keeps the target's own values "
+            "(outside this graph, e.g. longer inputs in torch, those are not the source's); to transfer them "
+            "whole, export both models with a dynamic sequence length, or give transfer_module example inputs "
+            "as long as the table with every token type")
     unused = unused_source_units(gene, sources)
     if unused:
         what = "; ".join(f"{u} ({', '.join(sorted(set(roles)))})" for u, roles in sorted(unused.items()))
@@ -380,6 +390,30 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
         plan.notes.append(f"{method}: nothing selected (selection reads the whole source; this learngene holds "
                           f"keep {gene.keep:g}): every template transformed, as --method front")
     return plan
+
+
+def partly_read(gs: GraphSlots, plans: list[SlotPlan]) -> list[tuple[str, int, int]]:
+    """(initializer, elements read, elements stored) of every written tensor that the graph
+    reads only in part through views selecting constant positions (``folding.View``): the
+    elements no view reads are never written."""
+    read: dict[str, list[np.ndarray]] = {}
+    stored: dict[str, int] = {}
+    written = {p.initializer for p in plans if p.status == "written"}
+    whole = {sl.initializer for sl in gs.slots if sl.view is None}  # also read as stored
+    for sl in gs.slots:
+        v = sl.view
+        if sl.initializer not in written or sl.initializer in whole or v is None or v.index is None:
+            continue
+        if not any(op in ("Gather", "GatherND", "Slice") for op in v.ops):
+            continue
+        read.setdefault(sl.initializer, []).append(np.asarray(v.index).reshape(-1))
+        stored[sl.initializer] = int(np.prod(v.stored_shape, dtype=np.int64))
+    out = []
+    for name, idx in read.items():
+        n = int(np.unique(np.concatenate(idx)).size)
+        if n < stored[name]:
+            out.append((name, n, stored[name]))
+    return sorted(out)
 
 
 def unused_source_units(gene: Learngene, sources: dict[str, str]) -> dict[str, list[str]]:
