@@ -77,9 +77,12 @@ class Alignment:
     spaces: list[SpaceOrder] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)   # space id -> why it is not aligned
     order: str = "smooth"                                   # ``ORDERS``
+    why: str = ""                                           # why none was attempted
 
     def describe(self) -> str:
         done = len(self.spaces)
+        if self.why:
+            return f"align: none: {self.why}"
         if not done:
             return "align: no channel space could be aligned"
         b = np.mean([s.before for s in self.spaces])
@@ -93,6 +96,22 @@ class Alignment:
                    if attentions else "")
                 + (f", {matched} of them matched to the block before" if matched else "")
                 + f"; {len(self.skipped)} left as they are")
+
+
+def grouped_convolutions(model: OnnxModel) -> list[str]:
+    """The convolutions of several groups with more than one input channel each (ResNeXt's,
+    RegNet's; not depthwise ones): a channel order must keep their groups whole, and a
+    selection of the leading units of an order would take whole groups and leave others."""
+    out = []
+    shapes = {t.name: list(t.dims) for t in model.proto.graph.initializer}
+    for n in model.proto.graph.node:
+        if n.op_type in ("Conv", "ConvTranspose") and len(n.input) > 1:
+            groups = next((a.i for a in n.attribute if a.name == "group"), 1)
+            w = shapes.get(n.input[1])
+            per_group = (w[1] if n.op_type == "Conv" else w[0] // groups) if w and len(w) > 1 else 0
+            if groups > 1 and per_group > 1:
+                out.append(n.name or n.output[0])
+    return out
 
 
 def outputs_kept(source: OnnxModel, target: OnnxModel) -> frozenset[tuple[str, int]]:
