@@ -196,6 +196,7 @@ class Slot:
     candidate: tuple[str, Layout, bool] | None = None  # role, layout, mask-like: if ``pairing`` shows it a parameter
     quant: "QuantRef | None" = None  # ``initializer`` holds the packed codes of a quantized weight (MatMulNBits)
     unsupported: bool = False  # a parameter (by its provenance) that no supported op reads: counted, left
+    follows: bool = False      # such a use of a tensor another use writes: it reads what that use gets
 
     @property
     def size(self) -> int:
@@ -674,7 +675,7 @@ class _Analyzer:
         weights = {s.initializer for s in slots if s.role is not None}
         for s in slots:
             if s.unsupported and s.initializer in weights:  # counted, and written, through its other use
-                s.unsupported = False
+                s.unsupported, s.follows = False, True
                 s.reason += "; the tensor is written through its other use"
         slots.extend(self._absent_biases(slots))
         return GraphSlots(slots)

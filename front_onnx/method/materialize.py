@@ -309,6 +309,14 @@ def _reads_shape_only(target: OnnxModel, s) -> bool:
     return 0 <= s.node < len(target.proto.graph.node) and target.proto.graph.node[s.node].op_type in _SHAPE_ONLY
 
 
+def _one_parameter(target: OnnxModel, name: str) -> bool:
+    """A shared initializer of varied values: one parameter read twice (a weight norm's
+    direction, by its norm and its division), not identical tensors an exporter merged
+    (exporters merge constant-valued ones: a fresh model's zero biases, unit scales)."""
+    a = np.asarray(target.array(name))
+    return a.size > 1 and a.dtype.kind == "f" and bool(np.ptp(a) > 0)
+
+
 def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarray], output: Path,
                       external_data: bool | None = None,
                       unknown: dict[int, np.ndarray] | None = None) -> dict[str, int]:
@@ -352,10 +360,13 @@ def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.nd
         # group the uses by value, in first-use order; uses left alone keep the original
         # bytes (group None) and then keep the name, else the first group keeps it. A use
         # that reads only the shape (Shape, Size: the dynamo exporter without its optimizer
-        # takes Shape of a Conv kernel) takes whatever value the others get: it splits nothing
+        # takes Shape of a Conv kernel), or reads the parameter through an op the transfer does
+        # not support (``Slot.follows``, or any use of a tensor of varied values: ``_one_parameter``),
+        # takes whatever value the others get: it splits nothing
         groups: dict[bytes | None, list[int]] = {}
-        for i in idx:
-            if i not in values and _reads_shape_only(target, gs.slots[i]):
+        for i in idx:  # a use of the parameter an unsupported op reads (a weight norm's) follows the written one
+            if i not in values and (_reads_shape_only(target, gs.slots[i]) or gs.slots[i].follows
+                                    or (gs.slots[i].view is None and _one_parameter(target, name))):
                 continue
             groups.setdefault(_digest(values[i]) if i in values else None, []).append(i)
         if not groups:
