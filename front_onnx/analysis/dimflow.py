@@ -73,6 +73,9 @@ class DimensionFlow:
     # slot -> (parts, whether inside its heads: Layout.interleaved) of a fused projection whose
     # parts the flow found and the slot analysis did not count (or counted otherwise)
     parts: dict[int, tuple[int, bool]] = field(default_factory=dict)
+    # Concat node -> the space of the axis it concatenates (branches side by side: DenseNet's
+    # features, a U-Net's skip connections, a class token before the patches)
+    concatenated: dict[str, str] = field(default_factory=dict)
 
 
 _ATTENTION_OPS = {"GroupQueryAttention", "MultiHeadAttention"}  # onnxruntime's, splitting heads by attribute
@@ -219,6 +222,7 @@ class _Flow:
         self.slices: dict[tuple, list[tuple[int, int, tuple]]] = {}  # axis -> (start, end, the piece's axis)
         self.heads: dict[tuple, set[tuple[int, ...]]] = {}   # value axis -> (heads, head_dim) splits
         self.repeats: list[tuple[tuple, tuple]] = []  # Expand: (an axis it broadcasts from length 1, its last axis)
+        self.concats: list[tuple[str, tuple]] = []  # Concat: (node, the axis it concatenates, of its output)
         self.prod = {o: i for i, n in enumerate(self.g.node) for o in n.output if o}
         self.cons: dict[str, list[int]] = {}
         for i, n in enumerate(self.g.node):
@@ -440,6 +444,8 @@ class _Flow:
         elif op == "Concat":
             r = self.rank(y) or 0
             axis = _attr(n, "axis", 0) % r if r else 0
+            if r and len(ins) > 1:
+                self.concats.append((n.name or y, self.ax(y, axis)))
             for x in ins:
                 for k in range(r):
                     if k != axis:
@@ -901,9 +907,10 @@ def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
         if inside and not heads.get(i, (0,))[0]:
             cuts[i] = "its output is indexed into parts inside its heads, and the heads are not known"
             heads.pop(i, None)
+    concatenated = {name: ids[f.uf.find(a)] for name, a in f.concats if f.uf.find(a) in ids}
     return DimensionFlow(spaces, slot_axes, heads, groups=_head_groups(f, gs, heads), outputs=outputs,
                          factor_spaces=factor_spaces, cuts=cuts,
-                         parts={i: p for i, p in f.parts.items() if i not in cuts})
+                         parts={i: p for i, p in f.parts.items() if i not in cuts}, concatenated=concatenated)
 
 
 def unsplit(s: Slot) -> Slot:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import scipy.optimize
 
-from front_onnx.analysis.dimflow import ChannelSpace, UnionFind, dimension_flow, unsplit
+from front_onnx.analysis.dimflow import ChannelSpace, DimensionFlow, UnionFind, dimension_flow, unsplit
 from front_onnx.analysis.slots import CUT, INDEX, GraphSlots, Slot
 from front_onnx.analysis.structure import Structure, find_structure
 from front_onnx.numeric.seriation import (MAX_COLUMNS, group_order, grouped_order, importance_order, roughness, unit_rows,
@@ -96,6 +96,28 @@ class Alignment:
                    if attentions else "")
                 + (f", {matched} of them matched to the block before" if matched else "")
                 + f"; {len(self.skipped)} left as they are")
+
+
+def _unorderable(model: OnnxModel, flow: DimensionFlow, by_init: dict[str, Slot]) -> str:
+    """Why a strongest-first order cannot serve a selection of the leading units here, or ''.
+    The leading units of one space must be the units its readers take: a grouped convolution
+    reads its channels group by group, and a concatenation's reader reads its branches side by
+    side, each branch ordered (and selected) by itself. Evenly spaced units (Weight
+    Selection) keep both: each target group's channels come from one source group, each
+    branch's from that branch (where the branches shrink alike)."""
+    grouped = grouped_convolutions(model)
+    sizes = {sp.id: sp for sp in flow.spaces}
+    joined = sorted(name for name, sid in flow.concatenated.items()
+                    if any(by_init.get(init) is not None and by_init[init].role in _UNIT_ROLES
+                           for init, _ in sizes[sid].axes))
+    found = [f"{len(grouped)} grouped convolution{'s' if len(grouped) > 1 else ''} ({', '.join(grouped[:3])}"
+             f"{', ...' if len(grouped) > 3 else ''})"] if grouped else []
+    found += [f"{len(joined)} concatenation{'s' if len(joined) > 1 else ''} of channels that layers read "
+              f"({', '.join(joined[:3])}{', ...' if len(joined) > 3 else ''})"] if joined else []
+    if not found:
+        return ""
+    return (f"the source has {' and '.join(found)}, whose channels a selection of the strongest first would "
+            "take across their groups or branches: units are selected evenly spaced (as Weight Selection)")
 
 
 def grouped_convolutions(model: OnnxModel) -> list[str]:
@@ -175,6 +197,10 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
             by_init.setdefault(s.initializer, s)
             index.setdefault(s.initializer, i)
     absent = {s.initializer for s in gs.slots if s.absent}  # zero biases a layer lacks: nothing to permute
+    if order == "importance":
+        why = _unorderable(model, flow, by_init)
+        if why:
+            return Alignment(order=order, why=why)
     inner = {init: s.layout.heads[0] for init, s in by_init.items() if s.layout is not None and s.layout.interleaved}
     heads_split = {name.rsplit("/", 1)[0] for axes in flow.slot_axes.values() for name in axes
                    if name and "/" in name}

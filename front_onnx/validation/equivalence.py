@@ -13,7 +13,7 @@ import numpy as np
 
 from front_onnx.analysis.slots import GraphSlots
 from front_onnx.errors import FrontError, OnnxFileError
-from front_onnx.method.alignment import ORDERS, Alignment, grouped_convolutions, outputs_kept, plan_alignment, write_aligned
+from front_onnx.method.alignment import ORDERS, Alignment, outputs_kept, plan_alignment, write_aligned
 from front_onnx.method.extraction import file_sha256
 from front_onnx.method.learngene import Learngene
 from front_onnx.method.pipeline import pair_learngene, selects_any
@@ -214,12 +214,5 @@ def transfer_learngene(s: OnnxModel, source_analysis, analysis, folder: Path, *,
     def extract(m: OnnxModel) -> Learngene:
         return pair_learngene(m, source_analysis, analysis, keep=keep, convention=convention, depth=depth,
                               allow_nonfinite=allow_nonfinite, method=method)
-    grouped = grouped_convolutions(s) if order == "importance" else []
-    if grouped:  # selected evenly spaced instead, which keeps every target group within one source group
-        return extract(s), Alignment(order=order, why=(
-            f"the source has {len(grouped)} grouped convolution{'s' if len(grouped) > 1 else ''} "
-            f"({', '.join(grouped[:3])}{', ...' if len(grouped) > 3 else ''}), whose channels a strongest-first "
-            "order cannot keep group by group: units are selected evenly spaced (as Weight Selection), "
-            "which takes each target group's channels from one source group"))
     return ordered_learngene(s, source_analysis[0], folder, order, extract, across_depth=across,
                              kept_outputs=outputs_kept(s, target) if order else frozenset())
