@@ -517,12 +517,16 @@ class _Analyzer:
         return None
 
     # -------------------------------------------------------------- roles
-    def role_of(self, ci: int, cj: int, shape: tuple[int, ...]) -> tuple[str | None, Layout | None, str, list[str]]:
+    def role_of(self, ci: int, cj: int, shape: tuple[int, ...], scalar: bool = False
+                ) -> tuple[str | None, Layout | None, str, list[str]]:
+        """The role and layout of a tensor of ``shape`` read as input ``cj`` of node ``ci``, or
+        None and why not. One element is a constant (an epsilon, a scale factor) unless
+        ``scalar``: the caller has shown it a parameter (StarReLU's learned scale and bias)."""
         n = self.g.node[ci]
         op, rank = n.op_type, len(shape)
         ev = [f"{op} input {cj}"]
         size = int(np.prod(shape, dtype=np.int64))
-        if size == 0 or (size == 1 and not (op in ("Conv", "ConvTranspose") and cj == 2)):
+        if size == 0 or (size == 1 and not scalar and not (op in ("Conv", "ConvTranspose") and cj == 2)):
             return None, None, "scalar constant, not a weight", ev  # (a conv's B is per channel: one channel)
         if op == "MatMul" and cj == 1 and rank == 2:
             return "linear.weight", Layout((1, 0), (FEATURE, FEATURE), name="[in, out]"), "", ev
@@ -632,6 +636,11 @@ class _Analyzer:
                 masked = None
                 candidate = None
                 unsupported = False
+                if role is None and reason.startswith("scalar constant") and len(shape) == 1 \
+                        and not is_generated_name(x) and self._provenance(x, "").parameter:
+                    # a learned scalar, named as the module's parameter: one weight, written as one (a
+                    # generated name is a constant, even one the exporter says it folded from a tensor)
+                    role, layout, reason, ev = self.role_of(ci, cj, vshape, scalar=True)
                 if role is None and reason.startswith("unsupported consumer"):
                     prov = self._provenance(x, "")
                     if prov.parameter:  # a parameter all the same: counted, and left with the reason

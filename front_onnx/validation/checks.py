@@ -332,9 +332,15 @@ def structure_signature(model: onnx.ModelProto) -> list[tuple]:
         if n.op_type in ("Conv", "ConvTranspose", "Gemm") and len(ins) == 3 and (not ins[2] or ins[2] in inits):
             ins = ins[:2]
         sig.append(("node", n.op_type, n.domain, tuple(inits.get(x, x) for x in ins), tuple(n.output), attrs))
-    sig += [("input", i.SerializeToString()) for i in model.graph.input if i.name not in inits]
-    sig += [("output", o.SerializeToString()) for o in model.graph.output]
+    sig += [("input", _value_info(i)) for i in model.graph.input if i.name not in inits]
+    sig += [("output", _value_info(o)) for o in model.graph.output]
     return sig
+
+
+def _value_info(v: onnx.ValueInfoProto) -> bytes:
+    """A graph input's or output's name and type: not its doc string or metadata (the dynamo
+    exporter records an output's kind on one export and not on another of the same model)."""
+    return onnx.helper.make_value_info(v.name, v.type).SerializeToString()
 
 
 def _structure_diff(a: onnx.ModelProto, b: onnx.ModelProto) -> str:
