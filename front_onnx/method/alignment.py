@@ -264,7 +264,7 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
             out.skipped[sp.id] = why or "no member"
             continue
         found.append(_Found([sp.id], sp, members, parts, _heads(sp) if sp.id in heads_split else None))
-    for f in _tied(found, out.skipped):
+    for f in _tied(found, out.skipped, _copies(model, found)):
         sp, members, parts, split = f.sp, f.members, f.parts, f.split
         sid = "+".join(f.ids)
         for init, _ in members:
@@ -336,11 +336,42 @@ class _Found:
     split: tuple[int, int] | None             # (heads, head size)
 
 
-def _tied(found: list[_Found], skipped: dict[str, str]) -> list[_Found]:
+def _copies(model: OnnxModel, found: list[_Found]) -> list[tuple[tuple[str, int], tuple[str, int]]]:
+    """Axes of two stored tensors that are one parameter stored twice (equal values, or one
+    the transpose of the other: the dynamo exporter's optimizer stores a tied embedding and
+    output layer as a table and its transposed copy): (initializer, axis) pairs that index the
+    same units. Trained values of varied entries are never equal by chance."""
+    by_key: dict[tuple, list[str]] = {}
+    for init in dict.fromkeys(m[0] for f in found for m in f.members):
+        t = model.array(init)
+        a = np.asarray(t)
+        if a.ndim != 2 or a.dtype.kind != "f" or not np.ptp(a) > 0:
+            continue
+        key = (a.size, float(np.sum(a, dtype=np.float64)), float(np.sum(np.abs(a), dtype=np.float64)))
+        by_key.setdefault(key, []).append(init)
+    out = []
+    for names in by_key.values():
+        for i, x in enumerate(names):
+            a = np.asarray(model.array(x))
+            for y in names[i + 1:]:
+                b = np.asarray(model.array(y))
+                if a.shape == b.shape and np.array_equal(a, b):
+                    out += [((x, 0), (y, 0)), ((x, 1), (y, 1))]
+                elif a.shape == b.shape[::-1] and np.array_equal(a, b.T):
+                    out += [((x, 0), (y, 1)), ((x, 1), (y, 0))]
+    return out
+
+
+def _tied(found: list[_Found], skipped: dict[str, str],
+          copies: list[tuple[tuple[str, int], tuple[str, int]]] = ()) -> list[_Found]:
     """Spaces that permute one stored tensor along one axis are one space for a permutation
     (a tied table: T5's encoder and decoder residual widths read one embedding, which is also
-    its output layer): merged when their lengths and heads agree, else none is aligned."""
+    its output layer), and so are spaces that permute two ``copies`` of one parameter (whose
+    copies would otherwise differ, and a torch module holds one): merged when their lengths
+    and heads agree, else none is aligned."""
     uf = UnionFind()
+    for a, b in copies:
+        uf.union(("tensor", a), ("tensor", b))
     for i, f in enumerate(found):
         for m in f.members:
             uf.union(("space", i), ("tensor", m))
