@@ -304,7 +304,8 @@ def _dataflow_order(place: list[tuple]) -> list[int]:
 
 
 def _runs(units: list[_Unit], known: dict[str, int] | None = None,
-          starts: set[int] | frozenset[int] = frozenset()) -> list[tuple[int, int, int]]:
+          starts: set[int] | frozenset[int] = frozenset(), depths: list[int] | None = None,
+          lone: frozenset[str] = frozenset()) -> list[tuple[int, int, int]]:
     """(start, period, count) of each repeated run, scanning left to right. At each unit a
     ``known`` block (block signature hash -> units; of this model's stages or a source's,
     several units long) that starts there is taken first, repeated as often as it goes,
@@ -312,7 +313,12 @@ def _runs(units: list[_Unit], known: dict[str, int] | None = None,
     also repeat where residual blocks start (``starts``), and a block that holds such a
     start begins at one: a ResNet's basic block is two conv+norm pairs of one shape, and a
     period of one pair (or a period that begins at the stem's norm) would cut blocks apart,
-    so that depth resampling pairs one block's second convolution with another's first."""
+    so that depth resampling pairs one block's second convolution with another's first. And
+    in a residual network, single layers that feed one another (``depths``: weighted layers on
+    the longest path from the inputs) inside a residual block are not repeated blocks, though
+    their shapes agree: a square MLP's two projections, a narrow squeeze-excite's two
+    convolutions and the projection after them (a stage would draw them all from one source
+    layer). Layers side by side (q, k and v) are left as they were read."""
     full = [(u.sig, u.shapes) for u in units]
 
     def same_starts(i: int, p: int, k: int) -> bool:
@@ -332,6 +338,9 @@ def _runs(units: list[_Unit], known: dict[str, int] | None = None,
                 found = (i, p, k)
                 break
         for p in range(1, (n - i) // 2 + 1) if found is None else ():
+            if p == 1 and depths and depths[i + 1] > depths[i] and \
+                    ((starts and i not in starts) or _hash((units[i].sig,)) in lone):
+                continue  # one layer feeding the next inside a residual block, or one the other model has once
             if full[i:i + p] == full[i + p:i + 2 * p] and same_starts(i, p, 2):
                 k = 2
                 while full[i:i + p] == full[i + k * p:i + (k + 1) * p] and same_starts(i, p, k + 1):
@@ -366,6 +375,11 @@ def _by_role(gs: GraphSlots, unit: _Unit) -> dict[tuple[str, int], int]:
     return out
 
 
+def single_layer_stages(st: Structure) -> frozenset[str]:
+    """Block hashes of the stages whose blocks are one layer each."""
+    return frozenset(h for h, p in stage_blocks(st.templates).items() if p == 1)
+
+
 def stage_blocks(keys) -> dict[str, int]:
     """Block signature hash -> units per block, for the stages among template keys
     (``S<hash>[@<outputs>]#<occurrence>/u<unit>:<role>``): what a learngene's stages look like."""
@@ -378,10 +392,14 @@ def stage_blocks(keys) -> dict[str, int]:
     return out
 
 
-def find_structure(gs: GraphSlots, model: onnx.ModelProto, known_blocks: dict[str, int] | None = None) -> Structure:
+def find_structure(gs: GraphSlots, model: onnx.ModelProto, known_blocks: dict[str, int] | None = None,
+                   lone: frozenset[str] = frozenset()) -> Structure:
     """Group the weight slots of a graph into templates with depth stacks, from topology.
     ``known_blocks`` (block signature hash -> units per block, from a source's stages) lets
-    a stage of a single block be recognized as one."""
+    a stage of a single block be recognized as one. ``lone``: hashes of single layers the
+    other model of a pair does not repeat (``single_layer_stages``): layers of one of them
+    that feed one another are not a stage here either, only layers whose shapes agree by
+    chance (a narrow squeeze-excite's two convolutions and the projection after them)."""
     units = _units(gs, model)
     unplaced = {i: s.reason for i, s in enumerate(gs.slots) if s.role is None}
     templates: dict[str, Template] = {}
@@ -391,7 +409,9 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto, known_blocks: dict[st
     residual = _residual_adds(model, {u.anchor for u in units})  # once: starts, branch ends and norms read it
     starts, ends = _block_starts(units, residual), _branch_ends(units, model, residual)
     after = _after_residual(units, model, residual)
-    runs = _runs(units, starts=starts)
+    place = _places(units, model)
+    depths = [p[1] for p in place]
+    runs = _runs(units, starts=starts, depths=depths, lone=lone)
     # a block seen as a stage here, or in the source, is looked for first, so that a lone copy
     # of it is a one-block stage (on both sides alike: a source and a target of one
     # architecture agree) and no shorter period inside it (q, k, v) takes its place
@@ -399,14 +419,13 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto, known_blocks: dict[st
     known.update(known_blocks or {})
     # runs are found along the node list; stages, segments and occurrences are then taken by
     # their place in the dataflow (module docstring)
-    place = _places(units, model)
     rank = {u: n for n, u in enumerate(_dataflow_order(place))}
     full = tuple(sorted({k for p in place for k in p[0]}))  # the outputs weights reach
 
     def group(u: int) -> str:
         return "" if place[u][0] == full else "@" + ",".join(map(str, place[u][0]))
 
-    runs = sorted(_runs(units, known, starts), key=lambda r: rank[r[0]])
+    runs = sorted(_runs(units, known, starts, depths, lone), key=lambda r: rank[r[0]])
     run_at = {start: (p, k) for start, p, k in runs}
     firsts: list[int] = []
     u = 0

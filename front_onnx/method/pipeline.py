@@ -13,7 +13,7 @@ import numpy as np
 from front_onnx.analysis import weight_slots
 from front_onnx.analysis.pairing import one_structure, promote_differing
 from front_onnx.analysis.slots import slot_dtype
-from front_onnx.analysis.structure import find_structure, stage_blocks
+from front_onnx.analysis.structure import find_structure, single_layer_stages, stage_blocks
 from front_onnx.method.amplitude import SCALES
 from front_onnx.method.extraction import extract_learngene
 from front_onnx.method.learngene import Learngene
@@ -40,15 +40,19 @@ __all__ = ["DEFAULT_CONVENTION", "DEFAULT_DEPTH", "DEFAULT_KEEP", "DEFAULT_METHO
 
 def pair_analysis(s: OnnxModel, t: OnnxModel) -> tuple[tuple, tuple]:
     """Source and target analyzed together: each side's stages are looked for in the other,
-    so a stage of one block on either side meets its counterpart of several."""
+    so a stage of one block on either side meets its counterpart of several; and single
+    layers feeding one another that only one side repeats are a coincidence of widths there,
+    not a stage (``find_structure``'s ``lone``)."""
     target_slots = weight_slots(t)  # the slot analysis once; structure per side
     source_slots = weight_slots(s)
     if one_structure(find_structure(source_slots, s.proto), find_structure(target_slots, t.proto)):
         promote_differing(source_slots, s.array, target_slots, t.array)  # evidence only such a pair has
-    target_own = stage_blocks(find_structure(target_slots, t.proto).templates)
-    source_analysis = (source_slots, find_structure(source_slots, s.proto, target_own))
+    alone = find_structure(source_slots, s.proto), find_structure(target_slots, t.proto)
+    singles = single_layer_stages(alone[0]), single_layer_stages(alone[1])
+    target_own = stage_blocks(alone[1].templates)
+    source_analysis = (source_slots, find_structure(source_slots, s.proto, target_own, singles[0] - singles[1]))
     known = stage_blocks(source_analysis[1].templates)
-    return source_analysis, (target_slots, find_structure(target_slots, t.proto, known))
+    return source_analysis, (target_slots, find_structure(target_slots, t.proto, known, singles[1] - singles[0]))
 
 
 def pair_learngene(s: OnnxModel, source_analysis, analysis, *, keep: float, convention: str, depth: str,
