@@ -83,6 +83,7 @@ class Provenance:
     evidence: str
     masked: bool = False      # a parameter's entries combined with a mask: the mask entries are constants
     unproven: bool = False    # a constant only for want of evidence (no mark, no name): ``pairing`` may decide
+    derived: tuple[str, ...] = ()  # not a parameter, but computed from these (trained values the transfer leaves)
 
 
 def props(entries) -> dict[str, str]:
@@ -167,7 +168,7 @@ def _folded(marks: Marks, name: str, role: str | None) -> Provenance | None:
         return Provenance(True, f"a {role} computed from the parameters {', '.join(params)} only "
                                 f"(exporter: folded_from)")
     what = ", ".join(sources[:6]) + (", ..." if len(sources) > 6 else "")
-    return Provenance(False, f"computed by the exporter from {what} (folded_from)")
+    return Provenance(False, f"computed by the exporter from {what} (folded_from)", derived=tuple(params))
 
 
 def _mask_like(a: np.ndarray) -> bool:

@@ -654,6 +654,11 @@ class _Analyzer:
                         if prov.unproven and layout is not None:
                             candidate = (role, layout, prov.masked)
                         role, layout, reason = None, None, f"constant, not a parameter: {prov.evidence}"
+                        if prov.derived:  # trained values all the same: counted, and left with the reason
+                            unsupported = True
+                            reason = (f"computed by the exporter from module tensors ({', '.join(prov.derived[:3])}) and "
+                                      "other values: left as it is, with the trained values it holds, which the "
+                                      "transfer does not write")
                     elif prov.masked and self.read is not None:
                         values = np.asarray(self.read(x))
                         m = mask_entries(values)
