@@ -59,14 +59,20 @@ def survey(name: str, make: Callable) -> str:
     return f"| {name} | {err:.1e} | {plan.summary()['written_fraction']:.1%} | {'; '.join(left) or '-'} |"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def print_table(doc: str, header: str, known: dict, row: Callable[[str], str]) -> None:
+    """A survey's command line: the families asked for (default: all), one table row each."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("families", nargs="*", help="families to survey (default: all)")
     args = ap.parse_args()
-    known = families()
-    print("| family | identity rel. error | shrink written | left |\n|---|---|---|---|")
+    print(header)
     for name in args.families or list(known):
-        print(survey(name, known[name]), flush=True)
+        print(row(name), flush=True)
+
+
+def main() -> None:
+    known = families()
+    print_table(__doc__, "| family | identity rel. error | shrink written | left |\n|---|---|---|---|", known,
+                lambda name: survey(name, known[name]))
 
 
 if __name__ == "__main__":
