@@ -322,7 +322,10 @@ def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.nd
                       unknown: dict[int, np.ndarray] | None = None) -> dict[str, int]:
     """Write the target with new values. An initializer whose uses get different values
     (exporters deduplicate identical tensors) is split into one initializer per value;
-    nothing else in the graph changes. Returns {'split': n initializers split, 'added': n, 'renamed': {slot index: new initializer name}}."""
+    nothing else in the graph changes, except that one parameter (a tensor of varied values:
+    ``_one_parameter``; DeBERTa's query projection shared with its position projection)
+    stays one tensor, with its first use's value. Returns {'split': n initializers split,
+    'added': n, 'renamed': {slot index: new initializer name}, 'unified': [those parameters]}."""
     unknown = unknown or {}
     values = _views_stored(target, gs, _keep_unknown(target, gs, values, unknown), unknown)
     by_init: dict[str, list[int]] = {}
@@ -350,6 +353,7 @@ def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.nd
             add[name] = (values[i], values[i].dtype)
             rewire[(s.node, s.input)] = name
     split = 0
+    unified: list[str] = []  # one parameter whose uses were written differently: it keeps the first's value
     for name, idx in by_init.items():
         if not any(i in values for i in idx):
             continue
@@ -372,6 +376,10 @@ def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.nd
         if not groups:
             continue
         order = sorted(groups, key=lambda d: d is not None)  # stable: None first, if present
+        if len(order) > 1 and order[0] is not None and all(gs.slots[i].view is None for i in idx) \
+                and _one_parameter(target, name):  # one parameter stays one tensor: the first use's value
+            unified.append(name)
+            order = order[:1]
         if order[0] is not None:
             new_values[name] = values[groups[order[0]][0]]
         split += len(order) > 1
@@ -387,4 +395,4 @@ def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.nd
     save_model(target, output, new_values, external_data=external_data, add_initializers=add, rewire=rewire,
                constants=constants)
     renamed = {i: rewire[(s.node, s.input)] for i, s in enumerate(gs.slots) if (s.node, s.input) in rewire}
-    return {"split": split, "added": len(add), "renamed": renamed, "requantized": quant_errors}
+    return {"split": split, "added": len(add), "renamed": renamed, "requantized": quant_errors, "unified": unified}

@@ -165,4 +165,9 @@ def initialize_into(t: OnnxModel, gene: Learngene, output: Path, analysis, depth
     for i, name in info["renamed"].items():
         p.slots[i].written_as = name
     p.requantized = info["requantized"]
+    if info["unified"]:
+        names = info["unified"]
+        p.notes.append(f"one tensor: {len(names)} parameter{'s' if len(names) > 1 else ''} that several layers read "
+                       f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}) got different values for its "
+                       "uses; it holds its first use's, as one tensor (a shared projection, a tied table)")
     return p, info["split"]
