@@ -72,6 +72,7 @@ class Segment:
     units: list[str] = field(default_factory=list)   # per unit of one block: its signature hash
     coarse: list[str] = field(default_factory=list)  # ... the same without strides and dilations
     starts: list[bool] = field(default_factory=list)  # ... whether a residual block starts at that unit
+    shortcut: list[bool] = field(default_factory=list)  # ... whether it is on a projection shortcut
 
     def describe(self) -> str:
         what = ", ".join(self.roles[:6]) + (", ..." if len(self.roles) > 6 else "")
@@ -188,6 +189,35 @@ def _residual_adds(model: onnx.ModelProto, anchors: set[int]) -> list[tuple[int,
             if v not in free_a and v not in free_b:
                 out.append((k, made[v], branch))
                 skips[k] = v
+    return out
+
+
+def _shortcut_layers(model: onnx.ModelProto, residual: list[tuple[int, int, int]], anchors: set[int]) -> set[int]:
+    """Layers (anchor nodes) on a projection shortcut: of the two paths from the value a
+    residual block starts from to its Add, both through layers, the one with fewer layers
+    (a ResNet's downsampling convolution and its norm, beside three convolutions). Such a
+    layer is never paired with a main branch's: a target with a shortcut projection the
+    source lacks leaves it."""
+    nodes = model.graph.node
+    made = {o: k for k, n in enumerate(nodes) for o in n.output}
+
+    def layers(j: int, start: int) -> set[int]:
+        todo, seen, path = [j], set(), set()
+        while todo:
+            j = todo.pop()
+            if j in seen or j <= start:
+                continue
+            seen.add(j)
+            if j in anchors:
+                path.add(j)
+            todo.extend(made[x] for x in nodes[j].input if x in made)
+        return path
+
+    out: set[int] = set()
+    for k, start, _ in residual:
+        sides = [layers(made[x], start) for x in nodes[k].input if made.get(x, -1) > start]
+        if len(sides) == 2 and all(sides) and len(sides[0]) != len(sides[1]) and not sides[0] & sides[1]:
+            out |= min(sides, key=len)
     return out
 
 
@@ -408,6 +438,7 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto, known_blocks: dict[st
     seen_stage: dict[str, int] = defaultdict(int)
     residual = _residual_adds(model, {u.anchor for u in units})  # once: starts, branch ends and norms read it
     starts, ends = _block_starts(units, residual), _branch_ends(units, model, residual)
+    shortcut = _shortcut_layers(model, residual, {u.anchor for u in units})
     after = _after_residual(units, model, residual)
     place = _places(units, model)
     depths = [p[1] for p in place]
@@ -443,7 +474,8 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto, known_blocks: dict[st
                                 [gs.slots[i].role or "" for x in block for i in x.slots],
                                 f"{tagged}#{occurrences[tagged]}", [_hash(x.sig) for x in block],
                                 [_hash(x.coarse) for x in block],
-                                [u + j in starts or (u in run_at and j == 0) for j in range(p)]))
+                                [u + j in starts or (u in run_at and j == 0) for j in range(p)],
+                                [units[u + j].anchor in shortcut for j in range(p)]))
         occurrences[tagged] += 1
     for n_stage, (start, p, k) in enumerate(runs):
         block_sig = tuple(u.sig for u in units[start:start + p])

@@ -39,7 +39,7 @@ def _segment(x: Any) -> dict[str, Any]:
     if not isinstance(x.get("key", ""), str):
         raise TypeError("a 'structure' entry's key must be a string")
     out["key"] = x.get("key", "")
-    for name, kind in (("units", str), ("coarse", str), ("starts", bool)):
+    for name, kind in (("units", str), ("coarse", str), ("starts", bool), ("shortcut", bool)):
         v = x.get(name, [])
         if not isinstance(v, list) or not all(type(e) is kind for e in v):
             raise ValueError(f"a 'structure' entry's {name} must be a list of {kind.__name__}")

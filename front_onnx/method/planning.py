@@ -166,14 +166,16 @@ def _unit_prefix(key: str) -> str:
     return key.split(":", 1)[0]
 
 
-def _flat_units(segments: list[dict]) -> list[tuple[str, str, str, bool]]:
-    """(unit prefix, signature hash, coarse hash, starts a block) of each unit of one block
-    per segment, in graph order: a stage counts once, whatever its number of blocks."""
+def _flat_units(segments: list[dict]) -> list[tuple[str, str, str, bool, bool | None]]:
+    """(unit prefix, signature hash, coarse hash, starts a block, on a projection shortcut or
+    None when not recorded) of each unit of one block per segment, in graph order: a stage
+    counts once, whatever its number of blocks."""
     out = []
     for seg in segments:
         stage = seg["kind"] == "stage"
-        for j, (h, c, start) in enumerate(zip(seg["units"], seg["coarse"], seg["starts"])):
-            out.append((f"{seg['key']}/u{j}" if stage else seg["key"], h, c, start))
+        shortcut = seg.get("shortcut") or [None] * len(seg["units"])  # older learngenes lack it
+        for j, (h, c, start, side) in enumerate(zip(seg["units"], seg["coarse"], seg["starts"], shortcut)):
+            out.append((f"{seg['key']}/u{j}" if stage else seg["key"], h, c, start, side))
     return out
 
 
@@ -190,6 +192,8 @@ def _align(src: list[tuple], tgt: list[tuple]) -> dict[int, int]:
     neg = float("-inf")
 
     def sim(i: int, j: int) -> float:
+        if None not in (src[i][4], tgt[j][4]) and src[i][4] != tgt[j][4]:
+            return neg  # a projection shortcut's layer and a main branch's are never one
         return _EXACT if src[i][1] == tgt[j][1] else (_COARSE if src[i][2] == tgt[j][2] else neg)
 
     def opening(seq: list[tuple], k: int) -> float:
@@ -255,7 +259,7 @@ def _fill(tgt: list[tuple], matched: dict[int, int]) -> dict[int, tuple[int, int
                 for k in order:
                     r = k + step
                     src = matched.get(r, got.get(r, (None, None))[0]) if 0 <= r < len(tgt) else None
-                    if src is None or tgt[r][2] != tgt[k][2]:
+                    if src is None or tgt[r][2] != tgt[k][2] or tgt[r][4] != tgt[k][4]:
                         break
                     got[k] = (src, r)
                 else:
