@@ -41,3 +41,29 @@ def test_a_concatenations_reader_takes_each_branchs_own_channels():
     first = _taken(s[b1 + "denselayer1.conv2.weight"].reshape(8, -1)[:, 0], t[b1 + "denselayer1.conv2.weight"][:, 0, 0, 0])
     reads = _taken(s[b1 + "denselayer2.norm1.weight"], t[b1 + "denselayer2.norm1.weight"])
     assert reads == stem + [16 + c for c in first]
+
+
+class _TwoBranches(torch.nn.Module):
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, a, 3, padding=1), torch.nn.Conv2d(3, b, 1)
+        self.mix = torch.nn.Conv2d(a + b, 8, 1)
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.mix(torch.relu(torch.cat([self.a(x), self.b(x)], dim=1)))
+        return self.head(y.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("a,b,said", [(12, 6, False), (12, 4, True)])
+def test_branches_that_shrink_by_different_ratios_are_named(a, b, said):
+    """Evenly spaced channels take each branch's own only where the branches shrink alike
+    (16 | 8 -> 12 | 6); 16 | 8 -> 12 | 4 is named in the align line, not left silent."""
+    torch.manual_seed(0)
+    src = _TwoBranches(16, 8).eval()
+    torch.manual_seed(1)
+    _, plan = transfer_module(src, _TwoBranches(a, b).eval(), torch.randn(2, 3, 8, 8))
+    line = next(n for n in plan.notes if n.startswith("align"))
+    assert ("shrink by different ratios" in line) == said, line
+    if said:
+        assert "16 | 8 -> 12 | 4" in line

@@ -76,6 +76,7 @@ class DimensionFlow:
     # Concat node -> the space of the axis it concatenates (branches side by side: DenseNet's
     # features, a U-Net's skip connections, a class token before the patches)
     concatenated: dict[str, str] = field(default_factory=dict)
+    branches: dict[str, tuple] = field(default_factory=dict)  # Concat node -> its inputs' lengths along it
 
 
 _ATTENTION_OPS = {"GroupQueryAttention", "MultiHeadAttention"}  # onnxruntime's, splitting heads by attribute
@@ -222,7 +223,7 @@ class _Flow:
         self.slices: dict[tuple, list[tuple[int, int, tuple]]] = {}  # axis -> (start, end, the piece's axis)
         self.heads: dict[tuple, set[tuple[int, ...]]] = {}   # value axis -> (heads, head_dim) splits
         self.repeats: list[tuple[tuple, tuple]] = []  # Expand: (an axis it broadcasts from length 1, its last axis)
-        self.concats: list[tuple[str, tuple]] = []  # Concat: (node, the axis it concatenates, of its output)
+        self.concats: list[tuple[str, tuple, tuple]] = []  # Concat: (node, its output's axis, its inputs' lengths)
         self.prod = {o: i for i, n in enumerate(self.g.node) for o in n.output if o}
         self.cons: dict[str, list[int]] = {}
         for i, n in enumerate(self.g.node):
@@ -445,7 +446,7 @@ class _Flow:
             r = self.rank(y) or 0
             axis = _attr(n, "axis", 0) % r if r else 0
             if r and len(ins) > 1:
-                self.concats.append((n.name or y, self.ax(y, axis)))
+                self.concats.append((n.name or y, self.ax(y, axis), tuple(self.dim(x, axis) for x in ins)))
             for x in ins:
                 for k in range(r):
                     if k != axis:
@@ -907,10 +908,12 @@ def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
         if inside and not heads.get(i, (0,))[0]:
             cuts[i] = "its output is indexed into parts inside its heads, and the heads are not known"
             heads.pop(i, None)
-    concatenated = {name: ids[f.uf.find(a)] for name, a in f.concats if f.uf.find(a) in ids}
+    concatenated = {name: ids[f.uf.find(a)] for name, a, _ in f.concats if f.uf.find(a) in ids}
+    branches = {name: lengths for name, _, lengths in f.concats if name in concatenated}
     return DimensionFlow(spaces, slot_axes, heads, groups=_head_groups(f, gs, heads), outputs=outputs,
                          factor_spaces=factor_spaces, cuts=cuts,
-                         parts={i: p for i, p in f.parts.items() if i not in cuts}, concatenated=concatenated)
+                         parts={i: p for i, p in f.parts.items() if i not in cuts}, concatenated=concatenated,
+                         branches=branches)
 
 
 def unsplit(s: Slot) -> Slot:

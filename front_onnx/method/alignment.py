@@ -98,6 +98,35 @@ class Alignment:
                 + f"; {len(self.skipped)} left as they are")
 
 
+def channel_concatenations(flow: DimensionFlow, by_init: dict[str, Slot]) -> list[str]:
+    """The Concat nodes whose concatenated axis a projection or convolution reads, in graph order."""
+    sizes = {sp.id: sp for sp in flow.spaces}
+    return [name for name, sid in flow.concatenated.items()
+            if any(by_init.get(init) is not None and by_init[init].role in _UNIT_ROLES for init, _ in sizes[sid].axes)]
+
+
+def uneven_branches(source: OnnxModel, source_slots: GraphSlots, target: OnnxModel, target_slots: GraphSlots) -> str:
+    """Where a target's channel concatenations shrink their branches by other ratios than one
+    another (evenly spaced channels then do not take each branch's own), or ''. Concatenations
+    are matched in graph order; a target with another number of them is not checked."""
+    found = []
+    for m, gs in ((source, source_slots), (target, target_slots)):
+        flow = dimension_flow(m.proto, gs)
+        roles = {s.initializer: s for s in gs.slots if s.role is not None and not s.absent}
+        found.append([(name, flow.branches.get(name, ())) for name in channel_concatenations(flow, roles)])
+    (src, tgt) = found
+    if len(src) != len(tgt):
+        return ""
+    uneven = [f"{name} ({' | '.join(map(str, a))} -> {' | '.join(map(str, b))})" for (name, a), (_, b) in zip(src, tgt)
+              if len(a) == len(b) and all(a) and all(b) and len({x / y for x, y in zip(a, b)}) > 1]
+    if not uneven:
+        return ""
+    return (f"; {len(uneven)} concatenation{'s' if len(uneven) > 1 else ''} whose branches shrink by different ratios "
+            f"({', '.join(uneven[:3])}{', ...' if len(uneven) > 3 else ''}): the layers reading "
+            f"{'them' if len(uneven) > 1 else 'it'} take evenly spaced channels across the branches, not each "
+            "branch's own, so their inputs are not the channels the branches selected")
+
+
 def _unorderable(model: OnnxModel, flow: DimensionFlow, by_init: dict[str, Slot]) -> str:
     """Why a strongest-first order cannot serve a selection of the leading units here, or ''.
     The leading units of one space must be the units its readers take: a grouped convolution
@@ -106,10 +135,7 @@ def _unorderable(model: OnnxModel, flow: DimensionFlow, by_init: dict[str, Slot]
     Selection) keep both: each target group's channels come from one source group, each
     branch's from that branch (where the branches shrink alike)."""
     grouped = grouped_convolutions(model)
-    sizes = {sp.id: sp for sp in flow.spaces}
-    joined = sorted(name for name, sid in flow.concatenated.items()
-                    if any(by_init.get(init) is not None and by_init[init].role in _UNIT_ROLES
-                           for init, _ in sizes[sid].axes))
+    joined = channel_concatenations(flow, by_init)
     found = [f"{len(grouped)} grouped convolution{'s' if len(grouped) > 1 else ''} ({', '.join(grouped[:3])}"
              f"{', ...' if len(grouped) > 3 else ''})"] if grouped else []
     found += [f"{len(joined)} concatenation{'s' if len(joined) > 1 else ''} of channels that layers read "
