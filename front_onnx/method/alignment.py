@@ -31,7 +31,7 @@ from front_onnx.analysis.slots import CUT, INDEX, GraphSlots, Slot
 from front_onnx.analysis.structure import Structure, find_structure
 from front_onnx.numeric.seriation import (MAX_COLUMNS, group_order, grouped_order, importance_order, roughness, unit_rows,
                                           unit_shares)
-from front_onnx.onnxio import OnnxModel, load_model, save_model
+from front_onnx.onnxio import OnnxModel, attribute, load_model, save_model
 
 
 _UNIT_ROLES = {"linear.weight", "conv.weight"}
@@ -78,6 +78,8 @@ class Alignment:
     skipped: dict[str, str] = field(default_factory=dict)   # space id -> why it is not aligned
     order: str = "smooth"                                   # ``ORDERS``
     why: str = ""                                           # why none was attempted
+    # the source's channel concatenations (node, branch lengths), when they are why: a target's are compared
+    concatenations: list[tuple[str, tuple]] = field(default_factory=list)
 
     def describe(self) -> str:
         done = len(self.spaces)
@@ -105,16 +107,17 @@ def channel_concatenations(flow: DimensionFlow, by_init: dict[str, Slot]) -> lis
             if any(by_init.get(init) is not None and by_init[init].role in _UNIT_ROLES for init, _ in sizes[sid].axes)]
 
 
-def uneven_branches(source: OnnxModel, source_slots: GraphSlots, target: OnnxModel, target_slots: GraphSlots) -> str:
+def uneven_branches(al: Alignment, target: OnnxModel, target_slots: GraphSlots) -> str:
     """Where a target's channel concatenations shrink their branches by other ratios than one
-    another (evenly spaced channels then do not take each branch's own), or ''. Concatenations
-    are matched in graph order; a target with another number of them is not checked."""
-    found = []
-    for m, gs in ((source, source_slots), (target, target_slots)):
-        flow = dimension_flow(m.proto, gs)
-        roles = {s.initializer: s for s in gs.slots if s.role is not None and not s.absent}
-        found.append([(name, flow.branches.get(name, ())) for name in channel_concatenations(flow, roles)])
-    (src, tgt) = found
+    another than the source's (``al.concatenations``; evenly spaced channels then do not take
+    each branch's own), or ''. Concatenations are matched in graph order; a target with
+    another number of them is not checked."""
+    if not al.concatenations:
+        return ""
+    flow = dimension_flow(target.proto, target_slots)
+    roles = {s.initializer: s for s in target_slots.slots if s.role is not None and not s.absent}
+    src = al.concatenations
+    tgt = [(name, flow.branches.get(name, ())) for name in channel_concatenations(flow, roles)]
     if len(src) != len(tgt):
         return ""
     uneven = [f"{name} ({' | '.join(map(str, a))} -> {' | '.join(map(str, b))})" for (name, a), (_, b) in zip(src, tgt)
@@ -127,8 +130,9 @@ def uneven_branches(source: OnnxModel, source_slots: GraphSlots, target: OnnxMod
             "branch's own, so their inputs are not the channels the branches selected")
 
 
-def _unorderable(model: OnnxModel, flow: DimensionFlow, by_init: dict[str, Slot]) -> str:
-    """Why a strongest-first order cannot serve a selection of the leading units here, or ''.
+def _unorderable(model: OnnxModel, flow: DimensionFlow, by_init: dict[str, Slot]) -> Alignment | None:
+    """Why a strongest-first order cannot serve a selection of the leading units here (an
+    alignment that orders nothing, saying why), or None.
     The leading units of one space must be the units its readers take: a grouped convolution
     reads its channels group by group, and a concatenation's reader reads its branches side by
     side, each branch ordered (and selected) by itself. Evenly spaced units (Weight
@@ -141,9 +145,11 @@ def _unorderable(model: OnnxModel, flow: DimensionFlow, by_init: dict[str, Slot]
     found += [f"{len(joined)} concatenation{'s' if len(joined) > 1 else ''} of channels that layers read "
               f"({', '.join(joined[:3])}{', ...' if len(joined) > 3 else ''})"] if joined else []
     if not found:
-        return ""
-    return (f"the source has {' and '.join(found)}, whose channels a selection of the strongest first would "
-            "take across their groups or branches: units are selected evenly spaced (as Weight Selection)")
+        return None
+    return Alignment(order="importance", concatenations=[(name, flow.branches.get(name, ())) for name in joined],
+                     why=(f"the source has {' and '.join(found)}, whose channels a selection of the strongest first "
+                          "would take across their groups or branches: units are selected evenly spaced (as Weight "
+                          "Selection)"))
 
 
 def grouped_convolutions(model: OnnxModel) -> list[str]:
@@ -154,7 +160,7 @@ def grouped_convolutions(model: OnnxModel) -> list[str]:
     shapes = {t.name: list(t.dims) for t in model.proto.graph.initializer}
     for n in model.proto.graph.node:
         if n.op_type in ("Conv", "ConvTranspose") and len(n.input) > 1:
-            groups = next((a.i for a in n.attribute if a.name == "group"), 1)
+            groups = int(attribute(n, "group", 1))
             w = shapes.get(n.input[1])
             per_group = (w[1] if n.op_type == "Conv" else w[0] // groups) if w and len(w) > 1 else 0
             if groups > 1 and per_group > 1:
@@ -224,9 +230,9 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
             index.setdefault(s.initializer, i)
     absent = {s.initializer for s in gs.slots if s.absent}  # zero biases a layer lacks: nothing to permute
     if order == "importance":
-        why = _unorderable(model, flow, by_init)
-        if why:
-            return Alignment(order=order, why=why)
+        declined = _unorderable(model, flow, by_init)
+        if declined is not None:
+            return declined
     inner = {init: s.layout.heads[0] for init, s in by_init.items() if s.layout is not None and s.layout.interleaved}
     heads_split = {name.rsplit("/", 1)[0] for axes in flow.slot_axes.values() for name in axes
                    if name and "/" in name}
@@ -290,12 +296,16 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
             out.skipped[sp.id] = why or "no member"
             continue
         found.append(_Found([sp.id], sp, members, parts, _heads(sp) if sp.id in heads_split else None))
-    for f in _tied(found, out.skipped, _copies(model, found)):
+    def read(init: str) -> np.ndarray:
+        if init not in arrays:
+            arrays[init] = np.asarray(model.array(init))
+        return arrays[init]
+
+    for f in _tied(found, out.skipped, _copies(found, read)):
         sp, members, parts, split = f.sp, f.members, f.parts, f.split
         sid = "+".join(f.ids)
         for init, _ in members:
-            if init not in arrays:
-                arrays[init] = np.asarray(model.array(init))
+            read(init)
         folded = [(_parts_folded(arrays[init], ax, parts.get(init, 1), inner.get(init, 0)),
                    ax if init not in parts else 0) for init, ax in members]
         inside = {init: inner[init] for init in parts if init in inner}
@@ -362,15 +372,15 @@ class _Found:
     split: tuple[int, int] | None             # (heads, head size)
 
 
-def _copies(model: OnnxModel, found: list[_Found]) -> list[tuple[tuple[str, int], tuple[str, int]]]:
+def _copies(found: list[_Found], read) -> list[tuple[tuple[str, int], tuple[str, int]]]:
     """Axes of two stored tensors that are one parameter stored twice (equal values, or one
     the transpose of the other: the dynamo exporter's optimizer stores a tied embedding and
     output layer as a table and its transposed copy): (initializer, axis) pairs that index the
-    same units. Trained values of varied entries are never equal by chance."""
+    same units. Trained values of varied entries are never equal by chance. ``read``: an
+    initializer's array (the alignment's cache: each is read once)."""
     by_key: dict[tuple, list[str]] = {}
     for init in dict.fromkeys(m[0] for f in found for m in f.members):
-        t = model.array(init)
-        a = np.asarray(t)
+        a = read(init)
         if a.ndim != 2 or a.dtype.kind != "f" or not np.ptp(a) > 0:
             continue
         key = (a.size, float(np.sum(a, dtype=np.float64)), float(np.sum(np.abs(a), dtype=np.float64)))
@@ -378,9 +388,9 @@ def _copies(model: OnnxModel, found: list[_Found]) -> list[tuple[tuple[str, int]
     out = []
     for names in by_key.values():
         for i, x in enumerate(names):
-            a = np.asarray(model.array(x))
+            a = read(x)
             for y in names[i + 1:]:
-                b = np.asarray(model.array(y))
+                b = read(y)
                 if a.shape == b.shape and np.array_equal(a, b):
                     out += [((x, 0), (y, 0)), ((x, 1), (y, 1))]
                 elif a.shape == b.shape[::-1] and np.array_equal(a, b.T):

@@ -1,6 +1,8 @@
 """Materialize target tensors from a learngene and write the initialized graph."""
 from __future__ import annotations
 
+import functools
+
 import hashlib
 from pathlib import Path
 
@@ -368,16 +370,17 @@ def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.nd
         # not support (``Slot.follows``, or any use of a tensor of varied values: ``_one_parameter``),
         # takes whatever value the others get: it splits nothing
         groups: dict[bytes | None, list[int]] = {}
+        one = functools.cache(lambda: _one_parameter(target, name))  # read only when a use needs it
         for i in idx:  # a use of the parameter an unsupported op reads (a weight norm's) follows the written one
             if i not in values and (_reads_shape_only(target, gs.slots[i]) or gs.slots[i].follows
-                                    or (gs.slots[i].view is None and _one_parameter(target, name))):
+                                    or (gs.slots[i].view is None and one())):
                 continue
             groups.setdefault(_digest(values[i]) if i in values else None, []).append(i)
         if not groups:
             continue
         order = sorted(groups, key=lambda d: d is not None)  # stable: None first, if present
         if len(order) > 1 and order[0] is not None and all(gs.slots[i].view is None for i in idx) \
-                and _one_parameter(target, name):  # one parameter stays one tensor: the first use's value
+                and one():  # one parameter stays one tensor: the first use's value
             unified.append(name)
             order = order[:1]
         if order[0] is not None:

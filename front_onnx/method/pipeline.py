@@ -45,9 +45,9 @@ def pair_analysis(s: OnnxModel, t: OnnxModel) -> tuple[tuple, tuple]:
     not a stage (``find_structure``'s ``lone``)."""
     target_slots = weight_slots(t)  # the slot analysis once; structure per side
     source_slots = weight_slots(s)
-    if one_structure(find_structure(source_slots, s.proto), find_structure(target_slots, t.proto)):
-        promote_differing(source_slots, s.array, target_slots, t.array)  # evidence only such a pair has
     alone = find_structure(source_slots, s.proto), find_structure(target_slots, t.proto)
+    if one_structure(*alone) and promote_differing(source_slots, s.array, target_slots, t.array):
+        alone = find_structure(source_slots, s.proto), find_structure(target_slots, t.proto)  # evidence only such a pair has
     singles = single_layer_stages(alone[0]), single_layer_stages(alone[1])
     target_own = stage_blocks(alone[1].templates)
     source_analysis = (source_slots, find_structure(source_slots, s.proto, target_own, singles[0] - singles[1]))

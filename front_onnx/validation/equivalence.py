@@ -216,6 +216,6 @@ def transfer_learngene(s: OnnxModel, source_analysis, analysis, folder: Path, *,
                               allow_nonfinite=allow_nonfinite, method=method)
     gene, note = ordered_learngene(s, source_analysis[0], folder, order, extract, across_depth=across,
                                    kept_outputs=outputs_kept(s, target) if order else frozenset())
-    if note is not None and "concatenation" in note.why:
-        note.why += uneven_branches(s, source_analysis[0], target, analysis[0])
+    if note is not None:
+        note.why += uneven_branches(note, target, analysis[0])
     return gene, note
