@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 import scipy.fft
 
-from front_onnx.analysis import analyze, weight_slots
+from front_onnx.analysis import analyze
 from front_onnx.analysis.inspection import InspectReport, build_report
 from front_onnx.analysis.naming import NamedWeights, named_weights
 from front_onnx.analysis.structure import stage_blocks
@@ -142,9 +142,10 @@ def extract(source: PathLike | OnnxModel, *, keep: float = DEFAULT_KEEP, convent
         guard([output], _files(s))
     order = alignment_order(align, "front")
     with tempfile.TemporaryDirectory(prefix="front-onnx-align-") as tmp:
-        gene, _ = ordered_learngene(s, weight_slots(s) if order else None, Path(tmp), order,
+        analysis = analyze(s) if order else None  # the aligned copy's structure is the source's
+        gene, _ = ordered_learngene(s, analysis, Path(tmp), order,
                                     lambda m: extract_learngene(m, keep=keep, convention=convention,
-                                                                allow_nonfinite=allow_nonfinite))
+                                                                allow_nonfinite=allow_nonfinite, structure=analysis))
     if output is not None:
         gene.save(output)
     return gene

@@ -361,6 +361,12 @@ def test_grouped_query_heads_stay_with_their_key_value_heads(source_kv, heads, k
     q, k, v = source_heads("q_proj.weight"), source_heads("k_proj.weight"), source_heads("v_proj.weight")
     assert k == v
     assert [h // (8 // source_kv) for h in q] == [k[j // (heads // kv)] for j in range(heads)], (q, k)
+    if not kw:  # the query/key spaces feed a rotary embedding and are not ordered: the plan says so, truly
+        ops = {s.initializer: s.operations for s in plan.slots}
+        assert any(o.startswith("axis 0: select") and "(leading, the source's own order" in o
+                   for o in ops[pre + "q_proj.weight"]), ops[pre + "q_proj.weight"]
+        assert k == list(range(kv)) and q == sorted(q)                  # the first heads, in the source's order
+        assert all("importance order" in o for o in ops["model.layers.0.mlp.gate_proj.weight"] if "select" in o)
 
 
 def test_a_learngene_keeps_the_key_value_groups_of_grouped_query_heads(tmp_path):
@@ -371,3 +377,23 @@ def test_a_learngene_keeps_the_key_value_groups_of_grouped_query_heads(tmp_path)
     assert grouped and all(g == {0: 2} or g == {1: 2} for g in grouped.values())
     back = Learngene.load(gene.save(tmp_path / "g.safetensors"))
     assert {k: t.groups for k, t in back.templates.items() if t.groups} == grouped
+
+
+def test_a_learngene_records_which_axes_its_order_covers(tmp_path):
+    """Ordered by importance, the corpus Llama's query and key heads stay in the source's
+    order (a rotary embedding reads them): the learngene counts, per axis, the blocks in the
+    order, through a save and a load, and a plan from it says what a plan from the model says."""
+    src, tgt = CORPUS / "llama" / "dynamo" / "source.onnx", CORPUS / "llama" / "dynamo" / "shrink.onnx"
+    gene = front_onnx.extract(src, keep=1.0, align="importance")
+    ordered = {k: t.ordered for k, t in gene.templates.items()}
+    assert all(len(n) == len(gene.templates[k].kinds) for k, n in ordered.items())
+    assert any(0 in n for n in ordered.values()) and any(n and min(n) == gene.templates[k].depth
+                                                         for k, n in ordered.items())
+    path = gene.save(tmp_path / "g.safetensors")
+    assert {k: t.ordered for k, t in Learngene.load(path).templates.items()} == ordered
+
+    def ops(source) -> list[list[str]]:
+        return sorted(s.operations for s in front_onnx.plan(source, tgt).slots if s.status == "written")
+    from_model = ops(src)
+    assert any("(leading, the source's own order" in o for x in from_model for o in x)
+    assert ops(path) == from_model

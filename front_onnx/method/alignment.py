@@ -58,6 +58,15 @@ class SpaceOrder:
     #                                         itself for a fused attention's one space)
     in_place: np.ndarray | None = None      # with heads_with: the order with the heads in place (``heads_in_place``)
     heads_group: int = -1                   # the spaces whose heads take one order (``_pair_heads``): one group
+    heads: int = 0                          # a space split by attention heads: how many (units move within them)
+    table: bool = False                     # a heads-sized axis of another tensor (a relative-position bias
+    #                                         table): its units are heads, moved only with ``in_place`` set
+
+    def moves_heads(self) -> bool:
+        """Whether the order ranks whole heads too, not only the units within each head (a
+        space not split by heads: whether its units are in the order; a table's are only
+        while its heads move)."""
+        return self.in_place is not None if self.heads or self.table else True
 
     def heads_in_place(self) -> None:
         """Back to the heads' own order, units still ordered within each head."""
@@ -205,6 +214,32 @@ def _stored_axis(s: Slot, k: int) -> int | None:
     return lay.perm[k] if s.view is None else s.view.stored_axis(tuple(s.shape), lay.perm[k])
 
 
+def ordered_blocks(al: Alignment, gs: GraphSlots, blocks: list[list[int]]) -> tuple[int, ...]:
+    """Per canonical axis of a template (``blocks``: its slots per block), how many of its blocks
+    hold that axis in the alignment's order. An axis no aligned space covers (a skipped space:
+    Llama's query and key, whose reader is a rotary embedding) keeps the source's order, and so
+    do the heads of a space whose heads stayed in place: a selection's leading units are the
+    strongest only where the axis was ordered, and the plan says which. A bias the source lacks
+    is zero, in any order."""
+    member = {m: sp for sp in al.spaces for m in sp.members}
+    counts: list[int] = []
+    for block in blocks:
+        s = gs.slots[block[0]]
+        lay = s.layout
+        assert lay is not None
+        states = [False] if lay.parts > 1 else []      # a fused projection's parts never move
+        off = len(states)
+        for k in range(len(lay.perm)):
+            ax = None if s.absent else _stored_axis(s, k + off)
+            sp = member.get((s.initializer, ax)) if ax is not None else None
+            if k < len(lay.heads) and lay.heads[k]:
+                states += [s.absent or (sp is not None and sp.moves_heads()), s.absent or sp is not None]
+            else:
+                states.append(s.absent or (sp is not None and sp.moves_heads()))
+        counts = [c + int(x) for c, x in zip(counts, states)] if counts else [int(x) for x in states]
+    return tuple(counts)
+
+
 ORDERS = ("smooth", "importance")
 
 
@@ -332,13 +367,14 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
         if order == "importance":
             score = _importance(folded, roles)
             out.spaces.append(SpaceOrder(sid, sp.size, members, importance_order(score, groups),
-                                         parts=parts, inner=inside, outputs=outputs))
+                                         parts=parts, inner=inside, outputs=outputs, heads=split[0] if split else 0))
             if split:
                 headed.append((out.spaces[-1], score, split, roles))
             continue
         vec = _unit_vectors(folded, sp.size)
         perm, before, after = grouped_order(vec, groups)
-        out.spaces.append(SpaceOrder(sid, sp.size, members, perm, before, after, parts, inside, outputs=outputs))
+        out.spaces.append(SpaceOrder(sid, sp.size, members, perm, before, after, parts, inside, outputs=outputs,
+                                     heads=split[0] if split else 0))
         if across_depth:  # kept for matching along depth only (a DeiT-B's spaces hold ~0.8 GB of them)
             producer = next((index[init] for init, k in sp.axes if init in index and _produces(by_init[init], k)), None)
             vectors[sid] = (vec.astype(np.float32), split, producer)
@@ -477,7 +513,8 @@ def _pair_heads(headed: list[tuple[SpaceOrder, np.ndarray, tuple[int, int], list
             spaces[0].heads_with, spaces[-1].heads_with = spaces[-1].id, spaces[0].id
         if key[0] == "table":
             tid = tables[atts[0][0][0].id][0]
-            out.append(SpaceOrder(tid, heads, list(key[1]), order, in_place=np.arange(heads), heads_group=g))
+            out.append(SpaceOrder(tid, heads, list(key[1]), order, in_place=np.arange(heads), heads_group=g,
+                                  table=True))
     return out
 
 

@@ -82,6 +82,9 @@ class GeneTemplate:
     # canonical heads axis -> key/value groups of grouped-query heads (``Layout.head_groups``):
     # a selection keeps each query head with its key/value head
     groups: dict[int, int] = field(default_factory=dict)
+    # per canonical axis, how many of the source's blocks hold it in the learngene's
+    # ``unit_order`` (``alignment.ordered_blocks``; empty: not recorded, every axis taken as ordered)
+    ordered: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.kept:
@@ -99,6 +102,7 @@ class GeneTemplate:
             "kinds": list(self.kinds), "shape": list(self.shape), "depth": self.depth,
             "dtype": self.dtype, "kept": list(self.kept),
             **({"groups": {str(a): g for a, g in sorted(self.groups.items())}} if self.groups else {}),
+            **({"ordered": list(self.ordered)} if self.ordered else {}),
         }
 
 
@@ -188,7 +192,11 @@ class Learngene:
                     key=str(tm["key"]), stage=str(tm["stage"]), role=str(tm["role"]), layout=str(tm["layout"]),
                     kinds=tuple(str(k) for k in tm["kinds"]), shape=tuple(int(d) for d in tm["shape"]),
                     depth=int(tm["depth"]), dtype=str(tm["dtype"]), coefficients=coef, means=means, stds=stds,
-                    groups={int(a): int(g) for a, g in tm.get("groups", {}).items()})
+                    groups={int(a): int(g) for a, g in tm.get("groups", {}).items()},
+                    ordered=tuple(tm.get("ordered", ())))
+                if t.ordered and (len(t.ordered) != len(t.kinds)
+                                  or any(type(n) is not int or not 0 <= n <= t.depth for n in t.ordered)):
+                    raise ValueError(f"template {t.key!r}: 'ordered' must count 0 to depth blocks per axis")
                 if any(not 0 <= a < len(t.shape) or g < 1 or t.shape[a] % g for a, g in t.groups.items()):
                     raise ValueError(f"template {t.key!r}: key/value groups that do not divide its heads")
                 if (list(coef.shape) != list(tm["kept"]) or coef.ndim != len(t.kinds) + 1

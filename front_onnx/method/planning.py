@@ -132,10 +132,10 @@ def _select_ops(gene: GeneTemplate, shape: tuple[int, ...], depth: int, leading:
         ops = [f"layers: first {depth - 1} of {gene.depth}, then the last (a post-norm block's output norm)"]
     else:
         ops = [f"layers: first {depth} of {gene.depth}"]
-    how = "leading, importance order" if leading else "uniform"
     merged = regroups(tuple(gene.shape), tuple(shape), heads)
     grouped = head_groups(gene, groups)
     for k, (ns, nt) in enumerate(zip(gene.shape, shape)):
+        how = _how(gene, k) if leading else "uniform"
         if k in merged:
             r = shape[k + 1] // gene.shape[k + 1]
             ops.append(f"axes {k}-{k + 1}: {nt * r} of {ns} whole heads ({how}), {r} side by side per target head "
@@ -145,6 +145,17 @@ def _select_ops(gene: GeneTemplate, shape: tuple[int, ...], depth: int, leading:
             within = f", within {tg} of {g} key/value groups" if keeps_groups(ns, nt, g, tg) else ""
             ops.append(f"axis {k}: select {nt} of {ns} ({how}{within})" if nt != ns else f"axis {k}: {nt} (copy)")
     return ops
+
+
+def _how(gene: GeneTemplate, k: int) -> str:
+    """Which units a leading selection keeps along axis ``k``: the strongest where the source
+    was put in importance order there (``GeneTemplate.ordered``), else the first ones."""
+    n = gene.ordered[k] if gene.ordered else gene.depth
+    if n == gene.depth:
+        return "leading, importance order"
+    if n == 0:
+        return "leading, the source's own order"
+    return f"leading, importance order in {n} of {gene.depth} source layers, the source's own order in the others"
 
 
 def check_template(gene: GeneTemplate, role: str, kinds: tuple[str, ...], shape: tuple[int, ...]) -> str:

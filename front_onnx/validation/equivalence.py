@@ -12,8 +12,10 @@ from typing import Callable
 import numpy as np
 
 from front_onnx.analysis.slots import GraphSlots
+from front_onnx.analysis.structure import Structure
 from front_onnx.errors import FrontError, OnnxFileError
-from front_onnx.method.alignment import ORDERS, Alignment, outputs_kept, plan_alignment, uneven_branches, write_aligned
+from front_onnx.method.alignment import (ORDERS, Alignment, ordered_blocks, outputs_kept, plan_alignment, uneven_branches,
+                                         write_aligned)
 from front_onnx.method.extraction import file_sha256
 from front_onnx.method.learngene import Learngene
 from front_onnx.method.pipeline import pair_learngene, selects_any
@@ -159,16 +161,19 @@ def _heads_group_by_group(model: OnnxModel, al: Alignment, whole: OnnxModel, sor
     return whole
 
 
-def ordered_learngene(s: OnnxModel, gs: GraphSlots | None, folder: Path, order: str | None,
+def ordered_learngene(s: OnnxModel, analysis: tuple[GraphSlots, Structure] | None, folder: Path, order: str | None,
                       extract: Callable[[OnnxModel], Learngene], across_depth: bool = False,
                       kept_outputs: frozenset[tuple[str, int]] = frozenset()) -> tuple[Learngene, Alignment | None]:
     """``extract`` of the source with its units put in ``order`` first (``aligned_source``; none
     when None), the learngene recording the order (``unit_order``) and naming the user's source,
-    not the aligned temporary copy (in errors too: the copy holds the source's values, permuted);
-    and the alignment (None when none was done)."""
+    not the aligned temporary copy (in errors too: the copy holds the source's values, permuted),
+    and per template which axes the order covers (``ordered_blocks``; ``analysis``: the
+    source's slots and structure, whose templates ``extract`` makes); and the alignment (None
+    when none was done)."""
     if not order:
         return extract(s), None
-    assert gs is not None
+    assert analysis is not None
+    gs, st = analysis
     aligned, note = aligned_source(s, gs, folder, across_depth, order, kept_outputs)
     try:
         gene = extract(aligned)
@@ -178,6 +183,8 @@ def ordered_learngene(s: OnnxModel, gs: GraphSlots | None, folder: Path, order: 
         raise OnnxFileError(str(e).replace(str(aligned.path), str(s.path))) from None
     if note.spaces:
         gene.unit_order = order
+        for key, t in gene.templates.items():
+            t.ordered = ordered_blocks(note, gs, st.templates[key].blocks)
         gene.source = s.path.name
         gene.source_sha256 = "" if gene.partial else file_sha256(s.path)
     return gene, note
@@ -214,7 +221,7 @@ def transfer_learngene(s: OnnxModel, source_analysis, analysis, folder: Path, *,
     def extract(m: OnnxModel) -> Learngene:
         return pair_learngene(m, source_analysis, analysis, keep=keep, convention=convention, depth=depth,
                               allow_nonfinite=allow_nonfinite, method=method)
-    gene, note = ordered_learngene(s, source_analysis[0], folder, order, extract, across_depth=across,
+    gene, note = ordered_learngene(s, source_analysis, folder, order, extract, across_depth=across,
                                    kept_outputs=outputs_kept(s, target) if order else frozenset())
     if note is not None:
         note.why += uneven_branches(note, target, analysis[0])
