@@ -180,6 +180,25 @@ def _mask_like(a: np.ndarray) -> bool:
     return bool(np.max(np.abs(x)) >= 0.1 * float(np.finfo(a.dtype).max))
 
 
+def _sinusoidal(a: np.ndarray) -> bool:
+    """Whether a tensor is a sinusoidal position table (GPT-J's ``embed_positions``, the
+    original Transformer's encoding, a rotary table holding sin and cos): along its last axis,
+    sines and cosines of the same angles, in two halves or interleaved, so each pair has
+    sin^2 + cos^2 = 1 (to float32 rounding). Trained values never are; angles that vary
+    across rows and columns rule out a constant pattern such as ones beside zeros."""
+    x = np.asarray(a, np.float64)
+    if x.ndim < 1 or x.shape[-1] < 2 or x.shape[-1] % 2 or x.size < 8 or not np.all(np.isfinite(x)):
+        return False
+    x = x.reshape(-1, x.shape[-1])
+    h = x.shape[-1] // 2
+    for sin, cos in ((x[:, :h], x[:, h:]), (x[:, 0::2], x[:, 1::2])):
+        if np.all(np.abs(sin * sin + cos * cos - 1.0) <= 1e-5) and x.shape[0] > 1:
+            angles = np.arctan2(sin, cos)
+            if np.ptp(angles, axis=0).max() > 1e-3 and np.ptp(angles[1:], axis=1).max() > 1e-3:
+                return True
+    return False
+
+
 def _rotary_frequencies(a: np.ndarray) -> bool:
     """Whether a tensor is a rotary embedding's ``inv_freq``: 1, r, r^2, ... with 0 < r < 1
     (to float32 rounding). A trained tensor is never an exact geometric sequence."""
@@ -223,6 +242,13 @@ def classify(name: str, role: str | None, generated_name: bool, marks: Marks,
         if rotary:
             return Provenance(False, "rotary frequencies (a geometric sequence from 1, base^(-2i/d)): "
                                      "computed from the configuration, not trained")
+        try:
+            sinusoid = _sinusoidal(read(name))
+        except Exception:  # noqa: BLE001 - as above
+            sinusoid = False
+        if sinusoid:
+            return Provenance(False, "a sinusoidal position table (sines and cosines of the same angles: "
+                                     "sin^2 + cos^2 = 1 pair by pair): computed from the configuration, not trained")
     folded = _folded(marks, name, role)
     if folded is not None:
         return folded
