@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import onnx
@@ -30,6 +31,11 @@ def test_scrambler_leaves_no_names(samples, tmp_path):
     onnx.checker.check_model(m, full_check=True)
 
 
+def _unordered(ops: list[str]) -> list[str]:
+    """A plan's operations without the order a selection's leading units are in."""
+    return [re.sub(r"leading, (importance order|the source's own order)[^,)]*", "leading", o) for o in ops]
+
+
 @pytest.mark.parametrize("family,exporter,size", list(itertools.product(FAMILIES, EXPORTERS, ("narrow", "wide", "shallow", "deep"))))
 def test_scrambled_names_give_identical_weights(samples, tmp_path, family, exporter, size):
     src = samples.get(family, "base", exporter, source=True)
@@ -55,7 +61,10 @@ def test_scrambled_names_give_identical_weights(samples, tmp_path, family, expor
                                                     for e in r2.plan.slots[i].evidence) for i in by_names)
     same = [i for i in range(len(r1.plan.slots)) if i not in by_marks and i not in by_names]
     assert [r1.plan.slots[i].role for i in same] == [r2.plan.slots[i].role for i in same]
-    assert [r1.plan.slots[i].operations for i in same] == [r2.plan.slots[i].operations for i in same]
+    # which spaces the importance order covers depends on that evidence too (a residual width
+    # indexed by a token left as a constant is not ordered), and the plan says which
+    assert [_unordered(r1.plan.slots[i].operations) for i in same] == \
+        [_unordered(r2.plan.slots[i].operations) for i in same]
     if not by_marks and not by_names:
         assert r1.plan.summary() == r2.plan.summary()
         assert _weights(named) == _weights(blind)
