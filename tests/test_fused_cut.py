@@ -244,3 +244,46 @@ def test_parts_inside_heads_of_int4_weights_are_selected_head_by_head(tmp_path):
     outer = w.reshape(3, 64, 64)[:, ::2][..., ::2].reshape(96, 32).T
     err, err_outer = np.abs(got - want).max(), np.abs(got - outer).max()
     assert err < 0.2 * np.abs(want).max() and err < err_outer / 4, (err, err_outer)
+
+
+@pytest.mark.parametrize("export,kw", [("transfer_module", {"method": "select", "align": "none"}),
+                                       ("dynamo defaults", {})])
+def test_parts_inside_groups_of_heads_keep_whole_heads(tmp_path, export, kw):
+    """CodeGen stores its q|v|k inside each of 4 blocks of heads ((blocks, q|v|k, heads per
+    block x head size); the dynamo optimizer reshapes each part (blocks, 16) into (heads, 8)
+    directly, the unoptimized export splits and merges). 8 heads of 8 into 4: every target
+    head's q, v and k rows are one whole source head's, the one the output projection's
+    columns read (read as 4 heads of 16, a target head took half of two source heads' units,
+    and the output projection another head's)."""
+    import front_onnx
+
+    def codegen(d: int, heads: int, layers: int):
+        return transformers.CodeGenForCausalLM(transformers.CodeGenConfig(
+            vocab_size=64, n_embd=d, n_head=heads, n_layer=layers, n_inner=2 * d, n_positions=32, n_ctx=32,
+            rotary_dim=4, use_cache=False)).eval()
+
+    torch.manual_seed(0)
+    src = codegen(64, 8, 2)
+    perturb(src)
+    b = {k: v.numpy() for k, v in src.state_dict().items()}
+    pre = "transformer.h.0.attn."
+    torch.manual_seed(1)
+    if export == "transfer_module":
+        module, plan = transfer_module(src, codegen(32, 4, 1), TEXT, **kw)
+        a = {k: v.numpy() for k, v in module.state_dict().items()}
+    else:
+        for tag, m in (("s", src), ("t", codegen(32, 4, 1))):
+            torch.onnx.export(m, (), kwargs=dict(TEXT), f=str(tmp_path / f"{tag}.onnx"), dynamo=True)
+        plan = front_onnx.transfer(tmp_path / "s.onnx", tmp_path / "t.onnx", tmp_path / "o.onnx", **kw).plan
+        a = front_onnx.weights(tmp_path / "o.onnx").tensors
+    assert plan.summary()["written_fraction"] == 1.0
+    rows = np.array(_rows_from(a[pre + "qkv_proj.weight"], b[pre + "qkv_proj.weight"]))
+    part, head = rows // 16 % 3, rows // 48 * 2 + rows % 16 // 8           # source: 4 blocks of (q|v|k, 2 heads, 8)
+    target = np.arange(96)                                                  # target: 4 blocks of (q|v|k, 1 head, 8)
+    assert (part == target // 8 % 3).all()                                      # q from q, v from v, k from k
+    heads = head.reshape(4, 3, 8)
+    assert (heads == heads[:, :1, :1]).all()                                    # one source head per target head
+    units = (rows % 8).reshape(4, 3, 8)
+    assert (units == units[:, :1, :]).all() and (np.sort(units, axis=-1) == np.arange(8)).all()  # whole, alike
+    columns = np.array(_rows_from(a[pre + "out_proj.weight"].T, b[pre + "out_proj.weight"].T))
+    assert (columns == (heads[:, 0, :] * 8 + units[:, 0, :]).ravel()).all()     # the units the output reads

@@ -70,9 +70,10 @@ class DimensionFlow:
     # slot -> why its out axis cannot be resampled: the graph cuts the projection's output into
     # pieces its layout does not express (q|k|v of unequal widths, interleaved with the heads)
     cuts: dict[int, str] = field(default_factory=dict)
-    # slot -> (parts, whether inside its heads: Layout.interleaved) of a fused projection whose
-    # parts the flow found and the slot analysis did not count (or counted otherwise)
-    parts: dict[int, tuple[int, bool]] = field(default_factory=dict)
+    # slot -> (parts, whether inside its heads: Layout.interleaved, the groups of heads they sit
+    # inside, 0 when each head: Layout.inner_groups) of a fused projection whose parts the flow
+    # found and the slot analysis did not count (or counted otherwise)
+    parts: dict[int, tuple[int, bool, int]] = field(default_factory=dict)
     # Concat node -> the space of the axis it concatenates (branches side by side: DenseNet's
     # features, a U-Net's skip connections, a class token before the patches)
     concatenated: dict[str, str] = field(default_factory=dict)
@@ -216,7 +217,7 @@ class _Flow:
         self.factors: dict[tuple, list[tuple]] = {}
         self.split_axes: dict[tuple, list[tuple[tuple, ...]]] = {}  # whole axis -> the value axes of its factors
         self.part_axes: dict[int, tuple] = {}  # fused projection's slot -> its within-part axis (``fused_parts``)
-        self.parts: dict[int, tuple[int, bool]] = {}  # slot -> (parts, inside its heads) (``fused_parts``)
+        self.parts: dict[int, tuple[int, bool, int]] = {}  # slot -> (parts, inside, groups) (``fused_parts``)
         self.split_outs: dict[tuple, list[tuple[tuple, ...]]] = {}  # axis split by a Split -> its parts' axes
         self.sequences: dict[str, tuple[str, int, dict[int, str]]] = {}  # SplitToSequence: (input, axis, part values)
         self.cut: set[tuple] = set()  # activation axes a Slice takes part of, a Gather indexes or a Split cuts unevenly
@@ -564,6 +565,14 @@ class _Flow:
                 self.split_axes.setdefault(self.ax(y, gj[0]), []).append(tuple(self.ax(x, k) for k in gi))
                 if len(f) == 2 and self._attention_near(x, forward=False, steps=3):
                     self.heads.setdefault(self.ax(y, gj[0]), set()).add(f)
+            elif len(gi) == len(gj) == 2:  # one length factored two ways: CodeGen's (blocks, 2 heads x 8) -> (heads, 8)
+                fa, fb = tuple(a[k] for k in gi), tuple(b[k] for k in gj)
+                whole = ("m", y, gj[0], fa[0] * fa[1])  # type: ignore[operator]
+                self.factors.setdefault(whole, []).extend([("split", fa), ("split", fb)])
+                self.split_axes.setdefault(whole, []).extend([tuple(self.ax(x, k) for k in gi),
+                                                               tuple(self.ax(y, k) for k in gj)])
+                if self._attention_near(y, forward=True, steps=12):
+                    self.heads.setdefault(whole, set()).add(fb)
 
     def _cut_by_slice(self, n: onnx.NodeProto) -> None:
         """The axes a Slice takes a strict part of; an axis it names with bounds that are not
@@ -652,7 +661,7 @@ class _Flow:
             if key is not None:
                 self.part_axes[i] = key
                 if s.layout.parts <= 1:
-                    self.parts[i] = (key[2], False)
+                    self.parts[i] = (key[2], False, 0)
                 continue
             found = self._interleaved(y, by_class, cut)
             if found is not None and (s.layout.parts > 1 or found[0] == 3):  # unseen parts: q|k|v only
@@ -661,12 +670,30 @@ class _Flow:
                 for a in ds[1:]:
                     self.same(ds[0], a)
                 self.split_axes.setdefault(key, []).append((h, ds[0]))
+                self._heads_in_groups(key, h, ds, by_class)
                 self.part_axes[i] = key
-                self.parts[i] = (p, True)
+                self.parts[i] = (p, True, self.size(h) or 0)
                 nh = self.size(h)
                 if any(fs[0] == nh for a, fss in self.heads.items() if self.uf.find(a) == self.uf.find(y)
                        for fs in fss):  # the output was split into heads before attention
                     self.heads.setdefault(key, set()).add((nh, key[3] // nh))  # type: ignore[operator]
+
+    def _heads_in_groups(self, key: tuple, g: tuple, ds: list[tuple],
+                         by_class: dict[tuple, list[tuple[tuple, ...]]]) -> None:
+        """Parts inside groups of heads (CodeGen: (groups, q|v|k, heads per group x head_dim)):
+        each part's axis split into (heads per group, head_dim) and the groups merged with the
+        heads per group into the attention's heads. The within-part axis is then also split
+        into (heads, head_dim), which joins it with the output projection's heads."""
+        find = self.uf.find
+        for keys in by_class.get(find(ds[0]), ()):
+            if len(keys) != 2 or min(self.size(k) or 0 for k in keys) < 2:
+                continue
+            for whole, splits in self.split_axes.items():
+                if any(len(m) == 2 and find(m[0]) == find(g) and find(m[1]) == find(keys[0]) for m in splits):
+                    self.split_axes.setdefault(key, []).append((whole, keys[1]))
+                    if whole in self.heads or any(find(a) == find(whole) for a in self.heads):
+                        self.heads.setdefault(key, set()).add((self.size(whole), self.size(keys[1])))
+                    return
 
     def _outer_parts(self, parts: int, out: str, y: tuple, by_class: dict[tuple, list[tuple[tuple, ...]]],
                      cut: dict[tuple, list[tuple[tuple, ...]]]) -> tuple | None:
@@ -731,7 +758,7 @@ class _Flow:
     def read(self, i: int, s: Slot) -> Slot:
         """A slot as the flow reads it: a fused projection with the parts the flow found (the
         slot analysis did not see them, or counted pieces that are not parts)."""
-        p = self.parts.get(i, (0, False))[0]
+        p = self.parts.get(i, (0, False, 0))[0]
         if not p or s.layout is None or s.layout.parts == p:
             return s
         return replace(s, layout=replace(s.layout, parts=p))
@@ -904,15 +931,19 @@ def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
             outputs[o.name] = [ids.get(f.uf.find(f.ax(o.name, k))) for k in range(r)]
     cuts = _cut_projections(f, gs)
     heads = {i: h for i, h in _projection_heads(f, gs).items() if i not in cuts}
-    for i, (_, inside) in f.parts.items():  # parts inside heads the flow does not see: nothing to resample them by
-        if inside and not heads.get(i, (0,))[0]:
+    parts = {}
+    for i, (p, inside, groups) in f.parts.items():  # parts inside heads the flow does not see: nothing to resample them by
+        h = heads.get(i, (0,))[0]
+        if inside and (not h or h % groups):
             cuts[i] = "its output is indexed into parts inside its heads, and the heads are not known"
             heads.pop(i, None)
+        elif i not in cuts:
+            parts[i] = (p, inside, groups if inside and groups != h else 0)  # inside groups of heads, or each head
     concatenated = {name: ids[f.uf.find(a)] for name, a, _ in f.concats if f.uf.find(a) in ids}
     branches = {name: lengths for name, _, lengths in f.concats if name in concatenated}
     return DimensionFlow(spaces, slot_axes, heads, groups=_head_groups(f, gs, heads), outputs=outputs,
                          factor_spaces=factor_spaces, cuts=cuts,
-                         parts={i: p for i, p in f.parts.items() if i not in cuts}, concatenated=concatenated,
+                         parts=parts, concatenated=concatenated,
                          branches=branches)
 
 
@@ -954,22 +985,24 @@ def _projection_heads(f: _Flow, gs: GraphSlots) -> dict[int, tuple[int, ...]]:
         parts = s.layout.parts
         n_out = canon[0] * canon[1] if parts > 1 else canon[0]
         h_out = 0
+        # an axis split into heads in nested ways (CodeGen's blocks of heads, and its heads): the heads
+        # are the finest split
         for fs in splits.get(f.uf.find(f.ax(node.output[0], 1 if gemm else -1)), ()):
             if parts == 1 and len(fs) == 2 and fs[0] * fs[1] == n_out:
-                h_out = fs[0]
+                h_out = max(h_out, fs[0])
             elif parts > 1 and len(fs) == 3 and fs[0] == parts and fs[0] * fs[1] * fs[2] == n_out:
-                h_out = fs[1]
+                h_out = max(h_out, fs[1])
         if parts > 1 and not h_out and i in f.part_axes:  # parts cut by a Split, each split into heads
             for fs in splits.get(f.uf.find(f.part_axes[i]), ()):
                 if len(fs) == 2 and fs[0] * fs[1] == canon[1]:
-                    h_out = fs[0]
+                    h_out = max(h_out, fs[0])
         h_in = 0
         if s.role == "linear.weight":
             n_in = canon[-1]
             x = f.ax(node.input[0], (0 if _attr(node, "transA", 0) else 1) if gemm else -1)
             for fs in splits.get(f.uf.find(x), ()):
                 if len(fs) == 2 and fs[0] * fs[1] == n_in:
-                    h_in = fs[0]
+                    h_in = max(h_in, fs[0])
         if h_out or h_in:
             out[i] = (h_out, h_in) if s.role == "linear.weight" else (h_out,)
     return out
@@ -1081,18 +1114,21 @@ def with_cuts(gs: GraphSlots, cuts: dict[int, str]) -> None:
         s.evidence.append(f"out axis not resampled: {why} (dimension flow)")
 
 
-def with_parts(gs: GraphSlots, parts: dict[int, tuple[int, bool]]) -> None:
+def with_parts(gs: GraphSlots, parts: dict[int, tuple[int, bool, int]]) -> None:
     """Give fused projections the parts the flow found (``DimensionFlow.parts``): a leading
-    parts axis, inside the heads for Bloom's and GPT-NeoX's q|k|v (``Layout.interleaved``)."""
-    for i, (p, inside) in parts.items():
+    parts axis, inside the heads for Bloom's and GPT-NeoX's q|k|v (``Layout.interleaved``),
+    inside groups of heads for CodeGen's (``Layout.inner_groups``)."""
+    for i, (p, inside, groups) in parts.items():
         s = gs.slots[i]
         lay = s.layout
         assert lay is not None
         kinds = lay.kinds if lay.parts > 1 else (PARTS,) + lay.kinds
-        s.layout = Layout(lay.perm, kinds, p, lay.name, heads=lay.heads, groups=lay.groups, interleaved=inside)
+        s.layout = Layout(lay.perm, kinds, p, lay.name, heads=lay.heads, groups=lay.groups, interleaved=inside,
+                          inner_groups=groups)
         s.evidence = [e for e in s.evidence if not e.startswith("fused projection of")]  # pieces, not parts
-        s.evidence.append(f"fused projection of {p} parts " + ("inside each head" if inside else "cut from its output")
-                          + " (dimension flow)")
+        where = f"inside each of {groups} groups of heads" if groups else "inside each head" if inside \
+            else "cut from its output"
+        s.evidence.append(f"fused projection of {p} parts {where} (dimension flow)")
 
 
 def with_heads(gs: GraphSlots, heads: dict[int, tuple[int, ...]], groups: dict[int, tuple[int, ...]] | None = None
@@ -1113,7 +1149,7 @@ def with_heads(gs: GraphSlots, heads: dict[int, tuple[int, ...]], groups: dict[i
             kinds += [kind, kind] if k < len(h) and h[k] else [kind]
         g = groups.get(i, ())
         s.layout = Layout(lay.perm, tuple(kinds), lay.parts, lay.name + " by heads", heads=h, groups=g,
-                          interleaved=lay.interleaved)
+                          interleaved=lay.interleaved, inner_groups=lay.inner_groups)
         s.evidence.append("heads: " + " and ".join(
             f"{'out' if k == 0 else 'in'} axis {n} heads"
             + (f" in {g[k]} key/value groups" if k < len(g) and 1 < g[k] < n else

@@ -91,14 +91,17 @@ class Layout:
     # the parts sit inside each head (stored (heads, parts, head_dim): Bloom's, GPT-NeoX's
     # q|k|v); canonical order is (parts, heads, head_dim) all the same
     interleaved: bool = False
+    # with ``interleaved``: the parts sit inside each of this many groups of heads instead (stored
+    # (groups, parts, heads per group, head_dim): CodeGen's q|v|k inside each of its blocks)
+    inner_groups: int = 0
 
     def outer_parts(self, c, inverse: bool = False):
-        """Stored interleaved parts (heads, parts, head_dim) along axis 0 of a transposed
-        tensor as outer parts (parts, heads, head_dim), or back (``inverse``); a numpy array
-        or a torch tensor (FRONT+'s penalty reads the same order)."""
+        """Stored interleaved parts (heads or groups of heads, parts, rest) along axis 0 of a
+        transposed tensor as outer parts (parts, heads, head_dim), or back (``inverse``); a
+        numpy array or a torch tensor (FRONT+'s penalty reads the same order)."""
         if not self.interleaved:
             return c
-        h, p = self.heads[0], self.parts
+        h, p = self.inner_groups or self.heads[0], self.parts
         d = c.shape[0] // (h * p)
         order = (p, h, d) if inverse else (h, p, d)
         return c.reshape(order + tuple(c.shape[1:])).swapaxes(0, 1).reshape(tuple(c.shape))

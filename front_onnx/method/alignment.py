@@ -268,7 +268,8 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
         declined = _unorderable(model, flow, by_init)
         if declined is not None:
             return declined
-    inner = {init: s.layout.heads[0] for init, s in by_init.items() if s.layout is not None and s.layout.interleaved}
+    inner = {init: s.layout.inner_groups or s.layout.heads[0] for init, s in by_init.items()
+             if s.layout is not None and s.layout.interleaved}
     heads_split = {name.rsplit("/", 1)[0] for axes in flow.slot_axes.values() for name in axes
                    if name and "/" in name}
     out = Alignment(order=order)
