@@ -7,7 +7,7 @@ Nothing here knows about learngenes or writes models.
 """
 from __future__ import annotations
 
-from front_onnx.analysis.dimflow import dimension_flow, with_cuts, with_heads, with_parts
+from front_onnx.analysis.dimflow import dimension_flow, with_branches, with_cuts, with_heads, with_parts
 from front_onnx.analysis.slots import GraphSlots, analyze_slots
 from front_onnx.analysis.structure import Structure, find_structure
 from front_onnx.onnxio import OnnxModel
@@ -22,6 +22,7 @@ def weight_slots(model: OnnxModel) -> GraphSlots:
     with_parts(gs, flow.parts)
     with_heads(gs, flow.heads, flow.groups)
     with_cuts(gs, flow.cuts)
+    with_branches(gs, flow)
     return gs
 
 

@@ -1131,6 +1131,28 @@ def with_parts(gs: GraphSlots, parts: dict[int, tuple[int, bool, int]]) -> None:
         s.evidence.append(f"fused projection of {p} parts {where} (dimension flow)")
 
 
+def with_branches(gs: GraphSlots, flow: DimensionFlow) -> None:
+    """Give the layers that read concatenated channels their branches (``Layout.branches``):
+    per canonical axis indexing a space one Concat makes, its inputs' lengths along it. A
+    space several concatenations of other branches make, or an axis split into heads, gets none."""
+    lengths: dict[str, set[tuple]] = {}
+    for name, sid in flow.concatenated.items():
+        b = flow.branches.get(name, ())
+        if len(b) > 1 and all(b):
+            lengths.setdefault(sid, set()).add(tuple(b))
+    for i, names in flow.slot_axes.items():
+        s = gs.slots[i]
+        lay = s.layout
+        if lay is None or lay.heads or lay.parts > 1:
+            continue
+        found = tuple((k, next(iter(lengths[n]))) for k, n in enumerate(names)
+                      if n in lengths and len(lengths[n]) == 1)
+        if found:
+            s.layout = replace(lay, branches=found)
+            s.evidence.append("reads concatenated channels: " + "; ".join(
+                f"axis {k} of branches {' | '.join(map(str, b))}" for k, b in found) + " (dimension flow)")
+
+
 def with_heads(gs: GraphSlots, heads: dict[int, tuple[int, ...]], groups: dict[int, tuple[int, ...]] | None = None
                ) -> None:
     """Give the projections' layouts their heads (``Layout.heads``): each split axis becomes

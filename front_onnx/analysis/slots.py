@@ -94,6 +94,9 @@ class Layout:
     # with ``interleaved``: the parts sit inside each of this many groups of heads instead (stored
     # (groups, parts, heads per group, head_dim): CodeGen's q|v|k inside each of its blocks)
     inner_groups: int = 0
+    # (canonical axis, its branches' lengths) for an axis that reads channels concatenated side
+    # by side (DenseNet's features): a selection takes each target branch from its own source branch
+    branches: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
     def outer_parts(self, c, inverse: bool = False):
         """Stored interleaved parts (heads or groups of heads, parts, rest) along axis 0 of a

@@ -265,6 +265,28 @@ def _block_starts(units: list[_Unit], residual: list[tuple[int, int, int]]) -> s
     return out
 
 
+def _concat_starts(units: list[_Unit], model: onnx.ModelProto) -> set[int]:
+    """Units at which a densely connected block starts: the first layer after a Concat of
+    values that each come through a weighted layer (DenseNet's features, a U-Net's skip and
+    upsampled paths; not a class token beside the patches). Such a block adds to what it
+    reads instead of adding to it, so no residual Add marks it; a pair alignment then cuts a
+    layer that one side lacks at these boundaries, not across two layers."""
+    nodes = model.graph.node
+    made = {o: k for k, n in enumerate(nodes) for o in n.output}
+    anchors = {u.anchor for u in units}
+    positions = [u.anchor for u in units]
+    out: set[int] = set()
+    for k, n in enumerate(nodes):
+        ins = [x for x in n.input if x]
+        if n.op_type != "Concat" or len(ins) < 2 or not all(x in made for x in ins):
+            continue
+        if all(any(made[v] in anchors for v in _upstream(nodes, made, {}, anchors, x)[0]) for x in ins):
+            first = next((i for i, a in enumerate(positions) if a > k), None)
+            if first is not None:
+                out.add(first)
+    return out
+
+
 # Nodes that give zero for a zero from their one computed input (a reshape, a bias Add, a
 # layer scale): walking back through them from a residual Add finds the branch's last layer.
 _KEEPS_ZERO = {"Identity", "Dropout", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Cast", "Mul",
@@ -438,6 +460,7 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto, known_blocks: dict[st
     seen_stage: dict[str, int] = defaultdict(int)
     residual = _residual_adds(model, {u.anchor for u in units})  # once: starts, branch ends and norms read it
     starts, ends = _block_starts(units, residual), _branch_ends(units, model, residual)
+    dense = _concat_starts(units, model)  # where a pair's alignment may cut, not where stages repeat
     shortcut = _shortcut_layers(model, residual, {u.anchor for u in units})
     after = _after_residual(units, model, residual)
     place = _places(units, model)
@@ -474,7 +497,7 @@ def find_structure(gs: GraphSlots, model: onnx.ModelProto, known_blocks: dict[st
                                 [gs.slots[i].role or "" for x in block for i in x.slots],
                                 f"{tagged}#{occurrences[tagged]}", [_hash(x.sig) for x in block],
                                 [_hash(x.coarse) for x in block],
-                                [u + j in starts or (u in run_at and j == 0) for j in range(p)],
+                                [u + j in starts or u + j in dense or (u in run_at and j == 0) for j in range(p)],
                                 [units[u + j].anchor in shortcut for j in range(p)]))
         occurrences[tagged] += 1
     for n_stage, (start, p, k) in enumerate(runs):

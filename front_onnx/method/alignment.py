@@ -87,8 +87,6 @@ class Alignment:
     skipped: dict[str, str] = field(default_factory=dict)   # space id -> why it is not aligned
     order: str = "smooth"                                   # ``ORDERS``
     why: str = ""                                           # why none was attempted
-    # the source's channel concatenations (node, branch lengths), when they are why: a target's are compared
-    concatenations: list[tuple[str, tuple]] = field(default_factory=list)
 
     def describe(self) -> str:
         done = len(self.spaces)
@@ -116,37 +114,14 @@ def channel_concatenations(flow: DimensionFlow, by_init: dict[str, Slot]) -> lis
             if any(by_init.get(init) is not None and by_init[init].role in _UNIT_ROLES for init, _ in sizes[sid].axes)]
 
 
-def uneven_branches(al: Alignment, target: OnnxModel, target_slots: GraphSlots) -> str:
-    """Where a target's channel concatenations shrink their branches by other ratios than one
-    another than the source's (``al.concatenations``; evenly spaced channels then do not take
-    each branch's own), or ''. Concatenations are matched in graph order; a target with
-    another number of them is not checked."""
-    if not al.concatenations:
-        return ""
-    flow = dimension_flow(target.proto, target_slots)
-    roles = {s.initializer: s for s in target_slots.slots if s.role is not None and not s.absent}
-    src = al.concatenations
-    tgt = [(name, flow.branches.get(name, ())) for name in channel_concatenations(flow, roles)]
-    if len(src) != len(tgt):
-        return ""
-    uneven = [f"{name} ({' | '.join(map(str, a))} -> {' | '.join(map(str, b))})" for (name, a), (_, b) in zip(src, tgt)
-              if len(a) == len(b) and all(a) and all(b) and len({x / y for x, y in zip(a, b)}) > 1]
-    if not uneven:
-        return ""
-    return (f"; {len(uneven)} concatenation{'s' if len(uneven) > 1 else ''} whose branches shrink by different ratios "
-            f"({', '.join(uneven[:3])}{', ...' if len(uneven) > 3 else ''}): the layers reading "
-            f"{'them' if len(uneven) > 1 else 'it'} take evenly spaced channels across the branches, not each "
-            "branch's own, so their inputs are not the channels the branches selected")
-
-
 def _unorderable(model: OnnxModel, flow: DimensionFlow, by_init: dict[str, Slot]) -> Alignment | None:
     """Why a strongest-first order cannot serve a selection of the leading units here (an
     alignment that orders nothing, saying why), or None.
     The leading units of one space must be the units its readers take: a grouped convolution
     reads its channels group by group, and a concatenation's reader reads its branches side by
     side, each branch ordered (and selected) by itself. Evenly spaced units (Weight
-    Selection) keep both: each target group's channels come from one source group, each
-    branch's from that branch (where the branches shrink alike)."""
+    Selection) keep both: each target group's channels come from one source group, and a
+    concatenation's readers take each branch's channels from that branch (``Layout.branches``)."""
     grouped = grouped_convolutions(model)
     joined = channel_concatenations(flow, by_init)
     found = [f"{len(grouped)} grouped convolution{'s' if len(grouped) > 1 else ''} ({', '.join(grouped[:3])}"
@@ -155,7 +130,7 @@ def _unorderable(model: OnnxModel, flow: DimensionFlow, by_init: dict[str, Slot]
               f"({', '.join(joined[:3])}{', ...' if len(joined) > 3 else ''})"] if joined else []
     if not found:
         return None
-    return Alignment(order="importance", concatenations=[(name, flow.branches.get(name, ())) for name in joined],
+    return Alignment(order="importance",
                      why=(f"the source has {' and '.join(found)}, whose channels a selection of the strongest first "
                           "would take across their groups or branches: units are selected evenly spaced (as Weight "
                           "Selection)"))

@@ -60,7 +60,7 @@ def expands(method: str, gene: GeneTemplate, depth: int, shape: tuple[int, ...],
     (the target holds more), the template can be expanded, and the source's tensors are at
     hand (``selection.whole_source``)."""
     return method == "expand" and reads_whole(method, keep) \
-        and not selects(method, gene, depth, shape, keep, layout.head_axes) \
+        and not selects(method, gene, depth, shape, keep, layout.head_axes, dict(layout.branches)) \
         and not expandable(gene.role, layout, tuple(gene.shape), tuple(shape)) and whole_source(gene)
 
 

@@ -118,7 +118,8 @@ def extract_learngene(model: OnnxModel, keep: float = 1.0, convention: str = "or
             key=key, stage=tpl.stage, role=tpl.role, layout=first.layout.name, kinds=kinds,
             shape=shape, depth=len(tpl.blocks), dtype=str(slot_dtype(first)), coefficients=coef,
             means=means, stds=stds, kept=kept, masked=_masked_entries(gs, tpl, shape), values=values,
-            groups={a: g for a, g in first.layout.head_groups.items() if g < shape[a]})  # not one per head
+            groups={a: g for a, g in first.layout.head_groups.items() if g < shape[a]},  # not one per head
+            branches=dict(first.layout.branches))
     if nonfinite and not allow_nonfinite:
         names = sorted({n for v in nonfinite.values() for n in v})
         shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")

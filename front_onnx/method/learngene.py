@@ -85,6 +85,9 @@ class GeneTemplate:
     # per canonical axis, how many of the source's blocks hold it in the learngene's
     # ``unit_order`` (``alignment.ordered_blocks``; empty: not recorded, every axis taken as ordered)
     ordered: tuple[int, ...] = ()
+    # canonical axis -> the lengths of the concatenated branches it reads (``Layout.branches``):
+    # a selection takes each target branch from its own source branch
+    branches: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.kept:
@@ -103,6 +106,7 @@ class GeneTemplate:
             "dtype": self.dtype, "kept": list(self.kept),
             **({"groups": {str(a): g for a, g in sorted(self.groups.items())}} if self.groups else {}),
             **({"ordered": list(self.ordered)} if self.ordered else {}),
+            **({"branches": {str(a): list(b) for a, b in sorted(self.branches.items())}} if self.branches else {}),
         }
 
 
@@ -193,7 +197,11 @@ class Learngene:
                     kinds=tuple(str(k) for k in tm["kinds"]), shape=tuple(int(d) for d in tm["shape"]),
                     depth=int(tm["depth"]), dtype=str(tm["dtype"]), coefficients=coef, means=means, stds=stds,
                     groups={int(a): int(g) for a, g in tm.get("groups", {}).items()},
-                    ordered=tuple(tm.get("ordered", ())))
+                    ordered=tuple(tm.get("ordered", ())),
+                    branches={int(a): tuple(int(n) for n in b) for a, b in tm.get("branches", {}).items()})
+                if any(not 0 <= a < len(t.shape) or sum(b) != t.shape[a] or min(b, default=0) < 1
+                       for a, b in t.branches.items()):
+                    raise ValueError(f"template {t.key!r}: branches whose lengths do not make up their axis")
                 if t.ordered and (len(t.ordered) != len(t.kinds)
                                   or any(type(n) is not int or not 0 <= n <= t.depth for n in t.ordered)):
                     raise ValueError(f"template {t.key!r}: 'ordered' must count 0 to depth blocks per axis")

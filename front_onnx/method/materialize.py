@@ -168,7 +168,8 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
         assert first.layout is not None
         shape = first.layout.canonical_shape(first.shape)
         gt = gene.templates[skey]
-        selected = selects(method, gt, tpl.depth, shape, gene.keep, first.layout.head_axes)
+        branches = dict(first.layout.branches)
+        selected = selects(method, gt, tpl.depth, shape, gene.keep, first.layout.head_axes, branches)
         expanded = not selected and expands(method, gt, tpl.depth, shape, first.layout, gene.keep)
         done = None if selected or expanded else _streamed(gt, tpl, gs, shape, gene.convention, dtypes, depth_mode)
         fresh = None
@@ -180,7 +181,7 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
             elif selected:
                 stack = select(gt, tpl.depth, shape, gene.convention, leading=gene.unit_order == "importance",
                                output_norm=tpl.output_norm and method != "select", heads=first.layout.head_axes,
-                               groups=first.layout.head_groups)
+                               groups=first.layout.head_groups, branches=branches)
             else:
                 stack = materialize(gt, tpl.depth, shape, gene.convention, depth_mode)
             for b, block in enumerate(tpl.blocks):

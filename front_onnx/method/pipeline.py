@@ -12,8 +12,8 @@ import numpy as np
 
 from front_onnx.analysis import weight_slots
 from front_onnx.analysis.pairing import one_structure, promote_differing
-from front_onnx.analysis.slots import slot_dtype
-from front_onnx.analysis.structure import find_structure, single_layer_stages, stage_blocks
+from front_onnx.analysis.slots import GraphSlots, slot_dtype
+from front_onnx.analysis.structure import Structure, find_structure, single_layer_stages, stage_blocks
 from front_onnx.method.amplitude import SCALES
 from front_onnx.method.extraction import extract_learngene
 from front_onnx.method.learngene import Learngene
@@ -80,9 +80,15 @@ def _selected_targets(source_analysis, analysis, sources: dict[str, str]) -> set
     """The target templates selection can fill: nowhere longer than their source template."""
     have = target_shapes(*source_analysis)
     gs, st = analysis
+    sgs, sst = source_analysis
+
+    def layout(g: GraphSlots, s: Structure, key: str):
+        return g.slots[s.templates[key].blocks[0][0]].layout
+
     return {k for k, shape in target_shapes(*analysis).items()
             if k in sources and sources[k] in have
-            and fits(have[sources[k]], shape, gs.slots[st.templates[k].blocks[0][0]].layout.head_axes)}
+            and fits(have[sources[k]], shape, layout(gs, st, k).head_axes,
+                     (dict(layout(sgs, sst, sources[k]).branches), dict(layout(gs, st, k).branches)))}
 
 
 def _expandable_targets(source_analysis, analysis, sources: dict[str, str]) -> set[str]:

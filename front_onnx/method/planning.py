@@ -123,8 +123,8 @@ def _axis_ops(gene: GeneTemplate, kinds: tuple[str, ...], shape: tuple[int, ...]
 
 
 def _select_ops(gene: GeneTemplate, shape: tuple[int, ...], depth: int, leading: bool = False,
-                output_norm: bool = False, heads: tuple[int, ...] = (), groups: dict[int, int] | None = None
-                ) -> list[str]:
+                output_norm: bool = False, heads: tuple[int, ...] = (), groups: dict[int, int] | None = None,
+                branches: dict[int, tuple[int, ...]] | None = None) -> list[str]:
     """The operations of Weight Selection on one template, for the plan."""
     if depth == gene.depth:
         ops = [f"layers: {depth} (copy)"]
@@ -140,6 +140,11 @@ def _select_ops(gene: GeneTemplate, shape: tuple[int, ...], depth: int, leading:
             r = shape[k + 1] // gene.shape[k + 1]
             ops.append(f"axes {k}-{k + 1}: {nt * r} of {ns} whole heads ({how}), {r} side by side per target head "
                        f"({gene.shape[k + 1]} -> {shape[k + 1]})")
+        elif k in gene.branches and k in (branches or {}):
+            bs, bt = gene.branches[k], (branches or {})[k]
+            ops.append(f"axis {k}: select {nt} of {ns}, each of {len(bt)} concatenated branches from its own of "
+                       f"{len(bs)} ({' | '.join(map(str, bs))} -> {' | '.join(map(str, bt))}; {how})"
+                       if bs != bt else f"axis {k}: {nt} (copy)")
         elif k - 1 not in merged:
             g, tg = grouped.get(k, (0, 0))
             within = f", within {tg} of {g} key/value groups" if keeps_groups(ns, nt, g, tg) else ""
@@ -198,8 +203,14 @@ def _align(src: list[tuple], tgt: list[tuple]) -> dict[int, int]:
     """Target unit -> source unit: a global alignment of the two unit sequences (equal
     signatures score most, equal coarse signatures less; a run of unmatched units costs its
     length, and more when it does not begin where a residual block begins, so that a block
-    one side has and the other lacks is cut at its own boundaries)."""
+    one side has and the other lacks is cut at its own boundaries). Among equally good
+    alignments, the one that matches the earlier units ("first N", as selection takes blocks:
+    a DenseNet block of fewer layers pairs its layers with the source's first ones, which read
+    as many concatenated branches): traced back from the end, a tie goes to an unmatched unit."""
     n, m = len(src), len(tgt)
+
+    def best(values: list[float]) -> int:
+        return max(range(3), key=lambda x: (values[x], x != 0))
     neg = float("-inf")
 
     def sim(i: int, j: int) -> float:
@@ -220,21 +231,21 @@ def _align(src: list[tuple], tgt: list[tuple]) -> dict[int, int]:
                 s = sim(i - 1, j - 1)
                 if s > neg:
                     prev = score[i - 1][j - 1]
-                    k = max(range(3), key=lambda x: prev[x])
+                    k = best(prev)
                     score[i][j][0], back[i][j][0] = prev[k] + s, k
             if i:
                 prev = score[i - 1][j]
                 cands = [prev[0] - opening(src, i - 1), prev[1] - _GAP, prev[2] - opening(src, i - 1)]
-                k = max(range(3), key=lambda x: cands[x])
+                k = best(cands)
                 score[i][j][1], back[i][j][1] = cands[k], k
             if j:
                 prev = score[i][j - 1]
                 cands = [prev[0] - opening(tgt, j - 1), prev[1] - opening(tgt, j - 1), prev[2] - _GAP]
-                k = max(range(3), key=lambda x: cands[x])
+                k = best(cands)
                 score[i][j][2], back[i][j][2] = cands[k], k
     out: dict[int, int] = {}
     i, j = n, m
-    state = max(range(3), key=lambda x: score[n][m][x])
+    state = best(score[n][m])
     while i or j:
         prev = back[i][j][state]
         if state == 0:
@@ -333,10 +344,10 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
         else:
             why = check_template(src, tpl.role, kinds, shape)
             if method == "select" and not why:
-                why = cannot_select(src, tpl.depth, shape, first.layout.head_axes)
+                why = cannot_select(src, tpl.depth, shape, first.layout.head_axes, dict(first.layout.branches))
         verdicts[key] = why or "ok"
         chosen = src is not None and not why and selects(method, src, tpl.depth, shape, gene.keep,
-                                                         first.layout.head_axes)
+                                                         first.layout.head_axes, dict(first.layout.branches))
         grown = src is not None and not why and expands(method, src, tpl.depth, shape, first.layout, gene.keep)
         if chosen:
             selected.append(key)
@@ -344,7 +355,8 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
             expanded.append(key)
         ops = [] if src is None or why else _select_ops(src, shape, tpl.depth, gene.unit_order == "importance",
                                                          tpl.output_norm and method != "select",
-                                                         first.layout.head_axes, first.layout.head_groups) \
+                                                         first.layout.head_axes, first.layout.head_groups,
+                                                         dict(first.layout.branches)) \
             if chosen else expand_ops(src, shape, tpl.depth, depth_mode) if grown \
             else _axis_ops(src, kinds, shape, tpl.depth, depth_mode)
         zeroed = set(identity_blocks(src, tpl)) if depth_mode == "identity" and src is not None and ops \

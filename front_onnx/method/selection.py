@@ -56,11 +56,34 @@ def whole_source(gene: GeneTemplate) -> bool:
 
 
 def selects(method: str, gene: GeneTemplate, depth: int, shape: tuple[int, ...], keep: float = 1.0,
-            heads: tuple[int, ...] = ()) -> bool:
+            heads: tuple[int, ...] = (), branches: dict[int, tuple[int, ...]] | None = None) -> bool:
     """Whether ``method`` fills this template by selection (else by FRONT's transform): 'hybrid'
     where the target holds no more of it than the source, from a learngene it can select from.
-    ``heads``: the canonical heads axes (``Layout.head_axes``)."""
-    return method == "select" or (reads_whole(method, keep) and not cannot_select(gene, depth, shape, heads))
+    ``heads``: the canonical heads axes (``Layout.head_axes``); ``branches``: the target's
+    concatenated branches (``Layout.branches``)."""
+    return method == "select" or (reads_whole(method, keep) and not cannot_select(gene, depth, shape, heads, branches))
+
+
+def branch_indices(source: tuple[int, ...], target: tuple[int, ...], leading: bool = False) -> np.ndarray | None:
+    """Which source channels an axis of concatenated branches takes: the target's branches
+    matched with the source's in order (a target with fewer takes the first ones, as it takes
+    the first layers that make them), each from its own branch, its first or evenly spaced
+    channels; None when they cannot be (more branches, or a longer one)."""
+    if len(target) > len(source) or any(t > n for n, t in zip(source, target)):
+        return None
+    starts = np.concatenate([[0], np.cumsum(source)[:-1]]).astype(np.int64)
+    return np.concatenate([starts[i] + (np.arange(t) if leading else uniform_indices(n, t))
+                           for i, (n, t) in enumerate(zip(source, target))])
+
+
+def branch_mismatch(source: dict[int, tuple[int, ...]], target: dict[int, tuple[int, ...]] | None) -> str:
+    """Why a selection cannot take each target branch of a concatenation from its own source
+    branch, or ''."""
+    for a in sorted(set(source) & set(target or {})):
+        if branch_indices(source[a], target[a]) is None:  # type: ignore[index]
+            return (f"Weight Selection cannot take each branch of a concatenation from its own (axis {a}: branches "
+                    f"{' | '.join(map(str, source[a]))} -> {' | '.join(map(str, target[a]))})")  # type: ignore[index]
+    return ""
 
 
 def uniform_indices(n_src: int, n_tgt: int) -> np.ndarray:
@@ -103,24 +126,31 @@ def grown_axes(source: tuple[int, ...], target: tuple[int, ...], heads: tuple[in
     return [k for k, (ns, nt) in enumerate(zip(source, target)) if nt > ns and k not in filled]
 
 
-def cannot_select(gene: GeneTemplate, depth: int, shape: tuple[int, ...], heads: tuple[int, ...] = ()) -> str:
-    """Why a template cannot be filled by selection ('' when it can)."""
+def cannot_select(gene: GeneTemplate, depth: int, shape: tuple[int, ...], heads: tuple[int, ...] = (),
+                  branches: dict[int, tuple[int, ...]] | None = None) -> str:
+    """Why a template cannot be filled by selection ('' when it can); ``branches``: the target's
+    concatenated branches (``Layout.branches``)."""
     if depth > gene.depth:
         return f"Weight Selection cannot add blocks ({gene.depth} in the source, {depth} in the target)"
     longer = grown_axes(tuple(gene.shape), tuple(shape), heads)
     if longer:
         k = longer[0]
         return f"Weight Selection cannot grow an axis (axis {k}: {gene.shape[k]} -> {shape[k]})"
+    branched = branch_mismatch(gene.branches, branches)
+    if branched:
+        return branched
     if not whole_source(gene):
         return "Weight Selection needs the whole source tensor (a learngene of keep 1.0)"
     return ""
 
 
-def fits(source: tuple[int, ...], target: tuple[int, ...], heads: tuple[int, ...] = ()) -> bool:
+def fits(source: tuple[int, ...], target: tuple[int, ...], heads: tuple[int, ...] = (),
+         branches: tuple[dict[int, tuple[int, ...]], dict[int, tuple[int, ...]]] = ({}, {})) -> bool:
     """Whether a target template [depth, *shape] can be selected from a source one: nowhere
-    longer (depth included; ``heads`` index the shapes without depth)."""
+    longer (depth included; ``heads`` index the shapes without depth), each concatenated
+    branch from its own (``branches``: the source's and the target's)."""
     return len(source) == len(target) and target[0] <= source[0] \
-        and not grown_axes(tuple(source[1:]), tuple(target[1:]), heads)
+        and not grown_axes(tuple(source[1:]), tuple(target[1:]), heads) and not branch_mismatch(*branches)
 
 
 def selected_blocks(L: int, depth: int, output_norm: bool = False) -> list[int]:
@@ -135,17 +165,19 @@ def selected_blocks(L: int, depth: int, output_norm: bool = False) -> list[int]:
 
 def select(gene: GeneTemplate, depth: int, shape: tuple[int, ...], convention: str,
            leading: bool = False, output_norm: bool = False, heads: tuple[int, ...] = (),
-           groups: dict[int, int] | None = None) -> np.ndarray:
+           groups: dict[int, int] | None = None, branches: dict[int, tuple[int, ...]] | None = None) -> np.ndarray:
     """The target's depth stack [depth, *shape] selected from the source's blocks: the
     source's own values where the gene holds them (``GeneTemplate.values``, a transfer's),
     else the whole spectrum inverted (float64); ``leading``: the first units of each shorter
     axis (a source ordered by importance); ``heads``: the canonical heads axes; ``groups``:
-    the target's key/value groups of its grouped-query heads (``Layout.head_groups``)."""
-    why = cannot_select(gene, depth, shape, heads)
+    the target's key/value groups of its grouped-query heads (``Layout.head_groups``);
+    ``branches``: the target's concatenated branches (``Layout.branches``)."""
+    why = cannot_select(gene, depth, shape, heads, branches)
     if why:
         raise ValueError(why)
+    matched = {a: (b, (branches or {})[a]) for a, b in gene.branches.items() if a in (branches or {})}
     return _take(source_blocks(gene, convention)[selected_blocks(gene.depth, depth, output_norm)], gene.shape,
-                 shape, leading, heads, head_groups(gene, groups))
+                 shape, leading, heads, head_groups(gene, groups), matched)
 
 
 def head_groups(gene: GeneTemplate, target: dict[int, int] | None) -> dict[int, tuple[int, int]]:
@@ -166,17 +198,25 @@ def source_blocks(gene: GeneTemplate, convention: str) -> np.ndarray:
 
 
 def _take(z: np.ndarray, have: tuple[int, ...], shape: tuple[int, ...], leading: bool,
-          heads: tuple[int, ...] = (), groups: dict[int, tuple[int, int]] | None = None) -> np.ndarray:
+          heads: tuple[int, ...] = (), groups: dict[int, tuple[int, int]] | None = None,
+          branches: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] | None = None) -> np.ndarray:
     """Select along each shorter axis of the stack ``z`` [depth, *have]; regrouped heads
     (``regroups``) take k whole source heads per target head, in order; grouped-query heads
-    (``groups``: axis -> source and target key/value groups) stay with their key/value heads."""
+    (``groups``: axis -> source and target key/value groups) stay with their key/value heads;
+    concatenated channels (``branches``: axis -> source and target branches) each target
+    branch from its own source branch (``branch_indices``), whatever the totals."""
     merged = {a: shape[a + 1] // have[a + 1] for a in regroups(tuple(have), tuple(shape), heads)}
     groups = groups or {}
     for a, (ns, nt) in enumerate(zip(have, shape)):
         if a - 1 in merged:
             continue
         n = nt * merged.get(a, 1)
-        if n < ns:
+        if branches and a in branches:
+            idx = branch_indices(*branches[a], leading=leading)
+            assert idx is not None
+            if not np.array_equal(idx, np.arange(ns)):
+                z = np.take(z, idx, axis=a + 1)
+        elif n < ns:
             idx = head_indices(ns, n, leading, *groups[a]) if a in groups and a not in merged else \
                 np.arange(n) if leading else uniform_indices(ns, n)
             z = np.take(z, idx, axis=a + 1)

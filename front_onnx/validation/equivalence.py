@@ -14,8 +14,7 @@ import numpy as np
 from front_onnx.analysis.slots import GraphSlots
 from front_onnx.analysis.structure import Structure
 from front_onnx.errors import FrontError, OnnxFileError
-from front_onnx.method.alignment import (ORDERS, Alignment, ordered_blocks, outputs_kept, plan_alignment, uneven_branches,
-                                         write_aligned)
+from front_onnx.method.alignment import ORDERS, Alignment, ordered_blocks, outputs_kept, plan_alignment, write_aligned
 from front_onnx.method.extraction import file_sha256
 from front_onnx.method.learngene import Learngene
 from front_onnx.method.pipeline import pair_learngene, selects_any
@@ -221,8 +220,5 @@ def transfer_learngene(s: OnnxModel, source_analysis, analysis, folder: Path, *,
     def extract(m: OnnxModel) -> Learngene:
         return pair_learngene(m, source_analysis, analysis, keep=keep, convention=convention, depth=depth,
                               allow_nonfinite=allow_nonfinite, method=method)
-    gene, note = ordered_learngene(s, source_analysis, folder, order, extract, across_depth=across,
-                                   kept_outputs=outputs_kept(s, target) if order else frozenset())
-    if note is not None:
-        note.why += uneven_branches(note, target, analysis[0])
-    return gene, note
+    return ordered_learngene(s, source_analysis, folder, order, extract, across_depth=across,
+                             kept_outputs=outputs_kept(s, target) if order else frozenset())
