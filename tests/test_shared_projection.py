@@ -40,3 +40,29 @@ def test_a_projection_two_paths_share_stays_one_tensor(tmp_path):
     named = front_onnx.weights(tmp_path / "o.onnx")
     assert "deberta.encoder.layer.0.attention.self.query_proj.weight" in named.tensors
     assert not [u for u in named.unnamed if "query_proj.weight" in u[1] or "key_proj.weight" in u[1]]
+
+
+def test_a_normalized_table_is_transferred_and_named_as_its_own(tmp_path):
+    """DeBERTa-v2 normalizes its relative-position embeddings with a LayerNorm before the shared
+    projections read them: the table is that LayerNorm's input, a parameter all the same. It
+    was left ("a parameter read by LayerNormalization"): identity off by 1e-4. Through
+    transfer_module it was named the LayerNorm's weight (a (16, 16) tensor for (16,)), and the
+    transfer refused: it is named as its own, and the shrink loads strictly."""
+    import numpy as np
+
+    from front_onnx.torch import transfer_module
+    torch.manual_seed(0)
+    src = _deberta(32, 4, 2)
+    perturb(src)
+    torch.manual_seed(1)
+    module, plan = transfer_module(src, _deberta(32, 4, 2), dict(TEXT))
+    with torch.no_grad():
+        want, got = src(**TEXT).logits, module(**TEXT).logits
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-5
+    assert not [s for s in plan.slots if s.status == "left" and (s.role or s.parameter)]
+    torch.manual_seed(2)
+    small, plan = transfer_module(src, _deberta(16, 2, 1), dict(TEXT))
+    assert plan.summary()["written_fraction"] == 1.0
+    table = src.deberta.encoder.rel_embeddings.weight.detach().numpy()
+    taken = small.deberta.encoder.rel_embeddings.weight.detach().numpy()
+    assert all(np.isin(row, table[r]).all() for r, row in enumerate(taken))  # each row from its own bucket

@@ -163,6 +163,7 @@ class _Evidence:
         self.nodes = g.node
         self.expected = _signature(g)
         self.expected_set = set(self.expected or ())
+        self.stored = {t.name for t in g.initializer}
 
     def fx(self, i: int) -> _Fx | None:
         if i not in self._fx:
@@ -436,9 +437,11 @@ def _slot_name(ev: _Evidence, s: Slot, explicit: str | None, exp_why: str, share
     if explicit and module and "." in explicit and ev.expected_set:
         owner, attribute = explicit.rsplit(".", 1)
         mine = f"{module}.{attribute}"
-        if owner != module and mine in ev.expected_set:
+        if owner != module and mine in ev.expected_set and mine not in ev.stored:
             # the exporter merged equal tensors (a fresh model's layer scales) or tied ones
             # and kept one name: this use is in another module that has the same parameter
+            # (one whose own tensor the graph stores is another: DeBERTa's relative-position
+            # table, read by its LayerNorm, is not that LayerNorm's weight)
             return mine, (f"module {module!r} from the node scope, listed in the exporter's graph signature; "
                           f"the tensor is {explicit!r}'s, merged by the exporter ({exp_why})")
     if scoped and not ev.dynamo and s.op != "Conv":

@@ -584,6 +584,9 @@ class _Analyzer:
                   "SimplifiedLayerNormalization", "RMSNormalization") and cj >= 1:
             names = {1: "norm.scale", 2: "norm.bias", 3: "norm.mean", 4: "norm.var"}
             return names.get(cj, f"norm.input{cj}"), _broadcast_layout(shape), "", ev
+        if op in ("LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization") and cj == 0 and rank >= 2:
+            # a table the graph normalizes before use (DeBERTa's relative-position embeddings)
+            return "parameter", _broadcast_layout(shape), "", ev + ["a table the graph normalizes"]
         if op == "Gather" and cj == 0 and rank == 2 and _attr(n, "axis", 0) == 0:
             return "embedding", Layout((0, 1), (INDEX, FEATURE), name="[vocab, dim]"), "", ev
         if op in ("Add", "Sub") and cj in (0, 1):
