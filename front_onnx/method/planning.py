@@ -410,8 +410,10 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
                 f"whose other units it takes: {what}")
         if all(r.startswith("norm.") for roles in unused.values() for r in roles):
             note += ("; a normalization the target's blocks lack: an exporter may have merged the fresh target's "
-                     "norms that read the same input (identical until trained), as torch.onnx's dynamo exporter's "
-                     "optimizer does; export the target with optimize=False to keep them")
+                     "norms, identical until trained: torch.onnx's dynamo exporter's optimizer merges norms that "
+                     "read the same input (export the target with optimize=False to keep them), and its legacy "
+                     "exporter shares equal tensors through Identity nodes, which are not followed into a layer "
+                     "applied more than once (ALBERT's shared layers)")
         plan.notes.append(note)
     if method in ("hybrid", "expand") and gene.keep < 1.0:
         plan.notes.append(f"{method}: nothing selected (selection reads the whole source; this learngene holds "
