@@ -610,6 +610,87 @@ class _Analyzer:
             return None, None, f"a configuration input of {op} (input {cj}), not a weight", ev
         return None, None, f"unsupported consumer {op} input {cj}", ev
 
+    def _uses(self, ni: int, j: int, rank: int) -> list[tuple[int, int, list[int]]]:
+        """Where input ``j`` of node ``ni`` (an initializer) is used: (node, input, view) past the
+        ops it passes through unchanged or transposed (``view``: the use sees the stored tensor
+        transposed so). A pass-through with several consumers is one use per consumer: the
+        legacy exporter routes a layer applied more than once (ALBERT's shared layers) and a
+        fresh model's equal tensors through Identity nodes."""
+        out: list[tuple[int, int, list[int]]] = []
+        todo = [(ni, j, list(range(rank)), 0)]
+        while todo and len(out) < 64:
+            ci, cj, view, hops = todo.pop(0)
+            n = self.g.node[ci]
+            nxt = self.cons.get(n.output[0], []) if n.op_type in WEIGHT_PATH and n.output else []
+            if not nxt or hops >= 16 or (len(nxt) > 1 and n.op_type not in PASS_THROUGH):
+                out.append((ci, cj, view))
+                continue
+            if n.op_type == "Transpose":
+                q = _attr(n, "perm", None) or list(reversed(range(len(view))))
+                view = [view[k] for k in q]
+            todo.extend((a, b, view, hops + 1) for a, b in nxt)
+        return out
+
+    def _slot(self, slots: list[Slot], ni: int, j: int, x: str, t: onnx.TensorProto, shape: tuple[int, ...],
+              ci: int, cj: int, view: list[int]) -> None:
+        """The slot (or a view's slots) of one use of initializer ``x``, read as input ``j`` of
+        node ``ni`` and used as input ``cj`` of node ``ci``."""
+        vshape = tuple(shape[k] for k in view)
+        if self.g.node[ci].op_type in VIEW_OPS - WEIGHT_PATH:
+            folded = self._view_slots(ni, j, x, t, shape, ci, cj, vshape)
+            if folded:
+                slots.extend(folded)
+                return
+        role, layout, reason, ev = self.role_of(ci, cj, vshape)
+        provenance = ""
+        masked = None
+        candidate = None
+        unsupported = False
+        if role is None and reason.startswith("scalar constant") and len(shape) == 1 \
+                and not is_generated_name(x) and self._provenance(x, "").parameter:
+            # a learned scalar, named as the module's parameter: one weight, written as one (a
+            # generated name is a constant, even one the exporter says it folded from a tensor)
+            role, layout, reason, ev = self.role_of(ci, cj, vshape, scalar=True)
+        if role is None and reason.startswith("unsupported consumer"):
+            prov = self._provenance(x, "")
+            if prov.parameter:  # a parameter all the same: counted, and left with the reason
+                unsupported, provenance = True, prov.evidence
+                reason = (f"a parameter read by {self.g.node[ci].op_type} (input {cj}), an op front-onnx "
+                          "does not transfer: left as it is")
+            elif not prov.unproven:
+                provenance = prov.evidence
+                reason = f"{reason}; a constant: {prov.evidence}"
+        if role is not None:
+            prov = self._provenance(x, role)
+            provenance = prov.evidence
+            if not prov.parameter:
+                if prov.unproven and layout is not None:
+                    candidate = (role, layout, prov.masked)
+                role, layout, reason = None, None, f"constant, not a parameter: {prov.evidence}"
+                if prov.derived:  # trained values all the same: counted, and left with the reason
+                    unsupported = True
+                    reason = (f"computed by the exporter from module tensors ({', '.join(prov.derived[:3])}) and "
+                              "other values: left as it is, with the trained values it holds, which the "
+                              "transfer does not write")
+            elif prov.masked and self.read is not None:
+                values = np.asarray(self.read(x))
+                m = mask_entries(values)
+                masked = View(["mask"], shape, None, None, m, covered=int((~m).sum()))
+                if _batch_copies(values, self.batch):  # one copy per batch row: one parameter view
+                    masked = View(["mask", "batch copies"], shape,
+                                  np.arange(int(np.prod(shape[1:]))).reshape((1,) + shape[1:]), None,
+                                  m[:1], covered=int((~m[:1]).sum()), copies=shape[0])
+                    layout = _broadcast_layout((1,) + shape[1:])
+                    ev.append(f"{shape[0]} identical copies along the batch axis: one parameter view")
+        if layout is not None and view != list(range(len(shape))):
+            layout = Layout(tuple(view[k] for k in layout.perm), layout.kinds, layout.parts,
+                            f"{layout.name} through Transpose{tuple(view)}")
+            ev.append(f"reached through Transpose (stored axes {tuple(view)})")
+        slots.append(Slot(ni, j, x, tuple(masked.index.shape) if masked is not None and masked.index is not None
+                          else shape, t.data_type, ci, cj, self.g.node[ci].op_type,
+                          role, layout, reason=reason, evidence=ev, anchor=ci, provenance=provenance,
+                          view=masked, candidate=candidate, unsupported=unsupported))
+
     def analyze(self) -> GraphSlots:
         slots: list[Slot] = []
         for ni, node in enumerate(self.g.node):
@@ -620,75 +701,9 @@ class _Analyzer:
                 t = self.inits.get(x)
                 if t is None or t.data_type not in FLOAT_TYPES:
                     continue  # integer, shape, axes and bool tensors are never touched
-                ci, cj = ni, j
                 shape = tuple(int(d) for d in t.dims)
-                view = list(range(len(shape)))   # the consumer sees stored.transpose(view)
-                hops = 0
-                while self.g.node[ci].op_type in WEIGHT_PATH and hops < 16:
-                    n = self.g.node[ci]
-                    nxt = self.cons.get(n.output[0], [])
-                    if len(nxt) != 1:
-                        break
-                    if n.op_type == "Transpose":
-                        q = _attr(n, "perm", None) or list(reversed(range(len(view))))
-                        view = [view[k] for k in q]
-                    ci, cj = nxt[0]
-                    hops += 1
-                vshape = tuple(shape[k] for k in view)
-                if self.g.node[ci].op_type in VIEW_OPS - WEIGHT_PATH:
-                    folded = self._view_slots(ni, j, x, t, shape, ci, cj, vshape)
-                    if folded:
-                        slots.extend(folded)
-                        continue
-                role, layout, reason, ev = self.role_of(ci, cj, vshape)
-                provenance = ""
-                masked = None
-                candidate = None
-                unsupported = False
-                if role is None and reason.startswith("scalar constant") and len(shape) == 1 \
-                        and not is_generated_name(x) and self._provenance(x, "").parameter:
-                    # a learned scalar, named as the module's parameter: one weight, written as one (a
-                    # generated name is a constant, even one the exporter says it folded from a tensor)
-                    role, layout, reason, ev = self.role_of(ci, cj, vshape, scalar=True)
-                if role is None and reason.startswith("unsupported consumer"):
-                    prov = self._provenance(x, "")
-                    if prov.parameter:  # a parameter all the same: counted, and left with the reason
-                        unsupported, provenance = True, prov.evidence
-                        reason = (f"a parameter read by {self.g.node[ci].op_type} (input {cj}), an op front-onnx "
-                                  "does not transfer: left as it is")
-                    elif not prov.unproven:
-                        provenance = prov.evidence
-                        reason = f"{reason}; a constant: {prov.evidence}"
-                if role is not None:
-                    prov = self._provenance(x, role)
-                    provenance = prov.evidence
-                    if not prov.parameter:
-                        if prov.unproven and layout is not None:
-                            candidate = (role, layout, prov.masked)
-                        role, layout, reason = None, None, f"constant, not a parameter: {prov.evidence}"
-                        if prov.derived:  # trained values all the same: counted, and left with the reason
-                            unsupported = True
-                            reason = (f"computed by the exporter from module tensors ({', '.join(prov.derived[:3])}) and "
-                                      "other values: left as it is, with the trained values it holds, which the "
-                                      "transfer does not write")
-                    elif prov.masked and self.read is not None:
-                        values = np.asarray(self.read(x))
-                        m = mask_entries(values)
-                        masked = View(["mask"], shape, None, None, m, covered=int((~m).sum()))
-                        if _batch_copies(values, self.batch):  # one copy per batch row: one parameter view
-                            masked = View(["mask", "batch copies"], shape,
-                                          np.arange(int(np.prod(shape[1:]))).reshape((1,) + shape[1:]), None,
-                                          m[:1], covered=int((~m[:1]).sum()), copies=shape[0])
-                            layout = _broadcast_layout((1,) + shape[1:])
-                            ev.append(f"{shape[0]} identical copies along the batch axis: one parameter view")
-                if layout is not None and view != list(range(len(shape))):
-                    layout = Layout(tuple(view[k] for k in layout.perm), layout.kinds, layout.parts,
-                                    f"{layout.name} through Transpose{tuple(view)}")
-                    ev.append(f"reached through Transpose (stored axes {tuple(view)})")
-                slots.append(Slot(ni, j, x, tuple(masked.index.shape) if masked is not None and masked.index is not None
-                                  else shape, t.data_type, ci, cj, self.g.node[ci].op_type,
-                                  role, layout, reason=reason, evidence=ev, anchor=ci, provenance=provenance,
-                                  view=masked, candidate=candidate, unsupported=unsupported))
+                for ci, cj, view in self._uses(ni, j, len(shape)):
+                    self._slot(slots, ni, j, x, t, shape, ci, cj, view)
             if node.op_type in _QUANTIZED_OPS and not quantized:
                 slots.extend(self._unsupported_quantized(ni, node))
         shared: dict[str, list[int]] = defaultdict(list)

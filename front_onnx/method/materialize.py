@@ -379,6 +379,19 @@ def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.nd
             groups.setdefault(_digest(values[i]) if i in values else None, []).append(i)
         if not groups:
             continue
+        # uses through one pass-through node (the legacy exporter's Identity before a layer applied
+        # twice) read one value: they cannot be split apart, so they take the first one's
+        first: dict[tuple[int, int], bytes | None] = {}
+        for digest, members in list(groups.items()):
+            for i in list(members):
+                key = (gs.slots[i].node, gs.slots[i].input)
+                if first.setdefault(key, digest) != digest:
+                    members.remove(i)
+                    groups[first[key]].append(i)
+                    if name not in unified:
+                        unified.append(name)
+            if not members:
+                del groups[digest]
         order = sorted(groups, key=lambda d: d is not None)  # stable: None first, if present
         if len(order) > 1 and order[0] is not None and all(gs.slots[i].view is None for i in idx) \
                 and one():  # one parameter stays one tensor: the first use's value
