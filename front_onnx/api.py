@@ -42,7 +42,8 @@ from front_onnx.outputs import data_companion, guard, staged, write_bytes, write
 from front_onnx.validation.checks import ValidationReport
 from front_onnx.validation.checks import validate as _validate
 from front_onnx.validation.calibration import calibrator
-from front_onnx.validation.equivalence import alignment_order, keeps_function, ordered_learngene, transfer_learngene
+from front_onnx.validation.equivalence import (alignment_order, expansion_note, keeps_function, ordered_learngene,
+                                              transfer_learngene)
 
 __all__ = ["extract", "plan", "initialize", "transfer", "validate", "inspect", "weights", "refine",
            "refine_module", "transfer_module", "InitResult", "FrontError", "ValidationFailed", "DEFAULT_KEEP",
@@ -317,16 +318,13 @@ def _expanded(s: OnnxModel, t: OnnxModel, gene: Learngene, transformed, output: 
                              method="expand", scale=scale, calibrator=calibrate)
         if result.plan.expanded:
             kept, why = keeps_function(s, load_model(tmp))
-            if kept:
-                result.plan.notes.append(f"expand: {len(result.plan.expanded)} grown templates expanded; the target "
-                                         "computes the source's outputs (checked on synthesized inputs)")
-            else:
+            expanded = len(result.plan.expanded)
+            if not kept:
                 for p in tmp.parent.iterdir():
                     p.unlink()
                 result = _initialize(t, transformed(), tmp, t0, report, external_data, analysis, depth,
                                      release=True, label=label, method="hybrid", scale=scale, calibrator=calibrate)
-                result.plan.notes.append(f"expand: expanding the growth would change the source's outputs ({why}): "
-                                         "the growth is transformed, as --method hybrid")
+            result.plan.notes.append(expansion_note(expanded, "" if kept else why))
     result.output = output
     return result
 

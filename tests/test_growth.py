@@ -220,3 +220,29 @@ def test_an_expansion_the_check_rejects_is_rewritten_as_hybrid(tmp_path):
     assert not r.plan.expanded and any("would change the source's outputs" in n for n in r.plan.notes)
     assert e.read_bytes() == h.read_bytes()
     assert sorted(p.name for p in e.parent.iterdir()) == ["o.onnx"]   # nothing of the rejected write left
+
+
+def test_transfer_module_checks_an_expansion_as_transfer_does(tmp_path):
+    """transfer_module wrote an expansion without the check `transfer` makes: a reader of
+    concatenated channels (8 | 4 into 16 | 8) expanded with the source's 12 channels in its
+    leading positions reads the target's new channels of the first branch with the source's
+    second branch's weights, and nothing said so. Now it is checked, and transformed with the
+    note, as `transfer` does: the two give the same weights."""
+    from front_onnx.torch import transfer_module
+    from tests.corpus.build import perturb
+    from tests.test_concat_channels import _TwoBranches
+
+    torch.manual_seed(0)
+    src = _TwoBranches(8, 4).eval()
+    perturb(src)
+    x = torch.randn(2, 3, 8, 8)
+    torch.manual_seed(1)
+    tgt = _TwoBranches(16, 8).eval()
+    for name, m in (("s", src), ("t", tgt)):
+        torch.onnx.export(m, (x,), str(tmp_path / f"{name}.onnx"), dynamo=True, optimize=False)
+    r = front_onnx.transfer(tmp_path / "s.onnx", tmp_path / "t.onnx", tmp_path / "o.onnx")
+    module, plan = transfer_module(src, tgt, x)
+    for notes in (r.plan.notes, plan.notes):
+        assert any(n.startswith("expand: expanding the growth would change the source's outputs") for n in notes), notes
+    out = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "o.onnx")).graph.initializer}
+    np.testing.assert_array_equal(module.mix.weight.detach().numpy(), out["mix.weight"])

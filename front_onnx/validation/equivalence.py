@@ -50,6 +50,15 @@ def same_function(a: OnnxModel, b: OnnxModel, reference: list[np.ndarray] | None
     return True
 
 
+def expansion_note(expanded: int, why: str = "") -> str:
+    """The plan's note on a checked expansion: kept (``why`` empty), or transformed, and why."""
+    if not why:
+        return (f"expand: {expanded} grown templates expanded; the target computes the source's outputs (checked on "
+                "synthesized inputs)")
+    return f"expand: expanding the growth would change the source's outputs ({why}): the growth is transformed, as " \
+        "--method hybrid"
+
+
 def keeps_function(source: OnnxModel, grown: OnnxModel) -> tuple[bool, str]:
     """Whether a grown target gives the source's outputs on the source's synthesized inputs
     (``method.expansion``), and if not, why, in words."""
