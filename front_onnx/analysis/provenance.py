@@ -209,6 +209,12 @@ def _rotary_frequencies(a: np.ndarray) -> bool:
     return bool(r[0] < 1.0 and np.all(np.abs(r - r[0]) <= 1e-5 * r[0]))
 
 
+# values a configuration computes and training never gives, with what they are
+_CONFIGURED = ((_rotary_frequencies, "rotary frequencies (a geometric sequence from 1, base^(-2i/d))"),
+               (_sinusoidal, "a sinusoidal position table (sines and cosines of the same angles: sin^2 + cos^2 = 1 "
+                             "pair by pair)"))
+
+
 def classify(name: str, role: str | None, generated_name: bool, marks: Marks,
              read: Callable[[str], np.ndarray] | None) -> Provenance:
     """Whether the float initializer ``name``, used in a slot of ``role`` (the consuming
@@ -235,20 +241,13 @@ def classify(name: str, role: str | None, generated_name: bool, marks: Marks,
             # a mask, or (only a pair of models can tell, ``pairing``) a parameter combined with one
             return Provenance(False, "mask-like values (inf, NaN or near the dtype's limit)", masked=True,
                               unproven=True)
-        try:
-            rotary = _rotary_frequencies(read(name))
-        except Exception:  # noqa: BLE001 - as above
-            rotary = False
-        if rotary:
-            return Provenance(False, "rotary frequencies (a geometric sequence from 1, base^(-2i/d)): "
-                                     "computed from the configuration, not trained")
-        try:
-            sinusoid = _sinusoidal(read(name))
-        except Exception:  # noqa: BLE001 - as above
-            sinusoid = False
-        if sinusoid:
-            return Provenance(False, "a sinusoidal position table (sines and cosines of the same angles: "
-                                     "sin^2 + cos^2 = 1 pair by pair): computed from the configuration, not trained")
+        for pattern, what in _CONFIGURED:
+            try:
+                found = pattern(read(name))
+            except Exception:  # noqa: BLE001 - as above
+                found = False
+            if found:
+                return Provenance(False, f"{what}: computed from the configuration, not trained")
     folded = _folded(marks, name, role)
     if folded is not None:
         return folded
