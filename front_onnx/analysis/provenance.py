@@ -241,13 +241,13 @@ def classify(name: str, role: str | None, generated_name: bool, marks: Marks,
             # a mask, or (only a pair of models can tell, ``pairing``) a parameter combined with one
             return Provenance(False, "mask-like values (inf, NaN or near the dtype's limit)", masked=True,
                               unproven=True)
-        for pattern, what in _CONFIGURED:
-            try:
-                found = pattern(read(name))
-            except Exception:  # noqa: BLE001 - as above
-                found = False
-            if found:
-                return Provenance(False, f"{what}: computed from the configuration, not trained")
+        try:
+            values = read(name)
+            what = next((w for pattern, w in _CONFIGURED if pattern(values)), "")
+        except Exception:  # noqa: BLE001 - as above
+            what = ""
+        if what:
+            return Provenance(False, f"{what}: computed from the configuration, not trained")
     folded = _folded(marks, name, role)
     if folded is not None:
         return folded

@@ -189,14 +189,18 @@ def _stored_axis(s: Slot, k: int) -> int | None:
     return lay.perm[k] if s.view is None else s.view.stored_axis(tuple(s.shape), lay.perm[k])
 
 
-def ordered_blocks(al: Alignment, gs: GraphSlots, blocks: list[list[int]]) -> tuple[int, ...]:
-    """Per canonical axis of a template (``blocks``: its slots per block), how many of its blocks
-    hold that axis in the alignment's order. An axis no aligned space covers (a skipped space:
+def ordered_blocks(al: Alignment, gs: GraphSlots, templates: dict[str, list[list[int]]]) -> dict[str, tuple[int, ...]]:
+    """Per template (key -> its slots per block) and canonical axis, how many of its blocks hold
+    that axis in the alignment's order. An axis no aligned space covers (a skipped space:
     Llama's query and key, whose reader is a rotary embedding) keeps the source's order, and so
     do the heads of a space whose heads stayed in place: a selection's leading units are the
     strongest only where the axis was ordered, and the plan says which. A bias the source lacks
     is zero, in any order."""
     member = {m: sp for sp in al.spaces for m in sp.members}
+    return {key: _ordered_axes(member, gs, blocks) for key, blocks in templates.items()}
+
+
+def _ordered_axes(member: dict[tuple[str, int], SpaceOrder], gs: GraphSlots, blocks: list[list[int]]) -> tuple[int, ...]:
     counts: list[int] = []
     for block in blocks:
         s = gs.slots[block[0]]

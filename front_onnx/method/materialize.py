@@ -380,15 +380,15 @@ def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.nd
         if not groups:
             continue
         # uses through one pass-through node (the legacy exporter's Identity before a layer applied
-        # twice) read one value: they cannot be split apart, so they take the first one's
+        # twice) read one value: they cannot be split apart, so they take the first written one's
         first: dict[tuple[int, int], bytes | None] = {}
-        for digest, members in list(groups.items()):
+        for digest, members in sorted(groups.items(), key=lambda g: g[0] is None):  # written groups first
             for i in list(members):
                 key = (gs.slots[i].node, gs.slots[i].input)
                 if first.setdefault(key, digest) != digest:
                     members.remove(i)
                     groups[first[key]].append(i)
-                    if name not in unified:
+                    if digest is not None and name not in unified:  # two written values, one kept
                         unified.append(name)
             if not members:
                 del groups[digest]

@@ -191,8 +191,9 @@ def ordered_learngene(s: OnnxModel, analysis: tuple[GraphSlots, Structure] | Non
         raise OnnxFileError(str(e).replace(str(aligned.path), str(s.path))) from None
     if note.spaces:
         gene.unit_order = order
+        ordered = ordered_blocks(note, gs, {key: st.templates[key].blocks for key in gene.templates})
         for key, t in gene.templates.items():
-            t.ordered = ordered_blocks(note, gs, st.templates[key].blocks)
+            t.ordered = ordered[key]
         gene.source = s.path.name
         gene.source_sha256 = "" if gene.partial else file_sha256(s.path)
     return gene, note
