@@ -181,20 +181,3 @@ def test_plan_gives_the_verdict_transfer_gives(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"front-onnx: error: {p.verdict}"]
 
-
-def test_sinusoidal_position_tables_are_constants_by_their_values():
-    """Sines and cosines of the same angles (halves, as GPT-J's table; interleaved, as the
-    original Transformer's encoding) are computed from the configuration; trained values, or a
-    table of ones beside zeros, are not taken for one."""
-    from front_onnx.analysis.provenance import classify as cl
-    pos, f = np.arange(8)[:, None], 1.0 / 10000 ** (np.arange(0, 8, 2) / 8)
-    halves = np.concatenate([np.sin(pos * f), np.cos(pos * f)], axis=1).astype(np.float32)[None]
-    interleaved = np.stack([np.sin(pos * f), np.cos(pos * f)], axis=-1).reshape(8, 8).astype(np.float32)
-    m = _graph(8, 0)
-    for table in (halves, interleaved):
-        p = cl("gather", "parameter", False, Marks(m.graph), {"gather": table}.__getitem__)
-        assert not p.parameter and "sinusoidal position table" in p.evidence
-        trained = table + 0.01 * np.random.default_rng(0).standard_normal(table.shape).astype(np.float32)
-        assert cl("gather", "parameter", False, Marks(m.graph), {"gather": trained}.__getitem__).parameter
-    ones_zeros = np.concatenate([np.ones((8, 4)), np.zeros((8, 4))], axis=1).astype(np.float32)
-    assert "sinusoidal" not in cl("t", "parameter", False, Marks(m.graph), {"t": ones_zeros}.__getitem__).evidence

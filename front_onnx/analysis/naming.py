@@ -46,7 +46,7 @@ from front_onnx.analysis.slots import (
     scope_module,
     stored_values,
 )
-from front_onnx.analysis.provenance import FX_KEY, Marks, _folded, props
+from front_onnx.analysis.provenance import FX_KEY, SIGNATURE_KEY, SIGNATURE_LINE, Marks, _folded, props
 from front_onnx.onnxio import OnnxModel, load_model
 
 NAMES = ("torch", "onnx")
@@ -136,17 +136,15 @@ def _placeholder(name: str, kind: str = "p") -> str:
     return f"{kind}_{name.replace('.', '_')}"
 
 
-_SIGNATURE_KEY = "pkg.torch.export.ExportedProgram.graph_signature"
-_SIGNATURE_LINE = re.compile(r"^\s*(\w+): (PARAMETER|BUFFER) target='([^']+)'(?: persistent=(True|False))?", re.MULTILINE)
 
 
 def _signature(graph: onnx.GraphProto) -> list[str] | None:
     """The module's state_dict keys as the dynamo exporter lists them in its graph signature:
     every parameter (tied ones under each of their names) and persistent buffer, in order."""
-    text = props(graph.metadata_props).get(_SIGNATURE_KEY)
+    text = props(graph.metadata_props).get(SIGNATURE_KEY)
     if not text:
         return None
-    return [target for _, kind, target, persistent in _SIGNATURE_LINE.findall(text)
+    return [target for _, kind, target, persistent in SIGNATURE_LINE.findall(text)
             if kind == "PARAMETER" or persistent != "False"]
 
 

@@ -100,6 +100,10 @@ def literal_list(value: str) -> list[str]:
     return [str(x) for x in v] if isinstance(v, (list, tuple)) else []
 
 
+SIGNATURE_KEY = "pkg.torch.export.ExportedProgram.graph_signature"
+SIGNATURE_LINE = re.compile(r"^\s*(\w+): (PARAMETER|BUFFER) target='([^']+)'(?: persistent=(True|False))?", re.MULTILINE)
+
+
 class Marks:
     """The exporter's marks in a graph: parameter/buffer kinds and folded_from sources."""
 
@@ -119,11 +123,17 @@ class Marks:
             text = props(n.metadata_props).get(FX_KEY)
             if text:
                 self.placeholders.update(re.findall(r"%([pb]_\w+)", text))
+        # the exported program's graph signature: each module tensor's kind, buffers the graph no
+        # longer reads (folded away) included
+        self.signature = {target: kind.lower() for _, kind, target, _ in
+                          SIGNATURE_LINE.findall(props(graph.metadata_props).get(SIGNATURE_KEY, ""))}
         # a graph whose exporter marks parameters marks every one of them
         self.marks_parameters = any(k == "PARAMETER" for k in self.kind.values()) or bool(self.placeholders)
 
     def source_kind(self, name: str) -> str:
         """'parameter', 'buffer' or '' (an op or a value) for a name in a folded_from list."""
+        if name in self.signature:
+            return self.signature[name]
         if self.kind.get(name) == "PARAMETER" or "p_" + name.replace(".", "_") in self.placeholders:
             return "parameter"
         if self.kind.get(name) == "BUFFER" or "b_" + name.replace(".", "_") in self.placeholders:
@@ -180,25 +190,6 @@ def _mask_like(a: np.ndarray) -> bool:
     return bool(np.max(np.abs(x)) >= 0.1 * float(np.finfo(a.dtype).max))
 
 
-def _sinusoidal(a: np.ndarray) -> bool:
-    """Whether a tensor is a sinusoidal position table (GPT-J's ``embed_positions``, the
-    original Transformer's encoding, a rotary table holding sin and cos): along its last axis,
-    sines and cosines of the same angles, in two halves or interleaved, so each pair has
-    sin^2 + cos^2 = 1 (to float32 rounding). Trained values never are; angles that vary
-    across rows and columns rule out a constant pattern such as ones beside zeros."""
-    x = np.asarray(a, np.float64)
-    if x.ndim < 1 or x.shape[-1] < 2 or x.shape[-1] % 2 or x.size < 8 or not np.all(np.isfinite(x)):
-        return False
-    x = x.reshape(-1, x.shape[-1])
-    h = x.shape[-1] // 2
-    for sin, cos in ((x[:, :h], x[:, h:]), (x[:, 0::2], x[:, 1::2])):
-        if np.all(np.abs(sin * sin + cos * cos - 1.0) <= 1e-5) and x.shape[0] > 1:
-            angles = np.arctan2(sin, cos)
-            if np.ptp(angles, axis=0).max() > 1e-3 and np.ptp(angles[1:], axis=1).max() > 1e-3:
-                return True
-    return False
-
-
 def _rotary_frequencies(a: np.ndarray) -> bool:
     """Whether a tensor is a rotary embedding's ``inv_freq``: 1, r, r^2, ... with 0 < r < 1
     (to float32 rounding). A trained tensor is never an exact geometric sequence."""
@@ -207,12 +198,6 @@ def _rotary_frequencies(a: np.ndarray) -> bool:
         return False
     r = x[1:] / x[:-1]
     return bool(r[0] < 1.0 and np.all(np.abs(r - r[0]) <= 1e-5 * r[0]))
-
-
-# values a configuration computes and training never gives, with what they are
-_CONFIGURED = ((_rotary_frequencies, "rotary frequencies (a geometric sequence from 1, base^(-2i/d))"),
-               (_sinusoidal, "a sinusoidal position table (sines and cosines of the same angles: sin^2 + cos^2 = 1 "
-                             "pair by pair)"))
 
 
 def classify(name: str, role: str | None, generated_name: bool, marks: Marks,
@@ -242,12 +227,12 @@ def classify(name: str, role: str | None, generated_name: bool, marks: Marks,
             return Provenance(False, "mask-like values (inf, NaN or near the dtype's limit)", masked=True,
                               unproven=True)
         try:
-            values = read(name)
-            what = next((w for pattern, w in _CONFIGURED if pattern(values)), "")
+            rotary = _rotary_frequencies(read(name))
         except Exception:  # noqa: BLE001 - as above
-            what = ""
-        if what:
-            return Provenance(False, f"{what}: computed from the configuration, not trained")
+            rotary = False
+        if rotary:
+            return Provenance(False, "rotary frequencies (a geometric sequence from 1, base^(-2i/d)): "
+                                     "computed from the configuration, not trained")
     folded = _folded(marks, name, role)
     if folded is not None:
         return folded

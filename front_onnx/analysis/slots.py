@@ -657,9 +657,9 @@ class _Analyzer:
                 unsupported, provenance = True, prov.evidence
                 reason = (f"a parameter read by {self.g.node[ci].op_type} (input {cj}), an op front-onnx "
                           "does not transfer: left as it is")
-            elif not prov.unproven:
+            else:
                 provenance = prov.evidence
-                reason = f"{reason}; a constant: {prov.evidence}"
+                reason = f"{reason}; {'' if prov.unproven else 'a constant: '}{prov.evidence}"
         if role is not None:
             prov = self._provenance(x, role)
             provenance = prov.evidence
