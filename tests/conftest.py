@@ -13,6 +13,34 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+def pytest_configure(config) -> None:
+    _reuse_the_exporters_op_registry()
+
+
+def _reuse_the_exporters_op_registry() -> None:
+    """torch's dynamo exporter rebuilds its table of ONNX functions on every export (about
+    0.5 s, a third of a tiny model's export); the table depends only on the opset and the
+    installed packages, so the tests build it once per process and give every export its own
+    copy (an export may register custom ops into it). What is exported does not change."""
+    try:
+        from torch.onnx._internal.exporter import _registration
+    except ImportError:  # no torch (or another exporter): nothing to reuse
+        return
+    cls = _registration.ONNXRegistry
+    build = cls.from_torchlib.__func__
+    built: dict[int, object] = {}
+
+    def from_torchlib(klass, opset_version=_registration._constants.TORCHLIB_OPSET):
+        if opset_version not in built:
+            built[opset_version] = build(klass, opset_version)
+        copy = klass()
+        copy._opset_version = built[opset_version]._opset_version
+        copy.functions = {k: list(v) for k, v in built[opset_version].functions.items()}
+        return copy
+
+    cls.from_torchlib = classmethod(from_torchlib)
+
+
 class SampleCache:
     """Exports sample models on first use: (family, size, exporter, trained) -> path."""
 
