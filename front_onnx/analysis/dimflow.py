@@ -650,7 +650,7 @@ class _Flow:
         for whole, outs in self.split_outs.items():
             cut.setdefault(self.uf.find(whole), []).extend(outs)
         for i, s in enumerate(self.gs.slots):
-            if s.role not in ("linear.weight", "linear.bias") or s.layout is None:
+            if s.role not in ("linear.weight", "linear.bias") or s.layout is None or s.layout.piece:
                 continue
             node = self.g.node[s.anchor]
             if node.op_type not in ("MatMul", "Gemm", "MatMulNBits") or not node.output:
@@ -677,6 +677,20 @@ class _Flow:
                 if any(fs[0] == nh for a, fss in self.heads.items() if self.uf.find(a) == self.uf.find(y)
                        for fs in fss):  # the output was split into heads before attention
                     self.heads.setdefault(key, set()).add((nh, key[3] // nh))  # type: ignore[operator]
+        self._piece_parts()
+
+    def _piece_parts(self) -> None:
+        """One part's bias (``Layout.piece``) indexes its projection's within-part axis, when
+        the projection's weight has as many parts as the bias has pieces."""
+        weights = {s.anchor: i for i, s in enumerate(self.gs.slots) if s.role == "linear.weight" and i in self.part_axes}
+        for i, s in enumerate(self.gs.slots):
+            w = weights.get(s.anchor)
+            if s.role != "linear.bias" or s.layout is None or not s.layout.piece or w is None:
+                continue
+            lay = self.gs.slots[w].layout
+            assert lay is not None
+            if max(lay.parts, self.parts.get(w, (0,))[0]) == s.layout.piece[1]:
+                self.part_axes[i] = self.part_axes[w]
 
     def _heads_in_groups(self, key: tuple, g: tuple, ds: list[tuple],
                          by_class: dict[tuple, list[tuple[tuple, ...]]]) -> None:
@@ -833,6 +847,8 @@ class _Flow:
             lead: list[tuple | None] = []
             if s.layout.parts > 1:  # a fused projection: the parts' shared axis, when its split shows one
                 lead, out_ax = [None], self.part_axes.get(i)
+            elif s.layout.piece:  # one part's bias: that shared axis
+                out_ax = self.part_axes.get(i)
             rest: list[tuple | None]
             if s.role.endswith(".bias"):
                 rest = [out_ax]
@@ -960,7 +976,7 @@ def unsplit(s: Slot) -> Slot:
         h = lay.heads[k] if k < len(lay.heads) else 0
         kinds.append(lay.kinds[i])
         i += 2 if h else 1
-    return replace(s, layout=Layout(lay.perm, tuple(kinds), lay.parts, lay.name))
+    return replace(s, layout=Layout(lay.perm, tuple(kinds), lay.parts, lay.name, piece=lay.piece))
 
 
 def _projection_heads(f: _Flow, gs: GraphSlots) -> dict[int, tuple[int, ...]]:
@@ -992,9 +1008,11 @@ def _projection_heads(f: _Flow, gs: GraphSlots) -> dict[int, tuple[int, ...]]:
                 h_out = max(h_out, fs[0])
             elif parts > 1 and len(fs) == 3 and fs[0] == parts and fs[0] * fs[1] * fs[2] == n_out:
                 h_out = max(h_out, fs[1])
-        if parts > 1 and not h_out and i in f.part_axes:  # parts cut by a Split, each split into heads
+            elif s.layout.piece and len(fs) == 3 and fs[0] == s.layout.piece[1] and fs[1] * fs[2] == n_out:
+                h_out = max(h_out, fs[1])  # one part's bias: the heads of a part
+        if (parts > 1 or s.layout.piece) and not h_out and i in f.part_axes:  # parts cut by a Split, each into heads
             for fs in splits.get(f.uf.find(f.part_axes[i]), ()):
-                if len(fs) == 2 and fs[0] * fs[1] == canon[1]:
+                if len(fs) == 2 and fs[0] * fs[1] == canon[-1 if s.role == "linear.bias" and not parts > 1 else 1]:
                     h_out = max(h_out, fs[0])
         h_in = 0
         if s.role == "linear.weight":
@@ -1030,6 +1048,10 @@ def _cut_projections(f: _Flow, gs: GraphSlots) -> dict[int, str]:
         whole = find(f.ax(node.output[0], 1 if node.op_type == "Gemm" else -1))
         s = f.read(i, s)
         assert s.layout is not None
+        if s.layout.piece:
+            if i not in f.part_axes:
+                out[i] = "one part's bias of a fused projection whose parts the flow does not confirm"
+            continue
         if s.layout.parts > 1:
             if i not in f.part_axes:
                 out[i] = (f"its output is indexed into {s.layout.parts} parts that are not its outermost factor "
@@ -1171,7 +1193,7 @@ def with_heads(gs: GraphSlots, heads: dict[int, tuple[int, ...]], groups: dict[i
             kinds += [kind, kind] if k < len(h) and h[k] else [kind]
         g = groups.get(i, ())
         s.layout = Layout(lay.perm, tuple(kinds), lay.parts, lay.name + " by heads", heads=h, groups=g,
-                          interleaved=lay.interleaved, inner_groups=lay.inner_groups)
+                          interleaved=lay.interleaved, inner_groups=lay.inner_groups, piece=lay.piece)
         s.evidence.append("heads: " + " and ".join(
             f"{'out' if k == 0 else 'in'} axis {n} heads"
             + (f" in {g[k]} key/value groups" if k < len(g) and 1 < g[k] < n else

@@ -44,6 +44,7 @@ _LAYOUT_OP = re.compile(r"^(t|transpose|permute|view|reshape|_reshape_alias|unsq
 # ... and of ops that take rows of a table at constant positions (``wpe(arange(T))``): the
 # result is a slice of its source, so a slice of a parameter is that parameter's rows
 _SLICE_OP = re.compile(r"^(arange|embedding|slice|select|index_select|index|gather|narrow)(_\d+)?$")
+_CONCAT_OP = re.compile(r"^(cat|concat|concatenate)(_\d+)?$")
 _INDEXING = re.compile(r"^(embedding|slice|select|index_select|index|gather|narrow)(_\d+)?$")
 FX_KEY = "pkg.torch.onnx.fx_node"
 _BUFFER_NAME = re.compile(r"(_ids|_index|index|mask|inv_freq|running_mean|running_var|num_batches_tracked)$")
@@ -177,6 +178,13 @@ def _folded(marks: Marks, name: str, role: str | None) -> Provenance | None:
     if params and not buffers and not sliced and role in LAYER_ROLES:
         return Provenance(True, f"a {role} computed from the parameters {', '.join(params)} only "
                                 f"(exporter: folded_from)")
+    if params and _CONCAT_OP.match(name) and name not in sources and not computed and not sliced \
+            and role == "linear.bias":
+        # a bias the module assembles from its parts (timm BEiT's cat(q_bias, k_bias, v_bias), the
+        # k part a zero buffer), folded: it is the projection's bias, buffer entries included
+        return Provenance(True, f"a bias concatenated from the parameters {', '.join(params)}"
+                                + (f" and the buffers {', '.join(buffers)}" if buffers else "")
+                                + " (exporter: folded_from; written whole, the buffers' entries from the source's)")
     what = ", ".join(sources[:6]) + (", ..." if len(sources) > 6 else "")
     return Provenance(False, f"computed by the exporter from {what} (folded_from)", derived=tuple(params))
 

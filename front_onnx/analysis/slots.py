@@ -97,6 +97,9 @@ class Layout:
     # (canonical axis, its branches' lengths) for an axis that reads channels concatenated side
     # by side (DenseNet's features): a selection takes each target branch from its own source branch
     branches: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    # (part, parts) for the bias of one part of a fused projection, held as a tensor of its own
+    # and concatenated with the others in the graph (timm BEiT's and EVA's q | 0 | v bias)
+    piece: tuple[int, int] = ()
 
     def outer_parts(self, c, inverse: bool = False):
         """Stored interleaved parts (heads or groups of heads, parts, rest) along axis 0 of a
@@ -352,12 +355,42 @@ class _Analyzer:
             return out
         return None
 
+    def assembled_bias(self, value: str) -> list[str] | None:
+        """The inputs of a Concat that builds a bias from equal 1-D pieces held in
+        initializers (timm BEiT's ``cat(q_bias, k_bias, v_bias)``, its k piece a zero
+        buffer), or None."""
+        n = self.g.node[self.prod[value]] if value in self.prod else None
+        if n is None or n.op_type != "Concat" or len(n.input) < 2:
+            return None
+        dims = set()
+        for x in n.input:
+            t = self.init_behind(x)
+            if t is None or t.data_type not in FLOAT_TYPES or len(t.dims) != 1:
+                return None
+            dims.add(int(t.dims[0]))
+        return list(n.input) if len(dims) == 1 else None
+
+    def bias_piece(self, ci: int, cj: int) -> tuple[int, int, int] | None:
+        """(projection node, part, parts) when input ``cj`` of Concat ``ci`` is one piece of a
+        bias assembled for a projection (``assembled_bias``) that an Add adds to its output."""
+        n = self.g.node[ci]
+        if n.op_type != "Concat" or not n.output or self.assembled_bias(n.output[0]) is None:
+            return None
+        for ai, aj in self.cons.get(n.output[0], []):
+            if self.g.node[ai].op_type == "Add":
+                lin = self.linear_input_is_linear(ai, aj)
+                if lin is not None:
+                    return lin, cj, len(n.input)
+        return None
+
     def _follow(self, value: str, skip_bias: bool = True) -> list[tuple[int, int]]:
-        """Consumers of a value, looking through a bias Add (Add with an initializer)."""
+        """Consumers of a value, looking through a bias Add (Add with an initializer, or with a
+        bias assembled from initializers)."""
         result = []
         for ci, cj in self.cons.get(value, []):
             n = self.g.node[ci]
-            if skip_bias and n.op_type == "Add" and any(self.is_weight(x) for x in n.input):
+            if skip_bias and n.op_type == "Add" and any(self.is_weight(x) or self.assembled_bias(x)
+                                                        for x in n.input):
                 result.extend(self._follow(n.output[0], skip_bias=False))
             else:
                 result.append((ci, cj))
@@ -600,6 +633,12 @@ class _Analyzer:
             return "norm.scale", _broadcast_layout(shape), "", ev + ["scales a decomposed normalization"]
         if op in ("Mul", "Div") and cj in (0, 1):
             return "scale", _broadcast_layout(shape), "", ev
+        if op == "Concat" and rank == 1:
+            piece = self.bias_piece(ci, cj)
+            if piece is not None:
+                _, k, p = piece
+                return "linear.bias", Layout((0,), (FEATURE,), name=f"[out] (part {k} of {p})", piece=(k, p)), "", \
+                    ev + [f"part {k} of {p} of a bias assembled by Concat for a fused projection"]
         if (op == "Concat" or (op in ("Expand", "Tile") and cj == 0)):
             return "token", _broadcast_layout(shape), "", ev
         if op == "Where" and cj in (1, 2):  # a table chosen per position (masked relative-position biases)
@@ -860,6 +899,16 @@ class _Analyzer:
         the node has an optional bias input (Conv, ConvTranspose, Gemm) a value can be
         restored into it."""
         biased = {s.anchor for s in slots if s.role in BIAS_ROLES}
+        # a projection whose output an Add adds a stored vector to has a bias, even one that is
+        # no parameter (a q | 0 | v bias the exporter folded from a parameter and a buffer)
+        for ai, n in enumerate(self.g.node):
+            if n.op_type == "Add":
+                for j, x in enumerate(n.input):
+                    t = self.init_behind(x)
+                    if (self.is_weight(x) and t is not None and len(t.dims) == 1) or self.assembled_bias(x):
+                        lin = self.linear_input_is_linear(ai, j)
+                        if lin is not None:
+                            biased.add(lin)
         out = []
         for w in slots:
             if w.role not in ("linear.weight", "conv.weight") or w.layout is None or w.anchor in biased:
@@ -930,6 +979,11 @@ class _Analyzer:
             if s.role not in ("linear.weight", "linear.bias") or s.layout is None:
                 continue
             lin = s.consumer
+            if s.layout.piece:  # one part's bias: the projection's parts come from its weight
+                piece = self.bias_piece(s.consumer, s.consumer_input)
+                if piece is not None:
+                    s.anchor = piece[0]
+                continue
             if s.role == "linear.bias" and _bias_after(s):
                 found = self.linear_input_is_linear(s.consumer, s.consumer_input)
                 if found is None:
