@@ -565,8 +565,10 @@ class _Analyzer:
         op, rank = n.op_type, len(shape)
         ev = [f"{op} input {cj}"]
         size = int(np.prod(shape, dtype=np.int64))
-        if size == 0 or (size == 1 and not scalar and not (op in ("Conv", "ConvTranspose") and cj == 2)):
-            return None, None, "scalar constant, not a weight", ev  # (a conv's B is per channel: one channel)
+        per_channel = (op in ("Conv", "ConvTranspose") and cj == 2) or \
+            (op in ("BatchNormalization", "InstanceNormalization") and cj >= 1)
+        if size == 0 or (size == 1 and not scalar and not per_channel):
+            return None, None, "scalar constant, not a weight", ev  # (per channel inputs: one channel)
         if op == "MatMul" and cj == 1 and rank == 2:
             return "linear.weight", Layout((1, 0), (FEATURE, FEATURE), name="[in, out]"), "", ev
         if op == "Gemm" and cj == 1 and rank == 2:
@@ -685,10 +687,11 @@ class _Analyzer:
         masked = None
         candidate = None
         unsupported = False
-        if role is None and reason.startswith("scalar constant") and len(shape) == 1 \
+        if role is None and reason.startswith("scalar constant") and int(np.prod(shape, dtype=np.int64)) == 1 \
                 and not is_generated_name(x) and self._provenance(x, "").parameter:
-            # a learned scalar, named as the module's parameter: one weight, written as one (a
-            # generated name is a constant, even one the exporter says it folded from a tensor)
+            # a learned scalar (of any rank: a 0-d gain, a (1, 1, 1) logit scale), named as the
+            # module's parameter: one weight, written as one (a generated name is a constant, even
+            # one the exporter says it folded from a tensor)
             role, layout, reason, ev = self.role_of(ci, cj, vshape, scalar=True)
         if role is None and reason.startswith("unsupported consumer"):
             prov = self._provenance(x, "")

@@ -180,7 +180,7 @@ def _canonical_blocks(model: OnnxModel, gs: GraphSlots, tpl: Template):
             stored = slot_array(model.array, s)
         else:
             stored = model.read_into(s.initializer, raw)
-        _copy_tiled(layer[0], s.layout.to_canonical(stored))
+        _copy_tiled(layer[0, ...], s.layout.to_canonical(stored))  # [0, ...]: a view also of a 0-d tensor
         yield layer
 
 

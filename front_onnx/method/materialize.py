@@ -23,6 +23,12 @@ from front_onnx.numeric.quantization import dequantize, quantize
 from front_onnx.onnxio import OnnxModel, save_model
 
 
+def _contiguous(a: np.ndarray, dtype=None) -> np.ndarray:
+    """``np.ascontiguousarray`` that keeps a 0-d tensor 0-d (a learned scalar gain), where numpy's
+    gives it one axis."""
+    return np.ascontiguousarray(a, dtype=dtype).reshape(np.shape(a))
+
+
 def materialize(gene: GeneTemplate, depth: int, shape: tuple[int, ...], convention: str,
                 depth_mode: str = "spectral") -> np.ndarray:
     """The target's depth stack [depth, *shape] (float64) from a template's learngene:
@@ -187,7 +193,7 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
             for b, block in enumerate(tpl.blocks):
                 for i in block:
                     s = gs.slots[i]
-                    out[i] = np.ascontiguousarray(s.layout.from_canonical(stack[b]),  # type: ignore[union-attr]
+                    out[i] = _contiguous(s.layout.from_canonical(stack[b]),  # type: ignore[union-attr]
                                                   dtype=dtypes[s.initializer])
             del stack
         if scale in amplitude.FORMULA_SCALES:
@@ -200,7 +206,7 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
         if fresh is not None and unknown is not None:  # new units keep the target's own values
             for b, block in enumerate(tpl.blocks):
                 for i in block if b not in zeroed else ():
-                    unknown[i] = np.ascontiguousarray(gs.slots[i].layout.from_canonical(fresh))  # type: ignore[union-attr]
+                    unknown[i] = _contiguous(gs.slots[i].layout.from_canonical(fresh))  # type: ignore[union-attr]
         if unknown is not None:
             _unknown_entries(gt, tpl, gs, out, unknown)
         del gt
@@ -244,7 +250,7 @@ def _unknown_entries(gt: GeneTemplate, tpl: Template, gs: GraphSlots, out: dict[
             lay = s.layout
             assert lay is not None
             if i in out and lay.canonical_shape(tuple(s.shape)) == tuple(gt.shape):
-                unknown[i] = np.ascontiguousarray(lay.from_canonical(gt.masked[b]))
+                unknown[i] = _contiguous(lay.from_canonical(gt.masked[b]))
 
 
 def _keep_unknown(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarray],
@@ -282,7 +288,7 @@ def _requantized(target: OnnxModel, gs: GraphSlots, new_values: dict[str, np.nda
 
 
 def _digest(a: np.ndarray) -> bytes:
-    return hashlib.sha256(np.ascontiguousarray(a).reshape(-1).view(np.uint8)).digest()
+    return hashlib.sha256(_contiguous(a).reshape(-1).view(np.uint8)).digest()
 
 
 def _views_stored(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarray],
