@@ -127,6 +127,7 @@ def test_scalar_gains_of_any_rank_are_transferred(exporter, tmp_path):
     assert float(np.abs(got - want).max() / np.abs(want).max()) < 1e-6
     weights = front_onnx.weights(tmp_path / "o.onnx").tensors
     assert np.asarray(weights["gain"]).shape == () and np.isclose(float(weights["gain"]), 0.9)
+    assert r.plan.summary()["written_fraction"] == 1.0
 
 
 def test_timm_nf_resnet_skipinit_gains_are_transferred(tmp_path):
