@@ -46,3 +46,35 @@ def test_a_layer_applied_twice_is_transferred_whole(tmp_path):
     r = front_onnx.transfer(tmp_path / "s.onnx", tmp_path / "small.onnx", tmp_path / "o2.onnx")
     assert r.plan.summary()["written_fraction"] == 1.0
     assert np.isfinite(run(tmp_path / "o2.onnx")).all()
+
+
+def test_two_tokens_the_exporter_merged_in_the_target_are_written_apart(tmp_path):
+    """HF DeiT's class and distillation tokens are both zero in a fresh model, so the legacy
+    exporter stores one tensor and reads the second token through an Identity. Each token is
+    a view (expanded to the batch) of that one tensor, given a different value from the
+    trained source: the views were averaged into one stored tensor, so both target tokens
+    were the mean of the source's (identity off by 7.2e-2, 100% written). The tensor is
+    split instead, one per token: the identity transfer reproduces the source."""
+    import onnxruntime as ort
+
+    def deit():
+        return transformers.DeiTModel(transformers.DeiTConfig(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, image_size=32,
+            patch_size=8)).eval()
+
+    torch.manual_seed(0)
+    src = deit()
+    perturb(src)
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    for name, m in (("s", src), ("t", deit())):
+        with torch.no_grad():
+            torch.onnx.export(m, (x,), str(tmp_path / f"{name}.onnx"), dynamo=False)
+    r = front_onnx.transfer(tmp_path / "s.onnx", tmp_path / "t.onnx", tmp_path / "o.onnx")
+    assert r.plan.summary()["written_fraction"] == 1.0
+
+    def run(p):
+        s = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+        return s.run(None, {s.get_inputs()[0].name: x.numpy()})[0]
+    want, got = run(tmp_path / "s.onnx"), run(tmp_path / "o.onnx")
+    assert float(np.abs(got - want).max() / np.abs(want).max()) < 1e-6

@@ -303,11 +303,30 @@ def _views_stored(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarra
         return values
     out = dict(values)
     for name, idx in views.items():
-        stored = write_views(stored_values(target.array, gs.slots[idx[0]]), [(gs.slots[i].view, values[i], unknown.get(i))  # type: ignore[misc]
-                                                  for i in idx])
+        base = stored_values(target.array, gs.slots[idx[0]])
+        stored = write_views(base, [(gs.slots[i].view, values[i], unknown.get(i)) for i in idx])  # type: ignore[misc]
+        if len(idx) > 1 and not _one_parameter(target, name) and not all(
+                _view_holds(gs.slots[i].view, stored, values[i], unknown.get(i)) for i in idx):
+            # views that read the same elements were given different values: the target's
+            # exporter merged equal tensors (a fresh DeiT's zero class and distillation
+            # tokens), which the writer splits, so each view gets a stored tensor of its own
+            for i in idx:
+                out[i] = write_views(base, [(gs.slots[i].view, values[i], unknown.get(i))])  # type: ignore[misc]
+            continue
         for i in idx:
             out[i] = stored
     return out
+
+
+def _view_holds(view, stored: np.ndarray, value: np.ndarray, unknown: np.ndarray | None) -> bool:
+    """Whether ``stored`` read through ``view`` gives back the value written to it (where known)."""
+    got = np.asarray(view.read(stored), np.float64)
+    want = np.asarray(value, np.float64).reshape(got.shape)
+    ok = np.ones(got.shape, bool) if unknown is None else ~np.asarray(unknown).reshape(got.shape)
+    if view.masked is not None:
+        ok &= ~view.masked
+    scale = float(np.abs(want[ok]).max(initial=0.0))
+    return bool(np.allclose(got[ok], want[ok], rtol=1e-5, atol=1e-6 * scale))
 
 
 _SHAPE_ONLY = {"Shape", "Size"}
