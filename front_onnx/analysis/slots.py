@@ -755,11 +755,21 @@ class _Analyzer:
         self._assign_modules(slots, shared)
         self._refine_layouts(slots)
         slots = self._split_packed_attention(slots)
-        weights = {s.initializer for s in slots if s.role is not None}
+        weights: dict[str, list[Slot]] = defaultdict(list)
         for s in slots:
-            if s.unsupported and s.initializer in weights:  # counted, and written, through its other use
-                s.unsupported, s.follows = False, True
-                s.reason += "; the tensor is written through its other use"
+            if s.role is not None:
+                weights[s.initializer].append(s)
+        for s in slots:
+            if s.unsupported and s.initializer in weights:  # written through its other use
+                s.follows = True   # it reads what that use gets: the writer splits nothing for it
+                total = int(np.prod(s.view.stored_shape if s.view is not None else s.shape, dtype=np.int64))
+                covered = _covered(weights[s.initializer], total)
+                if covered >= total:
+                    s.unsupported = False  # counted through the other use
+                    s.reason += "; the tensor is written through its other use"
+                else:  # views of a part of it (HF BEiT's relative-position table: the class rows)
+                    s.reason += (f"; its other uses write {covered} of its {total} elements, the rest keep "
+                                 "the target's values")
         slots.extend(self._absent_biases(slots))
         return GraphSlots(slots)
 
@@ -1009,6 +1019,13 @@ class _Analyzer:
             if p > 1 and out_features % p == 0:
                 s.layout = Layout(s.layout.perm, (PARTS,) + s.layout.kinds, p, s.layout.name)
                 s.evidence.append(f"fused projection of {p} parts ({why})")
+
+
+def _covered(uses: list[Slot], total: int) -> int:
+    """How many stored elements of one tensor these uses read (a use without a view: all)."""
+    if any(u.view is None or u.view.index is None for u in uses):
+        return total
+    return int(np.unique(np.concatenate([np.asarray(u.view.index).reshape(-1) for u in uses])).size)  # type: ignore[union-attr]
 
 
 def _bias_after(s: Slot) -> bool:
