@@ -114,3 +114,31 @@ def test_a_sinusoidal_parameter_is_a_parameter(tmp_path, dynamo):
         return sess.run(None, {i.name: v.numpy() for i, v in zip(sess.get_inputs(), feeds.values())})[0]
     want = run(tmp_path / "s.onnx")
     assert np.abs(run(tmp_path / "o.onnx") - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_a_constant_folded_from_an_activations_shape_is_no_parameter(tmp_path):
+    """RecurrentGemma at the dynamo defaults: ``zeros_like`` of an activation is folded into a
+    tensor of zeros whose only named source is the op ``mul_8``. A lone source the exporter
+    does not name was taken for a module tensor, so the zeros were "a parameter read by
+    ScatterElements", counted as 512 weight elements left. The exported program's signature
+    names every module tensor, and not this one: it is a constant."""
+    transformers = pytest.importorskip("transformers")
+
+    def make():
+        return transformers.RecurrentGemmaModel(transformers.RecurrentGemmaConfig(
+            num_hidden_layers=2, vocab_size=64, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+            num_key_value_heads=1, head_dim=8, lru_width=32, attention_window_size=8,
+            block_types=["recurrent", "attention"], use_cache=False)).eval()
+
+    ids = torch.tensor([[5, 9, 2, 33, 7, 1, 60, 12]])
+    torch.manual_seed(0)
+    src = make()
+    perturb(src)
+    torch.manual_seed(1)
+    for name, m in (("s", src), ("t", make())):
+        with torch.no_grad():
+            torch.onnx.export(m, (), str(tmp_path / f"{name}.onnx"), kwargs={"input_ids": ids}, dynamo=True)
+    r = front_onnx.transfer(tmp_path / "s.onnx", tmp_path / "t.onnx", tmp_path / "o.onnx")
+    zeros = [s for s in r.plan.slots if s.initializer.startswith("zeros_like")]
+    assert zeros and all(not s.parameter and "a constant: computed by the exporter" in s.reason for s in zeros)
+    assert not any(s.parameter and "ScatterElements" in s.reason for s in r.plan.slots)

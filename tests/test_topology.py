@@ -78,9 +78,9 @@ def test_plan_says_where_families_diverge(samples):
     text = " ".join(other.divergence)
     assert "embedding" in text and "token" in text  # GPT's token table against ViT's class token
     left = [s for s in other.left if s.role]
-    assert left and all("structures differ" in s.reason or "classes/vocabulary" in s.reason for s in left)
+    assert left and all("structures differ" in s.reason or "a model output's axis" in s.reason for s in left)
     # the heads match as layers (a bias is not structure) but not in their class/vocabulary axis
-    assert any("index axis 0 (classes/vocabulary) differs: source 10, target 64" in s.reason for s in left)
+    assert any("index axis 0 (vocabulary, classes or a model output's axis) differs: source 10, target 64" in s.reason for s in left)
 
 
 def test_plan_evidence_names_topology_and_hints(samples):

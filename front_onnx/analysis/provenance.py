@@ -153,9 +153,11 @@ def _folded(marks: Marks, name: str, role: str | None) -> Provenance | None:
         return None
     kinds = {x: marks.source_kind(x) for x in sources}
     unknown = [x for x in sources if not kinds[x] and not _LAYOUT_OP.match(x) and not _SLICE_OP.match(x)]
-    if not any(kinds.values()) and len(unknown) == 1:
+    if not any(kinds.values()) and len(unknown) == 1 and not marks.signature:
         # one leaf through layout ops and shape constants (``expand(cls_token)``): a folded op
-        # would bring its own inputs into the list, so the leaf is a module tensor
+        # would bring its own inputs into the list, so the leaf is a module tensor (unless the
+        # exported program's signature, which names every module tensor, does not list it:
+        # RecurrentGemma's ``zeros_like(mul_8)``)
         kinds[unknown[0]] = "buffer" if _BUFFER_NAME.search(unknown[0]) else "parameter"
     params = [x for x in sources if kinds[x] == "parameter"]
     buffers = [x for x in sources if kinds[x] == "buffer"]

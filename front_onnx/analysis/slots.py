@@ -712,8 +712,8 @@ class _Analyzer:
                 if prov.derived:  # trained values all the same: counted, and left with the reason
                     unsupported = True
                     reason = (f"computed by the exporter from module tensors ({', '.join(prov.derived[:3])}) and "
-                              "other values: left as it is, with the trained values it holds, which the "
-                              "transfer does not write")
+                              "other values: left as it is (the transfer does not write it: it keeps the values "
+                              "this model's own tensors gave it)")
             elif prov.masked and self.read is not None:
                 values = np.asarray(self.read(x))
                 m = mask_entries(values)
@@ -1009,7 +1009,7 @@ class _Analyzer:
             if head_cache[lin]:
                 kinds = (INDEX,) + s.layout.kinds[1:]
                 s.layout = Layout(s.layout.perm, kinds, 1, s.layout.name)
-                s.evidence.append("output layer: out axis indexes classes/vocabulary")
+                s.evidence.append("output layer: out axis is a model output's (classes, vocabulary or returned features)")
                 continue
             if s.layout.parts > 1:
                 continue  # a fused op's own q, k, v parts (Attention)

@@ -276,7 +276,7 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
             kinds = s.layout.kinds[1:] if s.layout.parts > 1 else s.layout.kinds
             kk = k - 1 if s.layout.parts > 1 else k
             if kk < len(kinds) and kinds[kk] == INDEX:
-                why = "indexes classes or a vocabulary"
+                why = "indexes a vocabulary, classes or the features a model returns"
                 break
             if kk < len(kinds) and kinds[kk] == CUT:
                 why = f"{init}: the graph cuts this output into pieces its layout does not express"

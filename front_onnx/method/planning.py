@@ -171,7 +171,7 @@ def check_template(gene: GeneTemplate, role: str, kinds: tuple[str, ...], shape:
         return f"axis kinds differ (source {list(gene.kinds)}, target {list(kinds)})"
     for i, (kind, s, t) in enumerate(zip(kinds, gene.shape, shape)):
         if kind in (INDEX, PARTS, CUT) and s != t:
-            what = {INDEX: "classes/vocabulary", PARTS: "parts", CUT: "the graph cuts this output into pieces its "
+            what = {INDEX: "vocabulary, classes or a model output's axis", PARTS: "parts", CUT: "the graph cuts this output into pieces its "
                     "layout does not express: copied, never resampled"}[kind]
             return f"{kind} axis {i} ({what}) differs: source {s}, target {t}"
     return ""
