@@ -152,7 +152,9 @@ def state_from_weights(module, nw: NamedWeights) -> tuple[dict[str, torch.Tensor
         why = []
         if missing:
             why.append(f"{len(missing)} parameter(s) of the target got no value from the initialized graph: "
-                       + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
+                       + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else "")
+                       + " (the forward does not read them with these example inputs: give inputs that do, "
+                         "e.g. bool_masked_pos for a mask token)")
         if unknown:
             why.append(f"{len(unknown)} weight name(s) read from the graph are not in the target's state_dict: "
                        + ", ".join(unknown[:20]) + (" ..." if len(unknown) > 20 else ""))

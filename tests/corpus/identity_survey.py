@@ -46,6 +46,9 @@ def families() -> dict[str, tuple[Callable[[], object], str]]:
         "convmixer": (lambda: timm.models.convmixer.ConvMixer(dim=32, depth=2, kernel_size=3, patch_size=4,
                                                               num_classes=10), "image"),
         "ghostnet": (lambda: timm.create_model("ghostnet_050", pretrained=False, num_classes=10), "image"),
+        # a mask token the forward reads only with bool_masked_pos: the example inputs give it
+        "dinov2": (lambda: T.Dinov2Model(T.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                        mlp_ratio=2, image_size=32, patch_size=8)), "masked image"),
         "vit_registers": (lambda: VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4,
                                                     num_classes=10, reg_tokens=4, init_values=1e-5), "image"),
     }
@@ -56,6 +59,10 @@ def _inputs(kind: str):
     g = torch.Generator().manual_seed(5)
     if kind == "text":
         return {"input_ids": torch.tensor(TEXT_IDS), "attention_mask": torch.ones(2, 8, dtype=torch.int64)}
+    if kind == "masked image":
+        mask = torch.zeros(2, 16, dtype=torch.bool)
+        mask[:, 3] = True
+        return {"pixel_values": torch.randn(2, 3, 32, 32, generator=g), "bool_masked_pos": mask}
     if kind == "audio":
         return {"input_features": torch.randn(2, 8, 16, generator=g)}
     return torch.randn(2, 3, 32, 32, generator=g)
