@@ -308,6 +308,17 @@ class _Analyzer:
             self._classified[key] = classify(name, role, is_generated_name(name), self.marks, self.read)
         return self._classified[key]
 
+    def _learned_scalar(self, name: str, shape: tuple[int, ...]) -> bool:
+        """Whether a one-element tensor is a parameter: of shape (1,) (StarReLU's scale) a name
+        like a parameter's is evidence enough; of another rank (a 0-d gain, a (1, 1, 1) logit
+        scale), where graphs also keep their epsilons and 1/sqrt(d) under names of their own
+        (jax2onnx's ``c11_8``), the exporter must mark it a parameter or name it by its module
+        path (``stages.0.0.skipinit_gain``)."""
+        prov = self._provenance(name, "")
+        if not prov.parameter:
+            return False
+        return len(shape) == 1 or prov.evidence.startswith("the exporter marks it") or "." in name
+
     # -------------------------------------------------------------- small graph queries
     def init_behind(self, value: str) -> onnx.TensorProto | None:
         """The initializer a value is, directly or through Identity/Cast nodes."""
@@ -688,10 +699,9 @@ class _Analyzer:
         candidate = None
         unsupported = False
         if role is None and reason.startswith("scalar constant") and int(np.prod(shape, dtype=np.int64)) == 1 \
-                and not is_generated_name(x) and self._provenance(x, "").parameter:
-            # a learned scalar (of any rank: a 0-d gain, a (1, 1, 1) logit scale), named as the
-            # module's parameter: one weight, written as one (a generated name is a constant, even
-            # one the exporter says it folded from a tensor)
+                and not is_generated_name(x) and self._learned_scalar(x, shape):
+            # a learned scalar, named as the module's parameter: one weight, written as one (a
+            # generated name is a constant, even one the exporter says it folded from a tensor)
             role, layout, reason, ev = self.role_of(ci, cj, vshape, scalar=True)
         if role is None and reason.startswith("unsupported consumer"):
             prov = self._provenance(x, "")
