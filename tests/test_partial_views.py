@@ -68,23 +68,41 @@ def _yolos(layers: int):
         patch_size=8, num_detection_tokens=4, use_mid_position_embeddings=True)).eval()
 
 
-def test_a_table_read_in_part_through_an_op_not_followed_is_counted_left():
-    """YOLOS reads its position table's class and detection rows as views (written) and its
-    patch rows through a Slice into an interpolation, which the transfer does not follow. The
-    Slice use said "the tensor is written through its other use" and counted nothing left
-    (identity off by 2e-3 at 100% written): it now says how much the other uses write, and
-    counts the table as left, so the plan's total is below 100%; the rows the views read
-    are the source's, the patch rows keep the target's. A 1-layer YOLOS, whose mid-layer
-    position table has no elements, is no longer refused by transfer_module."""
+def _yolos_pair(size: int):
     torch = pytest.importorskip("torch")
-    from front_onnx.torch import transfer_module
     from tests.corpus.build import perturb
     torch.manual_seed(0)
     src = _yolos(2)
     perturb(src)
-    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     torch.manual_seed(1)
-    tgt = _yolos(2)
+    return src, _yolos(2), torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(5))
+
+
+def test_a_table_interpolated_to_its_own_size_is_written():
+    """YOLOS interpolates its position table's patch rows to the input's grid (a Resize); at
+    the size the model was built for that Resize returns the table itself, so the rows are a
+    view of the table like the others (they were left, "written through its other use":
+    identity off by 2e-3 at 100% written). The same holds for HF BEiT's relative-position
+    table. Identity: the source's function, every element written."""
+    from front_onnx.torch import transfer_module
+    src, tgt, x = _yolos_pair(32)
+    module, plan = transfer_module(src, tgt, x)
+    assert plan.summary()["written_fraction"] == 1.0
+    got, want = module(x).last_hidden_state, src(x).last_hidden_state
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-6
+
+
+def test_a_table_read_in_part_through_an_op_not_followed_is_counted_left():
+    """Exported at a larger input (48 px for a model built for 32), YOLOS's patch rows go
+    through a Resize that interpolates, which the transfer does not follow: the Slice use said
+    "the tensor is written through its other use" and counted nothing left. It now says how
+    much the other uses (the class and detection rows) write and counts the table as left:
+    the plan's total is below 100%, the rows the views read are the source's, the patch rows
+    keep the target's. A 1-layer YOLOS, whose mid-layer position table has no elements, is
+    no longer refused by transfer_module."""
+    torch = pytest.importorskip("torch")
+    from front_onnx.torch import transfer_module
+    src, tgt, x = _yolos_pair(48)
     fresh = tgt.embeddings.position_embeddings.detach().clone()
     module, plan = transfer_module(src, tgt, x)
     left = [s for s in plan.slots if s.initializer == "embeddings.position_embeddings" and s.status == "left"]

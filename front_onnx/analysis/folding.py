@@ -28,7 +28,7 @@ from front_onnx.onnxio import attribute as _attr
 
 # ops a view passes through: input 0 is the tensor, the others must be constant
 _LAYOUT = {"Identity", "Cast", "Transpose", "Reshape", "Unsqueeze", "Squeeze", "Flatten"}
-_SELECT = {"Gather", "GatherND", "Expand", "Tile", "Slice"}
+_SELECT = {"Gather", "GatherND", "Expand", "Tile", "Slice", "Resize"}  # Resize: only to its input's own size
 _OFFSET = {"Add"}
 VIEW_OPS = _LAYOUT | _SELECT | _OFFSET
 _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
@@ -240,6 +240,16 @@ def apply(node: onnx.NodeProto, a: np.ndarray, c: Constants) -> np.ndarray | Non
         if op == "Tile":
             reps = _ints(c, node.input[1])
             return None if reps is None else np.tile(a, reps)
+        if op == "Resize":  # to the size it has (a table interpolated for the exported resolution): itself
+            sizes = _ints(c, node.input[3]) if len(node.input) > 3 and node.input[3] else None
+            scales = c.value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            same = (sizes is not None and list(sizes) == list(a.shape[-len(sizes):])) if sizes else \
+                (scales is not None and scales.size > 0 and bool(np.all(scales == 1)))
+            axes = _attr(node, "axes")
+            if not same or axes or _attr(node, "coordinate_transformation_mode", b"half_pixel") in (
+                    b"tf_crop_and_resize", "tf_crop_and_resize"):
+                return None
+            return a
         if op == "Slice":
             starts, ends = _ints(c, node.input[1]), _ints(c, node.input[2])
             axes = _ints(c, node.input[3]) if len(node.input) > 3 and node.input[3] else list(range(len(starts or [])))
