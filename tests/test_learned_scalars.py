@@ -17,6 +17,13 @@ import front_onnx  # noqa: E402
 from front_onnx.validation.checks import structure_signature  # noqa: E402
 
 
+def _rel_error(source, output, x) -> float:
+    """The output graph's largest error on ``x`` relative to the source graph's largest value."""
+    want, got = (s.run(None, {s.get_inputs()[0].name: x.numpy()})[0] for s in
+                 (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (source, output)))
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
 class _StarReLU(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -59,11 +66,7 @@ def test_learned_scalars_are_transferred(exporter, tmp_path):
     if exporter == "dynamo":  # the legacy one routes the fresh target's equal scalars through Identity nodes
         assert [c.status for c in r.validation.checks if c.name == "agreement"] == ["pass"]
 
-    def run(p):
-        s = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-        return s.run(None, {s.get_inputs()[0].name: x.numpy()})[0]
-    want, got = run(tmp_path / "s.onnx"), run(tmp_path / "o.onnx")
-    assert float(np.abs(got - want).max() / np.abs(want).max()) < 1e-6
+    assert _rel_error(tmp_path / "s.onnx", tmp_path / "o.onnx", x) < 1e-6
     left = [s for s in r.plan.slots if s.status == "left" and s.role is None and s.initializer.endswith((".scale", ".bias"))]
     assert not left, [(s.initializer, s.reason) for s in left]
     narrow = front_onnx.transfer(tmp_path / "s.onnx", tmp_path / "n.onnx", tmp_path / "w.onnx")
@@ -130,11 +133,7 @@ def test_scalar_gains_of_any_rank_are_transferred(exporter, tmp_path):
         torch.onnx.export(m, (x,), str(tmp_path / f"{name}.onnx"), dynamo=exporter == "dynamo")
     r = front_onnx.transfer(tmp_path / "s.onnx", tmp_path / "t.onnx", tmp_path / "o.onnx")
 
-    def run(p):
-        s = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-        return s.run(None, {s.get_inputs()[0].name: x.numpy()})[0]
-    want, got = run(tmp_path / "s.onnx"), run(tmp_path / "o.onnx")
-    assert float(np.abs(got - want).max() / np.abs(want).max()) < 1e-6
+    assert _rel_error(tmp_path / "s.onnx", tmp_path / "o.onnx", x) < 1e-6
     weights = front_onnx.weights(tmp_path / "o.onnx").tensors
     assert np.asarray(weights["branch.gain"]).shape == () and np.isclose(float(weights["branch.gain"]), 0.9)
     assert r.plan.summary()["written_fraction"] == 1.0
@@ -168,10 +167,7 @@ def test_timm_nf_resnet_skipinit_gains_are_transferred(tmp_path):
     for name, m in (("s", src), ("t", make())):
         torch.onnx.export(m, (x,), str(tmp_path / f"{name}.onnx"), dynamo=True)
     r = front_onnx.transfer(tmp_path / "s.onnx", tmp_path / "t.onnx", tmp_path / "o.onnx")
-    s = ort.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"])
-    o = ort.InferenceSession(str(tmp_path / "o.onnx"), providers=["CPUExecutionProvider"])
-    want, got = (sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0] for sess in (s, o))
-    assert float(np.abs(got - want).max() / np.abs(want).max()) < 1e-5
+    assert _rel_error(tmp_path / "s.onnx", tmp_path / "o.onnx", x) < 1e-5
     assert r.plan.summary()["written_fraction"] == 1.0
     assert not any("gain" in sl.initializer and sl.status == "left" for sl in r.plan.slots)
 
