@@ -278,10 +278,13 @@ class Trace:
 
 
 def trace(graph: onnx.GraphProto, c: Constants, cons: dict[str, list[tuple[int, int]]],
-          outputs: set[str], node: int, inp: int, shape: tuple[int, ...]) -> Trace | None:
+          outputs: set[str], node: int, inp: int, shape: tuple[int, ...], cast_like: bool = False) -> Trace | None:
     """Follow an initializer read at (node, inp) through view ops to its frontier; None when
     the first op is not a view op of it, or the chain cannot be reproduced. A chain of only
-    Identity / Cast / Transpose is no view (a layout, handled by the slot's ``Layout``)."""
+    Identity / Cast / Transpose is no view (a layout, handled by the slot's ``Layout``).
+    ``cast_like``: also through CastLike's input 0 (a cast to an activation's type), for a
+    tensor named as a parameter only: the exporter builds a zero Conv bias by casting a
+    constant like the input, which is no view of a parameter."""
     n0 = graph.node[node]
     index = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.int64).reshape(shape)
     offset: np.ndarray | None = None
@@ -290,7 +293,8 @@ def trace(graph: onnx.GraphProto, c: Constants, cons: dict[str, list[tuple[int, 
     selected = False
     for _ in range(32):
         n = graph.node[i]
-        if n.op_type not in VIEW_OPS or n.domain not in ("", "ai.onnx") or len(n.output) != 1:
+        typed = cast_like and n.op_type == "CastLike" and j == 0  # its input 1 gives only the type
+        if (n.op_type not in VIEW_OPS and not typed) or n.domain not in ("", "ai.onnx") or len(n.output) != 1:
             break
         if n.op_type in _OFFSET:
             if len(n.input) != 2 or not c.is_constant(n.input[1 - j]):
@@ -306,6 +310,8 @@ def trace(graph: onnx.GraphProto, c: Constants, cons: dict[str, list[tuple[int, 
             base = np.zeros(out_shape) if offset is None else np.broadcast_to(offset, out_shape)
             offset = np.array(base + k.astype(np.float64))
             ops.append("Add(constant)")
+        elif typed:
+            ops.append(n.op_type)  # values as they are
         else:
             if j != 0 or not all(c.is_constant(x) for x in n.input[1:]):
                 break

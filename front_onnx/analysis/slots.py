@@ -890,7 +890,7 @@ class _Analyzer:
         inputs (``folding``): one per consumer of the view, with the role and layout the
         view has there, as an exporter that folds constants would store it. [] when there
         is no such view, or the frontier gives it no role (then the first op's reading stands)."""
-        tr = trace(self.g, self.constants, self.cons, self.outputs, ni, j, shape)
+        tr = trace(self.g, self.constants, self.cons, self.outputs, ni, j, shape, cast_like=not is_generated_name(x))
         if tr is None:
             return []
         first_role, _, _, _ = self.role_of(ci, cj, vshape)
