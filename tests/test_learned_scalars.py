@@ -105,7 +105,7 @@ class _Branch(torch.nn.Module):
 
 class _Gains(torch.nn.Module):
     """A residual branch scaled by a 0-d gain (SkipInit, ReZero, NF-Nets) and attention-like
-    logits scaled by a (1, 1, 1) parameter (Swin v2's logit scale)."""
+    logits scaled by a learned (1, 1, 1) temperature."""
 
     def __init__(self) -> None:
         super().__init__()
