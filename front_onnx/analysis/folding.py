@@ -246,9 +246,8 @@ def apply(node: onnx.NodeProto, a: np.ndarray, c: Constants) -> np.ndarray | Non
             same = (sizes is not None and list(sizes) == list(a.shape[-len(sizes):])) if sizes else \
                 (scales is not None and scales.size > 0 and bool(np.all(scales == 1)))
             axes = _attr(node, "axes")
-            if not same or axes or _attr(node, "coordinate_transformation_mode", b"half_pixel") in (
-                    b"tf_crop_and_resize", "tf_crop_and_resize"):
-                return None
+            if not same or axes or _attr(node, "coordinate_transformation_mode") == b"tf_crop_and_resize":
+                return None  # (crop and resize reads a region of interest: not the whole input)
             return a
         if op == "Slice":
             starts, ends = _ints(c, node.input[1]), _ints(c, node.input[2])

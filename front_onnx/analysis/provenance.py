@@ -85,6 +85,7 @@ class Provenance:
     masked: bool = False      # a parameter's entries combined with a mask: the mask entries are constants
     unproven: bool = False    # a constant only for want of evidence (no mark, no name): ``pairing`` may decide
     derived: tuple[str, ...] = ()  # not a parameter, but computed from these (trained values the transfer leaves)
+    marked: bool = False      # the exporter itself marks it a parameter (stronger evidence than a name)
 
 
 def props(entries) -> dict[str, str]:
@@ -216,7 +217,7 @@ def classify(name: str, role: str | None, generated_name: bool, marks: Marks,
     op's reading), is a parameter, with the evidence that decided it."""
     kind = marks.kind.get(name)
     if kind == "PARAMETER":
-        return Provenance(True, "the exporter marks it a parameter")
+        return Provenance(True, "the exporter marks it a parameter", marked=True)
     if kind == "BUFFER":
         if role in ("norm.mean", "norm.var"):
             return Provenance(True, "a normalization's running statistics (a trained buffer)")

@@ -317,7 +317,7 @@ class _Analyzer:
         prov = self._provenance(name, "")
         if not prov.parameter:
             return False
-        return len(shape) == 1 or prov.evidence.startswith("the exporter marks it") or "." in name
+        return len(shape) == 1 or prov.marked or "." in name
 
     # -------------------------------------------------------------- small graph queries
     def init_behind(self, value: str) -> onnx.TensorProto | None:
@@ -927,8 +927,7 @@ class _Analyzer:
         for ai, n in enumerate(self.g.node):
             if n.op_type == "Add":
                 for j, x in enumerate(n.input):
-                    t = self.init_behind(x)
-                    if (self.is_weight(x) and t is not None and len(t.dims) == 1) or self.assembled_bias(x):
+                    if (self.is_weight(x) and len(self.init_behind(x).dims) == 1) or self.assembled_bias(x):  # type: ignore[union-attr]
                         lin = self.linear_input_is_linear(ai, j)
                         if lin is not None:
                             biased.add(lin)
