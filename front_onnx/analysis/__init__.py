@@ -8,7 +8,7 @@ Nothing here knows about learngenes or writes models.
 from __future__ import annotations
 
 from front_onnx.analysis.dimflow import dimension_flow, with_branches, with_cuts, with_heads, with_parts
-from front_onnx.analysis.slots import GraphSlots, analyze_slots
+from front_onnx.analysis.slots import GraphSlots, analyze_slots, cut_into_pieces
 from front_onnx.analysis.structure import Structure, find_structure
 from front_onnx.onnxio import OnnxModel
 
@@ -19,6 +19,9 @@ def weight_slots(model: OnnxModel) -> GraphSlots:
     """The slots of a model, attention projections split by heads (``dimflow``)."""
     gs = analyze_slots(model.proto, model.array)
     flow = dimension_flow(model.proto, gs)
+    if flow.pieces:  # fused projections cut into pieces of unequal widths: one view per piece
+        gs = cut_into_pieces(gs, flow.pieces)
+        flow = dimension_flow(model.proto, gs)
     with_parts(gs, flow.parts)
     with_heads(gs, flow.heads, flow.groups)
     with_cuts(gs, flow.cuts)

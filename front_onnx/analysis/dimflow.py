@@ -78,6 +78,9 @@ class DimensionFlow:
     # features, a U-Net's skip connections, a class token before the patches)
     concatenated: dict[str, str] = field(default_factory=dict)
     branches: dict[str, tuple] = field(default_factory=dict)  # Concat node -> its inputs' lengths along it
+    # slot -> (start, end, value, axis) per piece of a projection's output the graph cuts into
+    # pieces of unequal widths, in order, covering it (``cut_into_pieces`` reads each as a view)
+    pieces: dict[int, list[tuple[int, int, str, int]]] = field(default_factory=dict)
 
 
 _ATTENTION_OPS = {"GroupQueryAttention", "MultiHeadAttention"}  # onnxruntime's, splitting heads by attribute
@@ -319,6 +322,17 @@ class _Flow:
         r = self.rank(v) or 0
         return ("v", v, k % r if r else k)
 
+    def out_value(self, s: Slot) -> tuple[str, int]:
+        """(value, axis) of what a projection's slot produces: the anchor's output features,
+        or the piece of them its view makes (``Slot.output_piece``)."""
+        if s.output_piece is not None:
+            return s.output_piece
+        node = self.g.node[s.anchor]
+        return node.output[0], 1 if node.op_type in ("Gemm", "Conv", "ConvTranspose") else -1
+
+    def out_axis(self, s: Slot) -> tuple:
+        return self.ax(*self.out_value(s))
+
     def right_aligned(self, x: str, out: str) -> None:
         rx, ro = self.rank(x), self.rank(out)
         if rx is None or ro is None:
@@ -551,7 +565,7 @@ class _Flow:
                         (gi[0] == 0 or a[gi[0] - 1] != 1) and self._attention_near(y, forward=True, steps=12):
                     self.heads.setdefault(self.ax(x, gi[0]), set()).add((1, b[gj[0]]))
                 if (gi, gj) == groups[-1] and gi[0] > 0 and a[gi[0] - 1] == 1 and \
-                        (gj[0] == 0 or b[gj[0] - 1] != 1) and self._attention_near(x, forward=False, steps=3):
+                        (gj[0] == 0 or b[gj[0] - 1] != 1) and self._attention_near(x, forward=False, steps=4):
                     self.heads.setdefault(self.ax(y, gj[0]), set()).add((1, a[gi[0]]))
             elif len(gi) == 1:   # one axis split into several: a factored space
                 f = tuple(b[k] for k in gj)
@@ -563,7 +577,7 @@ class _Flow:
                 f = tuple(a[k] for k in gi)
                 self.factors.setdefault(self.ax(y, gj[0]), []).append(("split", f))
                 self.split_axes.setdefault(self.ax(y, gj[0]), []).append(tuple(self.ax(x, k) for k in gi))
-                if len(f) == 2 and self._attention_near(x, forward=False, steps=3):
+                if len(f) == 2 and self._attention_near(x, forward=False, steps=4):
                     self.heads.setdefault(self.ax(y, gj[0]), set()).add(f)
             elif len(gi) == len(gj) == 2:  # one length factored two ways: CodeGen's (blocks, 2 heads x 8) -> (heads, 8)
                 fa, fb = tuple(a[k] for k in gi), tuple(b[k] for k in gj)
@@ -655,9 +669,10 @@ class _Flow:
             node = self.g.node[s.anchor]
             if node.op_type not in ("MatMul", "Gemm", "MatMulNBits") or not node.output:
                 continue
-            y = self.ax(node.output[0], 1 if node.op_type == "Gemm" else -1)
-            key = self._outer_parts(s.layout.parts, node.output[0], y, by_class, cut) if s.layout.parts > 1 \
-                else self._unseen_parts(node.output[0], y, cut)
+            out_v = self.out_value(s)[0]
+            y = self.out_axis(s)
+            key = self._outer_parts(s.layout.parts, out_v, y, by_class, cut) if s.layout.parts > 1 \
+                else self._unseen_parts(out_v, y, cut)
             if key is not None:
                 self.part_axes[i] = key
                 if s.layout.parts <= 1:
@@ -666,7 +681,7 @@ class _Flow:
             found = self._interleaved(y, by_class, cut)
             if found is not None and (s.layout.parts > 1 or found[0] == 3):  # unseen parts: q|k|v only
                 p, h, ds = found
-                key = ("p", node.output[0], p, (self.size(h) or 0) * (self.size(ds[0]) or 0))
+                key = ("p", out_v, p, (self.size(h) or 0) * (self.size(ds[0]) or 0))
                 for a in ds[1:]:
                     self.same(ds[0], a)
                 self.split_axes.setdefault(key, []).append((h, ds[0]))
@@ -838,9 +853,8 @@ class _Flow:
         y = n.output[0] if n.output else ""
         if s.role in ("linear.weight", "linear.bias", "conv.weight", "conv.bias"):
             anchor = self.g.node[s.anchor]
-            out_v = anchor.output[0]
             conv = anchor.op_type in ("Conv", "ConvTranspose")
-            out_ax = self.ax(out_v, 1 if conv else -1) if anchor.op_type != "Gemm" else self.ax(out_v, 1)
+            out_ax = self.out_axis(s)
             x = anchor.input[0]
             in_ax = self.ax(x, 1 if conv else -1) if anchor.op_type != "Gemm" else \
                 self.ax(x, 0 if _attr(anchor, "transA", 0) else 1)
@@ -960,7 +974,7 @@ def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
     return DimensionFlow(spaces, slot_axes, heads, groups=_head_groups(f, gs, heads), outputs=outputs,
                          factor_spaces=factor_spaces, cuts=cuts,
                          parts=parts, concatenated=concatenated,
-                         branches=branches)
+                         branches=branches, pieces=_unequal_pieces(f, gs))
 
 
 def unsplit(s: Slot) -> Slot:
@@ -1003,7 +1017,7 @@ def _projection_heads(f: _Flow, gs: GraphSlots) -> dict[int, tuple[int, ...]]:
         h_out = 0
         # an axis split into heads in nested ways (CodeGen's blocks of heads, and its heads): the heads
         # are the finest split
-        for fs in splits.get(f.uf.find(f.ax(node.output[0], 1 if gemm else -1)), ()):
+        for fs in splits.get(f.uf.find(f.out_axis(s)), ()):
             if parts == 1 and len(fs) == 2 and fs[0] * fs[1] == n_out:
                 h_out = max(h_out, fs[0])
             elif parts > 1 and len(fs) == 3 and fs[0] == parts and fs[0] * fs[1] * fs[2] == n_out:
@@ -1026,6 +1040,14 @@ def _projection_heads(f: _Flow, gs: GraphSlots) -> dict[int, tuple[int, ...]]:
     return out
 
 
+def _head_sizes(f: _Flow) -> set[tuple]:
+    """Classes of axes that are a head's units (the last factor of a split, or a one-head
+    projection's output): a rotary embedding slices them, which cuts no projection."""
+    find = f.uf.find
+    sizes = {find(keys[-1]) for splits in f.split_axes.values() for keys in splits if len(keys) > 1}
+    return sizes | {find(a) for a, fs in f.heads.items() if any(x[0] == 1 for x in fs)}
+
+
 def _cut_projections(f: _Flow, gs: GraphSlots) -> dict[int, str]:
     """Projections whose output the graph cuts into pieces that their layout does not express,
     with why: a fused projection whose parts the flow does not confirm as the outermost
@@ -1036,8 +1058,7 @@ def _cut_projections(f: _Flow, gs: GraphSlots) -> dict[int, str]:
     find = f.uf.find
     cut = {find(a) for a in f.cut}
     factors = f.splits_by_class()
-    head_sizes = {find(keys[-1]) for splits in f.split_axes.values() for keys in splits if len(keys) > 1}
-    head_sizes |= {find(a) for a, fs in f.heads.items() if any(x[0] == 1 for x in fs)}  # one head: its units
+    head_sizes = _head_sizes(f)
     out: dict[int, str] = {}
     for i, s in enumerate(gs.slots):
         if s.role not in ("linear.weight", "linear.bias") or s.layout is None or INDEX in s.layout.kinds:
@@ -1045,7 +1066,7 @@ def _cut_projections(f: _Flow, gs: GraphSlots) -> dict[int, str]:
         node = f.g.node[s.anchor]
         if node.op_type not in ("MatMul", "Gemm", "MatMulNBits") or not node.output:
             continue
-        whole = find(f.ax(node.output[0], 1 if node.op_type == "Gemm" else -1))
+        whole = find(f.out_axis(s))
         s = f.read(i, s)
         assert s.layout is not None
         if s.layout.piece:
@@ -1063,6 +1084,69 @@ def _cut_projections(f: _Flow, gs: GraphSlots) -> dict[int, str]:
     return out
 
 
+def _unequal_pieces(f: _Flow, gs: GraphSlots) -> dict[int, list[tuple[int, int, str, int]]]:
+    """Projections whose output the graph cuts, side by side, into pieces of unequal widths
+    that cover it (Phi-3's q | k | v slices with grouped-query attention, GPT-BigCode's
+    q | k | v split with multi-query attention): the pieces, in order. Each piece is then its
+    own projection (a view of the stored weight, ``slots.cut_into_pieces``), with its own
+    heads, as separate q, k and v projections are. Not when another cut of that axis crosses
+    a piece's boundary (the pieces would not be the graph's)."""
+    find = f.uf.find
+    slices: dict[tuple, list[tuple[int, int, tuple]]] = {}
+    for key, found in f.slices.items():
+        slices.setdefault(find(key), []).extend(found)
+    splits: dict[tuple, list[tuple[tuple, ...]]] = {}
+    for key, outs in f.split_outs.items():
+        splits.setdefault(find(key), []).extend(outs)
+    cut, head_sizes = {find(a) for a in f.cut}, _head_sizes(f)
+    out: dict[int, list[tuple[int, int, str, int]]] = {}
+    for i, s in enumerate(gs.slots):
+        if s.role not in ("linear.weight", "linear.bias") or s.layout is None or s.absent or s.view is not None \
+                or s.quant is not None or s.layout.parts > 1 or s.layout.piece or INDEX in s.layout.kinds:
+            continue
+        node = f.g.node[s.anchor]
+        if node.op_type not in ("MatMul", "Gemm") or not node.output:
+            continue
+        whole = f.out_axis(s)
+        d = f.size(whole)
+        if not d or find(whole) not in cut or find(whole) in head_sizes:  # a rotary embedding's slices of one head
+            continue
+        found = _partition(d, splits.get(find(whole), []), slices.get(find(whole), []), f.size)
+        if found:
+            out[i] = [(lo, hi, key[1], key[2]) for lo, hi, key in found]
+    return out
+
+
+def _partition(d: int, splits: list[tuple[tuple, ...]], slices: list[tuple[int, int, tuple]],
+               size) -> list[tuple[int, int, tuple]] | None:
+    """Pieces of unequal widths covering [0, d) in order, from a Split's outputs or from Slices
+    taken side by side; None when there are none, or when a Slice crosses their boundaries."""
+    found = None
+    for outs in splits:
+        widths = [size(a) for a in outs]
+        if len(outs) > 1 and None not in widths and sum(widths) == d and len(set(widths)) > 1:
+            starts = np.cumsum([0] + widths[:-1])
+            found = [(int(lo), int(lo) + w, a) for lo, w, a in zip(starts, widths, outs)]
+            break
+    if found is None:
+        pos, pieces = 0, []
+        while pos < d:
+            nxt = max((x for x in slices if x[0] == pos and x[1] > pos), key=lambda x: x[1], default=None)
+            if nxt is None:
+                return None
+            pieces.append(nxt)
+            pos = nxt[1]
+        if len(pieces) < 2 or pos != d or len({hi - lo for lo, hi, _ in pieces}) < 2:
+            return None
+        found = pieces
+    bounds = {lo for lo, _, _ in found} | {d}
+    for lo, hi, _ in slices:  # a cut that is not the pieces' (a slice across a boundary)
+        inside = any(a <= lo and hi <= b for a, b, _ in found)
+        if not inside and not (lo in bounds and min(hi, d) in bounds):
+            return None
+    return found
+
+
 def _head_groups(f: _Flow, gs: GraphSlots, heads: dict[int, tuple[int, ...]]) -> dict[int, tuple[int, ...]]:
     """``Layout.groups`` of the projections whose heads axis is grouped-query attention's: the
     flow shows it merged from (groups, heads per group), its groups axis being another
@@ -1074,7 +1158,7 @@ def _head_groups(f: _Flow, gs: GraphSlots, heads: dict[int, tuple[int, ...]]) ->
     def heads_class(i: int, k: int) -> tuple | None:  # the heads axis class of slot i's axis k (0 out, 1 in)
         node = f.g.node[gs.slots[i].anchor]
         gemm = node.op_type == "Gemm"
-        whole = f.ax(node.output[0], 1 if gemm else -1) if k == 0 else \
+        whole = f.out_axis(gs.slots[i]) if k == 0 else \
             f.ax(node.input[0], (0 if _attr(node, "transA", 0) else 1) if gemm else -1)
         return next((find(keys[0]) for keys in by_class.get(find(whole), ())
                      if len(keys) == 2 and f.size(keys[0]) == heads[i][k]), None)
@@ -1099,8 +1183,7 @@ def _head_groups(f: _Flow, gs: GraphSlots, heads: dict[int, tuple[int, ...]]) ->
     one_head = set()
     for i, h in heads.items():
         if h and h[0] == 1:
-            node = f.g.node[gs.slots[i].anchor]
-            one_head.add(find(f.ax(node.output[0], 1 if node.op_type == "Gemm" else -1)))
+            one_head.add(find(f.out_axis(gs.slots[i])))
     for rep, last in f.repeats:
         w = find(rep)
         if w in known and w not in merged and find(last) in one_head:

@@ -206,6 +206,9 @@ class Slot:
     quant: "QuantRef | None" = None  # ``initializer`` holds the packed codes of a quantized weight (MatMulNBits)
     unsupported: bool = False  # a parameter (by its provenance) that no supported op reads: counted, left
     follows: bool = False      # such a use of a tensor another use writes: it reads what that use gets
+    # (value, axis): the piece of the projection's output this slot's view produces, where the graph
+    # cuts a fused projection's output into pieces of unequal widths (``cut_into_pieces``)
+    output_piece: tuple[str, int] | None = None
 
     @property
     def size(self) -> int:
@@ -820,15 +823,13 @@ class _Analyzer:
                 out.append(s)
                 continue
             d = width // (h + 2 * kv)
-            index = np.arange(int(np.prod(s.shape))).reshape(s.shape)
             start = 0
             for part, n in (("q", h), ("k", kv), ("v", kv)):
-                cols = index[..., start:start + n * d]
+                piece = _out_piece(s, start, start + n * d, f"{part} of packed q|k|v")
                 start += n * d
-                view = View([f"{part} of packed q|k|v"], tuple(s.shape), cols, None, None, covered=int(cols.size))
                 lay = Layout(s.layout.perm, (FEATURE,) * (len(s.shape) + 1), name=f"{s.layout.name} {part} part by heads",
                              heads=(n,) + (0,) * (len(s.shape) - 1))
-                out.append(replace(s, shape=tuple(cols.shape), layout=lay, view=view, evidence=s.evidence + [
+                out.append(replace(piece, layout=lay, evidence=s.evidence + [
                     f"the {part} part of a q|k|v projection packed for GroupQueryAttention ({h} query heads, "
                     f"{kv} key/value heads of {d})"]))
         return out
@@ -1028,6 +1029,40 @@ class _Analyzer:
             if p > 1 and out_features % p == 0:
                 s.layout = Layout(s.layout.perm, (PARTS,) + s.layout.kinds, p, s.layout.name)
                 s.evidence.append(f"fused projection of {p} parts ({why})")
+
+
+def _out_piece(s: Slot, start: int, end: int, what: str) -> Slot:
+    """The slot as a view of output features [start, end) of its stored tensor (the stored axis
+    its layout makes canonical axis 0): one piece of a fused projection."""
+    assert s.layout is not None
+    index = np.arange(int(np.prod(s.shape))).reshape(s.shape)
+    rows = np.take(index, np.arange(start, end), axis=s.layout.perm[0])
+    view = View([what], tuple(s.shape), rows, None, None, covered=int(rows.size))
+    return replace(s, shape=tuple(rows.shape), view=view, evidence=list(s.evidence))
+
+
+def cut_into_pieces(gs: GraphSlots, pieces: dict[int, list[tuple[int, int, str, int]]]) -> GraphSlots:
+    """The slots with each projection whose output the graph cuts into pieces of unequal widths
+    (``DimensionFlow.pieces``) read as one view per piece, each producing its piece
+    (``Slot.output_piece``): resampled apart, as separate q, k and v projections are. The
+    writer puts the pieces back into the one stored tensor."""
+    out: list[Slot] = []
+    for i, s in enumerate(gs.slots):
+        found = pieces.get(i)
+        if not found:
+            out.append(s)
+            continue
+        assert s.layout is not None
+        width = found[-1][1]
+        for k, (start, end, value, axis) in enumerate(found):
+            what = f"piece {k} of {len(found)} (features {start}:{end} of {width})"
+            piece = _out_piece(s, start, end, what)
+            piece.layout = replace(s.layout, name=f"{s.layout.name} {what}")
+            piece.output_piece = (value, axis)
+            piece.evidence.append(f"{what} of a fused projection whose output the graph cuts into pieces of "
+                                  "unequal widths (dimension flow)")
+            out.append(piece)
+    return GraphSlots(out)
 
 
 def _covered(uses: list[Slot], total: int) -> int:

@@ -305,13 +305,19 @@ def _views_stored(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarra
     for name, idx in views.items():
         base = stored_values(target.array, gs.slots[idx[0]])
         stored = write_views(base, [(gs.slots[i].view, values[i], unknown.get(i)) for i in idx])  # type: ignore[misc]
-        if len(idx) > 1 and not _one_parameter(target, name) and not all(
+        sites: dict[tuple[int, int], list[int]] = {}  # the views one node input reads (a fused projection's pieces)
+        for i in idx:
+            sites.setdefault((gs.slots[i].node, gs.slots[i].input), []).append(i)
+        if len(sites) > 1 and not _one_parameter(target, name) and not all(
                 _view_holds(gs.slots[i].view, stored, values[i], unknown.get(i)) for i in idx):
             # views that read the same elements were given different values: the target's
             # exporter merged equal tensors (a fresh DeiT's zero class and distillation
-            # tokens), which the writer splits, so each view gets a stored tensor of its own
-            for i in idx:
-                out[i] = write_views(base, [(gs.slots[i].view, values[i], unknown.get(i))])  # type: ignore[misc]
+            # tokens, a fresh model's zero biases of fused projections), which the writer
+            # splits, so each node input's views get a stored tensor of their own
+            for members in sites.values():
+                own = write_views(base, [(gs.slots[i].view, values[i], unknown.get(i)) for i in members])  # type: ignore[misc]
+                for i in members:
+                    out[i] = own
             continue
         for i in idx:
             out[i] = stored
