@@ -110,15 +110,19 @@ def test_a_shrink_leaves_the_fused_projection_and_says_why(name):
 PIECES = {"phi3": ((32, 16, 16), (16, 8, 8)), "gpt_bigcode": ((32, 8, 8), (16, 8, 8))}
 OUTPUT_PROJECTION = {"phi3": "model.layers.0.self_attn.o_proj.weight", "gpt_bigcode": "transformer.h.0.attn.c_proj.weight"}
 QKV = {"phi3": "model.layers.0.self_attn.qkv_proj.", "gpt_bigcode": "transformer.h.0.attn.c_attn."}
+EMBEDDING = {"phi3": "model.embed_tokens.weight", "gpt_bigcode": "transformer.wte.weight"}
 
 
 def _check_pieces(name: str, a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
     """The target's fused weight (``a``) against the source's (``b``), [out, in]: each target
     piece's rows come from the same piece of the source, q in whole heads, k and v the
     key/value head of those query heads' group, the output projection's columns the query
-    heads' units, and the bias (where there is one) the entries of the rows taken."""
+    heads' units, the bias (where there is one) the entries of the rows taken, and every piece
+    the residual units the embedding took (one order of the residual width, whatever reads it)."""
     (sq, sk, _), (tq, tk, _) = PIECES[name]
     rows = np.array(_rows_from(a[QKV[name] + "weight"], b[QKV[name] + "weight"]))
+    residual = _rows_from(a[EMBEDDING[name]].T, b[EMBEDDING[name]].T)
+    assert _rows_from(a[QKV[name] + "weight"].T, b[QKV[name] + "weight"].T) == residual
     q, k, v = rows[:tq], rows[tq:tq + tk], rows[tq + tk:]
     assert (q < sq).all() and ((sq <= k) & (k < sq + sk)).all() and (sq + sk <= v).all()  # q from q, k from k ...
     assert (v - sk == k).all()                                   # the same key/value head and units in k and v

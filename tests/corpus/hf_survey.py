@@ -5,7 +5,9 @@ trained model's are) is transferred into a fresh copy of its architecture and in
 1-layer target (width 16, 2 query heads, key/value heads halved: grouped-query into
 multi-query where the family has key/value heads). The table gives the identity's largest
 relative logit error, the share of weight elements the shrink writes, and why anything was
-left. A fused q|k|v the layout cannot express is left with its reason (never resampled).
+left. A fused q|k|v cut into pieces of unequal widths is resampled piece by piece (Phi-3,
+GPT-BigCode); one whose pieces are cut from a factor of its output (Falcon's heads) is left
+with its reason (never resampled).
 
     python -m tests.corpus.hf_survey                      # every family (a minute or two)
     python -m tests.corpus.hf_survey gemma gpt_bigcode    # some families
@@ -32,11 +34,15 @@ def families() -> dict[str, Callable[[int, int, int, int], object]]:
         "mistral": llm(T.MistralForCausalLM, T.MistralConfig, num_key_value_heads=lambda kv: kv, head_dim=8),
         "stablelm": llm(T.StableLmForCausalLM, T.StableLmConfig, num_key_value_heads=lambda kv: kv),
         "persimmon": llm(T.PersimmonForCausalLM, T.PersimmonConfig),
+        "phi3": llm(T.Phi3ForCausalLM, T.Phi3Config, num_key_value_heads=lambda kv: kv, pad_token_id=0),
         "gpt_bigcode": lambda d, h, kv, n: T.GPTBigCodeForCausalLM(T.GPTBigCodeConfig(
             vocab_size=64, n_embd=d, n_layer=n, n_head=h, n_positions=32, multi_query=True, use_cache=False)),
         "falcon_new": lambda d, h, kv, n: T.FalconForCausalLM(T.FalconConfig(
             vocab_size=64, hidden_size=d, num_hidden_layers=n, num_attention_heads=h, num_kv_heads=kv,
             new_decoder_architecture=True, use_cache=False)),
+        "falcon": lambda d, h, kv, n: T.FalconForCausalLM(T.FalconConfig(
+            vocab_size=64, hidden_size=d, num_hidden_layers=n, num_attention_heads=h, multi_query=True,
+            new_decoder_architecture=False, use_cache=False)),
     }
 
 
