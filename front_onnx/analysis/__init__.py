@@ -7,7 +7,8 @@ Nothing here knows about learngenes or writes models.
 """
 from __future__ import annotations
 
-from front_onnx.analysis.dimflow import dimension_flow, with_branches, with_cuts, with_heads, with_parts
+from front_onnx.analysis.dimflow import (dimension_flow, with_branches, with_cuts, with_heads, with_parts,
+                                         with_unit_axes)
 from front_onnx.analysis.slots import GraphSlots, analyze_slots, cut_into_pieces
 from front_onnx.analysis.structure import Structure, find_structure
 from front_onnx.onnxio import OnnxModel
@@ -26,6 +27,7 @@ def weight_slots(model: OnnxModel) -> GraphSlots:
     with_heads(gs, flow.heads, flow.groups)
     with_cuts(gs, flow.cuts)
     with_branches(gs, flow)
+    with_unit_axes(gs, flow.unit_axes)
     return gs
 
 

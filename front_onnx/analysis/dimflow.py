@@ -28,7 +28,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from front_onnx.analysis.folding import Constants
-from front_onnx.analysis.slots import CUT, INDEX, PARTS, GraphSlots, Layout, Slot
+from front_onnx.analysis.slots import CUT, FEATURE, INDEX, PARTS, GraphSlots, Layout, Slot
 from front_onnx.onnxio import attribute as _attr
 
 _SAME = {"Relu", "Gelu", "Erf", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Cast", "Identity", "Dropout",
@@ -78,6 +78,9 @@ class DimensionFlow:
     # features, a U-Net's skip connections, a class token before the patches)
     concatenated: dict[str, str] = field(default_factory=dict)
     branches: dict[str, tuple] = field(default_factory=dict)  # Concat node -> its inputs' lengths along it
+    # slot -> the length-1 axes of a broadcast scale that meet a length-1 axis of what it scales
+    # (a per-head logit scale (heads, 1, 1) of a one-head attention): channel axes, not broadcast
+    unit_axes: dict[int, tuple[int, ...]] = field(default_factory=dict)
     # slot -> (start, end, value, axis) per piece of a projection's output the graph cuts into
     # pieces of unequal widths, in order, covering it (``cut_into_pieces`` reads each as a view)
     pieces: dict[int, list[tuple[int, int, str, int]]] = field(default_factory=dict)
@@ -974,7 +977,7 @@ def dimension_flow(model: onnx.ModelProto, gs: GraphSlots) -> DimensionFlow:
     return DimensionFlow(spaces, slot_axes, heads, groups=_head_groups(f, gs, heads), outputs=outputs,
                          factor_spaces=factor_spaces, cuts=cuts,
                          parts=parts, concatenated=concatenated,
-                         branches=branches, pieces=_unequal_pieces(f, gs))
+                         branches=branches, pieces=_unequal_pieces(f, gs), unit_axes=_unit_axes(f, gs))
 
 
 def unsplit(s: Slot) -> Slot:
@@ -1038,6 +1041,36 @@ def _projection_heads(f: _Flow, gs: GraphSlots) -> dict[int, tuple[int, ...]]:
         if h_out or h_in:
             out[i] = (h_out, h_in) if s.role == "linear.weight" else (h_out,)
     return out
+
+
+def _unit_axes(f: _Flow, gs: GraphSlots) -> dict[int, tuple[int, ...]]:
+    """``DimensionFlow.unit_axes``: a scale's length-1 axes (index axes of its broadcast layout)
+    whose axis in the scaled value also has length 1. A target with one head has a (1, 1, 1)
+    per-head scale where its source has (heads, 1, 1): the heads axis is a channel axis in both."""
+    out: dict[int, tuple[int, ...]] = {}
+    for i, s in enumerate(gs.slots):
+        if s.role != "scale" or s.layout is None or s.layout.perm != tuple(range(len(s.shape))):
+            continue
+        n = f.g.node[s.consumer]
+        r = f.rank(n.output[0]) if n.output else None
+        if not r or len(s.shape) > r:
+            continue
+        found = tuple(k for k, d in enumerate(s.shape)
+                      if d == 1 and s.layout.kinds[k] == INDEX and f.dim(n.output[0], k - len(s.shape)) == 1)
+        if found:
+            out[i] = found
+    return out
+
+
+def with_unit_axes(gs: GraphSlots, unit_axes: dict[int, tuple[int, ...]]) -> None:
+    """Make the length-1 axes ``DimensionFlow.unit_axes`` names feature axes."""
+    for i, axes in unit_axes.items():
+        lay = gs.slots[i].layout
+        assert lay is not None
+        kinds = tuple(FEATURE if k in axes else kind for k, kind in enumerate(lay.kinds))
+        gs.slots[i].layout = replace(lay, kinds=kinds)
+        gs.slots[i].evidence.append(f"axes {list(axes)} of length 1 meet length-1 axes of what it scales: "
+                                    "channels, not broadcast (dimension flow)")
 
 
 def _head_sizes(f: _Flow) -> set[tuple]:

@@ -34,6 +34,13 @@ PASS_THROUGH = {"Identity", "Cast"}
 # ... and a weight may also reach it through Transposes (TF/Keras kernels, NHWC wrappers),
 # which change its layout.
 WEIGHT_PATH = PASS_THROUGH | {"Transpose"}
+# Elementwise ops a parameter may be read through before its layer (Swin V2's per-head logit
+# scale: Clip -> Exp -> Mul): each element of the result is a function of the same element of
+# the parameter, so its axes are the parameter's; the stored values are transferred and the
+# graph applies the ops, in the target as in the source. Clip only with constant bounds.
+ELEMENTWISE = {"Exp", "Log", "Neg", "Sigmoid", "Softplus", "Tanh", "Clip"}
+# roles a parameter read through them may take: broadcast tensors scaling or added to activations
+_ELEMENTWISE_ROLES = {"scale", "parameter"}
 # Ops whose float initializer inputs are weights of a layer; used to bound graph walks.
 WEIGHT_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "LayerNormalization", "BatchNormalization",
               "InstanceNormalization", "GroupNormalization", "Gather", "MatMulNBits", "Attention",
@@ -280,6 +287,10 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[tuple[int, int]]]:
             if x:
                 cons[x].append((i, j))
     return cons
+
+
+# where the first elementwise op reads a parameter (node, input), and the elementwise ops it passes
+_Through = tuple[int, int, tuple[str, ...]]
 
 
 class _Analyzer:
@@ -661,42 +672,61 @@ class _Analyzer:
             return "parameter", _broadcast_layout(shape), "", ev
         if op in ("Shape", "Size"):
             return None, None, f"only its shape is read ({op}), not its values", ev
+        if op == "CastLike" and cj == 1:
+            return None, None, "only its type is read (CastLike input 1), not its values", ev
         if cj in _CONFIG_INPUTS.get(op, ()):
             return None, None, f"a configuration input of {op} (input {cj}), not a weight", ev
         return None, None, f"unsupported consumer {op} input {cj}", ev
 
-    def _uses(self, ni: int, j: int, rank: int) -> list[tuple[int, int, list[int]]]:
-        """Where input ``j`` of node ``ni`` (an initializer) is used: (node, input, view) past the
-        ops it passes through unchanged or transposed (``view``: the use sees the stored tensor
-        transposed so). A pass-through with several consumers is one use per consumer: the
-        legacy exporter routes a layer applied more than once (ALBERT's shared layers) and a
-        fresh model's equal tensors through Identity nodes."""
-        out: list[tuple[int, int, list[int]]] = []
-        todo = [(ni, j, list(range(rank)), 0)]
+    def _uses(self, ni: int, j: int, rank: int) -> list[tuple[int, int, list[int], _Through | None]]:
+        """Where input ``j`` of node ``ni`` (an initializer) is used: (node, input, view, first)
+        past the ops it passes through unchanged or transposed (``view``: the use sees the stored
+        tensor transposed so) and through elementwise ops (``ELEMENTWISE``; ``first``: where
+        the first of them reads it and the ops, None without one). A pass-through with several consumers
+        is one use per consumer: the legacy exporter routes a layer applied more than once
+        (ALBERT's shared layers) and a fresh model's equal tensors through Identity nodes."""
+        out: list[tuple[int, int, list[int], _Through | None]] = []
+        todo: list[tuple[int, int, list[int], int, _Through | None]] = [(ni, j, list(range(rank)), 0, None)]
         while todo and len(out) < 64:
-            ci, cj, view, hops = todo.pop(0)
+            ci, cj, view, hops, first = todo.pop(0)
             n = self.g.node[ci]
-            nxt = self.cons.get(n.output[0], []) if n.op_type in WEIGHT_PATH and n.output else []
+            elementwise = cj == 0 and n.op_type in ELEMENTWISE and n.domain in ("", "ai.onnx") and \
+                all(self.constants.is_constant(x) for x in n.input[1:] if x)
+            nxt = self.cons.get(n.output[0], []) if (n.op_type in WEIGHT_PATH or elementwise) and n.output else []
             if not nxt or hops >= 16 or (len(nxt) > 1 and n.op_type not in PASS_THROUGH):
-                out.append((ci, cj, view))
+                out.append((ci, cj, view, first))
                 continue
             if n.op_type == "Transpose":
                 q = _attr(n, "perm", None) or list(reversed(range(len(view))))
                 view = [view[k] for k in q]
-            todo.extend((a, b, view, hops + 1) for a, b in nxt)
+            if elementwise:
+                first = (first[0], first[1], first[2] + (n.op_type,)) if first else (ci, cj, (n.op_type,))
+            todo.extend((a, b, view, hops + 1, first) for a, b in nxt)
         return out
 
     def _slot(self, slots: list[Slot], ni: int, j: int, x: str, t: onnx.TensorProto, shape: tuple[int, ...],
-              ci: int, cj: int, view: list[int]) -> None:
+              ci: int, cj: int, view: list[int], first: _Through | None = None) -> None:
         """The slot (or a view's slots) of one use of initializer ``x``, read as input ``j`` of
         node ``ni`` and used as input ``cj`` of node ``ci``."""
         vshape = tuple(shape[k] for k in view)
-        if self.g.node[ci].op_type in VIEW_OPS - WEIGHT_PATH:
+        if first is not None:  # read through elementwise ops: a broadcast role where they end, else read there
+            scalar = int(np.prod(shape, dtype=np.int64)) == 1 and not is_generated_name(x) and \
+                self._learned_scalar(x, shape)
+            role, _, _, _ = self.role_of(ci, cj, vshape, scalar=scalar)
+            if role in _ELEMENTWISE_ROLES and self._provenance(x, role).parameter:
+                elementwise = [f"read through {' -> '.join(first[2])} (elementwise: the stored values are "
+                               "transferred, the graph applies the ops)"]
+            else:
+                ci, cj, elementwise = first[0], first[1], []
+        else:
+            elementwise = []
+        if self.g.node[ci].op_type in VIEW_OPS - WEIGHT_PATH and not elementwise:
             folded = self._view_slots(ni, j, x, t, shape, ci, cj, vshape)
             if folded:
                 slots.extend(folded)
                 return
         role, layout, reason, ev = self.role_of(ci, cj, vshape)
+        ev = ev + elementwise
         provenance = ""
         masked = None
         candidate = None
@@ -757,8 +787,8 @@ class _Analyzer:
                 if t is None or t.data_type not in FLOAT_TYPES:
                     continue  # integer, shape, axes and bool tensors are never touched
                 shape = tuple(int(d) for d in t.dims)
-                for ci, cj, view in self._uses(ni, j, len(shape)):
-                    self._slot(slots, ni, j, x, t, shape, ci, cj, view)
+                for ci, cj, view, first in self._uses(ni, j, len(shape)):
+                    self._slot(slots, ni, j, x, t, shape, ci, cj, view, first)
             if node.op_type in _QUANTIZED_OPS and not quantized:
                 slots.extend(self._unsupported_quantized(ni, node))
         shared: dict[str, list[int]] = defaultdict(list)

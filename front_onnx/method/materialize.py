@@ -339,8 +339,12 @@ _SHAPE_ONLY = {"Shape", "Size"}
 
 
 def _reads_shape_only(target: OnnxModel, s) -> bool:
-    """The node reading this use of an initializer reads its shape, not its values."""
-    return 0 <= s.node < len(target.proto.graph.node) and target.proto.graph.node[s.node].op_type in _SHAPE_ONLY
+    """The node reading this use of an initializer reads its shape or type, not its values
+    (Shape, Size; CastLike's input 1, whose type it casts to)."""
+    if not 0 <= s.node < len(target.proto.graph.node):
+        return False
+    op = target.proto.graph.node[s.node].op_type
+    return op in _SHAPE_ONLY or (op == "CastLike" and s.input == 1)
 
 
 def _one_parameter(target: OnnxModel, name: str) -> bool:
