@@ -42,7 +42,7 @@ from front_onnx.outputs import data_companion, guard, staged, write_bytes, write
 from front_onnx.validation.checks import ValidationReport
 from front_onnx.validation.checks import validate as _validate
 from front_onnx.validation.calibration import calibrator
-from front_onnx.validation.equivalence import (alignment_order, expansion_note, keeps_function, ordered_learngene,
+from front_onnx.validation.equivalence import (alignment_order, checked_expansion, ordered_learngene,
                                               transfer_learngene)
 
 __all__ = ["extract", "plan", "initialize", "transfer", "validate", "inspect", "weights", "refine",
@@ -314,17 +314,15 @@ def _expanded(s: OnnxModel, t: OnnxModel, gene: Learngene, transformed, output: 
     gives that learngene). Staged next to ``output``: only the kept one is moved there."""
     label = str(s.path)
     with staged(output) as tmp:
-        result = _initialize(t, gene, tmp, t0, report, external_data, analysis, depth, label=label,
-                             method="expand", scale=scale, calibrator=calibrate)
-        if result.plan.expanded:
-            kept, why = keeps_function(s, load_model(tmp))
-            expanded = len(result.plan.expanded)
-            if not kept:
-                for p in tmp.parent.iterdir():
-                    p.unlink()
-                result = _initialize(t, transformed(), tmp, t0, report, external_data, analysis, depth,
-                                     release=True, label=label, method="hybrid", scale=scale, calibrator=calibrate)
-            result.plan.notes.append(expansion_note(expanded, "" if kept else why))
+        def write(method: str):
+            for p in tmp.parent.iterdir():  # the expanded target, when it is written again
+                p.unlink()
+            r = _initialize(t, gene if method == "expand" else transformed(), tmp, t0, report, external_data,
+                            analysis, depth, release=method != "expand", label=label, method=method, scale=scale,
+                            calibrator=calibrate)
+            return r, r.plan, tmp
+
+        result, _ = checked_expansion(s, write)
     result.output = output
     return result
 

@@ -52,9 +52,9 @@ from front_onnx.method.pipeline import (
     pair_analysis,
 )
 from front_onnx.method.planning import Plan
-from front_onnx.onnxio import check_tensors, load_model
+from front_onnx.onnxio import OnnxModel, check_tensors, load_model
 from front_onnx.validation.calibration import calibrator
-from front_onnx.validation.equivalence import expansion_note, keeps_function, transfer_learngene
+from front_onnx.validation.equivalence import checked_expansion, transfer_learngene
 
 # The one set of export options (see the module's docstring and docs/hf-timm.md).
 EXPORT_OPTIONS = {"dynamo": True, "optimize": False}
@@ -224,24 +224,21 @@ def transfer_module(source, target, example_inputs, *, keep: float = DEFAULT_KEE
                                         method=method, target=t)
         calibrate = (calibrator(s, source_analysis, analysis, _example_feeds(s, example_inputs))  # on the examples
                      if scale == "calibrated" else None)
-        output = folder / "output.onnx"
-        plan, _ = initialize_into(t, gene, output, analysis, depth, release=True,
-                                  label=type(source).__name__, method=method, scale=scale, calibrate=calibrate)
-        if method == "expand" and plan.expanded:  # kept only where it computes the source's outputs, as transfer
-            kept, why = keeps_function(s, load_model(output))
-            expanded = len(plan.expanded)
-            if not kept:
-                gene, _ = transfer_learngene(s, source_analysis, analysis, folder / "align-hybrid", align=align,
-                                             keep=keep, convention=convention, depth=depth,
-                                             allow_nonfinite=allow_nonfinite, method="hybrid", target=t)
-                output = folder / "output-hybrid.onnx"
-                plan, _ = initialize_into(t, gene, output, analysis, depth, release=True, label=type(source).__name__,
-                                          method="hybrid", scale=scale, calibrate=calibrate)
-            plan.notes.append(expansion_note(expanded, "" if kept else why))
-        del s
+
+        def write(how: str, s: OnnxModel = s, t: OnnxModel = t):
+            g = gene if how == method else transfer_learngene(
+                s, source_analysis, analysis, folder / f"align-{how}", align=align, keep=keep, convention=convention,
+                depth=depth, allow_nonfinite=allow_nonfinite, method=how, target=t)[0]
+            path = folder / f"output-{how}.onnx"
+            p, _ = initialize_into(t, g, path, analysis, depth, release=True, label=type(source).__name__,
+                                   method=how, scale=scale, calibrate=calibrate)
+            return path, p, path
+
+        # 'expand' is kept only where it computes the source's outputs, as in transfer
+        output, plan = checked_expansion(s, write) if method == "expand" else write(method)[:2]
+        del s, t, write
         if note is not None:
             plan.notes.append(note.describe())
-        del t
         nw = named_weights(load_model(output), "torch")
         state, kept, tied = state_from_weights(target, nw)  # copies, before the folder goes
     target.load_state_dict(state, strict=True)

@@ -7,7 +7,7 @@ those output units."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 
@@ -20,9 +20,12 @@ from front_onnx.method.learngene import Learngene
 from front_onnx.method.pipeline import pair_learngene, selects_any
 from front_onnx.method.selection import reads_whole
 from front_onnx.numeric.spectral import PICKING_MODES
-from front_onnx.onnxio import OnnxModel
+from front_onnx.method.planning import Plan
+from front_onnx.onnxio import OnnxModel, load_model
 from front_onnx.validation.checks import synthesize_inputs
 from front_onnx.validation.runtime import open_session, run_or_refuse
+
+R = TypeVar("R")
 
 TOLERANCE = 1e-4  # relative to the largest output value: float32 sums in another order
 
@@ -57,6 +60,22 @@ def expansion_note(expanded: int, why: str = "") -> str:
                 "synthesized inputs)")
     return f"expand: expanding the growth would change the source's outputs ({why}): the growth is transformed, as " \
         "--method hybrid"
+
+
+def checked_expansion(source: OnnxModel, write: Callable[[str], tuple[R, Plan, Path]]) -> tuple[R, Plan]:
+    """``method='expand'``, checked: ``write(method)`` writes the target with that method and
+    returns (its result, plan, written file). Written with 'expand'; when that expanded a
+    growth, it is kept only if the written target computes the source's outputs
+    (``keeps_function``), else written again with 'hybrid' (the growth transformed). The
+    kept plan's notes say which, and why."""
+    result, plan, path = write("expand")
+    if plan.expanded:
+        kept, why = keeps_function(source, load_model(path))
+        expanded = len(plan.expanded)
+        if not kept:
+            result, plan, _ = write("hybrid")
+        plan.notes.append(expansion_note(expanded, "" if kept else why))
+    return result, plan
 
 
 def keeps_function(source: OnnxModel, grown: OnnxModel) -> tuple[bool, str]:
