@@ -331,10 +331,21 @@ class _Flow:
         if s.output_piece is not None:
             return s.output_piece
         node = self.g.node[s.anchor]
+        if _left_factor(s):
+            return node.output[0], -2
         return node.output[0], 1 if node.op_type in ("Gemm", "Conv", "ConvTranspose") else -1
 
     def out_axis(self, s: Slot) -> tuple:
         return self.ax(*self.out_value(s))
+
+    def in_axis(self, s: Slot) -> tuple:
+        """The value axis a projection's or convolution's weight reads (its in axis)."""
+        node = self.g.node[s.anchor]
+        if _left_factor(s):
+            return self.ax(node.input[1], -2)
+        if node.op_type == "Gemm":
+            return self.ax(node.input[0], 0 if _attr(node, "transA", 0) else 1)
+        return self.ax(node.input[0], 1 if node.op_type in ("Conv", "ConvTranspose") else -1)
 
     def right_aligned(self, x: str, out: str) -> None:
         rx, ro = self.rank(x), self.rank(out)
@@ -858,9 +869,7 @@ class _Flow:
             anchor = self.g.node[s.anchor]
             conv = anchor.op_type in ("Conv", "ConvTranspose")
             out_ax = self.out_axis(s)
-            x = anchor.input[0]
-            in_ax = self.ax(x, 1 if conv else -1) if anchor.op_type != "Gemm" else \
-                self.ax(x, 0 if _attr(anchor, "transA", 0) else 1)
+            in_ax = self.in_axis(s)
             lead: list[tuple | None] = []
             if s.layout.parts > 1:  # a fused projection: the parts' shared axis, when its split shows one
                 lead, out_ax = [None], self.part_axes.get(i)
@@ -1011,7 +1020,6 @@ def _projection_heads(f: _Flow, gs: GraphSlots) -> dict[int, tuple[int, ...]]:
         node = f.g.node[s.anchor]
         if node.op_type not in ("MatMul", "Gemm", "MatMulNBits") or not node.output:
             continue
-        gemm = node.op_type == "Gemm"
         s = f.read(i, s)
         assert s.layout is not None
         canon = s.layout.canonical_shape(tuple(s.shape))
@@ -1034,7 +1042,7 @@ def _projection_heads(f: _Flow, gs: GraphSlots) -> dict[int, tuple[int, ...]]:
         h_in = 0
         if s.role == "linear.weight":
             n_in = canon[-1]
-            x = f.ax(node.input[0], (0 if _attr(node, "transA", 0) else 1) if gemm else -1)
+            x = f.in_axis(gs.slots[i])
             for fs in splits.get(f.uf.find(x), ()):
                 if len(fs) == 2 and fs[0] * fs[1] == n_in:
                     h_in = max(h_in, fs[0])
@@ -1071,6 +1079,11 @@ def with_unit_axes(gs: GraphSlots, unit_axes: dict[int, tuple[int, ...]]) -> Non
         gs.slots[i].layout = replace(lay, kinds=kinds)
         gs.slots[i].evidence.append(f"axes {list(axes)} of length 1 meet length-1 axes of what it scales: "
                                     "channels, not broadcast (dimension flow)")
+
+
+def _left_factor(s: Slot) -> bool:
+    """A weight a MatMul reads as its first input (W @ x: Mamba's ``dt_proj``), [out, in]."""
+    return s.role == "linear.weight" and s.op == "MatMul" and s.consumer_input == 0
 
 
 def _head_sizes(f: _Flow) -> set[tuple]:
@@ -1189,10 +1202,7 @@ def _head_groups(f: _Flow, gs: GraphSlots, heads: dict[int, tuple[int, ...]]) ->
     by_class = f.splits_by_class()
 
     def heads_class(i: int, k: int) -> tuple | None:  # the heads axis class of slot i's axis k (0 out, 1 in)
-        node = f.g.node[gs.slots[i].anchor]
-        gemm = node.op_type == "Gemm"
-        whole = f.out_axis(gs.slots[i]) if k == 0 else \
-            f.ax(node.input[0], (0 if _attr(node, "transA", 0) else 1) if gemm else -1)
+        whole = f.out_axis(gs.slots[i]) if k == 0 else f.in_axis(gs.slots[i])
         return next((find(keys[0]) for keys in by_class.get(find(whole), ())
                      if len(keys) == 2 and f.size(keys[0]) == heads[i][k]), None)
 

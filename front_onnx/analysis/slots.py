@@ -596,6 +596,10 @@ class _Analyzer:
             return None, None, "scalar constant, not a weight", ev  # (per channel inputs: one channel)
         if op == "MatMul" and cj == 1 and rank == 2:
             return "linear.weight", Layout((1, 0), (FEATURE, FEATURE), name="[in, out]"), "", ev
+        if op == "MatMul" and cj == 0 and rank == 2 and len(n.input) > 1 and not self.constants.is_constant(n.input[1]):
+            # W @ x (Mamba's dt_proj): the weight's rows are the output's units, its columns x's
+            return "linear.weight", Layout((0, 1), (FEATURE, FEATURE), name="[out, in] (W @ x)"), "", \
+                ev + ["the left factor: out axis the output's second to last, in axis x's"]
         if op == "Gemm" and cj == 1 and rank == 2:
             if _attr(n, "transB", 0):
                 return "linear.weight", Layout((0, 1), (FEATURE, FEATURE), name="[out, in]"), "", ev + ["transB=1"]
@@ -713,10 +717,18 @@ class _Analyzer:
             scalar = int(np.prod(shape, dtype=np.int64)) == 1 and not is_generated_name(x) and \
                 self._learned_scalar(x, shape)
             role, _, _, _ = self.role_of(ci, cj, vshape, scalar=scalar)
+            through = (f"read through {' -> '.join(first[2])} (elementwise: the stored values are transferred, "
+                       "the graph applies the ops)")
             if role in _ELEMENTWISE_ROLES and self._provenance(x, role).parameter:
-                elementwise = [f"read through {' -> '.join(first[2])} (elementwise: the stored values are "
-                               "transferred, the graph applies the ops)"]
-            else:
+                elementwise = [through]
+            else:  # then through view ops (Mamba's A_log: Exp -> Neg -> Unsqueeze -> Mul), or read where they start
+                folded = self._view_slots(ni, j, x, t, shape, ci, cj, vshape, start=(ci, cj)) \
+                    if self.g.node[ci].op_type in VIEW_OPS - WEIGHT_PATH and view == list(range(len(shape))) else []
+                if folded and all(f.role in _ELEMENTWISE_ROLES for f in folded):
+                    for f in folded:
+                        f.evidence.append(through)
+                    slots.extend(folded)
+                    return
                 ci, cj, elementwise = first[0], first[1], []
         else:
             elementwise = []
@@ -916,12 +928,16 @@ class _Analyzer:
         return i if weight else None
 
     def _view_slots(self, ni: int, j: int, x: str, t: onnx.TensorProto, shape: tuple[int, ...],
-                    ci: int, cj: int, vshape: tuple[int, ...]) -> list[Slot]:
+                    ci: int, cj: int, vshape: tuple[int, ...], start: tuple[int, int] | None = None) -> list[Slot]:
         """Slots of a parameter that reaches activations through view ops with constant
         inputs (``folding``): one per consumer of the view, with the role and layout the
         view has there, as an exporter that folds constants would store it. [] when there
-        is no such view, or the frontier gives it no role (then the first op's reading stands)."""
-        tr = trace(self.g, self.constants, self.cons, self.outputs, ni, j, shape, cast_like=not is_generated_name(x))
+        is no such view, or the frontier gives it no role (then the first op's reading stands).
+        ``start``: where the view ops begin, when elementwise ops come first (values of the
+        stored shape)."""
+        at = start or (ni, j)
+        tr = trace(self.g, self.constants, self.cons, self.outputs, at[0], at[1], shape,
+                   cast_like=not is_generated_name(x))
         if tr is None:
             return []
         first_role, _, _, _ = self.role_of(ci, cj, vshape)
