@@ -65,3 +65,35 @@ def test_a_shrink_takes_the_same_inner_units_everywhere(kw):
     np.testing.assert_array_equal(a[p + "D"], b[p + "D"][units])
     if kw:
         assert units == list(range(0, 64, 2))
+
+
+def test_a_merged_a_log_keeps_one_layers_values_and_says_so(tmp_path):
+    """The legacy exporter merges a fresh target's two ``A_log`` (equal at initialization) into
+    one tensor, which the target cannot tell from a parameter both layers share: it holds one
+    source layer's values, never their mean (views of it given different values were
+    averaged, with no note), and the plan's note names it."""
+    import onnx
+    from onnx import numpy_helper
+
+    import front_onnx
+    src = _source()
+    torch.manual_seed(1)
+    for tag, m in (("source", src), ("target", _mamba(32, 2))):
+        torch.onnx.export(m, (), kwargs=dict(IDS), f=str(tmp_path / f"{tag}.onnx"), dynamo=False,
+                          input_names=list(IDS))
+    r = front_onnx.transfer(tmp_path / "source.onnx", tmp_path / "target.onnx", tmp_path / "out.onnx")
+    out = onnx.load(tmp_path / "out.onnx")
+    inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    made = {o: n for n in out.graph.node for o in n.output}
+    read = set()
+    for n in out.graph.node:
+        if n.op_type == "Exp" and "/mixer/" in n.name:
+            x = n.input[0]
+            while x not in inits:
+                x = made[x].input[0]
+            read.add(x)
+    assert len(read) == 1                                     # one tensor, as the target has it
+    got = inits[read.pop()]
+    layers = [src.state_dict()[f"layers.{k}.mixer.A_log"].numpy() for k in range(2)]
+    assert any(np.array_equal(got, a) for a in layers)         # one layer's values, not a mean
+    assert any(n.startswith("one tensor:") for n in r.plan.notes)

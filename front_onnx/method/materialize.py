@@ -292,9 +292,12 @@ def _digest(a: np.ndarray) -> bytes:
 
 
 def _views_stored(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarray],
-                  unknown: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+                  unknown: dict[int, np.ndarray], unified: list[str]) -> dict[int, np.ndarray]:
     """Values written to views (``folding``) put back into their stored tensors: every view
-    slot of one initializer gets the same stored tensor, so the writer sees one value."""
+    slot of one initializer gets the same stored tensor, so the writer sees one value. One
+    parameter (``_one_parameter``) whose views were given different values for the same
+    elements keeps its first node input's, and is named in ``unified`` (as the writer does
+    for a parameter several layers read): never a mean of the values."""
     views: dict[str, list[int]] = {}
     for i in values:
         if gs.slots[i].view is not None:
@@ -308,8 +311,13 @@ def _views_stored(target: OnnxModel, gs: GraphSlots, values: dict[int, np.ndarra
         sites: dict[tuple[int, int], list[int]] = {}  # the views one node input reads (a fused projection's pieces)
         for i in idx:
             sites.setdefault((gs.slots[i].node, gs.slots[i].input), []).append(i)
-        if len(sites) > 1 and not _one_parameter(target, name) and not all(
-                _view_holds(gs.slots[i].view, stored, values[i], unknown.get(i)) for i in idx):
+        differ = len(sites) > 1 and not all(_view_holds(gs.slots[i].view, stored, values[i], unknown.get(i))
+                                            for i in idx)
+        if differ and _one_parameter(target, name):
+            first = list(sites.values())[0]  # one parameter: its first node input's values, as one tensor
+            stored = write_views(base, [(gs.slots[i].view, values[i], unknown.get(i)) for i in first])  # type: ignore[misc]
+            unified.append(name)
+        elif differ:
             # views that read the same elements were given different values: the target's
             # exporter merged equal tensors (a fresh DeiT's zero class and distillation
             # tokens, a fresh model's zero biases of fused projections), which the writer
@@ -365,7 +373,8 @@ def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.nd
     stays one tensor, with its first use's value. Returns {'split': n initializers split,
     'added': n, 'renamed': {slot index: new initializer name}, 'unified': [those parameters]}."""
     unknown = unknown or {}
-    values = _views_stored(target, gs, _keep_unknown(target, gs, values, unknown), unknown)
+    unified: list[str] = []  # one parameter whose uses were written differently: it keeps the first's value
+    values = _views_stored(target, gs, _keep_unknown(target, gs, values, unknown), unknown, unified)
     by_init: dict[str, list[int]] = {}
     for i, s in enumerate(gs.slots):
         if not s.absent:
@@ -391,7 +400,6 @@ def write_initialized(target: OnnxModel, gs: GraphSlots, values: dict[int, np.nd
             add[name] = (values[i], values[i].dtype)
             rewire[(s.node, s.input)] = name
     split = 0
-    unified: list[str] = []  # one parameter whose uses were written differently: it keeps the first's value
     for name, idx in by_init.items():
         if not any(i in values for i in idx):
             continue
