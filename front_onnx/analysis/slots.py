@@ -696,22 +696,80 @@ class _Analyzer:
             n = self.g.node[ci]
             elementwise = cj == 0 and n.op_type in ELEMENTWISE and n.domain in ("", "ai.onnx") and \
                 all(self.constants.is_constant(x) for x in n.input[1:] if x)
-            nxt = self.cons.get(n.output[0], []) if (n.op_type in WEIGHT_PATH or elementwise) and n.output else []
+            routed = self._routed_axis(n, cj, view) if first is None else None
+            nxt = self.cons.get(n.output[0], []) if (n.op_type in WEIGHT_PATH or elementwise or routed is not None) \
+                and n.output else []
             if not nxt or hops >= 16 or (len(nxt) > 1 and n.op_type not in PASS_THROUGH):
                 out.append((ci, cj, view, first))
                 continue
             if n.op_type == "Transpose":
                 q = _attr(n, "perm", None) or list(reversed(range(len(view))))
                 view = [view[k] for k in q]
+            if routed is not None:  # the gathered axis: its stored axis, as -(axis + 1)
+                view = [-(v + 1) if k == routed else v for k, v in enumerate(view)]
             if elementwise:
                 first = (first[0], first[1], first[2] + (n.op_type,)) if first else (ci, cj, (n.op_type,))
             todo.extend((a, b, view, hops + 1, first) for a, b in nxt)
         return out
 
+    def _routed_axis(self, n: onnx.NodeProto, cj: int, view: list[int]) -> int | None:
+        """The axis of a weight a Gather or GatherND takes entries of at computed indices (a
+        mixture of experts' weights, taken per token by its router: ``gate_up_proj[expert_ids]``),
+        the entries staying whole; None for any other node, or a second such gather."""
+        if n.op_type not in ("Gather", "GatherND") or cj != 0 or len(view) != 3 or len(n.input) < 2 \
+                or self.constants.is_constant(n.input[1]) or any(v < 0 for v in view):
+            return None  # a table's lookup (an embedding: rank 2) is the Gather's own
+        if not self._feeds_matmul(n.output[0]):
+            return None
+        if n.op_type == "GatherND":
+            return 0 if _attr(n, "batch_dims", 0) == 0 else None  # indices (S, 1): rows of the leading axis
+        return int(_attr(n, "axis", 0)) % len(view)
+
+    def _feeds_matmul(self, value: str) -> bool:
+        """Whether a value reaches a MatMul through layout ops only (one consumer each)."""
+        for _ in range(8):
+            uses = self.cons.get(value, [])
+            if len(uses) != 1:
+                return False
+            n = self.g.node[uses[0][0]]
+            if n.op_type == "MatMul":
+                return True
+            if n.op_type not in WEIGHT_PATH or not n.output:
+                return False
+            value = n.output[0]
+        return False
+
+    def _routed_slot(self, ni: int, j: int, x: str, t: onnx.TensorProto, shape: tuple[int, ...],
+                     ci: int, cj: int, view: list[int]) -> Slot:
+        """A weight taken per token from a stack of experts' weights, read by a batched MatMul:
+        a projection of each expert, canonical (out, in, experts); the experts axis is an index
+        (the target must have as many). Anything else such a gather feeds is left, and why."""
+        n = self.g.node[ci]
+        experts = next(-v - 1 for v in view if v < 0)
+        ev = [f"{n.op_type} input {cj}", f"taken per token from axis {experts} (the experts) by computed indices"]
+        role, layout, reason = None, None, f"a parameter gathered at computed indices and read by {n.op_type} " \
+            f"(input {cj}), an op front-onnx does not transfer so: left as it is"
+        if n.op_type == "MatMul" and cj in (0, 1) and len(view) == 3 and view[0] < 0:
+            out_k, in_k = (1, 2) if cj == 0 else (2, 1)  # W (S, out, in) @ x, or x @ W (S, in, out)
+            role = "linear.weight"
+            layout = Layout((view[out_k], view[in_k], experts), (FEATURE, FEATURE, INDEX), name="[out, in, experts]")
+            reason = ""
+            ev.append("one projection per expert (a batched MatMul of the tokens' experts)")
+        prov = self._provenance(x, role or "")
+        if not prov.parameter:
+            role, layout = None, None
+            reason = f"constant, not a parameter: {prov.evidence}"
+        shape_t = tuple(shape)
+        return Slot(ni, j, x, shape_t, t.data_type, ci, cj, n.op_type, role, layout, reason=reason, evidence=ev,
+                    anchor=ci, provenance=prov.evidence, unsupported=role is None and prov.parameter)
+
     def _slot(self, slots: list[Slot], ni: int, j: int, x: str, t: onnx.TensorProto, shape: tuple[int, ...],
               ci: int, cj: int, view: list[int], first: _Through | None = None) -> None:
         """The slot (or a view's slots) of one use of initializer ``x``, read as input ``j`` of
         node ``ni`` and used as input ``cj`` of node ``ci``."""
+        if any(v < 0 for v in view):
+            slots.append(self._routed_slot(ni, j, x, t, shape, ci, cj, view))
+            return
         vshape = tuple(shape[k] for k in view)
         if first is not None:  # read through elementwise ops: a broadcast role where they end, else read there
             scalar = int(np.prod(shape, dtype=np.int64)) == 1 and not is_generated_name(x) and \
