@@ -35,6 +35,12 @@ def families() -> dict[str, Callable[[int, int, int, int], object]]:
         "stablelm": llm(T.StableLmForCausalLM, T.StableLmConfig, num_key_value_heads=lambda kv: kv),
         "persimmon": llm(T.PersimmonForCausalLM, T.PersimmonConfig),
         "phi3": llm(T.Phi3ForCausalLM, T.Phi3Config, num_key_value_heads=lambda kv: kv, pad_token_id=0),
+        # mixture of experts: torch exports transformers' experts only with the batched_mm implementation
+        "mixtral": llm(T.MixtralForCausalLM, T.MixtralConfig, num_key_value_heads=lambda kv: kv, num_local_experts=4,
+                       num_experts_per_tok=2, experts_implementation="batched_mm"),
+        "qwen2_moe": llm(T.Qwen2MoeForCausalLM, T.Qwen2MoeConfig, num_key_value_heads=lambda kv: kv, num_experts=4,
+                         num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=32,
+                         experts_implementation="batched_mm"),
         "gpt_bigcode": lambda d, h, kv, n: T.GPTBigCodeForCausalLM(T.GPTBigCodeConfig(
             vocab_size=64, n_embd=d, n_layer=n, n_head=h, n_positions=32, multi_query=True, use_cache=False)),
         "falcon_new": lambda d, h, kv, n: T.FalconForCausalLM(T.FalconConfig(
