@@ -98,3 +98,38 @@ def test_experts_through_the_exporters_defaults(tmp_path, exporter):
     feeds = {k: TEXT[k].numpy() if k in TEXT else np.array(0, np.int64) for k in names}
     want, got = (run_onnx(tmp_path / f, feeds)[0] for f in ("source.onnx", "out.onnx"))
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def _gpt_oss(d: int, heads: int, kv: int, layers: int):
+    return transformers.GptOssForCausalLM(transformers.GptOssConfig(
+        vocab_size=64, hidden_size=d, intermediate_size=d, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=kv, head_dim=8, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=32,
+        sliding_window=4, layer_types=["sliding_attention", "full_attention"][:layers], use_cache=False,
+        experts_implementation="batched_mm")).eval()
+
+
+def test_experts_biases_follow_their_projections():
+    """GPT-OSS: each expert's biases (gathered per token, added after its batched MatMul) are
+    the projection's biases: the same architecture is reproduced with every element written
+    (they were left: identity off by 2.7e-2). Its gate and up units are interleaved (taken
+    with step 2), which a shrink cannot resample: that projection and its bias are left with
+    the reason; the down projection takes the same units in its weight and bias."""
+    torch.manual_seed(0)
+    src = _gpt_oss(32, 4, 2, 2)
+    perturb(src)
+    torch.manual_seed(1)
+    module, plan = transfer_module(src, _gpt_oss(32, 4, 2, 2), TEXT)
+    assert plan.summary()["written_fraction"] == 1.0
+    with torch.no_grad():
+        want, got = src(**TEXT).logits, module(**TEXT).logits
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-6
+    torch.manual_seed(1)
+    small, plan = transfer_module(src, _gpt_oss(16, 2, 1, 1), TEXT, method="select", align="none")
+    p = "model.layers.0.mlp.experts."
+    for s in plan.slots:
+        if s.initializer.startswith(p + "gate_up_proj") and not s.absent:
+            assert s.status == "left" and "cuts this output into pieces" in s.reason
+    a, b = ({k: v.numpy() for k, v in m.state_dict().items()} for m in (small, src))
+    for e in range(4):
+        columns = _rows_from(a[p + "down_proj"][e].T, b[p + "down_proj"][e].T)     # (intermediate, hidden)
+        np.testing.assert_array_equal(a[p + "down_proj_bias"][e], b[p + "down_proj_bias"][e][columns])

@@ -28,7 +28,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from front_onnx.analysis.folding import Constants
-from front_onnx.analysis.slots import CUT, FEATURE, INDEX, PARTS, GraphSlots, Layout, Slot
+from front_onnx.analysis.slots import CUT, EXPERTS_LAYOUT, FEATURE, INDEX, PARTS, GraphSlots, Layout, Slot
 from front_onnx.onnxio import attribute as _attr
 
 _SAME = {"Relu", "Gelu", "Erf", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Cast", "Identity", "Dropout",
@@ -218,6 +218,8 @@ class _Flow:
     def __init__(self, model: onnx.ModelProto, gs: GraphSlots) -> None:
         self.g = model.graph
         self.gs = gs
+        # MatMuls of a weight that is no initializer (an expert's, gathered per token): not attention
+        self.weighted = {s.anchor for s in gs.slots if s.role == "linear.weight" and s.op == "MatMul"}
         self.shape = _shapes(model)
         self.uf = UnionFind()
         self.factors: dict[tuple, list[tuple]] = {}
@@ -850,7 +852,7 @@ class _Flow:
                         continue
                     seen.add(i)
                     n = self.g.node[i]
-                    if n.op_type == "MatMul" and not any(x in self.const for x in n.input):
+                    if n.op_type == "MatMul" and not any(x in self.const for x in n.input) and i not in self.weighted:
                         return True
                     if n.op_type in ("MatMul", "Gemm", "Conv", "ConvTranspose"):
                         continue
@@ -1014,7 +1016,7 @@ def _projection_heads(f: _Flow, gs: GraphSlots) -> dict[int, tuple[int, ...]]:
         splits.setdefault(f.uf.find(key), set()).update(fs)
     out: dict[int, tuple[int, ...]] = {}
     for i, s in enumerate(gs.slots):
-        if s.role not in ("linear.weight", "linear.bias") or s.layout is None or INDEX in s.layout.kinds \
+        if s.role not in ("linear.weight", "linear.bias") or s.layout is None or _indexed(s) \
                 or CUT in s.layout.kinds:
             continue
         node = f.g.node[s.anchor]
@@ -1081,6 +1083,15 @@ def with_unit_axes(gs: GraphSlots, unit_axes: dict[int, tuple[int, ...]]) -> Non
                                     "channels, not broadcast (dimension flow)")
 
 
+def _indexed(s: Slot) -> bool:
+    """Whether a projection's out or in axis is an index axis (classes, a vocabulary): not
+    factored into heads or pieces, never cut. An expert stack's last axis (the experts) is
+    an index axis of another kind."""
+    assert s.layout is not None
+    kinds = s.layout.kinds[:-1] if s.layout.name.startswith(EXPERTS_LAYOUT) else s.layout.kinds
+    return INDEX in kinds
+
+
 def _left_factor(s: Slot) -> bool:
     """A weight a MatMul reads as its first input (W @ x: Mamba's ``dt_proj``), [out, in]."""
     return s.role == "linear.weight" and s.op == "MatMul" and s.consumer_input == 0
@@ -1107,7 +1118,7 @@ def _cut_projections(f: _Flow, gs: GraphSlots) -> dict[int, str]:
     head_sizes = _head_sizes(f)
     out: dict[int, str] = {}
     for i, s in enumerate(gs.slots):
-        if s.role not in ("linear.weight", "linear.bias") or s.layout is None or INDEX in s.layout.kinds:
+        if s.role not in ("linear.weight", "linear.bias") or s.layout is None or _indexed(s):
             continue
         node = f.g.node[s.anchor]
         if node.op_type not in ("MatMul", "Gemm", "MatMulNBits") or not node.output:
@@ -1148,7 +1159,7 @@ def _unequal_pieces(f: _Flow, gs: GraphSlots) -> dict[int, list[tuple[int, int, 
     out: dict[int, list[tuple[int, int, str, int]]] = {}
     for i, s in enumerate(gs.slots):
         if s.role not in ("linear.weight", "linear.bias") or s.layout is None or s.absent or s.view is not None \
-                or s.quant is not None or s.layout.parts > 1 or s.layout.piece or INDEX in s.layout.kinds:
+                or s.quant is not None or s.layout.parts > 1 or s.layout.piece or _indexed(s):
             continue
         node = f.g.node[s.anchor]
         if node.op_type not in ("MatMul", "Gemm") or not node.output:

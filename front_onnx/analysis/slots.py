@@ -34,6 +34,9 @@ PASS_THROUGH = {"Identity", "Cast"}
 # ... and a weight may also reach it through Transposes (TF/Keras kernels, NHWC wrappers),
 # which change its layout.
 WEIGHT_PATH = PASS_THROUGH | {"Transpose"}
+# the layout name of a mixture of experts' stacked weights and biases: their last axis is the
+# experts (an index axis, never resampled), the others a projection's
+EXPERTS_LAYOUT = "[out, in, experts]"
 # Elementwise ops a parameter may be read through before its layer (Swin V2's per-head logit
 # scale: Clip -> Exp -> Mul): each element of the result is a function of the same element of
 # the parameter, so its axes are the parameter's; the stored values are transferred and the
@@ -213,8 +216,9 @@ class Slot:
     quant: "QuantRef | None" = None  # ``initializer`` holds the packed codes of a quantized weight (MatMulNBits)
     unsupported: bool = False  # a parameter (by its provenance) that no supported op reads: counted, left
     follows: bool = False      # such a use of a tensor another use writes: it reads what that use gets
-    # (value, axis): the piece of the projection's output this slot's view produces, where the graph
-    # cuts a fused projection's output into pieces of unequal widths (``cut_into_pieces``)
+    # (value, axis) where this slot's out features are, when not at its anchor's output: the piece
+    # of a fused projection's output its view produces, where the graph cuts the output into
+    # pieces of unequal widths (``cut_into_pieces``); the sum an expert's bias is added to
     output_piece: tuple[str, int] | None = None
 
     @property
@@ -716,23 +720,40 @@ class _Analyzer:
         """The axis of a weight a Gather or GatherND takes entries of at computed indices (a
         mixture of experts' weights, taken per token by its router: ``gate_up_proj[expert_ids]``),
         the entries staying whole; None for any other node, or a second such gather."""
-        if n.op_type not in ("Gather", "GatherND") or cj != 0 or len(view) != 3 or len(n.input) < 2 \
+        if n.op_type not in ("Gather", "GatherND") or cj != 0 or len(view) not in (2, 3) or len(n.input) < 2 \
                 or self.constants.is_constant(n.input[1]) or any(v < 0 for v in view):
-            return None  # a table's lookup (an embedding: rank 2) is the Gather's own
-        if not self._feeds_matmul(n.output[0]):
+            return None
+        if not self._routed(n.input[1]):
+            return None  # a table's lookup (an embedding, at the input's ids) is the Gather's own
+        if not self._feeds(n.output[0], "MatMul" if len(view) == 3 else "Add"):
             return None
         if n.op_type == "GatherND":
             return 0 if _attr(n, "batch_dims", 0) == 0 else None  # indices (S, 1): rows of the leading axis
         return int(_attr(n, "axis", 0)) % len(view)
 
-    def _feeds_matmul(self, value: str) -> bool:
-        """Whether a value reaches a MatMul through layout ops only (one consumer each)."""
+    def _routed(self, indices: str) -> bool:
+        """Whether gather indices are a router's choice: computed from a TopK's indices."""
+        todo, seen = [indices], set()
+        while todo and len(seen) < 16:
+            v = todo.pop()
+            i = self.prod.get(v)
+            if i is None or i in seen:
+                continue
+            seen.add(i)
+            n = self.g.node[i]
+            if n.op_type == "TopK":
+                return v == n.output[1] if len(n.output) > 1 else False
+            todo.extend(x for x in n.input if x and not self.constants.is_constant(x))
+        return False
+
+    def _feeds(self, value: str, op: str) -> bool:
+        """Whether a value reaches a node of type ``op`` through layout ops only (one consumer each)."""
         for _ in range(8):
             uses = self.cons.get(value, [])
             if len(uses) != 1:
                 return False
             n = self.g.node[uses[0][0]]
-            if n.op_type == "MatMul":
+            if n.op_type == op:
                 return True
             if n.op_type not in WEIGHT_PATH or not n.output:
                 return False
@@ -749,19 +770,42 @@ class _Analyzer:
         ev = [f"{n.op_type} input {cj}", f"taken per token from axis {experts} (the experts) by computed indices"]
         role, layout, reason = None, None, f"a parameter gathered at computed indices and read by {n.op_type} " \
             f"(input {cj}), an op front-onnx does not transfer so: left as it is"
+        anchor, output = ci, None
         if n.op_type == "MatMul" and cj in (0, 1) and len(view) == 3 and view[0] < 0:
             out_k, in_k = (1, 2) if cj == 0 else (2, 1)  # W (S, out, in) @ x, or x @ W (S, in, out)
             role = "linear.weight"
-            layout = Layout((view[out_k], view[in_k], experts), (FEATURE, FEATURE, INDEX), name="[out, in, experts]")
+            layout = Layout((view[out_k], view[in_k], experts), (FEATURE, FEATURE, INDEX), name=EXPERTS_LAYOUT)
             reason = ""
             ev.append("one projection per expert (a batched MatMul of the tokens' experts)")
+        elif n.op_type == "Add" and cj in (0, 1) and len(view) == 2 and view[0] < 0:
+            lin = self._routed_projection(n.input[1 - cj])
+            if lin is not None:  # each expert's bias, added to its projection's output (where its units are)
+                role, reason, anchor, output = "linear.bias", "", lin, (n.output[0], -1)
+                layout = Layout((view[1], experts), (FEATURE, INDEX), name=EXPERTS_LAYOUT)
+                ev.append("one bias per expert, added to the output of the tokens' experts' projection")
         prov = self._provenance(x, role or "")
         if not prov.parameter:
             role, layout = None, None
             reason = f"constant, not a parameter: {prov.evidence}"
         shape_t = tuple(shape)
         return Slot(ni, j, x, shape_t, t.data_type, ci, cj, n.op_type, role, layout, reason=reason, evidence=ev,
-                    anchor=ci, provenance=prov.evidence, unsupported=role is None and prov.parameter)
+                    anchor=anchor, provenance=prov.evidence, unsupported=role is None and prov.parameter,
+                    output_piece=output if role else None)
+
+    def _routed_projection(self, value: str) -> int | None:
+        """The batched MatMul of experts' weights a value comes from, through Squeeze,
+        Unsqueeze and Reshape."""
+        for _ in range(4):
+            i = self.prod.get(value)
+            if i is None:
+                return None
+            n = self.g.node[i]
+            if n.op_type == "MatMul":
+                return i
+            if n.op_type not in ("Squeeze", "Unsqueeze", "Reshape"):
+                return None
+            value = n.input[0]
+        return None
 
     def _slot(self, slots: list[Slot], ni: int, j: int, x: str, t: onnx.TensorProto, shape: tuple[int, ...],
               ci: int, cj: int, view: list[int], first: _Through | None = None) -> None:
