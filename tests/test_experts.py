@@ -112,8 +112,9 @@ def test_experts_biases_follow_their_projections():
     """GPT-OSS: each expert's biases (gathered per token, added after its batched MatMul) are
     the projection's biases: the same architecture is reproduced with every element written
     (they were left: identity off by 2.7e-2). Its gate and up units are interleaved (taken
-    with step 2), which a shrink cannot resample: that projection and its bias are left with
-    the reason; the down projection takes the same units in its weight and bias."""
+    with step 2: gate, up, gate, up, ...): two pieces of the projection, each a view of every
+    other unit, so a shrink keeps each unit's gate and up together, with their biases, and
+    the down projection's rows and bias columns of the same units."""
     torch.manual_seed(0)
     src = _gpt_oss(32, 4, 2, 2)
     perturb(src)
@@ -123,13 +124,20 @@ def test_experts_biases_follow_their_projections():
     with torch.no_grad():
         want, got = src(**TEXT).logits, module(**TEXT).logits
     assert float((got - want).abs().max() / want.abs().max()) < 1e-6
-    torch.manual_seed(1)
-    small, plan = transfer_module(src, _gpt_oss(16, 2, 1, 1), TEXT, method="select", align="none")
-    p = "model.layers.0.mlp.experts."
-    for s in plan.slots:
-        if s.initializer.startswith(p + "gate_up_proj") and not s.absent:
-            assert s.status == "left" and "cuts this output into pieces" in s.reason
-    a, b = ({k: v.numpy() for k, v in m.state_dict().items()} for m in (small, src))
-    for e in range(4):
-        columns = _rows_from(a[p + "down_proj"][e].T, b[p + "down_proj"][e].T)     # (intermediate, hidden)
-        np.testing.assert_array_equal(a[p + "down_proj_bias"][e], b[p + "down_proj_bias"][e][columns])
+    for kw in ({"method": "select", "align": "none"}, {}):
+        torch.manual_seed(1)
+        small, plan = transfer_module(src, _gpt_oss(16, 2, 1, 1), TEXT, **kw)
+        p = "model.layers.0.mlp.experts."
+        assert all(s.status == "written" for s in plan.slots if s.initializer.startswith(p) and not s.absent)
+        a, b = ({k: v.numpy() for k, v in m.state_dict().items()} for m in (small, src))
+        for e in range(4):
+            w, sw = a[p + "gate_up_proj"][e], b[p + "gate_up_proj"][e]                # (hidden, gate/up interleaved)
+            gate, up = _rows_from(w[:, ::2].T, sw[:, ::2].T), _rows_from(w[:, 1::2].T, sw[:, 1::2].T)
+            assert gate == up == _rows_from(a[p + "down_proj"][e], b[p + "down_proj"][e])
+            bias, source_bias = a[p + "gate_up_proj_bias"][e], b[p + "gate_up_proj_bias"][e]
+            np.testing.assert_array_equal(bias[::2], source_bias[::2][gate])
+            np.testing.assert_array_equal(bias[1::2], source_bias[1::2][up])
+            columns = _rows_from(a[p + "down_proj"][e].T, b[p + "down_proj"][e].T)
+            np.testing.assert_array_equal(a[p + "down_proj_bias"][e], b[p + "down_proj_bias"][e][columns])
+            if kw:
+                assert gate == list(range(0, 32, 2))

@@ -81,9 +81,10 @@ class DimensionFlow:
     # slot -> the length-1 axes of a broadcast scale that meet a length-1 axis of what it scales
     # (a per-head logit scale (heads, 1, 1) of a one-head attention): channel axes, not broadcast
     unit_axes: dict[int, tuple[int, ...]] = field(default_factory=dict)
-    # slot -> (start, end, value, axis) per piece of a projection's output the graph cuts into
-    # pieces of unequal widths, in order, covering it (``cut_into_pieces`` reads each as a view)
-    pieces: dict[int, list[tuple[int, int, str, int]]] = field(default_factory=dict)
+    # slot -> (start, end, step, value, axis) per piece of a projection's output the graph cuts
+    # into pieces of unequal widths side by side, or interleaves (every step-th unit), in order,
+    # covering it (``cut_into_pieces`` reads each as a view)
+    pieces: dict[int, list[tuple[int, int, int, str, int]]] = field(default_factory=dict)
 
 
 _ATTENTION_OPS = {"GroupQueryAttention", "MultiHeadAttention"}  # onnxruntime's, splitting heads by attribute
@@ -230,6 +231,7 @@ class _Flow:
         self.sequences: dict[str, tuple[str, int, dict[int, str]]] = {}  # SplitToSequence: (input, axis, part values)
         self.cut: set[tuple] = set()  # activation axes a Slice takes part of, a Gather indexes or a Split cuts unevenly
         self.slices: dict[tuple, list[tuple[int, int, tuple]]] = {}  # axis -> (start, end, the piece's axis)
+        self.strided: dict[tuple, list[tuple[int, int, tuple]]] = {}  # axis -> (start, step, the piece's axis)
         self.heads: dict[tuple, set[tuple[int, ...]]] = {}   # value axis -> (heads, head_dim) splits
         self.repeats: list[tuple[tuple, tuple]] = []  # Expand: (an axis it broadcasts from length 1, its last axis)
         self.concats: list[tuple[str, tuple, tuple]] = []  # Concat: (node, its output's axis, its inputs' lengths)
@@ -627,6 +629,8 @@ class _Flow:
                 self.cut.add(self.ax(ins[0], a))
                 if d is not None and st == 1 and len(bounds) == 1:
                     self.slices.setdefault(self.ax(ins[0], a), []).append((lo, hi, self.ax(n.output[0], a)))
+                if d is not None and 1 < st <= d and hi >= d and len(bounds) == 1:  # every st-th unit from lo
+                    self.strided.setdefault(self.ax(ins[0], a), []).append((lo, st, self.ax(n.output[0], a)))
 
     def _slice_partitions(self) -> None:
         """Slices that take an axis in equal consecutive pieces, every piece, as a Split
@@ -1141,17 +1145,21 @@ def _cut_projections(f: _Flow, gs: GraphSlots) -> dict[int, str]:
     return out
 
 
-def _unequal_pieces(f: _Flow, gs: GraphSlots) -> dict[int, list[tuple[int, int, str, int]]]:
+def _unequal_pieces(f: _Flow, gs: GraphSlots) -> dict[int, list[tuple[int, int, int, str, int]]]:
     """Projections whose output the graph cuts, side by side, into pieces of unequal widths
     that cover it (Phi-3's q | k | v slices with grouped-query attention, GPT-BigCode's
-    q | k | v split with multi-query attention): the pieces, in order. Each piece is then its
-    own projection (a view of the stored weight, ``slots.cut_into_pieces``), with its own
-    heads, as separate q, k and v projections are. Not when another cut of that axis crosses
-    a piece's boundary (the pieces would not be the graph's)."""
+    q | k | v split with multi-query attention), or interleaves (GPT-OSS's experts' gate and
+    up units, every other one): the pieces, in order. Each piece is then its own projection
+    (a view of the stored weight, ``slots.cut_into_pieces``), with its own heads, as
+    separate q, k and v projections are. Not when another cut of that axis crosses a piece's
+    boundary (the pieces would not be the graph's)."""
     find = f.uf.find
     slices: dict[tuple, list[tuple[int, int, tuple]]] = {}
     for key, found in f.slices.items():
         slices.setdefault(find(key), []).extend(found)
+    strided: dict[tuple, list[tuple[int, int, tuple]]] = {}
+    for key, found in f.strided.items():
+        strided.setdefault(find(key), []).extend(found)
     splits: dict[tuple, list[tuple[tuple, ...]]] = {}
     for key, outs in f.split_outs.items():
         splits.setdefault(find(key), []).extend(outs)
@@ -1170,8 +1178,24 @@ def _unequal_pieces(f: _Flow, gs: GraphSlots) -> dict[int, list[tuple[int, int, 
             continue
         found = _partition(d, splits.get(find(whole), []), slices.get(find(whole), []), f.size)
         if found:
-            out[i] = [(lo, hi, key[1], key[2]) for lo, hi, key in found]
+            out[i] = [(lo, hi, 1, key[1], key[2]) for lo, hi, key in found]
+        elif not slices.get(find(whole)):
+            found = _interleaved_pieces(d, strided.get(find(whole), []))
+            if found:
+                out[i] = [(lo, d, step, key[1], key[2]) for lo, step, key in found]
     return out
+
+
+def _interleaved_pieces(d: int, strided: list[tuple[int, int, tuple]]) -> list[tuple[int, int, tuple]] | None:
+    """Slices taking every step-th unit of an axis from each start 0 .. step-1: all of it,
+    interleaved (gate, up, gate, up, ...); None when they are not."""
+    for step in sorted({st for _, st, _ in strided}):
+        if d % step:
+            continue
+        found = [next((x for x in strided if x[0] == k and x[1] == step), None) for k in range(step)]
+        if all(x is not None for x in found):
+            return found  # type: ignore[return-value]
+    return None
 
 
 def _partition(d: int, splits: list[tuple[tuple, ...]], slices: list[tuple[int, int, tuple]],

@@ -1179,21 +1179,21 @@ class _Analyzer:
                 s.evidence.append(f"fused projection of {p} parts ({why})")
 
 
-def _out_piece(s: Slot, start: int, end: int, what: str) -> Slot:
-    """The slot as a view of output features [start, end) of its stored tensor (the stored axis
-    its layout makes canonical axis 0): one piece of a fused projection."""
+def _out_piece(s: Slot, start: int, end: int, what: str, step: int = 1) -> Slot:
+    """The slot as a view of output features [start, end) (every ``step``-th) of its stored
+    tensor (the stored axis its layout makes canonical axis 0): one piece of a fused projection."""
     assert s.layout is not None
     index = np.arange(int(np.prod(s.shape))).reshape(s.shape)
-    rows = np.take(index, np.arange(start, end), axis=s.layout.perm[0])
+    rows = np.take(index, np.arange(start, end, step), axis=s.layout.perm[0])
     view = View([what], tuple(s.shape), rows, None, None, covered=int(rows.size))
     return replace(s, shape=tuple(rows.shape), view=view, evidence=list(s.evidence))
 
 
-def cut_into_pieces(gs: GraphSlots, pieces: dict[int, list[tuple[int, int, str, int]]]) -> GraphSlots:
-    """The slots with each projection whose output the graph cuts into pieces of unequal widths
-    (``DimensionFlow.pieces``) read as one view per piece, each producing its piece
-    (``Slot.output_piece``): resampled apart, as separate q, k and v projections are. The
-    writer puts the pieces back into the one stored tensor."""
+def cut_into_pieces(gs: GraphSlots, pieces: dict[int, list[tuple[int, int, int, str, int]]]) -> GraphSlots:
+    """The slots with each projection whose output the graph cuts into pieces of unequal widths,
+    or interleaves (``DimensionFlow.pieces``), read as one view per piece, each producing its
+    piece (``Slot.output_piece``): resampled apart, as separate q, k and v (or gate and up)
+    projections are. The writer puts the pieces back into the one stored tensor."""
     out: list[Slot] = []
     for i, s in enumerate(gs.slots):
         found = pieces.get(i)
@@ -1202,13 +1202,15 @@ def cut_into_pieces(gs: GraphSlots, pieces: dict[int, list[tuple[int, int, str, 
             continue
         assert s.layout is not None
         width = found[-1][1]
-        for k, (start, end, value, axis) in enumerate(found):
-            what = f"piece {k} of {len(found)} (features {start}:{end} of {width})"
-            piece = _out_piece(s, start, end, what)
+        for k, (start, end, step, value, axis) in enumerate(found):
+            where = f"{start}:{end}" if step == 1 else f"{start}::{step}"
+            what = f"piece {k} of {len(found)} (features {where} of {width})"
+            piece = _out_piece(s, start, end, what, step)
             piece.layout = replace(s.layout, name=f"{s.layout.name} {what}")
             piece.output_piece = (value, axis)
-            piece.evidence.append(f"{what} of a fused projection whose output the graph cuts into pieces of "
-                                  "unequal widths (dimension flow)")
+            how = "pieces of unequal widths" if step == 1 else "interleaved pieces"
+            piece.evidence.append(f"{what} of a fused projection whose output the graph cuts into {how} "
+                                  "(dimension flow)")
             out.append(piece)
     return GraphSlots(out)
 
