@@ -39,14 +39,21 @@ def _source():
     return src
 
 
-def test_the_same_architecture_reproduces_the_source():
-    src = _source()
-    torch.manual_seed(1)
-    module, plan = transfer_module(src, _mixtral(32, 4, 2, 2), TEXT)
+def _reproduces(src, fresh):
+    """Transfer ``src`` into ``fresh`` (its architecture): every element written, the source's
+    logits reproduced; the plan."""
+    module, plan = transfer_module(src, fresh, TEXT)
     assert plan.summary()["written_fraction"] == 1.0
     with torch.no_grad():
         want, got = src(**TEXT).logits, module(**TEXT).logits
     assert float((got - want).abs().max() / want.abs().max()) < 1e-6
+    return plan
+
+
+def test_the_same_architecture_reproduces_the_source():
+    src = _source()
+    torch.manual_seed(1)
+    plan = _reproduces(src, _mixtral(32, 4, 2, 2))
     stacks = [s for s in plan.slots if "experts." in s.initializer and not s.absent]
     assert len(stacks) == 4 and all(s.status == "written" and s.role == "linear.weight" for s in stacks)
 
@@ -118,11 +125,7 @@ def test_experts_biases_follow_their_projections():
     src = _gpt_oss(32, 4, 2, 2)
     perturb(src)
     torch.manual_seed(1)
-    module, plan = transfer_module(src, _gpt_oss(32, 4, 2, 2), TEXT)
-    assert plan.summary()["written_fraction"] == 1.0
-    with torch.no_grad():
-        want, got = src(**TEXT).logits, module(**TEXT).logits
-    assert float((got - want).abs().max() / want.abs().max()) < 1e-6
+    _reproduces(src, _gpt_oss(32, 4, 2, 2))
     torch.manual_seed(1)  # the defaults: units in order of importance (Mixtral's test: as Weight Selection)
     small, plan = transfer_module(src, _gpt_oss(16, 2, 1, 1), TEXT)
     p = "model.layers.0.mlp.experts."

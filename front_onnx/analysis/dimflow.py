@@ -28,7 +28,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from front_onnx.analysis.folding import Constants
-from front_onnx.analysis.slots import CUT, EXPERTS_LAYOUT, FEATURE, INDEX, PARTS, GraphSlots, Layout, Slot
+from front_onnx.analysis.slots import CUT, FEATURE, INDEX, PARTS, GraphSlots, Layout, Slot
 from front_onnx.onnxio import attribute as _attr
 
 _SAME = {"Relu", "Gelu", "Erf", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Cast", "Identity", "Dropout",
@@ -1092,8 +1092,7 @@ def _indexed(s: Slot) -> bool:
     factored into heads or pieces, never cut. An expert stack's last axis (the experts) is
     an index axis of another kind."""
     assert s.layout is not None
-    kinds = s.layout.kinds[:-1] if s.layout.name.startswith(EXPERTS_LAYOUT) else s.layout.kinds
-    return INDEX in kinds
+    return INDEX in (s.layout.kinds[:-1] if s.experts else s.layout.kinds)
 
 
 def _left_factor(s: Slot) -> bool:
@@ -1164,7 +1163,7 @@ def _unequal_pieces(f: _Flow, gs: GraphSlots) -> dict[int, list[tuple[int, int, 
     for key, outs in f.split_outs.items():
         splits.setdefault(find(key), []).extend(outs)
     cut, head_sizes = {find(a) for a in f.cut}, _head_sizes(f)
-    out: dict[int, list[tuple[int, int, str, int]]] = {}
+    out: dict[int, list[tuple[int, int, int, str, int]]] = {}
     for i, s in enumerate(gs.slots):
         if s.role not in ("linear.weight", "linear.bias") or s.layout is None or s.absent or s.view is not None \
                 or s.quant is not None or s.layout.parts > 1 or s.layout.piece or _indexed(s):

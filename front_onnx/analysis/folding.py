@@ -33,7 +33,7 @@ _OFFSET = {"Add"}
 VIEW_OPS = _LAYOUT | _SELECT | _OFFSET
 _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
                      "Multinomial"}
-_TYPE_ONLY = {("CastLike", 1), ("Shape", 0), ("Size", 0)}  # (op, input) that reads no values
+TYPE_ONLY = {("CastLike", 1), ("Shape", 0), ("Size", 0)}  # (op, input) that reads no values, only a type or shape
 _MAX_CONST = 1 << 22  # elements: larger computed constants are not evaluated (the walk stops)
 
 
@@ -326,7 +326,7 @@ def trace(graph: onnx.GraphProto, c: Constants, cons: dict[str, list[tuple[int, 
         out = n.output[0]
         # a use that reads only the tensor's type or shape (CastLike's model input: addcmul's
         # constant factor cast like timm GRN's weight view) reads no values: not a consumer
-        nxt = [u for u in cons.get(out, []) if (graph.node[u[0]].op_type, u[1]) not in _TYPE_ONLY]
+        nxt = [u for u in cons.get(out, []) if (graph.node[u[0]].op_type, u[1]) not in TYPE_ONLY]
         if out in outputs or not nxt:
             return None
         if len(nxt) > 1:

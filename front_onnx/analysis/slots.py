@@ -34,9 +34,6 @@ PASS_THROUGH = {"Identity", "Cast"}
 # ... and a weight may also reach it through Transposes (TF/Keras kernels, NHWC wrappers),
 # which change its layout.
 WEIGHT_PATH = PASS_THROUGH | {"Transpose"}
-# the layout name of a mixture of experts' stacked weights and biases: their last axis is the
-# experts (an index axis, never resampled), the others a projection's
-EXPERTS_LAYOUT = "[out, in, experts]"
 # Elementwise ops a parameter may be read through before its layer (Swin V2's per-head logit
 # scale: Clip -> Exp -> Mul): each element of the result is a function of the same element of
 # the parameter, so its axes are the parameter's; the stored values are transferred and the
@@ -220,6 +217,9 @@ class Slot:
     # of a fused projection's output its view produces, where the graph cuts the output into
     # pieces of unequal widths (``cut_into_pieces``); the sum an expert's bias is added to
     output_piece: tuple[str, int] | None = None
+    # a mixture of experts' stacked weight or bias, gathered per token: its layout's last axis is
+    # the experts (an index axis, never resampled), the others a projection's
+    experts: bool = False
 
     @property
     def size(self) -> int:
@@ -774,23 +774,22 @@ class _Analyzer:
         if n.op_type == "MatMul" and cj in (0, 1) and len(view) == 3 and view[0] < 0:
             out_k, in_k = (1, 2) if cj == 0 else (2, 1)  # W (S, out, in) @ x, or x @ W (S, in, out)
             role = "linear.weight"
-            layout = Layout((view[out_k], view[in_k], experts), (FEATURE, FEATURE, INDEX), name=EXPERTS_LAYOUT)
+            layout = Layout((view[out_k], view[in_k], experts), (FEATURE, FEATURE, INDEX), name="[out, in, experts]")
             reason = ""
             ev.append("one projection per expert (a batched MatMul of the tokens' experts)")
         elif n.op_type == "Add" and cj in (0, 1) and len(view) == 2 and view[0] < 0:
             lin = self._routed_projection(n.input[1 - cj])
             if lin is not None:  # each expert's bias, added to its projection's output (where its units are)
                 role, reason, anchor, output = "linear.bias", "", lin, (n.output[0], -1)
-                layout = Layout((view[1], experts), (FEATURE, INDEX), name=EXPERTS_LAYOUT)
+                layout = Layout((view[1], experts), (FEATURE, INDEX), name="[out, experts]")
                 ev.append("one bias per expert, added to the output of the tokens' experts' projection")
         prov = self._provenance(x, role or "")
         if not prov.parameter:
             role, layout = None, None
             reason = f"constant, not a parameter: {prov.evidence}"
-        shape_t = tuple(shape)
-        return Slot(ni, j, x, shape_t, t.data_type, ci, cj, n.op_type, role, layout, reason=reason, evidence=ev,
+        return Slot(ni, j, x, shape, t.data_type, ci, cj, n.op_type, role, layout, reason=reason, evidence=ev,
                     anchor=anchor, provenance=prov.evidence, unsupported=role is None and prov.parameter,
-                    output_piece=output if role else None)
+                    output_piece=output if role else None, experts=role is not None)
 
     def _routed_projection(self, value: str) -> int | None:
         """The batched MatMul of experts' weights a value comes from, through Squeeze,

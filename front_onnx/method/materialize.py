@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from front_onnx import progress
-from front_onnx.analysis.folding import write_views
+from front_onnx.analysis.folding import TYPE_ONLY, write_views
 from front_onnx.analysis.slots import ABSENT_SUFFIX, GraphSlots, stored_values
 from front_onnx.analysis.structure import Structure, Template
 from front_onnx.method.extraction import transformed_axes
@@ -343,16 +343,11 @@ def _view_holds(view, stored: np.ndarray, value: np.ndarray, unknown: np.ndarray
     return bool(np.allclose(got[ok], want[ok], rtol=1e-5, atol=1e-6 * scale))
 
 
-_SHAPE_ONLY = {"Shape", "Size"}
-
-
 def _reads_shape_only(target: OnnxModel, s) -> bool:
     """The node reading this use of an initializer reads its shape or type, not its values
-    (Shape, Size; CastLike's input 1, whose type it casts to)."""
-    if not 0 <= s.node < len(target.proto.graph.node):
-        return False
-    op = target.proto.graph.node[s.node].op_type
-    return op in _SHAPE_ONLY or (op == "CastLike" and s.input == 1)
+    (``folding.TYPE_ONLY``: Shape, Size; CastLike's input 1, whose type it casts to)."""
+    nodes = target.proto.graph.node
+    return 0 <= s.node < len(nodes) and (nodes[s.node].op_type, s.input) in TYPE_ONLY
 
 
 def _one_parameter(target: OnnxModel, name: str) -> bool:
