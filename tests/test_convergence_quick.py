@@ -83,3 +83,25 @@ def test_weight_selection_baseline():
     assert torch.equal(sd["blocks.1.mlp.fc1.weight"], big.state_dict()["blocks.1.mlp.fc1.weight"][::2, ::2])
     with pytest.raises(baselines.CannotGrow):
         baselines.weight_selection(small.state_dict(), big.state_dict())
+
+
+def test_vary_source_trains_and_caches_a_source_per_seed(tmp_path, monkeypatch):
+    """``--vary-source``: seed k's target starts from a source trained with seed k (its own
+    cache entry); without it every seed shares seed 0's source."""
+    s = next(x for x in convergence.settings(True, minilm=False) if x.name == "cnn-shrink")
+    monkeypatch.delenv(convergence.VARY_SOURCE_ENV, raising=False)
+    assert convergence.source_seed(3) == 0
+    monkeypatch.setenv(convergence.VARY_SOURCE_ENV, "1")
+    assert convergence.source_seed(3) == 3
+    threads = torch.get_num_threads()
+    try:
+        m0, p0, meta0 = convergence.get_source(s, tmp_path, lambda *_: None, 0)
+        m1, p1, meta1 = convergence.get_source(s, tmp_path, lambda *_: None, 1)
+        again = convergence.get_source(s, tmp_path, lambda *_: None, 1)
+    finally:
+        torch.set_num_threads(threads)
+    assert p0 != p1 and p0.is_file() and p1.is_file()
+    assert (meta0["seed"], meta1["seed"]) == (0, 1)
+    w0, w1 = (next(iter(m.state_dict().values())) for m in (m0, m1))
+    assert not torch.equal(w0, w1)
+    assert again[2] == meta1 and again[1] == p1      # cached, not trained again
