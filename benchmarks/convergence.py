@@ -225,6 +225,8 @@ def variants(grow: bool, part: str = "") -> tuple[Init, ...]:
         "front": Init("front (transform every axis)", "front", method="front", **base),
         "hybrid": Init("hybrid (strongest units selected, FRONT where it grows)", "front", method="hybrid", **base),
         "hybrid-uniform": Init("hybrid, evenly spaced units", "front", method="hybrid", align=False, **base),
+        "diverse": Init("hybrid, strongest distinct units (--align diverse)", "front", method="hybrid",
+                        align="diverse", **base),
         "front-importance": Init("front, units ordered by importance", "front", method="front", align="importance",
                                  **base),
         "ws": WS,
@@ -233,7 +235,7 @@ def variants(grow: bool, part: str = "") -> tuple[Init, ...]:
     }
     chosen = os.environ.get(VARIANTS_ENV, "1")
     if chosen != "1":  # --rows; random always (speed-ups are relative to it)
-        shrink_only = ("select", "ws", "hybrid-uniform", "front+", "front+align")
+        shrink_only = ("select", "ws", "hybrid-uniform", "diverse", "front+", "front+align")
         names = ["random"] + [k for k in chosen.split(",") if k != "random"]
         return tuple(rows[k] for k in names if not (grow and k in shrink_only))
     if part == "minilm":

@@ -134,9 +134,9 @@ def extract(source: PathLike | OnnxModel, *, keep: float = DEFAULT_KEEP, convent
             align: bool | str | None = None) -> Learngene:
     """The learngene of a source ONNX model, also written to ``output`` when given. NaN/Inf
     in the source weights raise OnnxFileError unless ``allow_nonfinite`` (those templates
-    are then skipped and listed in ``Learngene.skipped``). ``align`` ('smooth', 'importance';
+    are then skipped and listed in ``Learngene.skipped``). ``align`` ('smooth', 'importance', 'diverse';
     none by default) orders the source's units first, as ``transfer`` does, and the learngene
-    records it (``unit_order``): ``initialize --method hybrid`` from an 'importance' learngene
+    records it (``unit_order``): ``initialize --method hybrid`` from an 'importance' or 'diverse' learngene
     selects the strongest units, as ``transfer`` does."""
     s = _model(source)
     if output is not None:

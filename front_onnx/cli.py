@@ -75,7 +75,9 @@ def _add_align(p: argparse.ArgumentParser, default: str = "'importance' with --m
     p.add_argument("--align", nargs="?", const="smooth", default=None, choices=("none",) + ALIGN_ORDERS,
                    help="permute the source's channel spaces first (checked to keep the source's function): "
                         "'smooth' (a bare --align) puts similar units side by side for the transform; "
-                        f"'importance' puts the strongest units first, for selection. Without it: {default}")
+                        "'importance' puts the strongest units first, for selection; 'diverse' the strongest "
+                        "that differ (importance discounted by redundancy), for selection. "
+                        f"Without it: {default}")
 
 
 def _add_output(p: argparse.ArgumentParser) -> None:

@@ -29,8 +29,9 @@ import scipy.optimize
 from front_onnx.analysis.dimflow import ChannelSpace, DimensionFlow, UnionFind, dimension_flow, unsplit
 from front_onnx.analysis.slots import CUT, INDEX, GraphSlots, Slot
 from front_onnx.analysis.structure import Structure, find_structure
-from front_onnx.numeric.seriation import (MAX_COLUMNS, group_order, grouped_order, importance_order, roughness, unit_rows,
-                                          unit_shares)
+from front_onnx.method.learngene import LEADING_ORDERS
+from front_onnx.numeric.seriation import (MAX_COLUMNS, diverse_key, group_order, grouped_order, importance_order,
+                                          roughness, unit_gram, unit_rows, unit_shares)
 from front_onnx.onnxio import OnnxModel, attribute, load_model, save_model
 
 
@@ -98,7 +99,8 @@ class Alignment:
         a = np.mean([s.after for s in self.spaces])
         matched = sum(s.depth_matched for s in self.spaces)
         what = (f"into a smooth order (mean neighbour cosine distance {b:.3f} -> {a:.3f})" if self.order == "smooth"
-                else "strongest units first (importance)")
+                else "strongest units first (importance)" if self.order == "importance"
+                else "strongest distinct units first (diverse: importance discounted by redundancy)")
         attentions = len({frozenset((s.id, s.heads_with)) for s in self.spaces if s.heads_with})
         return (f"align: {done} channel spaces permuted {what}"
                 + (f", the heads of {attentions} attention{'s' if attentions > 1 else ''} strongest first"
@@ -114,7 +116,7 @@ def channel_concatenations(flow: DimensionFlow, by_init: dict[str, Slot]) -> lis
             if any(by_init.get(init) is not None and by_init[init].role in _UNIT_ROLES for init, _ in sizes[sid].axes)]
 
 
-def _unorderable(model: OnnxModel, flow: DimensionFlow, by_init: dict[str, Slot]) -> Alignment | None:
+def _unorderable(model: OnnxModel, flow: DimensionFlow, by_init: dict[str, Slot], order: str) -> Alignment | None:
     """Why a strongest-first order cannot serve a selection of the leading units here (an
     alignment that orders nothing, saying why), or None.
     The leading units of one space must be the units its readers take: a grouped convolution
@@ -130,7 +132,7 @@ def _unorderable(model: OnnxModel, flow: DimensionFlow, by_init: dict[str, Slot]
               f"({', '.join(joined[:3])}{', ...' if len(joined) > 3 else ''})"] if joined else []
     if not found:
         return None
-    return Alignment(order="importance",
+    return Alignment(order=order,
                      why=(f"the source has {' and '.join(found)}, whose channels a selection of the strongest first "
                           "would take across their groups or branches: units are selected evenly spaced (as Weight "
                           "Selection)"))
@@ -219,7 +221,7 @@ def _ordered_axes(member: dict[tuple[str, int], SpaceOrder], gs: GraphSlots, blo
     return tuple(counts)
 
 
-ORDERS = ("smooth", "importance")
+ORDERS = ("smooth",) + LEADING_ORDERS
 
 
 def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False, order: str = "smooth",
@@ -227,7 +229,9 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
     """The permutation of every channel space that can be aligned. ``across_depth``: a block's
     spaces are also matched to the same spaces of the block before it (``_match_depth``).
     ``order`` 'smooth' is spectral seriation; 'importance' sorts units by descending importance
-    (``_importance``), for a selection of the leading units, an attention's heads too
+    (``_importance``), for a selection of the leading units, and 'diverse' by importance
+    discounted by what the units before already express (``seriation.diverse_key``; a space
+    normalized per unit, a BatchNorm's, by importance alone), an attention's heads too
     (``_pair_heads``; ``SpaceOrder.heads_in_place`` undoes that). ``kept_outputs``: (graph
     output, axis) of the source that the target holds whole (``outputs_kept``): a space whose
     units such an output holds stays in order, or the target's output would come permuted."""
@@ -243,8 +247,8 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
             by_init.setdefault(s.initializer, s)
             index.setdefault(s.initializer, i)
     absent = {s.initializer for s in gs.slots if s.absent}  # zero biases a layer lacks: nothing to permute
-    if order == "importance":
-        declined = _unorderable(model, flow, by_init)
+    if order in LEADING_ORDERS:
+        declined = _unorderable(model, flow, by_init, order)
         if declined is not None:
             return declined
     inner = {init: s.layout.inner_groups or s.layout.heads[0] for init, s in by_init.items()
@@ -254,7 +258,7 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
     out = Alignment(order=order)
     arrays: dict[str, np.ndarray] = {}
     vectors: dict[str, tuple[np.ndarray, tuple[int, int] | None, int | None]] = {}  # id -> (units, heads, producer)
-    headed: list[tuple[SpaceOrder, np.ndarray, tuple[int, int], list[str]]] = []  # importance, split by heads
+    headed: list[_Headed] = []  # leading orders, split by heads
     found: list[_Found] = []
 
     def members_of(sp: ChannelSpace) -> tuple[list[tuple[str, int]], dict[str, int], str]:
@@ -344,12 +348,14 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
                 out.skipped[x] = ("a graph output holds its units and the target keeps all of them: ordering "
                                   "them would permute that output")
             continue
-        if order == "importance":
+        if order in LEADING_ORDERS:
             score = _importance(folded, roles)
-            out.spaces.append(SpaceOrder(sid, sp.size, members, importance_order(score, groups),
+            key = (diverse_key(unit_gram([m for m, r in zip(folded, roles) if r != "statistic"]), groups)
+                   if order == "diverse" and "statistic" not in roles else score)
+            out.spaces.append(SpaceOrder(sid, sp.size, members, importance_order(key, groups),
                                          parts=parts, inner=inside, outputs=outputs, heads=split[0] if split else 0))
             if split:
-                headed.append((out.spaces[-1], score, split, roles))
+                headed.append(_Headed(out.spaces[-1], score, key, split, roles))
             continue
         vec = _unit_vectors(folded, sp.size)
         perm, before, after = grouped_order(vec, groups)
@@ -362,7 +368,7 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
         _match_depth(out, vectors, find_structure(gs, model.proto))
     by_id = {sp.id: sp for sp in flow.spaces}
     tables: dict[str, tuple[str, list[tuple[str, int]] | None]] = {}
-    for so, _, split, _ in headed:   # a heads axis other tensors index too: a relative-position bias table
+    for so, split in ((h.space, h.split) for h in headed):  # a heads axis other tensors index too: a bias table
         ids = {t[0] for t in flow.factor_spaces.get(so.id.split("+")[0], ()) if len(t) == 2 and t[0] is not None
                and by_id[t[0]].size == split[0]}
         if len(ids) == 1:
@@ -445,7 +451,19 @@ def _tied(found: list[_Found], skipped: dict[str, str],
     return out
 
 
-def _pair_heads(headed: list[tuple[SpaceOrder, np.ndarray, tuple[int, int], list[str]]],
+@dataclass
+class _Headed:
+    """A space split by heads, ordered strongest first: ``score`` its units' importance (heads
+    are ordered by it), ``key`` the order within each head (the importance, or ``diverse_key``)."""
+
+    space: SpaceOrder
+    score: np.ndarray
+    key: np.ndarray
+    split: tuple[int, int]
+    roles: list[str]
+
+
+def _pair_heads(headed: list[_Headed],
                 tables: dict[str, tuple[str, list[tuple[str, int]] | None]]) -> list[SpaceOrder]:
     """Heads by importance: an attention's query/key space (its members all produce it) and
     the value/output space that follows it (the value produces it, the output projection
@@ -462,37 +480,38 @@ def _pair_heads(headed: list[tuple[SpaceOrder, np.ndarray, tuple[int, int], list
     The attentions sharing a table (T5's layers all add their stack's one table) take one
     head order, from all their shares, and the table is permuted with it (returned: one
     space per table); an attention whose table cannot be permuted keeps its heads in place."""
-    attentions: list[tuple[list[SpaceOrder], list[np.ndarray], int]] = []
-    pending: tuple[SpaceOrder, np.ndarray, tuple[int, int]] | None = None
-    for sp, score, split, roles in headed:
-        if sp.parts and "consumer" in roles:  # a fused qkv's parts and the output projection: the whole attention
-            attentions.append(([sp], [score], split[0]))
+    attentions: list[tuple[list[_Headed], int]] = []
+    pending: _Headed | None = None
+    for h in headed:
+        if h.space.parts and "consumer" in h.roles:  # a fused qkv's parts and the output projection: the whole attention
+            attentions.append(([h], h.split[0]))
             continue
-        if "consumer" not in roles:     # a query/key space
-            pending = (sp, score, split)
+        if "consumer" not in h.roles:     # a query/key space
+            pending = h
             continue
-        if pending is None or pending[2] != split:
+        if pending is None or pending.split != h.split:
             continue
-        attentions.append(([pending[0], sp], [pending[1], score], split[0]))
+        attentions.append(([pending, h], h.split[0]))
         pending = None
-    together: dict[tuple, list[tuple[list[SpaceOrder], list[np.ndarray], int]]] = {}
+    together: dict[tuple, list[tuple[list[_Headed], int]]] = {}
     for n, att in enumerate(attentions):
-        table = tables.get(att[0][0].id)
+        table = tables.get(att[0][0].space.id)
         if table is not None and table[1] is None:
             continue
         together.setdefault(("table", tuple(table[1])) if table else ("alone", n), []).append(att)
     out = []
     for g, (key, atts) in enumerate(together.items()):
-        heads = atts[0][2]
-        if any(h != heads for _, _, h in atts):
+        heads = atts[0][1]
+        if any(n != heads for _, n in atts):
             continue
-        order = group_order([sc for _, scores, _ in atts for sc in scores], heads)
-        for spaces, scores, _ in atts:
-            for sp, score in zip(spaces, scores):
-                sp.in_place, sp.order, sp.heads_group = sp.order, importance_order(score, heads, order), g
-            spaces[0].heads_with, spaces[-1].heads_with = spaces[-1].id, spaces[0].id
+        order = group_order([h.score for spaces, _ in atts for h in spaces], heads)
+        for spaces, _ in atts:
+            for h in spaces:
+                sp = h.space
+                sp.in_place, sp.order, sp.heads_group = sp.order, importance_order(h.key, heads, order), g
+            spaces[0].space.heads_with, spaces[-1].space.heads_with = spaces[-1].space.id, spaces[0].space.id
         if key[0] == "table":
-            tid = tables[atts[0][0][0].id][0]
+            tid = tables[atts[0][0][0].space.id][0]
             out.append(SpaceOrder(tid, heads, list(key[1]), order, in_place=np.arange(heads), heads_group=g,
                                   table=True))
     return out

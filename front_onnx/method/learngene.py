@@ -25,7 +25,9 @@ FORMAT_VERSION = 1
 
 
 AXIS_KINDS = {FEATURE, INDEX, SPATIAL, PARTS, CUT}
-UNIT_ORDERS = ("", "smooth", "importance")
+# orders whose leading units are the ones to keep: a selection takes them first
+LEADING_ORDERS = ("importance", "diverse")
+UNIT_ORDERS = ("", "smooth") + LEADING_ORDERS
 
 
 def _segment(x: Any) -> dict[str, Any]:
@@ -123,8 +125,8 @@ class Learngene:
     skipped: dict[str, str] = field(default_factory=dict)   # template key -> why not extracted
     partial: bool = False          # only what one target reads (an in-memory transfer): not saved
     structure: list[dict[str, Any]] = field(default_factory=list)  # the source's segments, in order
-    # how the source's units were ordered before extraction ('' as stored; 'smooth' or 'importance':
-    # ``alignment``). Selection keeps the leading units of an 'importance' order.
+    # how the source's units were ordered before extraction ('' as stored; 'smooth', 'importance'
+    # or 'diverse': ``alignment``). Selection keeps the leading units of a ``LEADING_ORDERS`` order.
     unit_order: str = ""
     # a partial learngene: the role of each source template it does not hold (the target reads
     # none of them), so a plan can say which of the source's layers the target lacks

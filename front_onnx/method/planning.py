@@ -12,7 +12,7 @@ from front_onnx.analysis.slots import BIAS_ROLES, CUT, INDEX, PARTS, GraphSlots
 from front_onnx.analysis.structure import Segment, Structure, Template
 from front_onnx.errors import FrontError
 from front_onnx.method.expansion import expand_ops, expands, fresh_count
-from front_onnx.method.learngene import GeneTemplate, Learngene
+from front_onnx.method.learngene import LEADING_ORDERS, GeneTemplate, Learngene
 from front_onnx.method.selection import METHODS, cannot_select, head_groups, keeps_groups, regroups, selects
 from front_onnx.numeric import spectral
 from front_onnx.numeric.spectral import DEPTH_MODES
@@ -122,10 +122,11 @@ def _axis_ops(gene: GeneTemplate, kinds: tuple[str, ...], shape: tuple[int, ...]
     return ops
 
 
-def _select_ops(gene: GeneTemplate, shape: tuple[int, ...], depth: int, leading: bool = False,
+def _select_ops(gene: GeneTemplate, shape: tuple[int, ...], depth: int, leading: str = "",
                 output_norm: bool = False, heads: tuple[int, ...] = (), groups: dict[int, int] | None = None,
                 branches: dict[int, tuple[int, ...]] | None = None) -> list[str]:
-    """The operations of Weight Selection on one template, for the plan."""
+    """The operations of Weight Selection on one template, for the plan. ``leading``: the
+    source's unit order (``LEADING_ORDERS``) when the leading units are selected."""
     if depth == gene.depth:
         ops = [f"layers: {depth} (copy)"]
     elif output_norm and depth > 0:
@@ -135,7 +136,7 @@ def _select_ops(gene: GeneTemplate, shape: tuple[int, ...], depth: int, leading:
     merged = regroups(tuple(gene.shape), tuple(shape), heads)
     grouped = head_groups(gene, groups)
     for k, (ns, nt) in enumerate(zip(gene.shape, shape)):
-        how = _how(gene, k) if leading else "uniform"
+        how = _how(gene, k, leading) if leading else "uniform"
         if k in merged:
             r = shape[k + 1] // gene.shape[k + 1]
             ops.append(f"axes {k}-{k + 1}: {nt * r} of {ns} whole heads ({how}), {r} side by side per target head "
@@ -152,15 +153,15 @@ def _select_ops(gene: GeneTemplate, shape: tuple[int, ...], depth: int, leading:
     return ops
 
 
-def _how(gene: GeneTemplate, k: int) -> str:
-    """Which units a leading selection keeps along axis ``k``: the strongest where the source
-    was put in importance order there (``GeneTemplate.ordered``), else the first ones."""
+def _how(gene: GeneTemplate, k: int, order: str) -> str:
+    """Which units a leading selection keeps along axis ``k``: the first of ``order`` where the
+    source was put in it there (``GeneTemplate.ordered``), else the first ones."""
     n = gene.ordered[k] if gene.ordered else gene.depth
     if n == gene.depth:
-        return "leading, importance order"
+        return f"leading, {order} order"
     if n == 0:
         return "leading, the source's own order"
-    return f"leading, importance order in {n} of {gene.depth} source layers, the source's own order in the others"
+    return f"leading, {order} order in {n} of {gene.depth} source layers, the source's own order in the others"
 
 
 def check_template(gene: GeneTemplate, role: str, kinds: tuple[str, ...], shape: tuple[int, ...]) -> str:
@@ -353,7 +354,7 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
             selected.append(key)
         if grown:
             expanded.append(key)
-        ops = [] if src is None or why else _select_ops(src, shape, tpl.depth, gene.unit_order == "importance",
+        ops = [] if src is None or why else _select_ops(src, shape, tpl.depth, gene.unit_order if gene.unit_order in LEADING_ORDERS else "",
                                                          tpl.output_norm and method != "select",
                                                          first.layout.head_axes, first.layout.head_groups,
                                                          dict(first.layout.branches)) \

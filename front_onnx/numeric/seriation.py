@@ -99,6 +99,51 @@ def importance_order(score: np.ndarray, groups: int = 1, group_order: np.ndarray
     return np.concatenate([j * d + np.argsort(-score[j * d:(j + 1) * d], kind="stable") for j in runs])
 
 
+def unit_gram(members: list[tuple[np.ndarray, int]]) -> np.ndarray:
+    """[n, n]: inner products of the units' concatenated vectors, each tensor's entries scaled
+    so that its squares sum to 1, as in ``unit_shares`` (the diagonal is the sum of a unit's
+    shares: its importance)."""
+    n = members[0][0].shape[members[0][1]]
+    gram = np.zeros((n, n))
+    for a, axis in members:
+        b = np.moveaxis(np.asarray(a, np.float32), axis, 0).reshape(n, -1)
+        g = (b @ b.T).astype(np.float64)
+        total = float(np.trace(g))
+        if total > 0:
+            gram += g / total
+    return gram
+
+
+def diverse_key(gram: np.ndarray, groups: int = 1) -> np.ndarray:
+    """A key for ``importance_order`` (higher first) that puts, within each of ``groups`` equal
+    runs, the units in order of importance discounted by redundancy: greedily, the unit whose
+    importance (its squared norm, the diagonal of ``gram``) times the sine of its angle to the
+    span of the units already taken is largest. So the first unit is the strongest, and a unit
+    that the ones before it already express (a near copy) waits behind a weaker distinct one:
+    a selection of the leading units keeps strong units that differ. It is the pivoted
+    Cholesky factorization (LAPACK ``dpstrf``, which takes the largest remaining diagonal) of
+    the Gram matrix of the units scaled by their own norms: the remaining diagonal is then
+    importance x squared norm of what the taken units do not explain. Units past the Gram's
+    numerical rank follow by importance."""
+    gram = np.asarray(gram, np.float64)
+    n = gram.shape[0]
+    d = n // groups
+    key = np.zeros(n)
+    for j in range(groups):
+        g = gram[j * d:(j + 1) * d, j * d:(j + 1) * d]
+        imp = np.clip(np.diag(g), 0.0, None)
+        if d < 2 or not imp.any():
+            key[j * d:(j + 1) * d] = imp
+            continue
+        r = np.sqrt(imp)
+        _, piv, rank, _ = scipy.linalg.lapack.dpstrf(g * np.outer(r, r), tol=-1.0, lower=0)
+        taken = piv[:rank] - 1
+        rest = np.setdiff1d(np.arange(d), taken)
+        order = np.concatenate([taken, rest[np.argsort(-imp[rest], kind="stable")]])
+        key[j * d + order] = -np.arange(d, dtype=np.float64)
+    return key
+
+
 def group_order(scores: list[np.ndarray], groups: int) -> np.ndarray:
     """Groups (heads) by descending importance: each score vector's share per group, summed
     over the vectors (so each space of an attention has an equal say), ties in order."""
