@@ -130,3 +130,28 @@ def pair(tmp_path):
     onnx.save(mlp_stack(16, 4, seed=0), src)
     onnx.save(mlp_stack(8, 6, seed=1), tgt)
     return src, tgt
+
+
+def initializer_arrays(path: Path | str) -> dict[str, np.ndarray]:
+    """Every initializer of an ONNX file, by name."""
+    import onnx
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+@pytest.fixture(scope="session")
+def vits(tmp_path_factory) -> Path:
+    """A trained-like sample ViT d64/L4 (``s.onnx``) and fresh targets: the same size
+    (``same``), narrower and shallower (``shrink``), wider and deeper (``grow``)."""
+    import torch
+
+    from samples.export import export
+
+    d = tmp_path_factory.mktemp("vits")
+    x = torch.zeros(2, 1, 8, 8)
+    export(small_vit(64, 4, 0, trained=True), x, d / "s.onnx")
+    export(small_vit(64, 4, 1), x, d / "same.onnx")
+    export(small_vit(32, 2, 2), x, d / "shrink.onnx")
+    export(small_vit(96, 6, 3), x, d / "grow.onnx")
+    return d

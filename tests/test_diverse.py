@@ -19,6 +19,8 @@ from front_onnx.numeric.seriation import diverse_key, importance_order, unit_gra
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
+from tests.conftest import initializer_arrays, run_onnx, sample_feeds  # noqa: E402
+
 
 def _greedy(vectors: np.ndarray) -> list[int]:
     """The definition, step by step: importance ||v||^2 times sin(angle to the taken span)."""
@@ -125,41 +127,15 @@ def test_transfer_keeps_the_strongest_distinct_units(tmp_path):
     torch.testing.assert_close(same(x), src(x), rtol=0, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def vits(tmp_path_factory):
-    from samples.export import export
-    from tests.conftest import small_vit
-
-    d = tmp_path_factory.mktemp("diverse")
-    x = torch.zeros(2, 1, 8, 8)
-    export(small_vit(64, 4, 0, trained=True), x, d / "s.onnx")
-    export(small_vit(64, 4, 1), x, d / "same.onnx")
-    export(small_vit(32, 2, 2), x, d / "shrink.onnx")
-    return d
-
-
-def _weights(path) -> dict[str, np.ndarray]:
-    import onnx
-    from onnx import numpy_helper
-
-    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
-
-
-def _run(path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
-
-
 def test_a_vit_ordered_diverse_reproduces_itself_and_shrinks_by_selection(vits, tmp_path):
     import front_onnx
 
     same = front_onnx.transfer(vits / "s.onnx", vits / "same.onnx", tmp_path / "same.onnx", method="hybrid",
                                align="diverse")
     assert same.plan.summary()["written_fraction"] == 1.0
-    x = np.random.default_rng(0).normal(size=(3, 1, 8, 8)).astype(np.float32)
-    np.testing.assert_allclose(_run(tmp_path / "same.onnx", x), _run(vits / "s.onnx", x), rtol=0, atol=1e-5)
+    feeds = sample_feeds("vit", vits / "s.onnx")
+    np.testing.assert_allclose(run_onnx(tmp_path / "same.onnx", feeds)[0], run_onnx(vits / "s.onnx", feeds)[0],
+                               rtol=0, atol=1e-5)
     shrink = front_onnx.transfer(vits / "s.onnx", vits / "shrink.onnx", tmp_path / "shrink.onnx", method="hybrid",
                                  align="diverse")
     assert any(n.startswith("align:") and "diverse" in n for n in shrink.plan.notes)
@@ -175,7 +151,7 @@ def test_a_learngene_ordered_diverse_initializes_what_transfer_writes(vits, tmp_
     assert Learngene.load(tmp_path / "g.safetensors").unit_order == "diverse"
     front_onnx.initialize(vits / "shrink.onnx", tmp_path / "g.safetensors", tmp_path / "i.onnx", method="hybrid")
     front_onnx.transfer(vits / "s.onnx", vits / "shrink.onnx", tmp_path / "t.onnx", method="hybrid", align="diverse")
-    a, b = _weights(tmp_path / "i.onnx"), _weights(tmp_path / "t.onnx")
+    a, b = initializer_arrays(tmp_path / "i.onnx"), initializer_arrays(tmp_path / "t.onnx")
     assert a.keys() == b.keys()
     for k in a:  # transfer copies the source's units; the learngene holds them as a float32 spectrum
         np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6 * max(float(np.abs(b[k]).max()), 1e-30), err_msg=k)

@@ -15,9 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
@@ -26,14 +24,9 @@ import front_onnx  # noqa: E402
 from front_onnx.method.learngene import Learngene  # noqa: E402
 from front_onnx.numeric.seriation import group_order, importance_order, unit_shares  # noqa: E402
 from front_onnx.torch import transfer_module  # noqa: E402
-from samples.export import export  # noqa: E402
-from tests.conftest import small_vit  # noqa: E402
+from tests.conftest import initializer_arrays  # noqa: E402
 
 CORPUS = Path(__file__).parent / "corpus" / "models"
-
-
-def _weights(path: Path) -> dict[str, np.ndarray]:
-    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
 
 
 def test_importance_order_is_strongest_first_within_each_group():
@@ -133,22 +126,11 @@ def test_batchnorm_channels_are_ranked_by_what_they_pass_on():
     np.testing.assert_allclose(module[1].running_var.detach().numpy(), var.numpy()[units], rtol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def vits(tmp_path_factory):
-    d = tmp_path_factory.mktemp("hybrid")
-    x = torch.zeros(2, 1, 8, 8)
-    export(small_vit(64, 4, 0, trained=True), x, d / "s.onnx")
-    export(small_vit(64, 4, 1), x, d / "same.onnx")
-    export(small_vit(32, 2, 2), x, d / "shrink.onnx")
-    export(small_vit(96, 6, 3), x, d / "grow.onnx")
-    return d
-
-
 def test_growth_is_the_transform_byte_for_byte(vits, tmp_path):
     h = front_onnx.transfer(vits / "s.onnx", vits / "grow.onnx", tmp_path / "h.onnx", method="hybrid")
     front_onnx.transfer(vits / "s.onnx", vits / "grow.onnx", tmp_path / "f.onnx", method="front")
     assert not any(n.startswith("align:") for n in h.plan.notes)   # nothing selected: the source is not reordered
-    a, b = _weights(tmp_path / "h.onnx"), _weights(tmp_path / "f.onnx")
+    a, b = initializer_arrays(tmp_path / "h.onnx"), initializer_arrays(tmp_path / "f.onnx")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
@@ -166,7 +148,7 @@ def test_a_shrink_selects_whole_units_of_the_reordered_source(vits, tmp_path):
     res = front_onnx.transfer(vits / "s.onnx", vits / "shrink.onnx", tmp_path / "o.onnx", method="hybrid")
     assert res.plan.summary()["written_fraction"] == 1.0
     assert any(n.startswith("align: ") and "strongest units first" in n for n in res.plan.notes)
-    src, out = _weights(vits / "s.onnx"), _weights(tmp_path / "o.onnx")
+    src, out = initializer_arrays(vits / "s.onnx"), initializer_arrays(tmp_path / "o.onnx")
     shared = [k for k in out if k in src and out[k].dtype.kind == "f" and out[k].size > 1]
     assert len(shared) > 20
     for k in shared:
@@ -180,7 +162,7 @@ def test_a_learngene_ordered_by_importance_initializes_what_transfer_writes(vits
     assert Learngene.load(tmp_path / "g.safetensors").unit_order == "importance"
     front_onnx.initialize(vits / "shrink.onnx", tmp_path / "g.safetensors", tmp_path / "i.onnx", method="hybrid")
     front_onnx.transfer(vits / "s.onnx", vits / "shrink.onnx", tmp_path / "t.onnx", method="hybrid")
-    a, b = _weights(tmp_path / "i.onnx"), _weights(tmp_path / "t.onnx")
+    a, b = initializer_arrays(tmp_path / "i.onnx"), initializer_arrays(tmp_path / "t.onnx")
     assert a.keys() == b.keys()
     for k in a:  # transfer copies the source's units; the learngene holds them as a float32 spectrum
         np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6 * max(float(np.abs(b[k]).max()), 1e-30), err_msg=k)
