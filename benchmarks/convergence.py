@@ -629,8 +629,9 @@ def get_source(s: Setting, out: Path, log, seed: int = 0) -> tuple[torch.nn.Modu
     ``seed``: its training seed (a pretrained source has one)."""
     d = out / "sources"
     d.mkdir(parents=True, exist_ok=True)
-    key = source_key(s, seed if s.family != "bert" else 0)
-    pt, onnx_path, meta_path = d / f"{key}.pt", d / onnx_name(s, seed if s.family != "bert" else 0), d / f"{key}.json"
+    seed = 0 if s.family == "bert" else seed
+    key = source_key(s, seed)
+    pt, onnx_path, meta_path = d / f"{key}.pt", d / onnx_name(s, seed), d / f"{key}.json"
     if s.family == "bert":  # pretrained: nothing to train, export once
         teacher = minilm_teacher()[0]
         if not onnx_path.exists():
