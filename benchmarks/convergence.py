@@ -798,7 +798,8 @@ def analyze(s: Setting, runs: dict[int, dict], flops_per_epoch: float) -> dict:
 def versus(s: Setting, runs: dict, name: str, other: str) -> str:
     """One line: at how many evaluations after the initialization ``name``'s seed-mean is
     ahead of ``other``'s, and where it trails, by how much (mean over seeds of the paired
-    difference ± its standard error), or '' when either is missing."""
+    difference ± its standard error); with several seeds, at how many (seed, evaluation)
+    pairs it trails (a seed-mean can hide one source's dip). '' when either is missing."""
     higher = s.family != "gpt"
     pairs = [(r[name]["curve"], r[other]["curve"]) for r in runs.values()
              if "curve" in r.get(name, {}) and "curve" in r.get(other, {})]
@@ -808,8 +809,10 @@ def versus(s: Setting, runs: dict, name: str, other: str) -> str:
     m = d.mean(0)
     se = d.std(0, ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.zeros_like(m)
     behind = [f"{k + 1} ({-m[k]:.3f} ± {se[k]:.3f})" for k in range(len(m)) if m[k] < 0]
+    pairs_behind = int((d < 0).sum())
     return (f"*{name}* vs *{other}*: ahead at {int((m > 0).sum())} of {len(m)} evaluations"
             + (f"; behind after epoch(s) {', '.join(behind)} (gap ± standard error over seeds)" if behind else "")
+            + (f"; behind at {pairs_behind} of {d.size} (seed, evaluation) pairs" if len(d) > 1 else "")
             + ".\n")
 
 
@@ -1037,9 +1040,10 @@ those). *speed-up*: random's epochs-to-target divided by the initialization's, p
 mean ± std; *> s*: random never reached the target within the budget, so the speed-up is at
 least budget / epochs (the smallest over seeds). *mean, epochs 1-N*: the metric averaged over
 the evaluations after each epoch (the area under the learning curve): one number per run that
-ranks initializations without choosing a target. *front default vs weight selection*: at how
-many evaluations after the initialization the default's seed-mean is ahead, and where it
-trails, the gap (mean over seeds of the paired difference ± its standard error).
+ranks initializations without choosing a target. *front default vs random* and *vs weight
+selection*: at how many evaluations after the initialization the default's seed-mean is
+ahead, where it trails, the gap (mean over seeds of the paired difference ± its standard
+error), and at how many (seed, evaluation) pairs the default trails.
 """
 
 
@@ -1050,6 +1054,7 @@ def report(results: dict, chosen: list[Setting], metas: dict, rel_to: Path) -> s
         st = results["settings"][s.name]
         shown = sorted({1, min(3, s.epochs), s.epochs})
         md.append(markdown(s, st["summary"], metas[s.name], shown))
+        md.append(versus(s, st["runs"], front_default().name, RANDOM.name))
         md.append(versus(s, st["runs"], front_default().name, WS.name))
         fpe = st["train_flops_per_epoch"]
         md.append(f"Training FLOPs per epoch: {fpe:.3g} (3 x {st['forward_flops_per_sample']:.3g} forward FLOPs "

@@ -107,3 +107,21 @@ def test_vary_source_trains_and_caches_a_source_per_seed(tmp_path, monkeypatch):
     w0, w1 = (next(iter(m.state_dict().values())) for m in (m0, m1))
     assert not torch.equal(w0, w1)
     assert again[2] == meta1 and again[1] == p1      # cached, not trained again
+
+
+def test_versus_counts_evaluations_and_pairs_behind():
+    """The report's comparison line: the seed-mean decides "ahead"; a single seed's dip below
+    the other initialization is counted as a (seed, evaluation) pair even where the mean is ahead.
+    The initialization's own point (index 0) is not an evaluation after training."""
+    s = next(x for x in convergence.settings(True, minilm=False) if x.name == "cnn-shrink")
+    runs = {"0": {"a": {"curve": [0.9, 0.80, 0.90, 0.95]}, "b": {"curve": [0.1, 0.50, 0.95, 0.90]}},
+            "1": {"a": {"curve": [0.9, 0.70, 0.96, 0.96]}, "b": {"curve": [0.1, 0.60, 0.90, 0.97]}}}
+    line = convergence.versus(s, runs, "a", "b")
+    # differences a-b per evaluation: seed 0 +0.30 -0.05 +0.05, seed 1 +0.10 +0.06 -0.01
+    assert line.startswith("*a* vs *b*: ahead at 3 of 3 evaluations")
+    assert "behind after epoch" not in line
+    assert "behind at 2 of 6 (seed, evaluation) pairs" in line
+    lower = dataclasses.replace(s, family="gpt")   # a loss: lower is better, so the signs turn
+    assert "ahead at 0 of 3" in convergence.versus(lower, runs, "a", "b")
+    assert convergence.versus(s, {"0": runs["0"]}, "a", "b") == "*a* vs *b*: ahead at 2 of 3 evaluations; " \
+        "behind after epoch(s) 2 (0.050 ± 0.000) (gap ± standard error over seeds).\n"
