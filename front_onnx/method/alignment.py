@@ -368,7 +368,8 @@ def plan_alignment(model: OnnxModel, gs: GraphSlots, across_depth: bool = False,
         _match_depth(out, vectors, find_structure(gs, model.proto))
     by_id = {sp.id: sp for sp in flow.spaces}
     tables: dict[str, tuple[str, list[tuple[str, int]] | None]] = {}
-    for so, split in ((h.space, h.split) for h in headed):  # a heads axis other tensors index too: a bias table
+    for h in headed:  # a heads axis other tensors index too: a relative-position bias table
+        so, split = h.space, h.split
         ids = {t[0] for t in flow.factor_spaces.get(so.id.split("+")[0], ()) if len(t) == 2 and t[0] is not None
                and by_id[t[0]].size == split[0]}
         if len(ids) == 1:

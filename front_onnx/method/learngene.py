@@ -132,6 +132,12 @@ class Learngene:
     # none of them), so a plan can say which of the source's layers the target lacks
     omitted: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def leading_order(self) -> str:
+        """The unit order whose leading units a selection keeps (one of ``LEADING_ORDERS``), or ''
+        when the source's units were not put in such an order (a selection then spaces them evenly)."""
+        return self.unit_order if self.unit_order in LEADING_ORDERS else ""
+
     # ------------------------------------------------------------------ persistence
     def metadata(self) -> dict[str, Any]:
         return {

@@ -14,7 +14,7 @@ from front_onnx.analysis.slots import ABSENT_SUFFIX, GraphSlots, stored_values
 from front_onnx.analysis.structure import Structure, Template
 from front_onnx.method.extraction import transformed_axes
 from front_onnx.method import amplitude
-from front_onnx.method.learngene import LEADING_ORDERS, GeneTemplate, Learngene
+from front_onnx.method.learngene import GeneTemplate, Learngene
 from front_onnx.method.planning import Plan, identity_blocks
 from front_onnx.method.expansion import expand, expands
 from front_onnx.method.selection import select, selected_blocks, selects, source_blocks
@@ -185,7 +185,7 @@ def slot_values(gene: Learngene, gs: GraphSlots, st: Structure, plan: Plan,
             if expanded:
                 stack, fresh = expand(source_blocks(gt, gene.convention), tpl.depth, shape, gt.role)
             elif selected:
-                stack = select(gt, tpl.depth, shape, gene.convention, leading=gene.unit_order in LEADING_ORDERS,
+                stack = select(gt, tpl.depth, shape, gene.convention, leading=bool(gene.leading_order),
                                output_norm=tpl.output_norm and method != "select", heads=first.layout.head_axes,
                                groups=first.layout.head_groups, branches=branches)
             else:

@@ -12,7 +12,7 @@ from front_onnx.analysis.slots import BIAS_ROLES, CUT, INDEX, PARTS, GraphSlots
 from front_onnx.analysis.structure import Segment, Structure, Template
 from front_onnx.errors import FrontError
 from front_onnx.method.expansion import expand_ops, expands, fresh_count
-from front_onnx.method.learngene import LEADING_ORDERS, GeneTemplate, Learngene
+from front_onnx.method.learngene import GeneTemplate, Learngene
 from front_onnx.method.selection import METHODS, cannot_select, head_groups, keeps_groups, regroups, selects
 from front_onnx.numeric import spectral
 from front_onnx.numeric.spectral import DEPTH_MODES
@@ -126,7 +126,7 @@ def _select_ops(gene: GeneTemplate, shape: tuple[int, ...], depth: int, leading:
                 output_norm: bool = False, heads: tuple[int, ...] = (), groups: dict[int, int] | None = None,
                 branches: dict[int, tuple[int, ...]] | None = None) -> list[str]:
     """The operations of Weight Selection on one template, for the plan. ``leading``: the
-    source's unit order (``LEADING_ORDERS``) when the leading units are selected."""
+    source's unit order (``Learngene.leading_order``) when the leading units are selected."""
     if depth == gene.depth:
         ops = [f"layers: {depth} (copy)"]
     elif output_norm and depth > 0:
@@ -354,7 +354,7 @@ def make_plan(gene: Learngene, gs: GraphSlots, st: Structure, node_names: list[s
             selected.append(key)
         if grown:
             expanded.append(key)
-        ops = [] if src is None or why else _select_ops(src, shape, tpl.depth, gene.unit_order if gene.unit_order in LEADING_ORDERS else "",
+        ops = [] if src is None or why else _select_ops(src, shape, tpl.depth, gene.leading_order,
                                                          tpl.output_norm and method != "select",
                                                          first.layout.head_axes, first.layout.head_groups,
                                                          dict(first.layout.branches)) \
